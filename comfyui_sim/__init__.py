@@ -1,0 +1,1 @@
+"""A stand-in for stock ComfyUI's HTTP and WebSocket API."""

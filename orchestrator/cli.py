@@ -1,0 +1,26 @@
+"""The `wgpu` command line. Each command family lives in its own module under `commands/`."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.commands import client, compose, count, fleet, hub, sim, stack, workers
+
+app = typer.Typer(
+    name="wgpu",
+    help="Run one ComfyUI worker per NVIDIA GPU, fed from one durable Redis job queue.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (count, hub, sim, workers, stack, client, compose, fleet):
+    module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

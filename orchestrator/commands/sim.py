@@ -1,0 +1,9 @@
+"""Placeholder: its owner fills this module in."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to `app`."""

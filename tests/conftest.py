@@ -1,0 +1,6 @@
+pytest_plugins = [
+    "tests.fixtures.redis",
+    "tests.fixtures.docker",
+    "tests.fixtures.hub",
+    "tests.fixtures.sim",
+]

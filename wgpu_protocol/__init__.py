@@ -1,0 +1,4 @@
+"""The worker <-> hub protocol: message types, encoding and validation. No I/O, stdlib only.
+
+Import the names from `wgpu_protocol.messages`.
+"""

@@ -1,0 +1,472 @@
+"""Every message between worker and hub, defined once.
+
+No I/O here: `decode` turns a text frame into a typed message or raises `ProtocolError`;
+`encode` does the reverse. Output files travel as binary frames (see `encode_output_frame`)
+so that images are never base64-encoded into JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar, Union
+
+PROTOCOL_VERSION = 1
+
+# Limits a hub and a worker both enforce, so that neither can be made to buffer without bound.
+MAX_TEXT_FRAME_BYTES = 1 * 1024 * 1024
+MAX_BINARY_FRAME_BYTES = 64 * 1024 * 1024
+MAX_ID_LENGTH = 200
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message. `code` is stable and machine readable."""
+
+    def __init__(self, message: str, code: str = "bad_message") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------- shared parts
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    """What a worker's GPU is: sent once, in `hello`."""
+
+    index: int
+    uuid: str = ""
+    name: str = ""
+    vram_total_mb: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStats:
+    """What a worker's GPU is doing now: sent with every heartbeat. Unknown fields are None."""
+
+    util_percent: float | None = None
+    vram_used_mb: int | None = None
+    vram_total_mb: int | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A job a worker holds, named by its fencing token."""
+
+    job_id: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    type: str
+    message: str
+    node_id: str | None = None
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRef:
+    """One output file the worker has already sent as a binary frame."""
+
+    name: str
+    content_type: str
+    size: int
+
+
+# ----------------------------------------------------------------------------- worker -> hub
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    type: ClassVar[str] = "hello"
+    worker_id: str
+    machine_id: str
+    gpu: GpuInfo
+    version: str
+    running: RunningJob | None = None
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    type: ClassVar[str] = "heartbeat"
+    comfyui_ok: bool
+    gpu: GpuStats = field(default_factory=GpuStats)
+    running: RunningJob | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker is idle and ComfyUI answers: give it a job."""
+
+    type: ClassVar[str] = "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """The worker cannot take work (ComfyUI is down, or it is shutting down)."""
+
+    type: ClassVar[str] = "unavailable"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    type: ClassVar[str] = "started"
+    job_id: str
+    token: int
+    prompt_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    type: ClassVar[str] = "progress"
+    job_id: str
+    token: int
+    node: str | None
+    value: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    type: ClassVar[str] = "completed"
+    job_id: str
+    token: int
+    outputs: tuple[OutputRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    type: ClassVar[str] = "failed"
+    job_id: str
+    token: int
+    error: JobError
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The worker hands a job back unfinished (shutdown): requeue it without counting a failure."""
+
+    type: ClassVar[str] = "released"
+    job_id: str
+    token: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    type: ClassVar[str] = "bye"
+
+
+# ----------------------------------------------------------------------------- hub -> worker
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Answer to hello. `resumed` says whether the hub kept the lease of `hello.running`."""
+
+    type: ClassVar[str] = "welcome"
+    worker_id: str
+    heartbeat_s: float
+    lease_s: float
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobAssigned:
+    type: ClassVar[str] = "job"
+    job_id: str
+    token: int
+    workflow: dict[str, Any]
+    attempt: int
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    type: ClassVar[str] = "cancel"
+    job_id: str
+    token: int
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The hub recorded (ok) or refused (not ok, with reason) a worker's report on a job."""
+
+    type: ClassVar[str] = "ack"
+    job_id: str
+    token: int
+    of: str
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+WorkerMessage = Union[
+    Hello, Heartbeat, Ready, Unavailable, Started, Progress, Completed, Failed, Released, Bye
+]
+HubMessage = Union[Welcome, JobAssigned, Cancel, Ack, ErrorReply]
+Message = Union[WorkerMessage, HubMessage]
+
+WORKER_MESSAGES: dict[str, type[Any]] = {
+    cls.type: cls
+    for cls in (Hello, Heartbeat, Ready, Unavailable, Started, Progress, Completed, Failed,
+                Released, Bye)
+}
+HUB_MESSAGES: dict[str, type[Any]] = {
+    cls.type: cls for cls in (Welcome, JobAssigned, Cancel, Ack, ErrorReply)
+}
+
+# ----------------------------------------------------------------------------- encode / decode
+
+
+def encode(message: Message) -> str:
+    body = asdict(message)
+    body["type"] = message.type
+    return json.dumps(body, separators=(",", ":"))
+
+
+def decode_worker_message(text: str | bytes) -> WorkerMessage:
+    """Parse a frame a worker sent. Raises ProtocolError for anything that is not one."""
+    return _decode(text, WORKER_MESSAGES)  # type: ignore[no-any-return]
+
+
+def decode_hub_message(text: str | bytes) -> HubMessage:
+    """Parse a frame the hub sent. Raises ProtocolError for anything that is not one."""
+    return _decode(text, HUB_MESSAGES)  # type: ignore[no-any-return]
+
+
+def _decode(text: str | bytes, registry: dict[str, type[Any]]) -> Any:
+    if len(text) > MAX_TEXT_FRAME_BYTES:
+        raise ProtocolError(f"message of {len(text)} bytes exceeds {MAX_TEXT_FRAME_BYTES}",
+                            "too_large")
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"message is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("message must be a JSON object")
+    kind = raw.get("type")
+    if not isinstance(kind, str) or kind not in registry:
+        raise ProtocolError(f"unknown message type {kind!r}", "unknown_type")
+    return _build(registry[kind], raw, kind)
+
+
+_T = TypeVar("_T")
+
+_NESTED: dict[str, type[Any]] = {
+    "gpu_info": GpuInfo,
+    "gpu_stats": GpuStats,
+    "running": RunningJob,
+    "error": JobError,
+}
+
+
+def _build(cls: type[_T], raw: dict[str, Any], where: str) -> _T:
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ProtocolError(f"{where}: missing field {f.name!r}")
+            continue
+        kwargs[f.name] = _check(cls, f.name, raw[f.name], where)
+    return cls(**kwargs)
+
+
+def _check(cls: type[Any], name: str, value: Any, where: str) -> Any:
+    # Unknown keys are ignored (newer peers may add fields); known ones are checked.
+    return _SCHEMA[(cls, name)](value, f"{where}.{name}")
+
+
+# Field validators: small functions, so that the schema stays next to the types it guards.
+
+
+def _str(limit: int = MAX_ID_LENGTH) -> Any:
+    def check(v: Any, where: str) -> str:
+        if not isinstance(v, str):
+            raise ProtocolError(f"{where} must be a string")
+        if len(v) > limit:
+            raise ProtocolError(f"{where} is longer than {limit} characters")
+        return v
+
+    return check
+
+
+def _opt(inner: Any) -> Any:
+    def check(v: Any, where: str) -> Any:
+        return None if v is None else inner(v, where)
+
+    return check
+
+
+def _int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError(f"{where} must be an integer")
+    if not -(2**63) <= v < 2**63:
+        raise ProtocolError(f"{where} is out of range")
+    return v
+
+
+def _num(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v:
+        raise ProtocolError(f"{where} must be a number")
+    return float(v)
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ProtocolError(f"{where} must be true or false")
+    return v
+
+
+def _obj(cls: type[Any]) -> Any:
+    def check(v: Any, where: str) -> Any:
+        if not isinstance(v, dict):
+            raise ProtocolError(f"{where} must be an object")
+        return _build(cls, v, where)
+
+    return check
+
+
+def _workflow(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ProtocolError(f"{where} must be an object")
+    return v
+
+
+def _outputs(v: Any, where: str) -> tuple[OutputRef, ...]:
+    if not isinstance(v, list) or len(v) > 1000:
+        raise ProtocolError(f"{where} must be a list of at most 1000 outputs")
+    return tuple(_obj(OutputRef)(item, f"{where}[{i}]") for i, item in enumerate(v))
+
+
+_SCHEMA: dict[tuple[type[Any], str], Any] = {
+    (GpuInfo, "index"): _int,
+    (GpuInfo, "uuid"): _str(),
+    (GpuInfo, "name"): _str(),
+    (GpuInfo, "vram_total_mb"): _int,
+    (GpuStats, "util_percent"): _opt(_num),
+    (GpuStats, "vram_used_mb"): _opt(_int),
+    (GpuStats, "vram_total_mb"): _opt(_int),
+    (GpuStats, "temperature_c"): _opt(_num),
+    (GpuStats, "power_w"): _opt(_num),
+    (RunningJob, "job_id"): _str(),
+    (RunningJob, "token"): _int,
+    (JobError, "type"): _str(),
+    (JobError, "message"): _str(10_000),
+    (JobError, "node_id"): _opt(_str()),
+    (JobError, "retryable"): _bool,
+    (OutputRef, "name"): _str(),
+    (OutputRef, "content_type"): _str(),
+    (OutputRef, "size"): _int,
+    (Hello, "worker_id"): _str(),
+    (Hello, "machine_id"): _str(),
+    (Hello, "gpu"): _obj(GpuInfo),
+    (Hello, "version"): _str(),
+    (Hello, "running"): _opt(_obj(RunningJob)),
+    (Hello, "protocol"): _int,
+    (Heartbeat, "comfyui_ok"): _bool,
+    (Heartbeat, "gpu"): _obj(GpuStats),
+    (Heartbeat, "running"): _opt(_obj(RunningJob)),
+    (Unavailable, "reason"): _str(1000),
+    (Started, "job_id"): _str(),
+    (Started, "token"): _int,
+    (Started, "prompt_id"): _str(),
+    (Progress, "job_id"): _str(),
+    (Progress, "token"): _int,
+    (Progress, "node"): _opt(_str()),
+    (Progress, "value"): _num,
+    (Progress, "max"): _num,
+    (Completed, "job_id"): _str(),
+    (Completed, "token"): _int,
+    (Completed, "outputs"): _outputs,
+    (Failed, "job_id"): _str(),
+    (Failed, "token"): _int,
+    (Failed, "error"): _obj(JobError),
+    (Released, "job_id"): _str(),
+    (Released, "token"): _int,
+    (Released, "reason"): _str(1000),
+    (Welcome, "worker_id"): _str(),
+    (Welcome, "heartbeat_s"): _num,
+    (Welcome, "lease_s"): _num,
+    (Welcome, "resumed"): _bool,
+    (JobAssigned, "job_id"): _str(),
+    (JobAssigned, "token"): _int,
+    (JobAssigned, "workflow"): _workflow,
+    (JobAssigned, "attempt"): _int,
+    (JobAssigned, "timeout_s"): _num,
+    (Cancel, "job_id"): _str(),
+    (Cancel, "token"): _int,
+    (Cancel, "reason"): _str(1000),
+    (Ack, "job_id"): _str(),
+    (Ack, "token"): _int,
+    (Ack, "of"): _str(),
+    (Ack, "ok"): _bool,
+    (Ack, "reason"): _str(1000),
+    (ErrorReply, "code"): _str(),
+    (ErrorReply, "message"): _str(10_000),
+}
+
+# ----------------------------------------------------------------------------- binary frames
+
+# An output file: b"WGO1" + 4-byte big-endian header length + JSON header + file bytes.
+# The header is {"job_id", "token", "name", "content_type"}; the size is the rest of the frame.
+_OUTPUT_MAGIC = b"WGO1"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFrame:
+    job_id: str
+    token: int
+    name: str
+    content_type: str
+    data: bytes
+
+    @property
+    def ref(self) -> OutputRef:
+        return OutputRef(self.name, self.content_type, len(self.data))
+
+
+def encode_output_frame(frame: OutputFrame) -> bytes:
+    header = json.dumps(
+        {"job_id": frame.job_id, "token": frame.token, "name": frame.name,
+         "content_type": frame.content_type},
+        separators=(",", ":"),
+    ).encode()
+    return _OUTPUT_MAGIC + struct.pack(">I", len(header)) + header + frame.data
+
+
+def decode_output_frame(blob: bytes) -> OutputFrame:
+    if len(blob) > MAX_BINARY_FRAME_BYTES:
+        raise ProtocolError(f"output frame of {len(blob)} bytes exceeds {MAX_BINARY_FRAME_BYTES}",
+                            "too_large")
+    if len(blob) < 8 or blob[:4] != _OUTPUT_MAGIC:
+        raise ProtocolError("binary frame is not an output frame")
+    (length,) = struct.unpack(">I", blob[4:8])
+    if length > 64 * 1024 or 8 + length > len(blob):
+        raise ProtocolError("output frame header length is invalid")
+    try:
+        header = json.loads(blob[8 : 8 + length])
+    except ValueError:
+        raise ProtocolError("output frame header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("output frame header must be an object")
+    job_id = _str()(header.get("job_id"), "output.job_id")
+    token = _int(header.get("token"), "output.token")
+    name = _str()(header.get("name"), "output.name")
+    content_type = _str()(header.get("content_type"), "output.content_type")
+    if not name or "/" in name or "\\" in name or name in {".", ".."}:
+        raise ProtocolError("output.name must be a plain file name")
+    return OutputFrame(job_id, token, name, content_type, blob[8 + length :])

@@ -1,0 +1,1 @@
+"""The per-GPU worker: relays hub jobs to the co-located ComfyUI."""
