@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.hub",
     "tests.fixtures.sim",
+    "tests.fixtures.images",
 ]
