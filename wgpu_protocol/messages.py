@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 PROTOCOL_VERSION = 1
 
@@ -214,16 +214,35 @@ class ErrorReply:
     message: str
 
 
-WorkerMessage = Union[
-    Hello, Heartbeat, Ready, Unavailable, Started, Progress, Completed, Failed, Released, Bye
-]
-HubMessage = Union[Welcome, JobAssigned, Cancel, Ack, ErrorReply]
-Message = Union[WorkerMessage, HubMessage]
+WorkerMessage: TypeAlias = (
+    Hello
+    | Heartbeat
+    | Ready
+    | Unavailable
+    | Started
+    | Progress
+    | Completed
+    | Failed
+    | Released
+    | Bye
+)
+HubMessage: TypeAlias = Welcome | JobAssigned | Cancel | Ack | ErrorReply
+Message: TypeAlias = WorkerMessage | HubMessage
 
 WORKER_MESSAGES: dict[str, type[Any]] = {
     cls.type: cls
-    for cls in (Hello, Heartbeat, Ready, Unavailable, Started, Progress, Completed, Failed,
-                Released, Bye)
+    for cls in (
+        Hello,
+        Heartbeat,
+        Ready,
+        Unavailable,
+        Started,
+        Progress,
+        Completed,
+        Failed,
+        Released,
+        Bye,
+    )
 }
 HUB_MESSAGES: dict[str, type[Any]] = {
     cls.type: cls for cls in (Welcome, JobAssigned, Cancel, Ack, ErrorReply)
@@ -250,8 +269,9 @@ def decode_hub_message(text: str | bytes) -> HubMessage:
 
 def _decode(text: str | bytes, registry: dict[str, type[Any]]) -> Any:
     if len(text) > MAX_TEXT_FRAME_BYTES:
-        raise ProtocolError(f"message of {len(text)} bytes exceeds {MAX_TEXT_FRAME_BYTES}",
-                            "too_large")
+        raise ProtocolError(
+            f"message of {len(text)} bytes exceeds {MAX_TEXT_FRAME_BYTES}", "too_large"
+        )
     try:
         raw = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -441,8 +461,12 @@ class OutputFrame:
 
 def encode_output_frame(frame: OutputFrame) -> bytes:
     header = json.dumps(
-        {"job_id": frame.job_id, "token": frame.token, "name": frame.name,
-         "content_type": frame.content_type},
+        {
+            "job_id": frame.job_id,
+            "token": frame.token,
+            "name": frame.name,
+            "content_type": frame.content_type,
+        },
         separators=(",", ":"),
     ).encode()
     return _OUTPUT_MAGIC + struct.pack(">I", len(header)) + header + frame.data
@@ -450,8 +474,9 @@ def encode_output_frame(frame: OutputFrame) -> bytes:
 
 def decode_output_frame(blob: bytes) -> OutputFrame:
     if len(blob) > MAX_BINARY_FRAME_BYTES:
-        raise ProtocolError(f"output frame of {len(blob)} bytes exceeds {MAX_BINARY_FRAME_BYTES}",
-                            "too_large")
+        raise ProtocolError(
+            f"output frame of {len(blob)} bytes exceeds {MAX_BINARY_FRAME_BYTES}", "too_large"
+        )
     if len(blob) < 8 or blob[:4] != _OUTPUT_MAGIC:
         raise ProtocolError("binary frame is not an output frame")
     (length,) = struct.unpack(">I", blob[4:8])
