@@ -14,6 +14,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _root() -> None:
+    """Keeps `wgpu` a command group even while only one command is registered."""
+
+
 for module in (count, hub, sim, workers, stack, client, compose, fleet):
     module.register(app)
 

@@ -1,0 +1,192 @@
+"""NVIDIA GPU discovery and live stats through NVML (nvidia-ml-py, module `pynvml`).
+
+Nothing here raises for a missing driver or an unsupported query: discovery reports zero GPUs
+and says why; a stat the GPU cannot give is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import pynvml
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int  # NVML index: PCI bus order (CUDA's default order can differ; pin by uuid)
+    uuid: str
+    name: str
+    memory_total_mb: int
+
+
+@dataclass
+class GpuInventory:
+    gpus: list[GpuDevice] = field(default_factory=list)
+    error: str | None = None  # why there are no GPUs, when NVML could not be used
+    simulated: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.gpus)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "gpus": [
+                {
+                    "index": g.index,
+                    "uuid": g.uuid,
+                    "name": g.name,
+                    "memory_total": g.memory_total_mb,
+                }
+                for g in self.gpus
+            ],
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class GpuStats:
+    """One GPU at one moment. Each field is None when the GPU or driver does not report it."""
+
+    index: int
+    utilization_pct: int | None
+    memory_used_mb: int | None
+    memory_total_mb: int | None
+    temperature_c: int | None
+    power_w: float | None
+
+
+def describe_nvml_error(exc: Exception) -> str:
+    """One line for users: what is wrong with NVML on this host."""
+    if isinstance(exc, pynvml.NVMLError_LibraryNotFound):
+        return "NVML library not found: no NVIDIA driver on this host"
+    if isinstance(exc, pynvml.NVMLError_DriverNotLoaded):
+        return "NVIDIA driver not loaded: load the kernel module (nvidia-smi says more)"
+    if isinstance(exc, pynvml.NVMLError_NoPermission):
+        return "no permission to use NVML: run as a user allowed to access /dev/nvidia*"
+    return f"NVML failed: {exc}"
+
+
+def _text(value: str | bytes) -> str:
+    # Older nvidia-ml-py versions return bytes.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes_to_mb(value: int) -> int:
+    return int(value) // (1024 * 1024)
+
+
+def _optional(read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except pynvml.NVMLError:
+        return None
+
+
+def discover() -> GpuInventory:
+    """The GPUs NVML sees, in NVML index order; zero GPUs plus the reason when NVML is unusable."""
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return GpuInventory(error=describe_nvml_error(exc))
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            gpus.append(
+                GpuDevice(
+                    index=index,
+                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
+                    memory_total_mb=_bytes_to_mb(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+                )
+            )
+        return GpuInventory(gpus=gpus)
+    except pynvml.NVMLError as exc:
+        return GpuInventory(error=describe_nvml_error(exc))
+    finally:
+        _optional(pynvml.nvmlShutdown)
+
+
+def simulated(n: int) -> GpuInventory:
+    """`n` stand-in GPU slots, for running the stack on a machine without GPUs."""
+    gpus = [
+        GpuDevice(index=i, uuid=f"SIM-GPU-{i}", name="Simulated GPU", memory_total_mb=0)
+        for i in range(n)
+    ]
+    return GpuInventory(gpus=gpus, simulated=True)
+
+
+class GpuMonitor:
+    """Live per-GPU stats. Initialises NVML once (a poll then costs microseconds per GPU).
+
+    Use as a context manager or call `close()`.
+    Without NVML, `poll()` returns [] and `error` says why.
+    """
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._handles: dict[int, Any] = {}
+        self._open = False
+        try:
+            pynvml.nvmlInit()
+            self._open = True
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                self._handles[index] = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except pynvml.NVMLError as exc:
+            self.error = describe_nvml_error(exc)
+
+    @property
+    def indices(self) -> list[int]:
+        return sorted(self._handles)
+
+    def poll(self, indices: Iterable[int] | None = None) -> list[GpuStats]:
+        """Stats for the given NVML indices (all GPUs when None); unknown indices are skipped."""
+        wanted = self.indices if indices is None else [i for i in indices if i in self._handles]
+        return [self._read(index, self._handles[index]) for index in wanted]
+
+    @staticmethod
+    def _read(index: int, handle: Any) -> GpuStats:
+        memory = _optional(lambda: pynvml.nvmlDeviceGetMemoryInfo(handle))
+        utilization = _optional(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))
+        temperature = _optional(
+            lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+        )
+        power_mw = _optional(lambda: pynvml.nvmlDeviceGetPowerUsage(handle))
+        return GpuStats(
+            index=index,
+            utilization_pct=None if utilization is None else int(utilization.gpu),
+            memory_used_mb=None if memory is None else _bytes_to_mb(memory.used),
+            memory_total_mb=None if memory is None else _bytes_to_mb(memory.total),
+            temperature_c=None if temperature is None else int(temperature),
+            power_w=None if power_mw is None else round(power_mw / 1000.0, 1),
+        )
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._handles.clear()
+            _optional(pynvml.nvmlShutdown)
+
+    def __enter__(self) -> GpuMonitor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def poll(indices: Iterable[int] | None = None) -> list[GpuStats]:
+    """One-off stats (initialises NVML for this call; keep a GpuMonitor for repeated polls)."""
+    with GpuMonitor() as monitor:
+        return monitor.poll(indices)
