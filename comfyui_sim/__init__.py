@@ -1,1 +1,4 @@
-"""A stand-in for stock ComfyUI's HTTP and WebSocket API."""
+"""A stand-in for stock ComfyUI's HTTP and WebSocket API (aiohttp and the stdlib only).
+
+`from comfyui_sim.server import SimConfig, start_sim`; see server.py.
+"""

@@ -1,0 +1,24 @@
+"""`python -m comfyui_sim --port 8188 --node-time 0.05 --output-dir DIR`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from comfyui_sim.cli_args import config_from_args, parser
+from comfyui_sim.server import run_sim
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s wgpu-sim %(message)s")
+    try:
+        run_sim(config_from_args(args, argv))
+    except OSError as exc:
+        print(f"wgpu-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

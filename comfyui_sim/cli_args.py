@@ -1,0 +1,46 @@
+"""Command-line options shared by `python -m comfyui_sim` and `wgpu sim`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from comfyui_sim.config import SimConfig
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m comfyui_sim",
+        description="Serve stock ComfyUI's HTTP and WebSocket API with simulated nodes.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8188, help="port (default 8188; 0 = any free)")
+    p.add_argument("--node-time", type=float, default=0.02, help="seconds per node")
+    p.add_argument("--step-time", type=float, default=0.01, help="seconds per progress step")
+    p.add_argument("--output-dir", "--output-directory", type=Path, default=None)
+    p.add_argument("--temp-dir", "--temp-directory", type=Path, default=None)
+    p.add_argument("--input-dir", "--input-directory", type=Path, default=None)
+    p.add_argument("--cache-none", action="store_true", help="never serve nodes from cache")
+    p.add_argument("--device-name", default=None, help="device name in /system_stats")
+    p.add_argument("--vram-mb", type=int, default=None, help="VRAM in /system_stats (MiB)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str]) -> SimConfig:
+    config = SimConfig(
+        host=args.host,
+        port=args.port,
+        node_time_s=args.node_time,
+        step_time_s=args.step_time,
+        output_dir=args.output_dir,
+        temp_dir=args.temp_dir,
+        input_dir=args.input_dir,
+        cache_enabled=not args.cache_none,
+        argv=["main.py", *argv],
+    )
+    if args.device_name:
+        config.device_name = args.device_name
+    if args.vram_mb:
+        config.vram_total = args.vram_mb * 1024 * 1024
+    return config

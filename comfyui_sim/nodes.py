@@ -1,0 +1,196 @@
+"""What each simulated node does when it runs: values flowing between nodes, files, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from comfyui_sim import faults
+from comfyui_sim.catalog import Behaviour, NodeClass
+from comfyui_sim.faults import Fault, NodeFailure
+from comfyui_sim.outputs import OutputStore
+from comfyui_sim.png import make_png, rgb_of
+
+
+@dataclass(frozen=True)
+class SimImage:
+    """Stands in for an IMAGE tensor [batch, height, width, 3] of one colour."""
+
+    width: int
+    height: int
+    batch: int
+    rgb: tuple[int, int, int]
+
+    def __str__(self) -> str:
+        r, g, b = (f"{c / 255:.4f}" for c in self.rgb)
+        row = f"[{r}, {g}, {b}]"
+        return f"tensor([[[[{row},\n          ...,\n          {row}]]]])  # shape " + str(
+            [self.batch, self.height, self.width, 3]
+        )
+
+
+@dataclass(frozen=True)
+class SimLatent:
+    width: int
+    height: int
+    batch: int
+    seed: int = 0
+
+
+@dataclass
+class NodeResult:
+    outputs: tuple[Any, ...]
+    ui: dict[str, Any] | None = None
+
+
+class RunContext(Protocol):
+    """What a running node may use; provided by the executor."""
+
+    store: OutputStore
+    prompt: dict[str, Any]
+    node_time_s: float
+    step_time_s: float
+    max_image_side: int
+
+    async def progress(
+        self, node_id: str, value: int, total: int, preview: bytes | None
+    ) -> None: ...
+
+    async def text(self, node_id: str, text: str) -> None: ...
+
+    async def fault(self, node_id: str, fault: Fault) -> None: ...
+
+
+NodeRunner = Callable[[RunContext, str, dict[str, Any]], Awaitable[NodeResult]]
+
+
+def _capped(image: SimImage, cap: int) -> tuple[int, int]:
+    scale = min(1.0, cap / max(image.width, image.height))
+    return max(1, int(image.width * scale)), max(1, int(image.height * scale))
+
+
+def render(image: SimImage, cap: int, text: dict[str, str] | None = None) -> bytes:
+    width, height = _capped(image, cap)
+    return make_png(width, height, image.rgb, text=text)
+
+
+def _first_image(inputs: dict[str, Any]) -> SimImage:
+    for value in inputs.values():
+        if isinstance(value, SimImage):
+            return value
+    return SimImage(64, 64, 1, (0, 0, 0))
+
+
+def _seed_colour(seed: int) -> tuple[int, int, int]:
+    digest = hashlib.sha256(str(seed).encode()).digest()
+    return digest[0], digest[1], digest[2]
+
+
+async def _steps(ctx: RunContext, node_id: str, total: int, step_time: float) -> None:
+    for step in range(total):
+        await asyncio.sleep(step_time)
+        await ctx.progress(node_id, step + 1, total, None)
+
+
+async def run(
+    ctx: RunContext, node_id: str, node_class: NodeClass, inputs: dict[str, Any]
+) -> NodeResult:
+    """Execute one node: take its time, produce its outputs and UI entry."""
+    behaviour = node_class.behaviour
+    if behaviour not in (Behaviour.SLEEP, Behaviour.SAMPLER):
+        await asyncio.sleep(ctx.node_time_s)
+    cap = ctx.max_image_side
+    if behaviour is Behaviour.EMPTY_IMAGE:
+        image = SimImage(
+            int(inputs["width"]), int(inputs["height"]), int(inputs["batch_size"]),
+            rgb_of(int(inputs["color"])),
+        )  # fmt: skip
+        return NodeResult((image,))
+    if behaviour is Behaviour.SCALE_BY:
+        image = _first_image(inputs)
+        scale = float(inputs["scale_by"])
+        size = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        return NodeResult((replace(image, width=size[0], height=size[1]),))
+    if behaviour is Behaviour.SCALE_TO:
+        image = _first_image(inputs)
+        width, height = int(inputs["width"]), int(inputs["height"])
+        if width == 0 and height == 0:
+            width, height = image.width, image.height
+        elif width == 0:
+            width = max(1, round(image.width * height / image.height))
+        elif height == 0:
+            height = max(1, round(image.height * width / image.width))
+        return NodeResult((replace(image, width=width, height=height),))
+    if behaviour is Behaviour.IMAGE_SIZE:
+        image = _first_image(inputs)
+        text = f"width: {image.width}, height: {image.height}\n batch size: {image.batch}"
+        await ctx.text(node_id, text)
+        return NodeResult((image.width, image.height, image.batch))
+    if behaviour is Behaviour.TO_MASK:
+        if inputs["channel"] == "alpha":
+            raise faults.alpha_channel_error()
+        image = _first_image(inputs)
+        return NodeResult((image,))
+    if behaviour in (Behaviour.SAVE, Behaviour.PREVIEW):
+        image = _first_image(inputs)
+        width, height = _capped(image, cap)
+        png_text = {"prompt": json.dumps(ctx.prompt)}
+        data = [render(image, cap, png_text)] * image.batch
+        if behaviour is Behaviour.SAVE:
+            entries = ctx.store.save("output", str(inputs["filename_prefix"]), data, width, height)
+        else:
+            entries = ctx.store.save("temp", ctx.store.temp_prefix, data, width, height)
+        return NodeResult((), {"images": entries})
+    if behaviour is Behaviour.SAVE_WS:
+        image = _first_image(inputs)
+        preview = render(image, min(cap, 512))
+        for step in range(image.batch):
+            await ctx.progress(node_id, step, image.batch, preview)
+        return NodeResult(())
+    if behaviour is Behaviour.EMPTY_LATENT:
+        latent = SimLatent(int(inputs["width"]), int(inputs["height"]), int(inputs["batch_size"]))
+        return NodeResult((latent,))
+    if behaviour is Behaviour.SAMPLER:
+        await _steps(ctx, node_id, int(inputs["steps"]), ctx.step_time_s)
+        latent = inputs["latent_image"]
+        seed = int(inputs["seed"])
+        if isinstance(latent, SimLatent):
+            return NodeResult((replace(latent, seed=seed),))
+        return NodeResult((SimLatent(512, 512, 1, seed),))
+    if behaviour is Behaviour.DECODE:
+        latent = inputs["samples"]
+        if not isinstance(latent, SimLatent):
+            latent = SimLatent(512, 512, 1)
+        image = SimImage(latent.width, latent.height, latent.batch, _seed_colour(latent.seed))
+        return NodeResult((image,))
+    if behaviour is Behaviour.SLEEP:
+        steps = max(1, int(inputs["steps"]))
+        await _steps(ctx, node_id, steps, float(inputs["seconds"]) / steps)
+        return NodeResult((_first_image(inputs),))
+    if behaviour is Behaviour.FAULT:
+        await ctx.fault(node_id, Fault(str(inputs["mode"]), float(inputs.get("after_s", 0.0))))
+        return NodeResult((_first_image(inputs),))
+    return _plain(node_class, inputs)
+
+
+def _plain(node_class: NodeClass, inputs: dict[str, Any]) -> NodeResult:
+    """Nodes that only transform: pass the input through (inverting for ImageInvert)."""
+    if not node_class.outputs:
+        return NodeResult(())
+    linked = [v for v in inputs.values() if isinstance(v, SimImage | SimLatent)]
+    if node_class.name == "ImageInvert" and linked and isinstance(linked[0], SimImage):
+        image = linked[0]
+        inverted = (255 - image.rgb[0], 255 - image.rgb[1], 255 - image.rgb[2])
+        return NodeResult((replace(image, rgb=inverted),))
+    if linked:
+        return NodeResult(tuple(linked[0] for _ in node_class.outputs))
+    # Loaders and encoders: opaque tokens naming what they stand for.
+    return NodeResult(tuple(f"<{kind} {node_class.name}>" for kind in node_class.outputs))
+
+
+def failure_for(fault: Fault) -> NodeFailure:
+    return faults.out_of_memory() if fault.mode == "oom" else faults.execution_error()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the system packages the tests need and a fresh Debian machine lacks: redis-server,
+# docker.io (dockerd), debootstrap (the offline base image), python3-venv. Needs root; does
+# nothing when everything is already there.
+set -euo pipefail
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+((${#missing[@]})) || exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing ${missing[*]}: run as root, or install them with apt-get" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
