@@ -1,0 +1,539 @@
+"""The worker, in process, against a real hub (on real Redis) and the ComfyUI simulator.
+
+Each test drives the system from the outside: jobs go in through the hub's REST API and the
+test waits for what a client would see. Timings are shortened through configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from comfy_worker import Worker, WorkerConfig
+
+from tests.fixtures.hub import HubFactory
+from tests.fixtures.sim import SimFactory, free_port
+
+DEADLINE_S = 15.0
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "dead"}
+
+
+def image_workflow(width: int = 64) -> dict[str, Any]:
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": 48, "batch_size": 1, "color": 16744448},
+        },
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": "wgpu/test"},
+        },
+    }
+
+
+def fault_workflow(mode: str, after_s: float = 0.0) -> dict[str, Any]:
+    workflow = image_workflow()
+    workflow["4"] = {
+        "class_type": "WgpuSimFault",
+        "inputs": {"mode": mode, "after_s": after_s, "image": ["2", 0]},
+    }
+    return workflow
+
+
+def worker_config(hub_url: str, comfy_url: str, tmp_path: Path, **overrides: Any) -> WorkerConfig:
+    settings: dict[str, Any] = {
+        "machine_id": "test",
+        "gpu_id": 0,
+        "hub_url": "ws" + hub_url.removeprefix("http"),
+        "comfyui_url": comfy_url,
+        "health_file": tmp_path / "worker-health.json",
+        "watchdog_s": 0.5,
+        "comfyui_check_s": 0.1,
+        "comfyui_lost_s": 0.5,
+        "reconnect_max_s": 0.3,
+        "ack_timeout_s": 5.0,
+        "grace_s": 5.0,
+        "progress_interval_s": 0.01,
+    }
+    settings.update(overrides)
+    return WorkerConfig(**settings)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: WorkerConfig) -> AsyncIterator[Worker]:
+    worker = Worker(config)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.request_stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), config.grace_s + 5)
+        except TimeoutError:
+            task.cancel()
+            raise
+
+
+class HubClient:
+    """The hub's REST API, as a client uses it."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http = http
+        self.url = url
+
+    async def submit(self, workflow: dict[str, Any], **fields: Any) -> str:
+        async with self.http.post(f"{self.url}/jobs", json={"workflow": workflow, **fields}) as r:
+            body = await r.json()
+            assert r.status == 201, body
+            return str(body["id"])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.url}/jobs/{job_id}") as r:
+            assert r.status == 200
+            return await r.json()  # type: ignore[no-any-return]
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        async with self.http.delete(f"{self.url}/jobs/{job_id}") as r:
+            return await r.json()  # type: ignore[no-any-return]
+
+    async def output(self, job_id: str, name: str) -> tuple[bytes, str]:
+        async with self.http.get(f"{self.url}/jobs/{job_id}/outputs/{name}") as r:
+            assert r.status == 200
+            return await r.read(), r.content_type
+
+    async def events(self, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """The job's whole SSE stream, up to and including `done`."""
+        found: list[tuple[str, dict[str, Any]]] = []
+        async with self.http.get(f"{self.url}/jobs/{job_id}/events") as r:
+            kind = ""
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    found.append((kind, json.loads(line.removeprefix("data: "))))
+        return found
+
+    async def workers(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.url}/workers") as r:
+            return (await r.json())["workers"]  # type: ignore[no-any-return]
+
+    async def wait_for(
+        self, job_id: str, statuses: set[str] | None = None, timeout_s: float = DEADLINE_S
+    ) -> dict[str, Any]:
+        """Poll until the job is in one of `statuses` (default: any terminal one)."""
+        wanted = statuses or TERMINAL
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = await self.job(job_id)
+            if job["status"] in wanted:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} not in {wanted} after {timeout_s}s: {job}")
+            await asyncio.sleep(0.05)
+
+    async def wait_worker(self, status: str, timeout_s: float = DEADLINE_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            workers = await self.workers()
+            if workers and workers[0]["status"] == status:
+                return workers[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no worker became {status!r}: {workers}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def sim_json(http: aiohttp.ClientSession, url: str, path: str) -> Any:
+    async with http.get(url + path) as r:
+        return await r.json()
+
+
+async def test_success_downloads_every_output(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
+        job_id = await client.submit(image_workflow(width=80))
+        job = await client.wait_for(job_id)
+        assert job["status"] == "succeeded", job
+        assert job["worker_id"] == "test-gpu0"
+        assert job["attempts"] == 1
+        assert len(job["outputs"]) == 1
+        output = job["outputs"][0]
+        data, content_type = await client.output(job_id, output["name"])
+        assert data.startswith(b"\x89PNG") and content_type == "image/png"
+        assert output["size"] == len(data)
+        # The bytes are the very file ComfyUI wrote (read back through its own /view).
+        history = await sim_json(http, sim.url, "/history")
+        (entry,) = history.values()
+        image = entry["outputs"]["3"]["images"][0]
+        params = {"filename": image["filename"], "subfolder": image["subfolder"], "type": "output"}
+        async with http.get(sim.url + "/view", params=params) as r:
+            assert await r.read() == data
+        # Then the worker is idle and takes the next job.
+        second = await client.wait_for(await client.submit(image_workflow(width=32)))
+        assert second["status"] == "succeeded"
+        await acks_reach(worker, 2)
+
+
+async def test_progress_reaches_the_hub_in_order(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory(node_time_s=0.05)
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        job_id = await client.submit(image_workflow())
+        assert (await client.wait_for(job_id))["status"] == "succeeded"
+        events = await client.events(job_id)
+    progress = [data for kind, data in events if kind == "progress"]
+    assert len(progress) >= 2
+    values = [p["value"] for p in progress]
+    assert values == sorted(values)
+    assert progress[-1]["max"] == 3 and progress[-1]["value"] == 3
+    assert events[-1][0] == "done"
+
+
+async def test_progress_within_a_long_node_is_throttled(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    workflow = image_workflow()
+    # 400 progress events in 0.5 s from ComfyUI; at most ~20 a second may reach the hub.
+    workflow["2"] = {
+        "class_type": "WgpuSimSleep",
+        "inputs": {"seconds": 0.5, "steps": 400, "image": ["1", 0]},
+    }
+    config = worker_config(hub.url, sim.url, tmp_path, progress_interval_s=0.05)
+    async with running_worker(config):
+        job_id = await client.submit(workflow)
+        job = await client.wait_for(job_id)
+        assert job["status"] == "succeeded"
+        events = await client.events(job_id)
+    values = [data["value"] for kind, data in events if kind == "progress"]
+    ran_s = job["finished_at"] - job["started_at"]
+    assert 3 <= len(values) <= ran_s / 0.05 + 4  # one per interval, plus the edges
+    assert len(values) < 100  # far fewer than the 400 steps ComfyUI reported
+    assert values == sorted(values)
+    assert any(1 < v < 2 for v in values)  # steps inside node 2 show as a fraction of it
+
+
+async def test_validation_error_fails_at_once_naming_node_and_input(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    workflow = image_workflow()
+    del workflow["1"]["inputs"]["width"]
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        job = await client.wait_for(await client.submit(workflow, max_attempts=3))
+    assert job["status"] == "failed"
+    assert job["attempts"] == 1  # not retried: the workflow itself is wrong
+    error = job["error"]
+    assert error["type"] == "validation_error"
+    assert error["node_id"] == "1"
+    assert "node 1 (EmptyImage)" in error["message"] and "'width'" in error["message"]
+
+
+async def test_execution_error_reports_node_type_and_message(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        job = await client.wait_for(await client.submit(fault_workflow("execution_error")))
+    assert job["status"] == "failed"
+    assert job["attempts"] == 1
+    error = job["error"]
+    assert error["type"] == "execution_error"
+    assert error["node_id"] == "4"
+    assert "WgpuSimFault" in error["message"] and "injected" in error["message"]
+
+
+async def test_out_of_memory_is_its_own_error_type(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        job = await client.wait_for(await client.submit(fault_workflow("oom"), max_attempts=2))
+        # Retryable: the hub ran it again (on the only worker) before giving up.
+        assert job["status"] == "dead"
+        assert job["attempts"] == 2
+        assert job["error"]["type"] == "out_of_memory"
+        assert job["error"]["node_id"] == "4"
+        assert [h["error"]["type"] for h in job["history"]] == ["out_of_memory"] * 2
+        # And the worker still works afterwards.
+        after = await client.wait_for(await client.submit(image_workflow()))
+        assert after["status"] == "succeeded"
+
+
+async def test_cancel_interrupts_the_prompt_in_comfyui(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
+        job_id = await client.submit(fault_workflow("hang"))
+        await client.wait_for(job_id, {"running"})
+        await _until(lambda: _sim_busy(http, sim.url), "the prompt to run in ComfyUI")
+        await client.cancel(job_id)
+        assert (await client.wait_for(job_id))["status"] == "cancelled"
+        # The hanging prompt was interrupted in ComfyUI: it ends there as interrupted.
+        entry = await _until(lambda: _only_history(http, sim.url), "the prompt to end")
+        kinds = [kind for kind, _ in entry["status"]["messages"]]
+        assert "execution_interrupted" in kinds
+        assert "execution_success" not in kinds
+        # The worker is free again.
+        after = await client.wait_for(await client.submit(image_workflow()))
+        assert after["status"] == "succeeded"
+        await acks_reach(worker, 1)
+
+
+async def test_comfyui_down_at_start_then_up(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    port = free_port()
+    client = HubClient(http, hub.url)
+    config = worker_config(hub.url, f"http://127.0.0.1:{port}", tmp_path)
+    async with running_worker(config):
+        worker_row = await client.wait_worker("unavailable")
+        assert worker_row["id"] == "test-gpu0"
+        job_id = await client.submit(image_workflow())
+        # No ComfyUI: the job is not taken, across heartbeats that say ComfyUI is down.
+        submitted_at = time.time()
+
+        async def heartbeats_since_submit() -> dict[str, Any] | None:
+            row = (await client.workers())[0]
+            return row if (row["last_heartbeat"] or 0) > submitted_at + 0.6 else None
+
+        row = await _until(heartbeats_since_submit, "heartbeats while ComfyUI is down")
+        assert row["status"] == "unavailable" and row["comfyui_ok"] is False
+        assert (await client.job(job_id))["status"] == "queued"
+        await sim_factory(port=port)
+        job = await client.wait_for(job_id)
+        assert job["status"] == "succeeded" and job["attempts"] == 1
+
+
+async def test_silent_websocket_is_caught_by_the_watchdog(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path, watchdog_s=0.5)):
+        started = time.monotonic()
+        job = await client.wait_for(await client.submit(fault_workflow("silent_ws")))
+        elapsed = time.monotonic() - started
+    assert job["status"] == "succeeded"
+    assert [o["name"] for o in job["outputs"]] == ["test_00001_.png"]
+    assert elapsed < 5.0  # found by polling /history, not by some long timeout
+
+
+async def test_hub_killed_mid_job_and_restarted_result_arrives_once(
+    redis_url: str, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    sim = await sim_factory(node_time_s=0.3)  # about 1 s per job: time to kill the hub
+    hub = HubProcess(redis_url, free_port(), tmp_path)
+    await hub.start()
+    client = HubClient(http, hub.url)
+    try:
+        async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
+            job_id = await client.submit(image_workflow())
+            await client.wait_for(job_id, {"running"})
+            hub.kill()
+            # The run ends in ComfyUI while no hub is there: the result waits in the worker.
+            await _until(lambda: _only_history(http, sim.url), "the run to finish")
+            assert worker.results_recorded == 0
+            await hub.start()
+            job = await client.wait_for(job_id)
+            await acks_reach(worker, 1)
+            events = await client.events(job_id)
+            data, _ = await client.output(job_id, job["outputs"][0]["name"])
+    finally:
+        hub.kill()
+    assert job["status"] == "succeeded"
+    assert job["attempts"] == 1 and len(job["history"]) == 1
+    assert len(job["outputs"]) == 1
+    assert data.startswith(b"\x89PNG")
+    assert [kind for kind, _ in events].count("done") == 1
+    assert len(await sim_json(http, sim.url, "/history")) == 1  # ComfyUI ran it once
+
+
+async def test_job_given_away_while_cut_off_is_stopped_and_not_reported(
+    redis_url: str,
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    sim = await sim_factory()
+    hub = HubProcess(redis_url, free_port(), tmp_path, lease_s=1.0)
+    other_hub = await hub_factory()  # same Redis: its reaper requeues the expired lease
+    await hub.start()
+    client = HubClient(http, other_hub.url)
+    try:
+        async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
+            job_id = await client.submit(fault_workflow("hang"))
+            await client.wait_for(job_id, {"running"})
+            first_prompt = await _until(lambda: _running_prompt(http, sim.url), "the prompt")
+            hub.kill()
+            await client.wait_for(job_id, {"queued"})  # lease expired: given away
+            await hub.start()
+            # The worker learns it no longer owns the job: it stops that prompt in ComfyUI...
+            history = await _until(lambda: _history_of(http, sim.url, first_prompt), "interrupt")
+            assert "execution_interrupted" in [kind for kind, _ in history["status"]["messages"]]
+            # ...reports nothing about it, and takes the job again as a new attempt.
+            job = await client.wait_for(job_id, {"running"})
+            assert job["attempts"] == 2
+            assert [h["outcome"] for h in job["history"]] == ["lease_expired"]
+            assert worker.results_recorded == 0
+            await client.cancel(job_id)
+    finally:
+        hub.kill()
+
+
+async def test_timed_out_job_is_stopped_in_comfyui(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        job_id = await client.submit(fault_workflow("hang"), timeout_s=1.0)
+        job = await client.wait_for(job_id)
+        assert job["status"] in ("timed_out", "failed")
+        entry = await _until(lambda: _only_history(http, sim.url), "the prompt to be stopped")
+        assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
+        after = await client.wait_for(await client.submit(image_workflow()))
+        assert after["status"] == "succeeded"
+
+
+async def test_worker_token_is_sent_and_required(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory(worker_token="s3cret")
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    wrong = worker_config(hub.url, sim.url, tmp_path, worker_token="wrong", machine_id="bad")
+    async with running_worker(wrong) as refused:
+
+        async def attempted() -> bool:
+            return refused.hub_link.attempts >= 3
+
+        await _until(attempted, "a few connection attempts")
+        assert refused.hub_link.connections == 0 and await client.workers() == []
+    right = worker_config(hub.url, sim.url, tmp_path, worker_token="s3cret")
+    async with running_worker(right):
+        job = await client.wait_for(await client.submit(image_workflow()))
+        assert job["status"] == "succeeded" and job["worker_id"] == "test-gpu0"
+
+
+class HubProcess:
+    """`python -m redis_api` as a child, so that it can really be killed (SIGKILL)."""
+
+    def __init__(self, redis_url: str, port: int, tmp_path: Path, lease_s: float = 10) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            REDIS_API_PORT=str(port),
+            REDIS_API_HOST_BIND="127.0.0.1",
+            OUTPUTS_DIR=str(tmp_path / "hub-outputs"),
+            LEASE_S=str(lease_s),
+            HEARTBEAT_S="0.5",
+            LOG_LEVEL="WARNING",
+        )
+        self.log = tmp_path / "hub.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                [sys.executable, "-m", "redis_api"], env=self.env, stdout=log, stderr=log
+            )
+        async with aiohttp.ClientSession() as http:
+
+            async def healthy() -> bool:
+                try:
+                    async with http.get(f"{self.url}/health") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await _until(healthy, f"the hub to start (log: {self.log})")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+async def _until(probe: Any, what: str, timeout_s: float = DEADLINE_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _sim_busy(http: aiohttp.ClientSession, url: str) -> bool:
+    queue = await sim_json(http, url, "/queue")
+    return bool(queue["queue_running"])
+
+
+async def _only_history(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    history = await sim_json(http, url, "/history")
+    return next(iter(history.values())) if history else None
+
+
+async def _running_prompt(http: aiohttp.ClientSession, url: str) -> str | None:
+    running = (await sim_json(http, url, "/queue"))["queue_running"]
+    return str(running[0][1]) if running else None
+
+
+async def _history_of(
+    http: aiohttp.ClientSession, url: str, prompt_id: str
+) -> dict[str, Any] | None:
+    return (await sim_json(http, url, f"/history/{prompt_id}")).get(prompt_id)  # type: ignore[no-any-return]
+
+
+async def acks_reach(worker: Worker, count: int) -> None:
+    """The hub's acks arrive just after the job shows as finished: wait for them, then check
+    that no more came than expected."""
+
+    async def reached() -> bool:
+        return worker.results_recorded >= count
+
+    await _until(reached, f"{count} acked result(s)")
+    assert worker.results_recorded == count

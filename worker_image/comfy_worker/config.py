@@ -1,0 +1,177 @@
+"""The worker's configuration, read from the environment once at start.
+
+Names follow the original comfy-worker (REDIS_API_HOST, REDIS_API_PORT, EXECUTION_SERVICE_PORT,
+MACHINE_ID, GPU_ID, NUM_GPUS) so existing deployments keep working. A bad value raises
+`ConfigError` whose text is one line naming the variable and what to set it to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_COMFYUI_PORT = 8188
+DEFAULT_HUB_PORT = 8001
+DEFAULT_HEALTH_FILE = "/tmp/comfy-worker-health.json"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the worker cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    machine_id: str
+    gpu_id: int = 0
+    num_gpus: int = 1
+    hub_url: str = f"ws://127.0.0.1:{DEFAULT_HUB_PORT}"  # ws:// or wss:// base, no path
+    comfyui_url: str = f"http://127.0.0.1:{DEFAULT_COMFYUI_PORT}"  # http:// base, no path
+    comfyui_port: int = DEFAULT_COMFYUI_PORT
+    worker_token: str | None = None
+    log_level: str = "INFO"
+    comfyui_cmd: str | None = None
+    health_file: Path = Path(DEFAULT_HEALTH_FILE)
+    # Timings. Defaults suit production; tests shorten them through the same fields.
+    grace_s: float = 30.0  # SIGTERM: how long the running job may still take
+    watchdog_s: float = 10.0  # ComfyUI socket silence during a job before /history is polled
+    comfyui_check_s: float = 1.0  # how often ComfyUI's /system_stats is probed
+    comfyui_lost_s: float = 3.0  # unreachable this long during a job = ComfyUI crashed
+    reconnect_max_s: float = 5.0  # cap of the hub reconnect backoff
+    ack_timeout_s: float = 30.0  # no ack of a result this long: reconnect and resend
+    progress_interval_s: float = 0.05  # at most ~20 progress messages a second
+    heartbeat_s: float = 5.0  # used until the hub's welcome says otherwise
+
+    @property
+    def worker_id(self) -> str:
+        """Stable across restarts, so the hub recognises the worker and its running job."""
+        return f"{self.machine_id}-gpu{self.gpu_id}"
+
+    @property
+    def hub_ws_url(self) -> str:
+        return f"{self.hub_url}/ws/worker/{self.worker_id}"
+
+    def replace(self, **changes: Any) -> WorkerConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> WorkerConfig:
+        """Build from `env` (default os.environ); keyword overrides win over the environment."""
+        env = os.environ if env is None else env
+        reader = _EnvReader(env)
+        gpu_id = reader.integer("GPU_ID", 0, minimum=0)
+        num_gpus = reader.integer("NUM_GPUS", 1, minimum=1)
+        comfyui_port = reader.integer(
+            "EXECUTION_SERVICE_PORT", DEFAULT_COMFYUI_PORT + gpu_id, minimum=1, maximum=65535
+        )
+        comfyui_host = reader.text("COMFYUI_HOST", "127.0.0.1")
+        log_level = reader.text("LOG_LEVEL", "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL={log_level!r} is not valid: use one of {LOG_LEVELS}")
+        values: dict[str, Any] = {
+            "machine_id": reader.text("MACHINE_ID", socket.gethostname()),
+            "gpu_id": gpu_id,
+            "num_gpus": num_gpus,
+            "hub_url": _hub_url(reader),
+            "comfyui_url": f"http://{_host_for_url(comfyui_host)}:{comfyui_port}",
+            "comfyui_port": comfyui_port,
+            "worker_token": reader.optional("WORKER_TOKEN"),
+            "log_level": log_level,
+            "comfyui_cmd": reader.optional("COMFYUI_CMD"),
+            "health_file": Path(reader.text("HEALTH_FILE", DEFAULT_HEALTH_FILE)),
+            "grace_s": reader.seconds("WORKER_GRACE_S", 30.0),
+            "watchdog_s": reader.seconds("WORKER_WATCHDOG_S", 10.0),
+            "comfyui_check_s": reader.seconds("WORKER_COMFYUI_CHECK_S", 1.0),
+            "comfyui_lost_s": reader.seconds("WORKER_COMFYUI_LOST_S", 3.0),
+            "reconnect_max_s": reader.seconds("WORKER_RECONNECT_MAX_S", 5.0),
+            "ack_timeout_s": reader.seconds("WORKER_ACK_TIMEOUT_S", 30.0),
+        }
+        if gpu_id >= num_gpus and "NUM_GPUS" in env:
+            raise ConfigError(
+                f"GPU_ID={gpu_id} is not below NUM_GPUS={num_gpus}: GPU ids count from 0"
+            )
+        if not _is_valid_id(values["machine_id"]):
+            raise ConfigError(
+                f"MACHINE_ID={values['machine_id']!r} is not usable: use letters, digits, '.', "
+                "'_' or '-' (at most 100 characters)"
+            )
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def logging_level(self) -> int:
+        return int(getattr(logging, self.log_level))
+
+
+def _is_valid_id(value: str) -> bool:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    return 0 < len(value) <= 100 and set(value) <= allowed
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _hub_url(reader: _EnvReader) -> str:
+    override = reader.optional("HUB_URL")
+    if override is None:
+        host = reader.text("REDIS_API_HOST", "127.0.0.1")
+        port = reader.integer("REDIS_API_PORT", DEFAULT_HUB_PORT, minimum=1, maximum=65535)
+        return f"ws://{_host_for_url(host)}:{port}"
+    parts = urlsplit(override)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ConfigError(
+            f"HUB_URL={override!r} is not a URL: use e.g. http://hub-host:8001 or ws://hub-host:8001"
+        )
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def optional(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def integer(
+        self, name: str, default: int, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{name}={raw!r} is not a whole number: set it to e.g. {default}"
+            ) from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{name}={value} is out of range: use a number {bounds}")
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{name}={raw!r} is not a number of seconds: e.g. {default}"
+            ) from None
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"{name}={raw!r} must be a positive number of seconds")
+        return value

@@ -1,0 +1,455 @@
+"""The worker: ties the hub link, ComfyUI, the job runner, supervision and health together.
+
+Promises kept here:
+- one job at a time, taken only while ComfyUI answers and the worker is not stopping;
+- a job's result is held until the hub acks it; after a reconnect the hello names the held job,
+  and the result is sent again only if the hub kept the lease (`welcome.resumed`); otherwise the
+  job was given away: it is stopped in ComfyUI and dropped, so it never runs twice;
+- SIGTERM: no new work, the current job gets `grace_s` to finish, else it is handed back
+  (`released`); then `bye` and a clean exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from wgpu_protocol.messages import (
+    Ack,
+    Bye,
+    Cancel,
+    ErrorReply,
+    Failed,
+    Heartbeat,
+    Hello,
+    HubMessage,
+    JobAssigned,
+    JobError,
+    Progress,
+    Ready,
+    Released,
+    RunningJob,
+    Started,
+    Unavailable,
+    encode_output_frame,
+)
+
+from . import __version__
+from .comfy_client import ComfyClient, ComfyEvents
+from .config import WorkerConfig
+from .gpu_stats import GpuProbe
+from .health import HealthState, write_health
+from .hub_link import HubLink, HubSession
+from .job_runner import JobRunner, Outcome
+from .supervisor import ComfySupervisor
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 2.0
+RELEASE_ACK_WAIT_S = 3.0
+
+
+@dataclass(eq=False)
+class HeldJob:
+    """A job from its assignment until the hub acks its result (or takes it back)."""
+
+    assignment: JobAssigned
+    runner: JobRunner
+    task: asyncio.Task[None] | None = None
+    outcome: Outcome | None = None
+    given_away: bool = False  # the hub did not resume it after a reconnect
+    ack: asyncio.Future[Ack] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def ref(self) -> RunningJob:
+        return RunningJob(self.assignment.job_id, self.assignment.token)
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.client_id = f"wgpu-{config.worker_id}-{uuid.uuid4().hex[:8]}"
+        self._gpu = GpuProbe(config.gpu_id)
+        self._link = HubLink(
+            config, self._hello, self._on_session, self._on_message, self._on_link_closed
+        )
+        self._stop_requested = asyncio.Event()
+        self._force_stop = asyncio.Event()
+        self._stopping = False
+        self._comfy_ok = False
+        self._comfy_changed = asyncio.Event()
+        self._job: HeldJob | None = None
+        self._announce_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._supervisor: ComfySupervisor | None = None
+        self._client: ComfyClient | None = None
+        self._events: ComfyEvents | None = None
+        self.results_recorded = 0  # results (success or failure) the hub recorded
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def hub_link(self) -> HubLink:
+        return self._link
+
+    @property
+    def hub_connected(self) -> bool:
+        return self._link.session is not None
+
+    @property
+    def comfyui_ok(self) -> bool:
+        return self._comfy_ok
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (SIGTERM). A second request skips the grace period."""
+        if self._stop_requested.is_set():
+            self._force_stop.set()
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        cfg = self.config
+        log.info(
+            "worker %s starting: hub %s, ComfyUI %s", cfg.worker_id, cfg.hub_url, cfg.comfyui_url
+        )
+        # No total timeout: the event socket lives for hours. Each request sets its own.
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=5)
+        ) as http:
+            self._client = ComfyClient(http, cfg.comfyui_url)
+            self._events = ComfyEvents(http, cfg.comfyui_url, self.client_id)
+            if cfg.comfyui_cmd:
+                env = dict(os.environ, EXECUTION_SERVICE_PORT=str(cfg.comfyui_port))
+                self._supervisor = ComfySupervisor(cfg.comfyui_cmd, env, self._on_comfy_exit)
+                self._spawn(_forever("supervisor", self._supervisor.run))
+            self._spawn(_forever("comfyui events", self._events.run))
+            self._spawn(_forever("comfyui probe", self._watch_comfyui))
+            self._spawn(_forever("hub link", self._link.run))
+            self._spawn(_forever("heartbeats", self._heartbeats))
+            self._spawn(_forever("health file", self._health_loop))
+            try:
+                await self._stop_requested.wait()
+                await self._shutdown()
+            finally:
+                for task in self._tasks:
+                    task.cancel()
+                if self._tasks:
+                    await asyncio.wait(self._tasks, timeout=5.0)
+                if self._supervisor is not None:
+                    await self._supervisor.stop()
+                self._write_health()
+        log.info("worker %s stopped", cfg.worker_id)
+
+    # -- hub link callbacks ----------------------------------------------------------------
+
+    def _hello(self) -> Hello:
+        held = self._job
+        return Hello(
+            worker_id=self.config.worker_id,
+            machine_id=self.config.machine_id,
+            gpu=self._gpu.info(),
+            version=__version__,
+            running=held.ref if held is not None and not held.given_away else None,
+        )
+
+    def _on_session(self, session: HubSession) -> None:
+        held = self._job
+        named = session.hello.running
+        if held is not None and named == held.ref and not session.welcome.resumed:
+            # The hub gave the job away while we were cut off: it must not finish here too.
+            log.warning("hub did not resume job %s: dropping it", held.assignment.job_id)
+            held.given_away = True
+            if held.outcome is None and held.task is not None:
+                held.task.cancel()  # the runner stops the prompt in ComfyUI
+        self._spawn(self._announce())
+        self._write_health()
+
+    def _on_link_closed(self) -> None:
+        self._write_health()
+
+    async def _on_message(self, session: HubSession, message: HubMessage) -> None:
+        if isinstance(message, JobAssigned):
+            await self._take_job(session, message)
+        elif isinstance(message, Cancel):
+            held = self._job
+            if held is not None and held.ref == RunningJob(message.job_id, message.token):
+                log.info("hub cancelled job %s (%s)", message.job_id, message.reason)
+                held.runner.cancel()
+        elif isinstance(message, Ack):
+            held = self._job
+            if (
+                held is not None
+                and held.ref == RunningJob(message.job_id, message.token)
+                and message.of in ("completed", "failed", "released")
+                and not held.ack.done()
+            ):
+                held.ack.set_result(message)
+        elif isinstance(message, ErrorReply):
+            log.warning("hub error: %s: %s", message.code, message.message)
+
+    async def _take_job(self, session: HubSession, job: JobAssigned) -> None:
+        refusal = None
+        if self._stopping:
+            refusal = "worker shutting down"
+        elif self._job is not None:
+            refusal = f"worker is busy with job {self._job.assignment.job_id}"
+        elif not self._comfy_ok:
+            refusal = "ComfyUI is not answering"
+        if refusal is not None:
+            log.warning("handing back job %s: %s", job.job_id, refusal)
+            await session.send(Released(job.job_id, job.token, refusal))
+            session.announced = None
+            self._spawn(self._announce())
+            return
+        assert self._client is not None and self._events is not None
+        session.announced = "busy"
+        runner = JobRunner(
+            job,
+            self._client,
+            self._events,
+            self.config,
+            on_started=lambda prompt_id: self._send_now(Started(job.job_id, job.token, prompt_id)),
+            on_progress=lambda node, value, maximum: self._send_now(
+                Progress(job.job_id, job.token, node, value, maximum)
+            ),
+        )
+        held = HeldJob(job, runner)
+        self._job = held
+        held.task = asyncio.create_task(self._job_main(held), name=f"job-{job.job_id}")
+        self._write_health()
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _job_main(self, held: HeldJob) -> None:
+        job = held.assignment
+        try:
+            try:
+                held.outcome = await held.runner.run()
+            except Exception as exc:  # a bug here must still end the job, not strand it
+                log.exception("job %s: the worker failed while running it", job.job_id)
+                error = JobError("worker_error", f"{type(exc).__name__}: {exc}", None, True)
+                held.outcome = Outcome((), Failed(job.job_id, job.token, error))
+            await self._deliver(held)
+        finally:
+            if self._job is held:
+                self._job = None
+            self._write_health()
+            if not self._stopping:
+                self._spawn(self._announce())
+
+    async def _deliver(self, held: HeldJob) -> None:
+        """Send the outcome until the hub acks it, across reconnects, unless it is given away."""
+        outcome = held.outcome
+        assert outcome is not None
+        while not held.given_away:
+            session = await self._link.wait_session()
+            if held.given_away:
+                break
+            if not await self._send_outcome(session, outcome):
+                # The socket is going: wait for the link to notice, then for the next one.
+                if not await _wait_event(session.closed, 5.0):
+                    await session.close()
+                continue
+            ack_wait: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(held.ack))
+            closed_wait: asyncio.Future[Any] = asyncio.ensure_future(session.closed.wait())
+            try:
+                await asyncio.wait(
+                    {ack_wait, closed_wait},
+                    timeout=self.config.ack_timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                ack_wait.cancel()
+                closed_wait.cancel()
+            if held.ack.done():
+                ack = held.ack.result()
+                if ack.ok:
+                    self.results_recorded += 1
+                    log.info("hub recorded job %s as %s", ack.job_id, ack.of)
+                elif ack.reason == "already_finished":  # e.g. cancelled by a client meanwhile
+                    log.info("job %s had already ended on the hub", ack.job_id)
+                else:
+                    log.warning("hub refused the result of job %s: %s", ack.job_id, ack.reason)
+                return
+            if session.is_open:
+                log.warning(
+                    "no ack for job %s within %.0fs: reconnecting to resend",
+                    held.assignment.job_id,
+                    self.config.ack_timeout_s,
+                )
+                await session.close()
+                await session.closed.wait()
+        log.info("dropped the result of job %s: the hub gave it away", held.assignment.job_id)
+
+    @staticmethod
+    async def _send_outcome(session: HubSession, outcome: Outcome) -> bool:
+        for frame in outcome.frames:
+            if not await session.send_bytes(encode_output_frame(frame)):
+                return False
+        return await session.send(outcome.final)
+
+    async def _send_now(self, message: Started | Progress) -> None:
+        # Best effort: progress lost while cut off is not worth keeping.
+        session = self._link.session
+        if session is not None:
+            await session.send(message)
+
+    # -- availability, heartbeats, ComfyUI state, health -----------------------------------
+
+    async def _announce(self) -> None:
+        """Tell the hub whether to send work, once per change."""
+        async with self._announce_lock:
+            session = self._link.session
+            if session is None or self._job is not None:
+                return
+            message: Ready | Unavailable
+            if self._stopping:
+                message = Unavailable("worker shutting down")
+            elif not self._comfy_ok:
+                message = Unavailable(f"ComfyUI at {self.config.comfyui_url} is not answering")
+            else:
+                message = Ready()
+            if session.announced != message.type:
+                session.announced = message.type
+                await session.send(message)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            session = await self._link.wait_session()
+            interval = session.welcome.heartbeat_s or self.config.heartbeat_s
+            while session.is_open:
+                if await _wait_event(session.closed, interval):
+                    break
+                held = self._job
+                running = held.ref if held is not None and not held.given_away else None
+                await session.send(Heartbeat(self._comfy_ok, self._gpu.stats(), running))
+
+    async def _watch_comfyui(self) -> None:
+        assert self._client is not None
+        while True:
+            ok = await self._client.is_up()
+            if ok != self._comfy_ok:
+                self._set_comfy_ok(ok)
+            self._comfy_changed.clear()
+            await _wait_event(self._comfy_changed, self.config.comfyui_check_s)
+
+    def _set_comfy_ok(self, ok: bool) -> None:
+        if ok == self._comfy_ok:
+            return
+        self._comfy_ok = ok
+        log.info("ComfyUI at %s is %s", self.config.comfyui_url, "up" if ok else "DOWN")
+        held = self._job
+        if not ok and held is not None:
+            held.runner.poke()
+        self._write_health()
+        self._spawn(self._announce())
+
+    def _on_comfy_exit(self, code: int) -> None:
+        # Faster than waiting for the next probe: the running job fails now.
+        self._set_comfy_ok(False)
+        self._comfy_changed.set()
+
+    async def _health_loop(self) -> None:
+        while True:
+            self._write_health()
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+
+    def _write_health(self) -> None:
+        held = self._job
+        state = HealthState(
+            worker_id=self.config.worker_id,
+            hub_connected=self.hub_connected,
+            comfyui_ok=self._comfy_ok,
+            job_id=held.assignment.job_id if held is not None else None,
+            updated_at=time.time(),
+            pid=os.getpid(),
+        )
+        try:
+            write_health(self.config.health_file, state)
+        except OSError as exc:
+            log.debug("could not write the health file: %s", exc)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: taking no new work")
+        self._stopping = True
+        await self._announce()
+        held = self._job
+        if held is not None and held.task is not None:
+            log.info("waiting up to %.0fs for job %s", self.config.grace_s, held.assignment.job_id)
+            force = asyncio.ensure_future(self._force_stop.wait())
+            try:
+                await asyncio.wait(
+                    {held.task, force},
+                    timeout=self.config.grace_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                force.cancel()
+            if not held.task.done():
+                await self._release(held)
+            await self._announce()  # now idle: say "unavailable" rather than nothing
+        session = self._link.session
+        if session is not None:
+            await session.send(Bye())
+            await session.close()
+
+    async def _release(self, held: HeldJob) -> None:
+        """Hand an unfinished job back to the hub (requeued without counting as a failure)."""
+        assert held.task is not None
+        held.task.cancel()  # stops the prompt in ComfyUI
+        with contextlib.suppress(asyncio.CancelledError):
+            await held.task
+        session = self._link.session
+        if session is None or held.given_away:
+            return
+        log.info("handing job %s back to the hub", held.assignment.job_id)
+        held.ack = asyncio.get_running_loop().create_future()
+        self._job = held  # so that the ack is matched
+        try:
+            released = Released(
+                held.assignment.job_id, held.assignment.token, "worker shutting down"
+            )
+            if await session.send(released):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RELEASE_ACK_WAIT_S):
+                        await asyncio.shield(held.ack)
+        finally:
+            self._job = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _wait_event(event: asyncio.Event, within_s: float) -> bool:
+    """True if `event` is set within `within_s`. asyncio.timeout, not wait_for: under 3.11
+    wait_for can swallow a cancellation that races with the event, and the task never ends."""
+    try:
+        async with asyncio.timeout(within_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a loop that should never end; if a bug ends it, log that and start it again."""
+    while True:
+        try:
+            await loop()
+        except Exception:
+            log.exception("%s loop failed; restarting it", name)
+        await asyncio.sleep(1.0)
