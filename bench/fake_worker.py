@@ -1,0 +1,255 @@
+"""A fake worker that speaks wgpu_protocol over the hub's WebSocket and completes every job
+at once: hello -> welcome -> ready -> job -> started -> completed -> ack -> ready ...
+
+`python -m bench.fake_worker --hub http://127.0.0.1:8001 [--count N] [--record-redis URL]
+[--completions-file F] [--job-time S]`. It records, per job, when it had the job (RPUSH to
+bench:starts, the same record the anchors write) and, per acknowledged completion, the job id
+(one line in a file: survives a Redis restart and a SIGKILL). A dropped socket is retried;
+the job it held is offered back in hello.running, as a real worker does. A result left without
+an ack (--ack-timeout) or an `unavailable` error from the hub makes it reconnect and resend."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from typing import IO, Any
+
+import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from bench.record import STARTS_KEY, start_record
+from wgpu_protocol.messages import (
+    Ack,
+    Bye,
+    Cancel,
+    Completed,
+    ErrorReply,
+    GpuInfo,
+    Heartbeat,
+    Hello,
+    JobAssigned,
+    Ready,
+    RunningJob,
+    Started,
+    Welcome,
+    decode_hub_message,
+    encode,
+)
+
+
+class Reconnect(Exception):
+    """The hub could not take what we sent: reconnect and say it again."""
+
+
+class FakeWorker:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        index: int,
+        recorder: aioredis.Redis[bytes] | None,
+        completions: IO[str] | None,
+    ) -> None:
+        self.worker_id = f"{args.machine}-gpu{index}"
+        self.index = index
+        self.args = args
+        self.recorder = recorder
+        self.completions = completions
+        self.held: RunningJob | None = None
+        self.stopping = False
+        self.ws: ClientConnection | None = None
+        self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        base = self.args.hub.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+        return f"{base}/ws/worker/{self.worker_id}"
+
+    async def run(self) -> None:
+        delay = 0.05
+        while not self.stopping:
+            try:
+                await self.session()
+                delay = 0.05
+            except (TimeoutError, OSError, WebSocketException, Reconnect) as exc:
+                if self.args.verbose:
+                    print(f"{self.worker_id}: {type(exc).__name__}: {exc}", flush=True)
+            if not self.stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    async def session(self) -> None:
+        async with connect(self.ws_url, open_timeout=10, max_size=None, compression=None) as ws:
+            self.ws = ws
+            hello = Hello(
+                worker_id=self.worker_id,
+                machine_id=self.args.machine,
+                gpu=GpuInfo(
+                    index=self.index,
+                    uuid=f"GPU-bench-{self.index}",
+                    name="fake",
+                    vram_total_mb=24576,
+                ),
+                version="bench",
+                running=self.held,
+            )
+            await ws.send(encode(hello))
+            welcome = decode_hub_message(await asyncio.wait_for(ws.recv(), 10))
+            if not isinstance(welcome, Welcome):
+                raise OSError(f"expected welcome, got {welcome!r}")
+            beat = asyncio.create_task(self.heartbeats(ws, welcome.heartbeat_s))
+            try:
+                if self.held is not None and welcome.resumed:
+                    await ws.send(encode(Completed(self.held.job_id, self.held.token)))
+                else:
+                    self.held = None
+                    await ws.send(encode(Ready()))
+                async for frame in ws:
+                    await self.on_message(ws, frame)
+                    if self.stopping:
+                        await ws.send(encode(Bye()))
+                        return
+            finally:
+                beat.cancel()
+                self.ws = None
+
+    async def heartbeats(self, ws: ClientConnection, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await ws.send(encode(Heartbeat(comfyui_ok=True, running=self.held)))
+
+    async def on_message(self, ws: ClientConnection, frame: str | bytes) -> None:
+        message = decode_hub_message(frame)
+        if isinstance(message, JobAssigned):
+            await self.on_job(ws, message)
+        elif isinstance(message, Ack):
+            if (
+                message.of == "completed"
+                and self.held is not None
+                and message.job_id == self.held.job_id
+            ):
+                if message.ok and self.completions is not None:
+                    self.completions.write(f"{message.job_id} {message.token} {self.worker_id}\n")
+                    self.completions.flush()
+                self.held = None
+                if not self.args.eager_ready:
+                    await ws.send(encode(Ready()))
+        elif isinstance(message, Cancel):
+            if self.held is not None and message.job_id == self.held.job_id:
+                self.held = None
+                await ws.send(encode(Ready()))
+        elif isinstance(message, ErrorReply):
+            if self.args.verbose:
+                print(f"{self.worker_id}: hub error {message.code}: {message.message}", flush=True)
+            if message.code == "unavailable" and not self.args.ignore_unavailable:
+                raise Reconnect(message.message)
+
+    async def on_job(self, ws: ClientConnection, job: JobAssigned) -> None:
+        record = _bench_record(job.workflow)
+        self.held = RunningJob(job.job_id, job.token)
+        if record is not None and self.recorder is not None:
+            await self.recorder.rpush(STARTS_KEY, start_record(*record))
+        if self.args.send_started:
+            await ws.send(encode(Started(job.job_id, job.token, prompt_id=job.job_id)))
+        if self.args.job_time > 0:
+            await asyncio.sleep(self.args.job_time)
+        await ws.send(encode(Completed(job.job_id, job.token)))
+        if self.args.eager_ready:
+            await ws.send(encode(Ready()))
+        asyncio.get_running_loop().call_later(
+            self.args.ack_timeout, self._ack_overdue, ws, self.held
+        )
+
+    def _ack_overdue(self, ws: ClientConnection, sent: RunningJob | None) -> None:
+        if self.held is not None and self.held == sent and self.ws is ws:
+            self._closing = asyncio.ensure_future(ws.close(code=4001, reason="no ack"))
+
+
+def _bench_record(workflow: dict[str, Any]) -> tuple[int, float] | None:
+    """The (index, t_submit) a benchmark put in node "1"'s inputs, if any."""
+    inputs = workflow.get("1", {}).get("inputs", {}) if isinstance(workflow.get("1"), dict) else {}
+    if "bench_index" in inputs and "t_submit" in inputs:
+        return int(inputs["bench_index"]), float(inputs["t_submit"])
+    return None
+
+
+def bench_workflow(index: int, t_submit: float, pad: int = 0) -> dict[str, Any]:
+    """A one-node workflow carrying the benchmark's bookkeeping (the fake worker runs nothing)."""
+    inputs: dict[str, Any] = {"bench_index": index, "t_submit": t_submit}
+    if pad:
+        inputs["pad"] = "x" * pad
+    return {"1": {"class_type": "BenchNoop", "inputs": inputs}}
+
+
+async def amain(args: argparse.Namespace) -> None:
+    recorder = aioredis.Redis.from_url(args.record_redis) if args.record_redis else None
+    # A line per acked completion, flushed at once: it must survive a SIGKILL of this process.
+    completions = open(args.completions_file, "a") if args.completions_file else None  # noqa: SIM115, ASYNC230
+    workers = [
+        FakeWorker(args, args.first_index + i, recorder, completions) for i in range(args.count)
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = []
+    for i, worker in enumerate(workers):
+        tasks.append(asyncio.create_task(worker.run()))
+        if args.count > 50 and i % 50 == 49:
+            await asyncio.sleep(0.05)  # do not open a thousand sockets in one burst
+    await stop.wait()
+    for worker in workers:
+        worker.stopping = True
+        if worker.ws is not None:
+            with contextlib.suppress(Exception):
+                await worker.ws.send(encode(Bye()))
+                await worker.ws.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if recorder is not None:
+        await recorder.aclose()  # type: ignore[attr-defined]
+    if completions is not None:
+        completions.close()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hub", required=True, help="hub base URL, e.g. http://127.0.0.1:8001")
+    parser.add_argument("--machine", default=f"bench{os.getpid()}")
+    parser.add_argument(
+        "--count", type=int, default=1, help="connections (workers) in this process"
+    )
+    parser.add_argument("--first-index", type=int, default=0)
+    parser.add_argument(
+        "--record-redis", default="", help="Redis URL for the per-job start records"
+    )
+    parser.add_argument("--completions-file", default="")
+    parser.add_argument("--job-time", type=float, default=0.0, help="seconds each job takes")
+    parser.add_argument("--ack-timeout", type=float, default=2.0)
+    parser.add_argument(
+        "--ignore-unavailable",
+        action="store_true",
+        help="only log `unavailable` errors, as comfy_worker does (the ack timeout still applies)",
+    )
+    parser.add_argument(
+        "--eager-ready",
+        action="store_true",
+        help="send ready right after completed, without waiting for the ack (one hop less)",
+    )
+    parser.add_argument("--no-started", dest="send_started", action="store_false")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    asyncio.run(amain(parse_args()))
+
+
+if __name__ == "__main__":
+    main()

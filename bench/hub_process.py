@@ -1,0 +1,46 @@
+"""The hub as a separate process for benchmarks: `python -m bench.hub_process`, configured by the
+hub's own environment variables (REDIS_URL, REDIS_API_PORT, ...). With BENCH_PROFILE=FILE it
+runs under pyinstrument and writes an HTML profile when it stops (SIGTERM); a FILE ending in
+.prof runs it under cProfile instead."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from redis_api.config import HubConfig
+from redis_api.server import run_hub
+
+
+def main() -> None:
+    config = HubConfig.from_env()
+    profile_path = os.environ.get("BENCH_PROFILE")
+    if not profile_path:
+        run_hub(config)
+        return
+    if profile_path.endswith(".prof"):
+        # cProfile: exact call counts (calls per job), at a higher cost per call.
+        import cProfile
+
+        cprofile = cProfile.Profile()
+        try:
+            cprofile.runcall(run_hub, config)
+        finally:
+            cprofile.dump_stats(profile_path)
+        return
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+    profiler.start()
+    try:
+        run_hub(config)
+    finally:
+        profiler.stop()
+        Path(profile_path).write_text(profiler.output_html())
+        Path(profile_path).with_suffix(".txt").write_text(
+            profiler.output_text(unicode=False, show_all=False)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Orchestrator: `wgpu start all --simulate 8` against a sequential `docker run` loop creating the
+same containers, and one full `wgpu status` refresh for 8 slots. Needs a Docker Engine (the test
+daemon at unix:///run/wgpu-test/docker.sock, or $WGPU_TEST_DOCKER_HOST); without one it prints
+why and skips. `python -m bench.orchestrator_bench [--quick] [--slots 8]`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import subprocess
+import time
+from typing import Any
+
+from bench import procs
+from bench.hub_system import HubProcess
+from bench.report import Table, emit
+from bench.stats import percentile
+
+DOCKER_HOST = os.environ.get("WGPU_TEST_DOCKER_HOST", "unix:///run/wgpu-test/docker.sock")
+MACHINE_ID = "wgpubench"
+
+
+def _docker_client() -> Any:
+    import docker
+
+    client = docker.DockerClient(base_url=DOCKER_HOST, timeout=120)
+    client.ping()
+    return client
+
+
+def _ours(client: Any) -> list[Any]:
+    return list(
+        client.containers.list(all=True, filters={"label": f"wgpu.machine_id={MACHINE_ID}"})
+    )
+
+
+def _bench_containers(client: Any) -> list[Any]:
+    return list(client.containers.list(all=True, filters={"label": "wgpu.bench=1"}))
+
+
+def _remove(containers: list[Any]) -> None:
+    import docker.errors
+
+    for container_id in {c.id for c in containers}:
+        with contextlib.suppress(docker.errors.NotFound):
+            containers[0].client.api.remove_container(container_id, force=True)
+
+
+def docker_run_args(container: Any) -> list[str]:
+    """The `docker run` a person would type for the same container."""
+    attrs = container.attrs
+    config, host = attrs["Config"], attrs["HostConfig"]
+    args = ["docker", "-H", DOCKER_HOST, "run", "-d", "--name", container.name + "-loop"]
+    args += ["--network", host.get("NetworkMode") or "host"]
+    for key, value in (config.get("Labels") or {}).items():
+        if key != "wgpu.managed":  # keep the loop's containers out of wgpu's view
+            args += ["--label", f"{key}={value}"]
+    args += ["--label", "wgpu.test=1", "--label", "wgpu.bench=1"]
+    for item in config.get("Env") or []:
+        args += ["-e", item]
+    for request in host.get("DeviceRequests") or []:
+        ids = ",".join(request.get("DeviceIDs") or [])
+        args += ["--gpus", f"device={ids}" if ids else "all"]
+    if config.get("Entrypoint"):
+        args += ["--entrypoint", config["Entrypoint"][0]]
+        command = list(config["Entrypoint"][1:]) + list(config.get("Cmd") or [])
+    else:
+        command = list(config.get("Cmd") or [])
+    return [*args, config["Image"], *command]
+
+
+def _wgpu(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 300
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    t0 = time.perf_counter()
+    result = subprocess.run(
+        procs.module_cmd("orchestrator", *args),
+        capture_output=True,
+        text=True,
+        env=procs.child_env(env),
+        cwd=procs.REPO_ROOT,
+        timeout=timeout_s,
+    )
+    return time.perf_counter() - t0, result
+
+
+def run(quick: bool, slots: int = 8) -> tuple[list[Table], dict[str, Any]]:
+    table = Table(f"Orchestrator: {slots} simulated slots", ["measure", "ms", "ratio"])
+    raw: dict[str, Any] = {}
+    try:
+        client = _docker_client()
+    except Exception as exc:
+        print(f"orchestrator: skipped, no Docker Engine at {DOCKER_HOST}: {exc}", flush=True)
+        table.notes.append(f"skipped: no Docker Engine at {DOCKER_HOST}")
+        return [table], {"skipped": str(exc)}
+    from orchestrator.base_image import ensure_base_image
+    from orchestrator.images import ensure_worker_image
+
+    print("orchestrator: making sure the worker image exists (not timed) ...", flush=True)
+    image = ensure_worker_image(client, ensure_base_image(client))
+    port_base = random.randrange(30000, 40000)
+    common = ["--docker-host", DOCKER_HOST, "--machine-id", MACHINE_ID]
+    with procs.scratch_dir() as tmp, procs.local_redis(tmp / "redis") as server:
+        hub = HubProcess(server.url, tmp / "logs").start()
+        try:
+            _remove(_ours(client) + _bench_containers(client))
+            start_args = ["start", "all", "--simulate", str(slots), "--image", image]
+            start_args += ["--hub-url", hub.url, "--port-base", str(port_base), *common]
+            start_s, result = _wgpu(*start_args)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"wgpu start failed ({result.returncode}): {result.stderr[-800:]}"
+                )
+            created = _ours(client)
+            raw["wgpu_start_s"] = start_s
+            raw["containers"] = len(created)
+
+            status_s, refresh_ms = [], []
+            for _ in range(3 if quick else 5):
+                elapsed, result = _wgpu("status", "--json", "--hub-url", hub.url, *common)
+                if result.returncode == 0:
+                    status_s.append(elapsed)
+                    with_elapsed = json.loads(result.stdout or "{}")
+                    if isinstance(with_elapsed, dict) and "elapsed_ms" in with_elapsed:
+                        refresh_ms.append(float(with_elapsed["elapsed_ms"]))
+                else:
+                    raw["status_error"] = result.stderr[-800:]
+            raw["status_cli_s"], raw["status_refresh_ms"] = status_s, refresh_ms
+
+            loop_cmds = [docker_run_args(c) for c in created]
+            _wgpu("stop", "all", "--timeout", "1", *common)
+            _remove(_ours(client))
+            t0 = time.perf_counter()
+            for cmd in loop_cmds:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            loop_s = time.perf_counter() - t0
+            raw["docker_loop_s"] = loop_s
+        except Exception as exc:
+            table.notes.append(f"failed: {type(exc).__name__}: {exc}")
+            raw["error"] = str(exc)
+        finally:
+            try:
+                _remove(_ours(client) + _bench_containers(client))
+            finally:
+                hub.stop()
+    if "docker_loop_s" in raw:
+        loop_s, start_s = raw["docker_loop_s"], raw["wgpu_start_s"]
+        table.add(
+            f"wgpu start all --simulate {slots} ({raw['containers']} containers)",
+            start_s * 1000,
+            start_s / loop_s,
+        )
+        table.add(
+            f"sequential docker run loop ({raw['containers']} containers)", loop_s * 1000, 1.0
+        )
+    if raw.get("status_cli_s"):
+        table.add(
+            "wgpu status --json (whole CLI process, median)",
+            percentile(raw["status_cli_s"], 50) * 1000,
+            None,
+        )
+    if raw.get("status_refresh_ms"):
+        table.add(
+            "one status refresh (in-process, median)",
+            percentile(raw["status_refresh_ms"], 50),
+            None,
+        )
+    table.notes.append("both sides include their CLI's process start; ratio = wgpu / docker loop")
+    return [table], raw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--slots", type=int, default=8)
+    args = parser.parse_args()
+    tables, raw = run(args.quick, args.slots)
+    emit("orchestrator", tables, raw)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Relay overhead: one job through hub + worker + simulator against the same workflow POSTed
+straight to the simulator. Both paths wait for the end of the job the way a client would
+(the simulator's WebSocket `executing` with node null; the hub's SSE `done` event).
+
+`python -m bench.relay [--quick] [--samples N]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import redis
+
+from bench import procs
+from bench.hub_system import HubProcess, wait_workers
+from bench.report import Table, emit
+from bench.stats import latency_summary_ms, percentile
+from orchestrator.local_redis import free_port
+
+# /work/shared/comfyui/workflows/quick.json: stock nodes, no model weights.
+WORKFLOW: dict[str, Any] = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16744448},
+    },
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["2", 0], "filename_prefix": "bench/relay"},
+    },
+}
+
+
+async def direct_once(session: aiohttp.ClientSession, sim_url: str) -> float:
+    client_id = uuid.uuid4().hex
+    ws_url = sim_url.replace("http://", "ws://") + f"/ws?clientId={client_id}"
+    async with session.ws_connect(ws_url) as ws:
+        t0 = time.perf_counter()
+        async with session.post(
+            sim_url + "/prompt", json={"prompt": WORKFLOW, "client_id": client_id}
+        ) as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"simulator refused the prompt: {body}")
+        prompt_id = body["prompt_id"]
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            event = json.loads(msg.data)
+            data = event.get("data", {})
+            if data.get("prompt_id") != prompt_id:
+                continue
+            if event.get("type") == "executing" and data.get("node") is None:
+                return time.perf_counter() - t0
+            if event.get("type") == "execution_error":
+                raise RuntimeError(f"simulator failed the prompt: {data}")
+    raise RuntimeError("simulator socket closed before the prompt finished")
+
+
+async def hub_once(session: aiohttp.ClientSession, hub_url: str) -> float:
+    t0 = time.perf_counter()
+    async with session.post(hub_url + "/jobs", json={"workflow": WORKFLOW}) as resp:
+        job = await resp.json()
+        if resp.status != 201:
+            raise RuntimeError(f"hub refused the job: {job}")
+    async with session.get(f"{hub_url}/jobs/{job['id']}/events") as resp:
+        event = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event == "done":
+                elapsed = time.perf_counter() - t0
+                final = json.loads(line.split(":", 1)[1])
+                if final.get("status") != "succeeded":
+                    raise RuntimeError(f"job ended {final.get('status')}: {final.get('error')}")
+                return elapsed
+    raise RuntimeError("event stream ended before the job was done")
+
+
+async def measure(hub_url: str, sim_url: str, samples: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        await wait_workers(session, hub_url, 1, 60)
+        for _ in range(3):  # warm both paths
+            await direct_once(session, sim_url)
+            await hub_once(session, hub_url)
+        direct, via_hub = [], []
+        for _ in range(samples):  # interleaved, so drift hits both alike
+            direct.append(await direct_once(session, sim_url))
+            via_hub.append(await hub_once(session, hub_url))
+    return {"direct": direct, "via_hub": via_hub}
+
+
+def run(quick: bool, samples: int | None = None) -> tuple[list[Table], dict[str, Any]]:
+    n = samples or (30 if quick else 150)
+    table = Table(
+        "Relay overhead: one job, hub + worker + simulator vs straight to the simulator",
+        ["path", "p50 ms", "p99 ms", "samples"],
+    )
+    raw: dict[str, Any] = {}
+    with procs.scratch_dir() as tmp, procs.local_redis(tmp / "redis") as server:
+        sim_port = free_port()
+        sim: subprocess.Popen[bytes] | None = None
+        worker: subprocess.Popen[bytes] | None = None
+        hub = HubProcess(server.url, tmp / "logs", outputs_dir=str(tmp / "outputs"))
+        try:
+            sim = procs.spawn(
+                procs.module_cmd(
+                    "comfyui_sim",
+                    "--port",
+                    str(sim_port),
+                    "--host",
+                    "127.0.0.1",
+                    "--node-time",
+                    "0",
+                ),
+                tmp / "logs" / "sim.log",
+            )
+            sim_url = f"http://127.0.0.1:{sim_port}"
+            procs.wait_http(sim_url + "/system_stats", 30, sim)
+            hub.start()
+            worker_env = {
+                "HUB_URL": hub.url.replace("http://", "ws://"),
+                "COMFYUI_HOST": "127.0.0.1",
+                "EXECUTION_SERVICE_PORT": str(sim_port),
+                "MACHINE_ID": "relay",
+                "GPU_ID": "0",
+                "NUM_GPUS": "1",
+                "LOG_LEVEL": "WARNING",
+                "HEALTH_FILE": str(tmp / "health.json"),
+            }
+            worker = procs.spawn(
+                procs.module_cmd("comfy_worker"), tmp / "logs" / "worker.log", worker_env
+            )
+            raw = asyncio.run(measure(hub.url, sim_url, n))
+        except Exception as exc:
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text()[-1500:]}"
+                for p in sorted((tmp / "logs").glob("*.log"))
+            )
+            table.notes.append(f"failed: {type(exc).__name__}: {exc}")
+            print(logs, flush=True)
+        finally:
+            procs.stop(worker)
+            hub.stop()
+            procs.stop(sim)
+            redis.Redis.from_url(server.url).flushdb()
+    if raw:
+        d, h = latency_summary_ms(raw["direct"]), latency_summary_ms(raw["via_hub"])
+        table.add("straight to the simulator", d["p50_ms"], d["p99_ms"], n)
+        table.add("through hub + worker", h["p50_ms"], h["p99_ms"], n)
+        pairs = [b - a for a, b in zip(raw["direct"], raw["via_hub"], strict=True)]
+        table.add(
+            "added (p50 / p99 of the difference)",
+            percentile(pairs, 50) * 1000,
+            percentile(pairs, 99) * 1000,
+            n,
+        )
+        table.notes.append(
+            "simulator --node-time 0, 3-node workflow with one 64x64 PNG output;"
+            " the client waits for the SSE done event"
+        )
+    return [table], raw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--samples", type=int)
+    args = parser.parse_args()
+    tables, raw = run(args.quick, args.samples)
+    emit("relay", tables, {"relay": raw})
+
+
+if __name__ == "__main__":
+    main()
