@@ -1,9 +1,415 @@
-"""Placeholder: its owner fills this module in."""
+"""`wgpu setup|start|stop|restart|status|logs [GPU_ID|all]`: one worker per GPU.
+
+The words of the original, on the host, through the Docker Engine API (or local processes with
+`--backend process`). Per-GPU failures are reported per GPU; the exit code says whether all,
+some or none succeeded (orchestrator.console.ExitCode).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import docker.errors
 import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from orchestrator import gpus, images
+from orchestrator.backends.base import (
+    DEFAULT_HUB_URL,
+    DEFAULT_STOP_TIMEOUT_S,
+    ROLE_WORKER,
+    ActionResult,
+    Backend,
+    BackendError,
+    BackendUnreachable,
+    HubAddress,
+    LogRequest,
+    Outcome,
+    WorkerSettings,
+    plan_slots,
+)
+from orchestrator.backends.docker_backend import NVIDIA_HINT, DockerBackend
+from orchestrator.backends.process_backend import ProcessBackend
+from orchestrator.console import ExitCode, err, fail, out, warn
+from orchestrator.hub_client import HubClient
+from orchestrator.options import (
+    ApiKeyOption,
+    BackendKind,
+    BackendOption,
+    BaseDirOption,
+    BaseImageOption,
+    ComfyuiCmdOption,
+    ComfyuiImageOption,
+    DockerHostOption,
+    GpusOption,
+    HubUrlOption,
+    ImageOption,
+    JsonOption,
+    MachineIdOption,
+    NetworkOption,
+    PortBaseOption,
+    RestartOption,
+    RestartPolicy,
+    ServiceKind,
+    ServiceOption,
+    SimulateOption,
+    StopTimeoutOption,
+    TargetArgument,
+    WorkerTokenOption,
+    default_machine_id,
+)
+from orchestrator.slots import (
+    DEFAULT_PORT_BASE,
+    GpuNotFound,
+    Selection,
+    SlotError,
+    parse_target,
+    select_slots,
+)
+from orchestrator.status_view import collect_snapshot, render_table, watch
+
+PREFIX_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_red")
+
+
+# --- shared plumbing ------------------------------------------------------------------------
+
+
+def open_backend(
+    kind: BackendKind,
+    docker_host: str | None = None,
+    base_dir: Path | None = None,
+    machine_id: str | None = None,
+    network: str = "host",
+    restart_policy: str = "unless-stopped",
+) -> Backend:
+    """The backend the options name; exits UNREACHABLE when the Docker engine does not answer."""
+    if kind == BackendKind.PROCESS:
+        return ProcessBackend(base_dir, machine_id=machine_id)
+    try:
+        return DockerBackend.connect(
+            docker_host, machine_id=machine_id, network_mode=network, restart_policy=restart_policy
+        )
+    except BackendUnreachable as exc:
+        fail(str(exc), ExitCode.UNREACHABLE)
+
+
+@contextlib.contextmanager
+def backend_session(*args: Any, **kwargs: Any) -> Iterator[Backend]:
+    backend = open_backend(*args, **kwargs)
+    try:
+        yield backend
+    except docker.errors.DockerException as exc:
+        fail(f"Docker engine error: {exc}", ExitCode.UNREACHABLE)
+    except BackendError as exc:
+        fail(str(exc), ExitCode.NOT_FOUND)
+    finally:
+        backend.close()
+
+
+def target_indices(target: str) -> list[int] | None:
+    try:
+        index = parse_target(target)
+    except SlotError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    return None if index is None else [index]
+
+
+def select(gpus_option: str | None, simulate: int | None) -> Selection:
+    """The slots to manage: --simulate, --gpus, or every GPU NVML sees."""
+    inventory = gpus.GpuInventory() if simulate is not None else gpus.discover()
+    try:
+        selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error)
+    except GpuNotFound as exc:
+        fail(str(exc), ExitCode.NOT_FOUND)
+    except SlotError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if selection.note:
+        warn(selection.note)
+    return selection
+
+
+def exit_code_for(results: Sequence[ActionResult]) -> ExitCode:
+    failed_slots = {r.index for r in results if not r.ok}
+    if not failed_slots:
+        return ExitCode.OK
+    if all(r.outcome == Outcome.NOT_FOUND for r in results):
+        return ExitCode.NOT_FOUND
+    ok_slots = {r.index for r in results} - failed_slots
+    return ExitCode.PARTIAL if ok_slots else ExitCode.FAILED
+
+
+def report(results: Sequence[ActionResult], as_json: bool) -> None:
+    """One line per service (or JSON), then exit with the code the results call for."""
+    if as_json:
+        payload = [
+            {"gpu": r.index, "service": r.role, "outcome": str(r.outcome), "detail": r.detail}
+            for r in results
+        ]
+        typer.echo(json.dumps({"results": payload}))
+    else:
+        for r in results:
+            style = "green" if r.ok else "red"
+            detail = r.detail
+            if detail == NVIDIA_HINT:
+                detail = "Docker has no NVIDIA runtime"
+            line = Text(f"gpu{r.index} {r.role}: ")
+            line.append(str(r.outcome), style=style)
+            if detail:
+                line.append(f" ({detail})", style="dim")
+            out.print(line, soft_wrap=True)
+    code = exit_code_for(results)
+    if any(r.detail == NVIDIA_HINT for r in results):
+        err.print(f"[bold red]error:[/] {NVIDIA_HINT}", soft_wrap=True)
+    if code != ExitCode.OK:
+        raise typer.Exit(int(code))
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def setup(
+    image: ImageOption = None,
+    base_image: BaseImageOption = None,
+    gpus_option: GpusOption = None,
+    simulate: SimulateOption = None,
+    backend: BackendOption = BackendKind.DOCKER,
+    docker_host: DockerHostOption = None,
+    base_dir: BaseDirOption = None,
+) -> None:
+    """Make sure the worker image exists (build it with progress), or the process layout."""
+    if backend == BackendKind.PROCESS:
+        if importlib.util.find_spec("comfy_worker") is None:
+            fail("comfy_worker is not importable: pip install wgpu in this Python", ExitCode.FAILED)
+        selection = select(gpus_option, simulate)
+        process = ProcessBackend(base_dir)
+        for slot in selection.slots:
+            process.files(slot.index).log_file(ROLE_WORKER).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        out.print(f"process layout ready in {process.base_dir} for {len(selection.slots)} GPU(s)")
+        return
+    with backend_session(backend, docker_host) as session:
+        assert isinstance(session, DockerBackend)
+        client = session.client
+        if image:
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                fail(
+                    f"image {image} not found: build or load it, or omit --image",
+                    ExitCode.NOT_FOUND,
+                )
+            out.print(f"worker image {image} is present")
+            return
+        tag = images.worker_image_tag(base_image)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.get(tag)
+            out.print(f"worker image {tag} is present")
+            return
+        build_with_progress(client, tag, base_image)
+
+
+def build_with_progress(client: Any, tag: str, base_image: str | None) -> None:
+    """Build the worker image with a spinner showing the build's latest output line."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task(f"building {tag}", total=None)
+
+        def on_progress(line: str) -> None:
+            if line.strip():
+                progress.update(task, description=f"building {tag}: {line.strip()[:70]}")
+
+        error: str | None = None
+        try:
+            images.build_worker_image(client, tag, base_image=base_image, on_progress=on_progress)
+        except images.ImageBuildError as exc:
+            error = str(exc)
+        else:
+            progress.update(task, description=f"built {tag}")
+    if error:  # after the progress display has closed, so the error is the last line
+        fail(error, ExitCode.FAILED)
+
+
+def start(
+    target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
+    simulate: SimulateOption = None,
+    image: ImageOption = None,
+    comfyui_image: ComfyuiImageOption = None,
+    comfyui_cmd: ComfyuiCmdOption = None,
+    base_image: BaseImageOption = None,
+    hub_url: HubUrlOption = DEFAULT_HUB_URL,
+    machine_id: MachineIdOption = None,
+    docker_host: DockerHostOption = None,
+    backend: BackendOption = BackendKind.DOCKER,
+    base_dir: BaseDirOption = None,
+    worker_token: WorkerTokenOption = None,
+    port_base: PortBaseOption = DEFAULT_PORT_BASE,
+    network: NetworkOption = "host",
+    restart_policy: RestartOption = RestartPolicy.UNLESS_STOPPED,
+    as_json: JsonOption = False,
+) -> None:
+    """Start each GPU's worker (and its ComfyUI); running ones with the same config are kept."""
+    indices = target_indices(target)
+    selection = select(gpus_option, simulate)
+    slots = [s for s in selection.slots if indices is None or s.index in indices]
+    if not slots:
+        known = ", ".join(str(s.index) for s in selection.slots)
+        fail(
+            f"GPU {target} is not managed here (GPUs: {known}): pick one of those",
+            ExitCode.NOT_FOUND,
+        )
+    is_docker = backend == BackendKind.DOCKER
+    settings = WorkerSettings(
+        machine_id=machine_id or default_machine_id(),
+        hub=HubAddress(hub_url),
+        image=(image or images.worker_image_tag(base_image)) if is_docker else "",
+        comfyui_image=comfyui_image,
+        comfyui_cmd=comfyui_cmd,
+        worker_token=worker_token,
+        port_base=port_base,
+    )
+    python = "python3" if is_docker else sys.executable
+    plans = plan_slots(slots, settings, selection.num_gpus, python=python)
+    with backend_session(
+        backend, docker_host, base_dir, network=network, restart_policy=str(restart_policy)
+    ) as session:
+        results = session.start(plans)
+    report(results, as_json)
+
+
+def stop(
+    target: TargetArgument = "all",
+    timeout: StopTimeoutOption = DEFAULT_STOP_TIMEOUT_S,
+    machine_id: MachineIdOption = None,
+    docker_host: DockerHostOption = None,
+    backend: BackendOption = BackendKind.DOCKER,
+    base_dir: BaseDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop a GPU's worker (and its ComfyUI) gracefully: SIGTERM, --timeout grace, then kill."""
+    indices = target_indices(target)
+    with backend_session(backend, docker_host, base_dir, machine_id) as session:
+        results = session.stop(indices, timeout)
+    if not results and not as_json:
+        out.print("no managed workers")
+        return
+    report(results, as_json)
+
+
+def restart(
+    target: TargetArgument = "all",
+    timeout: StopTimeoutOption = DEFAULT_STOP_TIMEOUT_S,
+    machine_id: MachineIdOption = None,
+    docker_host: DockerHostOption = None,
+    backend: BackendOption = BackendKind.DOCKER,
+    base_dir: BaseDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Restart a GPU's ComfyUI and worker as they were configured (start creates new ones)."""
+    indices = target_indices(target)
+    with backend_session(backend, docker_host, base_dir, machine_id) as session:
+        results = session.restart(indices, timeout)
+    if not results and not as_json:
+        out.print("no managed workers: use start")
+        return
+    report(results, as_json)
+
+
+def status(
+    target: TargetArgument = "all",
+    watch_mode: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C."),
+    interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between refreshes."),
+    hub_url: HubUrlOption = DEFAULT_HUB_URL,
+    api_key: ApiKeyOption = None,
+    machine_id: MachineIdOption = None,
+    docker_host: DockerHostOption = None,
+    backend: BackendOption = BackendKind.DOCKER,
+    base_dir: BaseDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One table: GPU stats, worker and ComfyUI state, and what the hub says of each worker."""
+    indices = target_indices(target)
+    inventory = gpus.discover()
+    hub = HubClient(hub_url, api_key=api_key, timeout_s=0.5)
+    with (
+        backend_session(backend, docker_host, base_dir, machine_id) as session,
+        gpus.GpuMonitor() as monitor,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+
+        def collect() -> Any:
+            return collect_snapshot(
+                session,
+                monitor,
+                inventory.gpus,
+                hub,
+                machine_id=machine_id,
+                only=indices,
+                pool=pool,
+            )
+
+        if as_json:
+            typer.echo(json.dumps(collect().to_json()))
+            return
+        if watch_mode:
+            with contextlib.suppress(KeyboardInterrupt):
+                watch(collect, out, interval_s=interval)
+            return
+        out.print(render_table(collect()))
+
+
+def logs(
+    target: TargetArgument = "all",
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    tail: int | None = typer.Option(None, "--tail", "-n", min=0, help="Only the last N lines."),
+    since: str | None = typer.Option(None, "--since", help="Only lines since 10m, 2h, a time."),
+    service: ServiceOption = ServiceKind.WORKER,
+    machine_id: MachineIdOption = None,
+    docker_host: DockerHostOption = None,
+    backend: BackendOption = BackendKind.DOCKER,
+    base_dir: BaseDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A GPU's worker (or --service comfyui) log; `all` interleaves them with a gpuN | prefix."""
+    indices = target_indices(target)
+    request = LogRequest(indices, str(service), tail=tail, since=since, follow=follow)
+    many = indices is None
+    with backend_session(backend, docker_host, base_dir, machine_id) as session:
+        try:
+            lines = session.logs(request)
+            for line in lines:
+                if as_json:
+                    record = {
+                        "gpu": line.index,
+                        "service": line.role,
+                        "time": line.timestamp,
+                        "line": line.text,
+                    }
+                    typer.echo(json.dumps(record))
+                elif many:
+                    prefix = Text(
+                        f"gpu{line.index} | ",
+                        style=PREFIX_COLOURS[line.index % len(PREFIX_COLOURS)],
+                    )
+                    out.print(prefix + Text(line.text), soft_wrap=True)
+                else:
+                    out.print(Text(line.text), soft_wrap=True)
+        except KeyboardInterrupt:
+            return
+        except ValueError as exc:
+            fail(str(exc), ExitCode.USAGE)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add setup, start, stop, restart, status and logs to `app`."""
+    for command in (setup, start, stop, restart, status, logs):
+        app.command(command.__name__)(command)

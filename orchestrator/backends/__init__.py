@@ -1,0 +1,1 @@
+"""Where per-GPU workers run: Docker containers or local processes, behind one small interface."""

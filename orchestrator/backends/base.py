@@ -1,0 +1,256 @@
+"""The Backend interface, and what every backend shares: the per-slot plan and its env.
+
+A command builds one `SlotPlan` per GPU (pure: `plan_slots`) and hands the plans to a backend.
+Backends report back with `ActionResult`s and describe what runs with `ServiceRecord`s, so the
+CLI, status table and tests never see a container or a PID file.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import shlex
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from orchestrator.slots import DEFAULT_PORT_BASE, Slot
+
+ROLE_WORKER = "worker"
+ROLE_COMFYUI = "comfyui"
+DEFAULT_HUB_URL = "http://127.0.0.1:8001"
+DEFAULT_STOP_TIMEOUT_S = 30.0
+
+
+class BackendError(RuntimeError):
+    """A backend cannot do what was asked; the message is one line for the user."""
+
+
+class BackendUnreachable(BackendError):
+    """The Docker engine (or equivalent) could not be reached."""
+
+
+class Outcome(enum.StrEnum):
+    STARTED = "started"
+    ALREADY_RUNNING = "already running"
+    RECREATED = "recreated"
+    RESTARTED = "restarted"
+    STOPPED = "stopped"
+    NOT_RUNNING = "not running"
+    NOT_FOUND = "not found"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    index: int
+    role: str
+    outcome: Outcome
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome not in (Outcome.FAILED, Outcome.NOT_FOUND)
+
+
+@dataclass(frozen=True)
+class HubAddress:
+    url: str
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme in ("https", "wss") else 8001)
+
+    @property
+    def needs_full_url(self) -> bool:
+        """REDIS_API_HOST/PORT cannot say TLS or a path prefix: then HUB_URL carries it."""
+        parts = urlsplit(self.url)
+        return parts.scheme in ("https", "wss") or parts.path not in ("", "/")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything the commands' options decide about the workers (not which GPUs)."""
+
+    machine_id: str
+    hub: HubAddress = HubAddress(DEFAULT_HUB_URL)
+    image: str = ""  # docker backend: the worker image
+    comfyui_image: str | None = None  # docker backend: run comfyui-gpu{N} from this image
+    # ComfyUI's command line; {port} and {gpu} are filled in. Docker: replaces the image's
+    # command. Process backend: runs ComfyUI as a process per GPU, pinned like the worker.
+    comfyui_cmd: str | None = None
+    worker_token: str | None = None
+    port_base: int = DEFAULT_PORT_BASE
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """One thing to run for a slot: its command (None = image default) and environment."""
+
+    role: str
+    env: dict[str, str]
+    command: tuple[str, ...] | None = None
+    image: str = ""
+    port: int | None = None  # the port it answers on (ComfyUI), to wait for after start
+
+    def config_hash(self, extra: Sequence[str] = ()) -> str:
+        """Changes whenever anything that needs a recreate changes (image, env, command...)."""
+        payload = json.dumps(
+            {
+                "role": self.role,
+                "env": self.env,
+                "command": self.command,
+                "image": self.image,
+                "extra": list(extra),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    slot: Slot
+    machine_id: str
+    worker: ServicePlan
+    comfyui: ServicePlan | None = None  # started first, and waited on
+
+
+def comfyui_port(slot: Slot, port_base: int = DEFAULT_PORT_BASE) -> int:
+    return port_base + slot.index
+
+
+def worker_env(slot: Slot, settings: WorkerSettings, num_gpus: int) -> dict[str, str]:
+    """The worker's environment, as the original: one worker per GPU, ComfyUI on 8188+N."""
+    env = {
+        "REDIS_API_HOST": settings.hub.host,
+        "REDIS_API_PORT": str(settings.hub.port),
+        "EXECUTION_SERVICE_PORT": str(comfyui_port(slot, settings.port_base)),
+        "COMFYUI_HOST": "127.0.0.1",
+        "MACHINE_ID": settings.machine_id,
+        "GPU_ID": str(slot.index),
+        "NUM_GPUS": str(num_gpus),
+    }
+    if settings.hub.needs_full_url:
+        env["HUB_URL"] = settings.hub.url
+    if settings.worker_token:
+        env["WORKER_TOKEN"] = settings.worker_token
+    env.update(dict(settings.extra_env))
+    return env
+
+
+def simulator_command(port: int, python: str = "python") -> tuple[str, ...]:
+    return (python, "-m", "comfyui_sim", "--host", "127.0.0.1", "--port", str(port))
+
+
+def plan_slots(
+    slots: Sequence[Slot], settings: WorkerSettings, num_gpus: int, python: str = "python"
+) -> list[SlotPlan]:
+    """One plan per slot. Simulated slots get the simulator as their ComfyUI; others get
+    `settings.comfyui_image` / `comfyui_cmd` when set, else none (the worker finds or
+    supervises one itself, see COMFYUI_CMD)."""
+    plans = []
+    for slot in slots:
+        port = comfyui_port(slot, settings.port_base)
+        comfyui: ServicePlan | None = None
+        if slot.simulated:
+            comfyui = ServicePlan(
+                ROLE_COMFYUI,
+                env={},
+                command=simulator_command(port, python),
+                image=settings.image,
+                port=port,
+            )
+        elif settings.comfyui_image or settings.comfyui_cmd:
+            command = None
+            if settings.comfyui_cmd:
+                command = tuple(shlex.split(settings.comfyui_cmd.format(port=port, gpu=slot.index)))
+            comfyui = ServicePlan(
+                ROLE_COMFYUI,
+                env={"PORT": str(port)},
+                command=command,
+                image=settings.comfyui_image or "",
+                port=port,
+            )
+        worker = ServicePlan(
+            ROLE_WORKER, env=worker_env(slot, settings, num_gpus), image=settings.image
+        )
+        plans.append(SlotPlan(slot, settings.machine_id, worker, comfyui))
+    return plans
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """What a backend knows about one managed service, rebuilt from the daemon or PID files."""
+
+    index: int
+    role: str
+    name: str  # container name or PID file path
+    state: str  # running, exited, created, restarting, stale, absent ...
+    machine_id: str = ""
+    gpu_uuid: str | None = None
+    simulated: bool = False
+    started_at: float | None = None  # unix seconds
+    restarts: int = 0
+    health: str | None = None
+    exit_code: int | None = None
+    image: str | None = None
+    ident: str = ""  # container id or PID
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    index: int
+    role: str
+    text: str
+    timestamp: str = ""  # RFC 3339 when the backend knows it (used to interleave)
+
+
+@dataclass
+class LogRequest:
+    indices: list[int] | None = None  # None = every managed slot
+    role: str = ROLE_WORKER
+    tail: int | None = None
+    since: str | None = None  # docker: "10m", RFC 3339 or unix seconds
+    follow: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """Where workers run. Every operation on several slots runs them in parallel."""
+
+    name: str
+
+    def start(self, plans: Sequence[SlotPlan]) -> list[ActionResult]:
+        """Start each plan's ComfyUI (waited on), then its worker. Idempotent."""
+        ...
+
+    def stop(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
+        """SIGTERM, `timeout_s` grace, then kill; only the named slots (None = all)."""
+        ...
+
+    def restart(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
+        """Restart what exists, as it was configured."""
+        ...
+
+    def services(self) -> list[ServiceRecord]:
+        """Every managed service, in one cheap call (the status refresh path)."""
+        ...
+
+    def logs(self, request: LogRequest) -> Iterator[LogLine]:
+        """Log lines; interleaved across slots when several; endless with follow."""
+        ...
+
+    def close(self) -> None: ...

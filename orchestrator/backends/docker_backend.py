@@ -1,0 +1,492 @@
+"""Workers as containers, one per GPU, through the Docker Engine API (docker-py).
+
+Labels carry all state (no local state file): `status` rebuilds the picture from one
+`containers.list` call. A container's `wgpu.config_hash` label decides whether `start` leaves it
+alone or recreates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import DeviceRequest, LogConfig
+
+from orchestrator.backends.base import (
+    ROLE_COMFYUI,
+    ROLE_WORKER,
+    ActionResult,
+    BackendError,
+    BackendUnreachable,
+    LogLine,
+    LogRequest,
+    Outcome,
+    ServicePlan,
+    ServiceRecord,
+    SlotPlan,
+)
+from orchestrator.backends.common import fan_out, parse_since, port_answers
+
+LABEL_MANAGED = "wgpu.managed"
+LABEL_ROLE = "wgpu.role"
+LABEL_MACHINE = "wgpu.machine_id"
+LABEL_GPU_INDEX = "wgpu.gpu_index"
+LABEL_GPU_UUID = "wgpu.gpu_uuid"
+LABEL_CONFIG_HASH = "wgpu.config_hash"
+LABEL_SIMULATED = "wgpu.simulated"
+ROLES = (ROLE_WORKER, ROLE_COMFYUI)
+NVIDIA_REFUSAL = 'could not select device driver "nvidia"'
+NVIDIA_HINT = (
+    "Docker cannot give containers a GPU: install the NVIDIA Container Toolkit "
+    "(nvidia-container-toolkit) and restart dockerd, or use --simulate N / --backend process"
+)
+
+
+def container_name(role: str, index: int) -> str:
+    return f"comfy-worker-gpu{index}" if role == ROLE_WORKER else f"comfyui-gpu{index}"
+
+
+def parse_docker_time(text: str) -> float | None:
+    """Docker's RFC 3339 times have nanoseconds, which fromisoformat (3.11) does not take."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    with contextlib.suppress(ValueError):
+        tz = "+00:00"
+        if "+" in frac or "-" in frac:
+            sign = "+" if "+" in frac else "-"
+            frac, tz_part = frac.split(sign, 1)
+            tz = sign + tz_part
+        micro = (frac[:6] or "0").ljust(6, "0")
+        return datetime.fromisoformat(f"{head}.{micro}{tz}").timestamp()
+    return None
+
+
+def _is_local_host(docker_host: str | None) -> bool:
+    """Whether host networking puts containers' ports on this machine's 127.0.0.1."""
+    host = docker_host or os.environ.get("DOCKER_HOST", "")
+    return (
+        not host
+        or host.startswith(("unix://", "npipe://"))
+        or any(local in host for local in ("://127.0.0.1", "://localhost"))
+    )
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        docker_host: str | None = None,
+        network_mode: str = "host",
+        restart_policy: str = "unless-stopped",
+        log_max_size: str = "10m",
+        log_max_file: int = 3,
+        comfyui_wait_s: float = 120.0,
+        machine_id: str | None = None,
+    ) -> None:
+        self.client = client
+        self.docker_host = docker_host
+        self.network_mode = network_mode
+        self.restart_policy = restart_policy
+        self.log_max_size = log_max_size
+        self.log_max_file = log_max_file
+        self.comfyui_wait_s = comfyui_wait_s
+        self.machine_id = machine_id  # when set, only this machine's containers are seen
+
+    @classmethod
+    def connect(cls, docker_host: str | None = None, **kwargs: Any) -> DockerBackend:
+        """`docker_host` (unix://, tcp://, ssh://), else DOCKER_HOST, else the current context."""
+        host = docker_host or os.environ.get("DOCKER_HOST") or _context_host()
+        try:
+            if host:
+                client = docker.DockerClient(
+                    base_url=host, timeout=60, use_ssh_client=host.startswith("ssh://")
+                )
+            else:
+                client = docker.from_env(timeout=60)
+            client.ping()
+        except (docker.errors.DockerException, OSError) as exc:
+            where = host or "the default socket"
+            raise BackendUnreachable(
+                f"cannot reach the Docker engine at {where} ({_connect_reason(exc)}): "
+                "start dockerd, pass --docker-host, or use --backend process"
+            ) from None
+        return cls(client, docker_host=host, **kwargs)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def _containers(self) -> list[Container]:
+        filters: dict[str, Any] = {"label": [f"{LABEL_MANAGED}=true"]}
+        if self.machine_id:
+            filters["label"].append(f"{LABEL_MACHINE}={self.machine_id}")
+        found = self.client.containers.list(all=True, filters=filters)
+        return [c for c in found if c.labels.get(LABEL_ROLE) in ROLES]
+
+    def services(self) -> list[ServiceRecord]:
+        records = [_record(c) for c in self._containers()]
+        return sorted(records, key=lambda r: (r.index, r.role != ROLE_WORKER))
+
+    def _by_slot(self, indices: Sequence[int] | None) -> dict[int, dict[str, Container]]:
+        slots: dict[int, dict[str, Container]] = {}
+        for container in self._containers():
+            index = int(container.labels.get(LABEL_GPU_INDEX, "-1"))
+            if indices is None or index in indices:
+                slots.setdefault(index, {})[container.labels[LABEL_ROLE]] = container
+        return slots
+
+    # --- start -----------------------------------------------------------------------------
+
+    def start(self, plans: Sequence[SlotPlan]) -> list[ActionResult]:
+        per_slot = fan_out(self._start_slot, list(plans))
+        return [result for results in per_slot for result in results]
+
+    def _start_slot(self, plan: SlotPlan) -> list[ActionResult]:
+        results = []
+        if plan.comfyui is not None and not plan.comfyui.image:
+            detail = "--comfyui-cmd needs --comfyui-image with --backend docker"
+            return [ActionResult(plan.slot.index, ROLE_COMFYUI, Outcome.FAILED, detail)]
+        if plan.comfyui is not None:
+            comfyui = self._ensure(plan, plan.comfyui)
+            if comfyui.ok:
+                comfyui = self._wait_ready(plan, plan.comfyui, comfyui)
+            results.append(comfyui)
+            if not comfyui.ok:
+                detail = f"not started: comfyui-gpu{plan.slot.index} is not ready"
+                results.append(ActionResult(plan.slot.index, ROLE_WORKER, Outcome.FAILED, detail))
+                return results
+        results.append(self._ensure(plan, plan.worker))
+        return results
+
+    def _create_kwargs(self, plan: SlotPlan, service: ServicePlan) -> dict[str, Any]:
+        slot = plan.slot
+        policy: dict[str, Any] = {"Name": self.restart_policy}
+        if self.restart_policy == "on-failure":
+            policy["MaximumRetryCount"] = 5
+        device_requests = None
+        if not slot.simulated:
+            device_requests = [
+                DeviceRequest(driver="nvidia", device_ids=[slot.device_id], capabilities=[["gpu"]])
+            ]
+        env = dict(service.env)
+        if self.network_mode != "host" and service.role == ROLE_WORKER and plan.comfyui:
+            # Off the host network, 127.0.0.1 is the worker's own container: use ComfyUI's name.
+            env["COMFYUI_HOST"] = container_name(ROLE_COMFYUI, slot.index)
+        kwargs: dict[str, Any] = {}
+        if service.command:
+            # The worker image's ENTRYPOINT is comfy-worker: a command replaces it whole.
+            kwargs["entrypoint"] = [service.command[0]]
+            kwargs["command"] = list(service.command[1:])
+        if service.role == ROLE_COMFYUI:
+            kwargs["healthcheck"] = {"test": ["NONE"]}  # the image's check is the worker's
+        return {
+            **kwargs,
+            "image": service.image,
+            "name": container_name(service.role, slot.index),
+            "environment": env,
+            "network_mode": self.network_mode,
+            "restart_policy": policy,
+            "log_config": LogConfig(
+                type="json-file",
+                config={"max-size": self.log_max_size, "max-file": str(self.log_max_file)},
+            ),
+            "device_requests": device_requests,
+            "stop_signal": "SIGTERM",
+        }
+
+    def _labels(self, plan: SlotPlan, service: ServicePlan, config_hash: str) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: "true",
+            LABEL_ROLE: service.role,
+            LABEL_MACHINE: plan.machine_id,
+            LABEL_GPU_INDEX: str(plan.slot.index),
+            LABEL_GPU_UUID: plan.slot.uuid or "",
+            LABEL_CONFIG_HASH: config_hash,
+            LABEL_SIMULATED: "true" if plan.slot.simulated else "false",
+        }
+
+    def _ensure(self, plan: SlotPlan, service: ServicePlan) -> ActionResult:
+        index = plan.slot.index
+        kwargs = self._create_kwargs(plan, service)
+        extra = [
+            repr(kwargs["device_requests"] and plan.slot.device_id),
+            kwargs["network_mode"],
+            self.restart_policy,
+            self.log_max_size,
+            str(self.log_max_file),
+        ]
+        outcome = Outcome.STARTED
+        try:
+            # The image id, not just its name: an image rebuilt under the same tag is a change.
+            extra.append(self.client.images.get(service.image).id)
+            config_hash = service.config_hash(extra)
+            try:
+                existing = self.client.containers.get(kwargs["name"])
+            except docker.errors.NotFound:
+                existing = None
+            if existing is not None and existing.labels.get(LABEL_MANAGED) != "true":
+                detail = (
+                    f"a container named {kwargs['name']} exists that wgpu did not create: "
+                    "remove or rename it"
+                )
+                return ActionResult(index, service.role, Outcome.FAILED, detail)
+            if existing is not None:
+                if existing.labels.get(LABEL_CONFIG_HASH) == config_hash:
+                    if existing.status in ("running", "restarting"):
+                        return ActionResult(index, service.role, Outcome.ALREADY_RUNNING)
+                    return self._start_container(existing, index, service.role, Outcome.STARTED)
+                existing.remove(force=True)
+                outcome = Outcome.RECREATED
+            container = self.client.containers.create(
+                labels=self._labels(plan, service, config_hash), detach=True, **kwargs
+            )
+        except docker.errors.ImageNotFound:
+            detail = f"image {service.image} not found: run `wgpu setup` or pass --image"
+            return ActionResult(index, service.role, Outcome.FAILED, detail)
+        except docker.errors.APIError as exc:
+            return ActionResult(index, service.role, Outcome.FAILED, _short(exc))
+        return self._start_container(container, index, service.role, outcome)
+
+    def _start_container(
+        self, container: Container, index: int, role: str, outcome: Outcome
+    ) -> ActionResult:
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            # The daemon refuses at start, not create: leave no Created container behind.
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+            detail = NVIDIA_HINT if NVIDIA_REFUSAL in str(exc) else _short(exc)
+            return ActionResult(index, role, Outcome.FAILED, detail)
+        return ActionResult(index, role, outcome)
+
+    def _wait_ready(
+        self, plan: SlotPlan, service: ServicePlan, started: ActionResult
+    ) -> ActionResult:
+        """Wait until ComfyUI answers on its port (or, on a remote engine, is running)."""
+        if service.port is None:
+            return started
+        name = container_name(service.role, plan.slot.index)
+        # Only on the host network of a local engine is ComfyUI's port on our 127.0.0.1.
+        local = _is_local_host(self.docker_host) and self.network_mode == "host"
+        deadline = time.monotonic() + self.comfyui_wait_s
+        while time.monotonic() < deadline:
+            try:
+                container = self.client.containers.get(name)
+            except docker.errors.NotFound:
+                break
+            crashed = container.status in ("exited", "dead", "restarting")
+            if crashed or container.attrs.get("RestartCount", 0):  # a restart policy hides exits
+                last = container.logs(tail=1).decode(errors="replace").strip()
+                detail = f"{name} exited: {last or 'no output'}"
+                container.stop(timeout=1)  # not left crash-looping under its restart policy
+                return ActionResult(plan.slot.index, service.role, Outcome.FAILED, detail)
+            if container.status == "running" and (not local or port_answers(service.port)):
+                return started
+            time.sleep(0.1)
+        detail = (
+            f"{name} did not answer on port {service.port} within {self.comfyui_wait_s:.0f}s: "
+            f"see `wgpu logs {plan.slot.index} --service comfyui`"
+        )
+        return ActionResult(plan.slot.index, service.role, Outcome.FAILED, detail)
+
+    # --- stop / restart --------------------------------------------------------------------
+
+    def stop(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
+        slots = self._by_slot(indices)
+        results = [
+            ActionResult(i, ROLE_WORKER, Outcome.NOT_FOUND, "no such worker")
+            for i in (indices or [])
+            if i not in slots
+        ]
+
+        def stop_slot(item: tuple[int, dict[str, Container]]) -> list[ActionResult]:
+            index, containers = item
+            # The worker first, so it can hand its job back while ComfyUI still answers.
+            return [
+                self._stop_one(index, role, containers[role], timeout_s)
+                for role in ROLES
+                if role in containers
+            ]
+
+        for slot_results in fan_out(stop_slot, sorted(slots.items())):
+            results.extend(slot_results)
+        return sorted(results, key=lambda r: r.index)
+
+    def _stop_one(
+        self, index: int, role: str, container: Container, timeout_s: float
+    ) -> ActionResult:
+        if container.status not in ("running", "restarting", "paused"):
+            return ActionResult(index, role, Outcome.NOT_RUNNING)
+        try:
+            container.stop(timeout=max(0, int(timeout_s)))
+        except docker.errors.APIError as exc:
+            return ActionResult(index, role, Outcome.FAILED, _short(exc))
+        return ActionResult(index, role, Outcome.STOPPED)
+
+    def restart(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
+        slots = self._by_slot(indices)
+        results = [
+            ActionResult(i, ROLE_WORKER, Outcome.NOT_FOUND, "no such worker: use start")
+            for i in (indices or [])
+            if i not in slots
+        ]
+
+        def restart_slot(item: tuple[int, dict[str, Container]]) -> list[ActionResult]:
+            index, containers = item
+            done = []
+            for role in (ROLE_COMFYUI, ROLE_WORKER):  # ComfyUI first: the worker needs it
+                if role not in containers:
+                    continue
+                try:
+                    containers[role].restart(timeout=max(0, int(timeout_s)))
+                    done.append(ActionResult(index, role, Outcome.RESTARTED))
+                except docker.errors.APIError as exc:
+                    detail = NVIDIA_HINT if NVIDIA_REFUSAL in str(exc) else _short(exc)
+                    done.append(ActionResult(index, role, Outcome.FAILED, detail))
+            return done
+
+        for slot_results in fan_out(restart_slot, sorted(slots.items())):
+            results.extend(slot_results)
+        return sorted(results, key=lambda r: (r.index, r.role != ROLE_WORKER))
+
+    def remove(self, indices: Sequence[int] | None) -> list[ActionResult]:
+        """Remove stopped or running containers of the named slots (used by `stop --rm`)."""
+        results = []
+        for index, containers in sorted(self._by_slot(indices).items()):
+            for role, container in containers.items():
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
+                results.append(ActionResult(index, role, Outcome.STOPPED, "removed"))
+        return results
+
+    # --- logs ------------------------------------------------------------------------------
+
+    def logs(self, request: LogRequest) -> Iterator[LogLine]:
+        targets = [
+            (index, containers[request.role])
+            for index, containers in sorted(self._by_slot(request.indices).items())
+            if request.role in containers
+        ]
+        if not targets:
+            raise BackendError(f"no {request.role} container to show logs of: start it first")
+        kwargs: dict[str, Any] = {"timestamps": True, "tail": request.tail or "all"}
+        if request.since:
+            kwargs["since"] = int(parse_since(request.since))
+        if request.follow:
+            yield from self._follow(targets, request.role, kwargs)
+            return
+        lines = [
+            line
+            for index, container in targets
+            for line in _split_lines(index, request.role, container.logs(stream=False, **kwargs))
+        ]
+        # Interleave by time, as `docker compose logs` does; stable for equal stamps.
+        yield from sorted(lines, key=lambda line: line.timestamp) if len(targets) > 1 else lines
+
+    def _follow(
+        self, targets: list[tuple[int, Container]], role: str, kwargs: dict[str, Any]
+    ) -> Iterator[LogLine]:
+        lines: queue.Queue[LogLine | None] = queue.Queue()
+
+        def pump(index: int, container: Container) -> None:
+            try:
+                pending = b""
+                for chunk in container.logs(stream=True, follow=True, **kwargs):
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    for raw in complete:
+                        lines.put(_log_line(index, role, raw))
+                if pending:
+                    lines.put(_log_line(index, role, pending))
+            finally:
+                lines.put(None)
+
+        for index, container in targets:
+            threading.Thread(target=pump, args=(index, container), daemon=True).start()
+        open_streams = len(targets)
+        while open_streams:
+            line = lines.get()
+            if line is None:
+                open_streams -= 1
+            else:
+                yield line
+
+
+def _log_line(index: int, role: str, raw: bytes) -> LogLine:
+    text = raw.decode(errors="replace").rstrip("\r")
+    stamp, _, rest = text.partition(" ")
+    return LogLine(index, role, rest, stamp)
+
+
+def _split_lines(index: int, role: str, blob: bytes) -> list[LogLine]:
+    return [_log_line(index, role, raw) for raw in blob.splitlines() if raw]
+
+
+def _record(container: Container) -> ServiceRecord:
+    labels = container.labels
+    state = container.attrs.get("State", {})
+    health = (state.get("Health") or {}).get("Status")
+    status = str(state.get("Status") or container.status)
+    image = container.attrs.get("Config", {}).get("Image")
+    return ServiceRecord(
+        index=int(labels.get(LABEL_GPU_INDEX, "-1")),
+        role=labels.get(LABEL_ROLE, ROLE_WORKER),
+        name=container.name or "",
+        state=status,
+        machine_id=labels.get(LABEL_MACHINE, ""),
+        gpu_uuid=labels.get(LABEL_GPU_UUID) or None,
+        simulated=labels.get(LABEL_SIMULATED) == "true",
+        started_at=parse_docker_time(state.get("StartedAt", "")) if status == "running" else None,
+        restarts=int(container.attrs.get("RestartCount", 0) or 0),
+        health=health,
+        exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
+        image=image,
+        ident=container.short_id,
+    )
+
+
+def _context_host() -> str | None:
+    """The current `docker context`'s endpoint, when one other than the default is selected."""
+    try:
+        from docker.context import ContextAPI
+
+        context = ContextAPI.get_current_context()
+    except Exception:  # a broken ~/.docker config must not stop the CLI; fall back to defaults
+        return None
+    host = getattr(context, "Host", None) if context is not None else None
+    return str(host) if host and getattr(context, "name", "default") != "default" else None
+
+
+def _connect_reason(exc: BaseException) -> str:
+    text = str(exc)
+    for needle, reason in (
+        ("No such file", "no socket there"),
+        ("Connection refused", "connection refused"),
+        ("Permission denied", "permission denied: join the docker group or use sudo"),
+        ("timed out", "timed out"),
+    ):
+        if needle in text:
+            return reason
+    return _short(exc)[:120]
+
+
+def _short(exc: BaseException) -> str:
+    """One line of a docker error: its explanation when there is one."""
+    explanation = getattr(exc, "explanation", None)
+    text = str(explanation or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

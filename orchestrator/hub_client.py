@@ -1,0 +1,294 @@
+"""A small REST client of the hub (see docs/architecture.md, "REST"): sync and async.
+
+`HubClient` (urllib, no extra dependency) is what CLI commands use; `AsyncHubClient` (aiohttp)
+is for async code. Both raise `HubUnreachable` when the hub does not answer and `HubError` for an
+error response (with its HTTP status and the hub's `error` text).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+JsonObject = dict[str, Any]
+
+
+class HubError(RuntimeError):
+    """The hub answered with an error. `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HubUnreachable(HubError):
+    """The hub did not answer (refused, timed out, DNS)."""
+
+
+@dataclass(frozen=True)
+class HubEvent:
+    """One server-sent event of `GET /jobs/{id}/events`: kind status|progress|output|done."""
+
+    kind: str
+    data: Any
+    id: str | None = None
+
+
+def submit_body(
+    workflow: JsonObject,
+    *,
+    priority: int | None = None,
+    timeout_s: float | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+    constraints: JsonObject | None = None,
+    webhook_url: str | None = None,
+) -> JsonObject:
+    """The `POST /jobs` body; unset options are left out so the hub's defaults apply."""
+    body: JsonObject = {"workflow": workflow}
+    optional = {
+        "priority": priority,
+        "timeout_s": timeout_s,
+        "max_attempts": max_attempts,
+        "idempotency_key": idempotency_key,
+        "constraints": constraints,
+        "webhook_url": webhook_url,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    return body
+
+
+def _jobs_query(status: str | None, limit: int) -> str:
+    query = {"limit": str(limit)}
+    if status:
+        query["status"] = status
+    return "/jobs?" + urllib.parse.urlencode(query)
+
+
+def _error_text(body: bytes, status: int) -> str:
+    try:
+        return str(json.loads(body).get("error") or f"HTTP {status}")
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace").strip()[:200] or f"HTTP {status}"
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[HubEvent]:
+    """Server-sent events from text lines (without their newlines)."""
+    kind = "message"
+    data: list[str] = []
+    event_id: str | None = None
+    for line in lines:
+        if not line:
+            if data:
+                text = "\n".join(data)
+                try:
+                    payload: Any = json.loads(text)
+                except ValueError:
+                    payload = text
+                yield HubEvent(kind, payload, event_id)
+            kind, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue  # a keep-alive comment
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            kind = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
+
+
+class HubClient:
+    """Blocking client. `timeout_s` bounds each request (keep it short on status paths)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: JsonObject | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        request = urllib.request.Request(
+            self.base_url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers=self._headers(headers, json_body=body is not None),
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s)
+        except urllib.error.HTTPError as exc:
+            raise HubError(_error_text(exc.read(), exc.code), exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise HubUnreachable(f"hub at {self.base_url} does not answer ({reason})") from None
+        return response
+
+    def _headers(self, extra: dict[str, str] | None, json_body: bool) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(extra or {})
+        return headers
+
+    def _json(self, method: str, path: str, body: JsonObject | None = None) -> Any:
+        with self._request(method, path, body) as response:
+            return json.loads(response.read())
+
+    def health(self) -> JsonObject:
+        result: JsonObject = self._json("GET", "/health")
+        return result
+
+    def get_workers(self) -> list[JsonObject]:
+        workers: list[JsonObject] = self._json("GET", "/workers")["workers"]
+        return workers
+
+    def get_job(self, job_id: str) -> JsonObject:
+        job: JsonObject = self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
+        return job
+
+    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JsonObject]:
+        jobs: list[JsonObject] = self._json("GET", _jobs_query(status, limit))["jobs"]
+        return jobs
+
+    def submit(self, workflow: JsonObject, **options: Any) -> JsonObject:
+        """`POST /jobs`; options as `submit_body` (priority, timeout_s, max_attempts, ...)."""
+        job: JsonObject = self._json("POST", "/jobs", submit_body(workflow, **options))
+        return job
+
+    def cancel(self, job_id: str) -> JsonObject:
+        job: JsonObject = self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
+        return job
+
+    def get_output(self, job_id: str, name: str) -> bytes:
+        path = f"/jobs/{urllib.parse.quote(job_id)}/outputs/{urllib.parse.quote(name)}"
+        with self._request("GET", path) as response:
+            data: bytes = response.read()
+            return data
+
+    def events(
+        self, job_id: str, last_event_id: str | None = None, timeout_s: float = 300.0
+    ) -> Iterator[HubEvent]:
+        """The job's events until the stream ends (after `done`). `timeout_s`: max quiet time."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        path = f"/jobs/{urllib.parse.quote(job_id)}/events"
+        with self._request("GET", path, headers=headers, timeout_s=timeout_s) as response:
+            lines = (raw.decode().rstrip("\r\n") for raw in response)
+            for event in parse_sse(lines):
+                yield event
+                if event.kind == "done":
+                    return
+
+
+class AsyncHubClient:
+    """The same calls for async code: `async with AsyncHubClient(url) as hub: ...`."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncHubClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._session = aiohttp.ClientSession(headers=headers)
+        return self._session
+
+    async def _json(self, method: str, path: str, body: JsonObject | None = None) -> Any:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        try:
+            async with self._client().request(
+                method, self.base_url + path, json=body, timeout=timeout
+            ) as response:
+                raw = await response.read()
+                if response.status >= 400:
+                    raise HubError(_error_text(raw, response.status), response.status)
+                return json.loads(raw)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise HubUnreachable(f"hub at {self.base_url} does not answer ({exc})") from None
+
+    async def health(self) -> JsonObject:
+        result: JsonObject = await self._json("GET", "/health")
+        return result
+
+    async def get_workers(self) -> list[JsonObject]:
+        workers: list[JsonObject] = (await self._json("GET", "/workers"))["workers"]
+        return workers
+
+    async def get_job(self, job_id: str) -> JsonObject:
+        job: JsonObject = await self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
+        return job
+
+    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JsonObject]:
+        jobs: list[JsonObject] = (await self._json("GET", _jobs_query(status, limit)))["jobs"]
+        return jobs
+
+    async def submit(self, workflow: JsonObject, **options: Any) -> JsonObject:
+        job: JsonObject = await self._json("POST", "/jobs", submit_body(workflow, **options))
+        return job
+
+    async def cancel(self, job_id: str) -> JsonObject:
+        job: JsonObject = await self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
+        return job
+
+    async def events(
+        self, job_id: str, last_event_id: str | None = None
+    ) -> AsyncIterator[HubEvent]:
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        url = f"{self.base_url}/jobs/{urllib.parse.quote(job_id)}/events"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
+        try:
+            async with self._client().get(url, headers=headers, timeout=timeout) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    raise HubError(_error_text(raw, response.status), response.status)
+                buffered: list[str] = []
+                async for raw_line in response.content:
+                    buffered.append(raw_line.decode().rstrip("\r\n"))
+                    if buffered[-1]:
+                        continue
+                    for event in parse_sse(buffered):
+                        yield event
+                        if event.kind == "done":
+                            return
+                    buffered = []
+        except aiohttp.ClientConnectionError as exc:
+            raise HubUnreachable(f"hub at {self.base_url} does not answer ({exc})") from None

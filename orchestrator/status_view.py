@@ -1,0 +1,361 @@
+"""`wgpu status`: one table of GPUs, their worker and ComfyUI, and what the hub says of them.
+
+Gathering is split from rendering: `build_snapshot` is a pure function of what the backend, NVML
+and the hub reported; `collect_snapshot` does the I/O (one container list, one NVML poll, one
+short hub call, the last two concurrently); `render_table` draws a snapshot; `watch` redraws in
+place with Rich Live. A refresh never calls `docker stats` (about 2 s per container).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, ServiceRecord
+from orchestrator.backends.common import humanize_duration
+from orchestrator.gpus import GpuDevice, GpuStats
+
+HUB_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    state: str
+    uptime_s: float | None = None
+    restarts: int = 0
+    health: str | None = None
+    exit_code: int | None = None
+    ident: str = ""
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    index: int
+    name: str = ""
+    uuid: str | None = None
+    simulated: bool = False
+    utilization_pct: int | None = None
+    memory_used_mb: int | None = None
+    memory_total_mb: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    worker: ServiceView | None = None
+    comfyui: ServiceView | None = None
+    hub_connected: bool | None = None  # None: the hub was not reachable or does not know it
+    hub_status: str | None = None
+    current_job: str | None = None
+    progress_pct: float | None = None
+    jobs_done: int | None = None
+    jobs_failed: int | None = None
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    taken_at: float
+    backend: str
+    slots: list[SlotStatus]
+    machine_id: str | None = None
+    hub_url: str | None = None
+    hub_error: str | None = None  # why the hub columns are blank
+    gpu_error: str | None = None  # why the GPU columns are blank
+    elapsed_ms: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _service_view(record: ServiceRecord, now: float) -> ServiceView:
+    uptime = now - record.started_at if record.started_at is not None else None
+    return ServiceView(
+        state=record.state,
+        uptime_s=None if uptime is None else round(uptime, 1),
+        restarts=record.restarts,
+        health=record.health,
+        exit_code=record.exit_code,
+        ident=record.ident,
+    )
+
+
+def _progress_pct(progress: Any) -> float | None:
+    if isinstance(progress, int | float):
+        return float(progress)
+    if isinstance(progress, dict):
+        if isinstance(progress.get("percent"), int | float):
+            return float(progress["percent"])
+        value, maximum = progress.get("value"), progress.get("max")
+        if isinstance(value, int | float) and isinstance(maximum, int | float) and maximum:
+            return round(100.0 * value / maximum, 1)
+    return None
+
+
+def _hub_worker_for(
+    workers: Sequence[dict[str, Any]], machine_id: str | None, index: int
+) -> dict[str, Any] | None:
+    for worker in workers:
+        gpu = worker.get("gpu") or {}
+        same_machine = machine_id is None or worker.get("machine_id") == machine_id
+        if same_machine and gpu.get("index") == index:
+            return worker
+        if machine_id is not None and worker.get("id") == f"{machine_id}-gpu{index}":
+            return worker
+    return None
+
+
+def build_snapshot(
+    records: Sequence[ServiceRecord],
+    devices: Sequence[GpuDevice],
+    stats: Sequence[GpuStats],
+    hub_workers: Sequence[dict[str, Any]] | None,
+    *,
+    now: float,
+    backend: str,
+    machine_id: str | None = None,
+    hub_url: str | None = None,
+    hub_error: str | None = None,
+    gpu_error: str | None = None,
+    only: Iterable[int] | None = None,
+    elapsed_ms: float | None = None,
+) -> StatusSnapshot:
+    """The status of every slot that has a GPU or a managed service. Pure: no I/O."""
+    by_device = {device.index: device for device in devices}
+    by_stats = {stat.index: stat for stat in stats}
+    services: dict[int, dict[str, ServiceRecord]] = {}
+    for record in records:
+        services.setdefault(record.index, {})[record.role] = record
+    indices = sorted(set(by_device) | set(services))
+    if only is not None:
+        wanted = set(only)
+        indices = [i for i in indices if i in wanted]
+    slots = []
+    for index in indices:
+        device, stat = by_device.get(index), by_stats.get(index)
+        roles = services.get(index, {})
+        worker, comfyui = roles.get(ROLE_WORKER), roles.get(ROLE_COMFYUI)
+        any_record = worker or comfyui
+        simulated = bool(any_record and any_record.simulated) and device is None
+        slot_machine = machine_id or (any_record.machine_id if any_record else None) or None
+        hub = _hub_worker_for(hub_workers or [], slot_machine, index)
+        slots.append(
+            SlotStatus(
+                index=index,
+                name=device.name if device else ("simulated" if simulated else ""),
+                uuid=device.uuid if device else (any_record.gpu_uuid if any_record else None),
+                simulated=simulated,
+                utilization_pct=stat.utilization_pct if stat else None,
+                memory_used_mb=stat.memory_used_mb if stat else None,
+                memory_total_mb=(stat.memory_total_mb if stat else None)
+                or (device.memory_total_mb if device else None),
+                temperature_c=stat.temperature_c if stat else None,
+                power_w=stat.power_w if stat else None,
+                worker=_service_view(worker, now) if worker else None,
+                comfyui=_service_view(comfyui, now) if comfyui else None,
+                hub_connected=None if hub is None else bool(hub.get("connected")),
+                hub_status=None if hub is None else hub.get("status"),
+                current_job=None if hub is None else hub.get("current_job"),
+                progress_pct=None if hub is None else _progress_pct(hub.get("progress")),
+                jobs_done=None if hub is None else hub.get("jobs_done"),
+                jobs_failed=None if hub is None else hub.get("jobs_failed"),
+            )
+        )
+    return StatusSnapshot(
+        taken_at=now,
+        backend=backend,
+        slots=slots,
+        machine_id=machine_id,
+        hub_url=hub_url,
+        hub_error=hub_error,
+        gpu_error=gpu_error,
+        elapsed_ms=elapsed_ms,
+    )
+
+
+# --- I/O ------------------------------------------------------------------------------------
+
+
+class _Services(Protocol):
+    name: str
+
+    def services(self) -> list[ServiceRecord]: ...
+
+
+class _Monitor(Protocol):
+    error: str | None
+
+    def poll(self, indices: Iterable[int] | None = None) -> list[GpuStats]: ...
+
+
+class _Hub(Protocol):
+    base_url: str
+
+    def get_workers(self) -> list[dict[str, Any]]: ...
+
+
+def collect_snapshot(
+    backend: _Services,
+    monitor: _Monitor | None,
+    devices: Sequence[GpuDevice],
+    hub: _Hub | None,
+    *,
+    machine_id: str | None = None,
+    only: Iterable[int] | None = None,
+    pool: ThreadPoolExecutor | None = None,
+) -> StatusSnapshot:
+    """One refresh: the hub call runs beside the backend listing and the NVML poll."""
+    started = time.perf_counter()
+    own_pool = pool is None
+    executor = pool or ThreadPoolExecutor(max_workers=1)
+    try:
+        hub_future = executor.submit(_hub_workers, hub) if hub is not None else None
+        records = backend.services()
+        stats = monitor.poll() if monitor is not None else []
+        hub_workers, hub_error = hub_future.result() if hub_future else (None, None)
+    finally:
+        if own_pool:
+            executor.shutdown(wait=False)
+    return build_snapshot(
+        records,
+        devices,
+        stats,
+        hub_workers,
+        now=time.time(),
+        backend=backend.name,
+        machine_id=machine_id,
+        hub_url=hub.base_url if hub else None,
+        hub_error=hub_error,
+        gpu_error=monitor.error if monitor is not None else None,
+        only=only,
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+def _hub_workers(hub: _Hub) -> tuple[list[dict[str, Any]] | None, str | None]:
+    try:
+        return hub.get_workers(), None
+    except Exception as exc:  # any hub failure only blanks the hub columns
+        return None, str(exc)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+_STATE_STYLE = {"running": "green", "restarting": "yellow", "created": "yellow", "stale": "red"}
+
+
+def _service_cell(view: ServiceView | None) -> Text:
+    if view is None:
+        return Text("-", style="dim")
+    text = Text(view.state, style=_STATE_STYLE.get(view.state, "red"))
+    if view.uptime_s is not None:
+        text.append(f" {humanize_duration(view.uptime_s)}", style="dim")
+    if view.health:
+        text.append(f" ({view.health})", style="green" if view.health == "healthy" else "yellow")
+    if view.restarts:
+        text.append(f" ↻{view.restarts}", style="yellow")
+    if view.exit_code is not None:
+        text.append(f" exit {view.exit_code}", style="dim")
+    return text
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "" if value is None else f"{value:g}{unit}"
+
+
+def _vram(slot: SlotStatus) -> str:
+    if slot.memory_total_mb is None:
+        return ""
+    used = "?" if slot.memory_used_mb is None else f"{slot.memory_used_mb / 1024:.1f}"
+    return f"{used}/{slot.memory_total_mb / 1024:.1f} GiB"
+
+
+def _hub_cell(slot: SlotStatus) -> Text:
+    if slot.hub_connected is None:
+        return Text("")
+    if not slot.hub_connected:
+        return Text(slot.hub_status or "offline", style="red")
+    return Text(slot.hub_status or "connected", style="green" if slot.hub_status else "")
+
+
+def _job_cell(slot: SlotStatus) -> str:
+    if not slot.current_job:
+        return ""
+    progress = "" if slot.progress_pct is None else f" {slot.progress_pct:.0f}%"
+    return f"{slot.current_job[:12]}{progress}"
+
+
+def _done_cell(slot: SlotStatus) -> str:
+    if slot.jobs_done is None and slot.jobs_failed is None:
+        return ""
+    return f"{slot.jobs_done or 0}/{slot.jobs_failed or 0}"
+
+
+def render_table(snapshot: StatusSnapshot) -> RenderableType:
+    title = f"wgpu workers ({snapshot.backend}" + (
+        f", machine {snapshot.machine_id})" if snapshot.machine_id else ")"
+    )
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False
+    )
+    # (header, justify, min width): on a narrow terminal cells wrap, but the GPU id and the
+    # states keep their width so they stay readable.
+    for header, justify, min_width in (
+        ("GPU", "right", 4),
+        ("Name", "left", None),
+        ("Util", "right", None),
+        ("VRAM", "right", None),
+        ("Temp", "right", None),
+        ("Worker", "left", 7),
+        ("ComfyUI", "left", 7),
+        ("Hub", "left", None),
+        ("Job", "left", None),
+        ("Done/Fail", "right", None),
+    ):
+        table.add_column(header, justify=justify, min_width=min_width)  # type: ignore[arg-type]
+    for slot in snapshot.slots:
+        table.add_row(
+            f"gpu{slot.index}",
+            slot.name.removeprefix("NVIDIA "),  # every name starts so; the column is narrow
+            _num(slot.utilization_pct, "%"),
+            _vram(slot),
+            _num(slot.temperature_c, "°C"),
+            _service_cell(slot.worker),
+            _service_cell(slot.comfyui),
+            _hub_cell(slot),
+            _job_cell(slot),
+            _done_cell(slot),
+        )
+    notes = []
+    if not snapshot.slots:
+        notes.append(Text("no GPUs and no managed workers: run `wgpu start`", style="yellow"))
+    if snapshot.hub_error:
+        notes.append(Text(f"hub: {snapshot.hub_error}", style="dim"))
+    if snapshot.gpu_error:
+        notes.append(Text(f"gpus: {snapshot.gpu_error}", style="dim"))
+    return Group(table, *notes) if notes else table
+
+
+def watch(
+    collect: Callable[[], StatusSnapshot],
+    console: Console,
+    interval_s: float = 1.0,
+    iterations: int | None = None,
+) -> StatusSnapshot:
+    """Redraw the table in place every `interval_s` until Ctrl-C (or `iterations` refreshes)."""
+    snapshot = collect()
+    count = 1
+    with Live(render_table(snapshot), console=console, auto_refresh=False) as live:
+        next_at = time.monotonic() + interval_s
+        while iterations is None or count < iterations:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = max(next_at + interval_s, time.monotonic())  # steady, never a burst
+            snapshot = collect()
+            live.update(render_table(snapshot), refresh=True)
+            count += 1
+    return snapshot
