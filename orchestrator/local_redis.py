@@ -51,6 +51,8 @@ class LocalRedis:
     aof: bool = False
     prefer: str = "auto"
     host: str = "127.0.0.1"
+    # Own session: the server outlives the CLI that started it (`wgpu up`) and ignores its Ctrl-C.
+    new_session: bool = False
     kind: str = field(default="", init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -83,7 +85,9 @@ class LocalRedis:
         else:
             args += ["--appendonly", "no"]
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - owned by the child
-        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.new_session
+        )
         log.close()
         self._wait_ready(timeout_s)
         return self
@@ -133,6 +137,10 @@ class LocalRedis:
     def restart(self, hard: bool = False) -> None:
         self.kill() if hard else self.stop()
         self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:

@@ -1,9 +1,233 @@
-"""Placeholder: its owner fills this module in."""
+"""`wgpu submit`, `wgpu jobs`, `wgpu cancel`: the hub's REST API from the command line."""
 
 from __future__ import annotations
 
+import datetime
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator.backends.base import DEFAULT_HUB_URL
+from orchestrator.console import ExitCode, err, fail, out
+from orchestrator.hub_client import HubClient, HubError, HubUnreachable
+from orchestrator.job_watch import (
+    JobBoard,
+    WorkflowFileError,
+    download_outputs,
+    follow_all,
+    load_workflow,
+    wait_until,
+)
+from orchestrator.options import ApiKeyOption, HubUrlOption, JsonOption
+
+STATUS_STYLE = {
+    "succeeded": "green",
+    "running": "cyan",
+    "queued": "yellow",
+    "failed": "red",
+    "dead": "red",
+    "timed_out": "red",
+    "cancelled": "magenta",
+}
+
+
+@contextmanager
+def hub_errors(hub_url: str) -> Iterator[None]:
+    """One line for the user when the hub does not answer or refuses."""
+    try:
+        yield
+    except HubUnreachable as exc:
+        fail(f"{exc}: start the stack with `wgpu up`, or pass --hub-url", ExitCode.UNREACHABLE)
+    except HubError as exc:
+        if exc.status == 404:
+            fail(f"not found: {exc}", ExitCode.NOT_FOUND)
+        if exc.status in (401, 403):
+            fail(f"the hub at {hub_url} refused the key: pass --api-key", ExitCode.USAGE)
+        code = ExitCode.USAGE if exc.status in (400, 413) else ExitCode.FAILED
+        fail(f"the hub at {hub_url} refused: {exc}", code)
+
+
+def submit(
+    workflows: Annotated[
+        list[Path], typer.Argument(metavar="WORKFLOW.json...", help="API-format workflows.")
+    ],
+    wait: bool = typer.Option(False, "--wait", "-w", help="Follow the jobs to the end."),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Download outputs here (implies --wait)."),
+    ] = None,
+    priority: int | None = typer.Option(None, "--priority", "-p", help="Higher runs first."),
+    count: int = typer.Option(1, "--count", "-n", min=1, help="Submit each workflow K times."),
+    timeout: float | None = typer.Option(None, "--timeout", help="A job's time limit (s)."),
+    wait_timeout: float = typer.Option(3600.0, "--wait-timeout", help="Stop waiting after (s)."),
+    hub_url: HubUrlOption = DEFAULT_HUB_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit workflows; with --wait, a progress bar per job and the outputs downloaded."""
+    try:
+        loaded = [(path, load_workflow(path)) for path in workflows]
+    except WorkflowFileError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    hub = HubClient(hub_url, api_key=api_key)
+    board = JobBoard()
+    with hub_errors(hub_url):
+        for path, workflow in loaded:
+            for _ in range(count):
+                job = hub.submit(workflow, priority=priority, timeout_s=timeout)
+                board.add(str(job["id"]), path.name)
+    if not (wait or out_dir):
+        if as_json:
+            typer.echo(json.dumps({"jobs": list(board.jobs)}))
+        else:
+            for job_id in board.jobs:
+                typer.echo(job_id)
+        return
+    follow_with_progress(hub, board, wait_timeout, quiet=as_json)
+    code = finish(hub, board, out_dir, as_json)
+    if code != ExitCode.OK:
+        raise typer.Exit(int(code))
+
+
+def follow_with_progress(hub: HubClient, board: JobBoard, timeout_s: float, quiet: bool) -> None:
+    """A bar per job on stderr, fed by each job's event stream."""
+    columns = (
+        TextColumn("{task.fields[label]}", style="bold"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    threads = follow_all(hub, board, timeout_s)
+    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
+        tasks: dict[str, TaskID] = {
+            state.job_id: progress.add_task(
+                "", total=100, label=f"{state.job_id[:8]} {state.label}", status=state.status
+            )
+            for state in board.snapshot()
+        }
+
+        def tick() -> None:
+            for state in board.snapshot():
+                style = STATUS_STYLE.get(state.status, "white")
+                progress.update(
+                    tasks[state.job_id],
+                    completed=state.percent,
+                    status=f"[{style}]{state.status}[/]",
+                )
+
+        wait_until(board, threads, tick)
+
+
+def finish(hub: HubClient, board: JobBoard, out_dir: Path | None, as_json: bool) -> ExitCode:
+    """Download outputs, report one line per job; OK only when every job succeeded."""
+    results = []
+    failed = False
+    with hub_errors(hub.base_url):
+        for state in board.snapshot():
+            files: list[Path] = []
+            if state.status == "succeeded" and state.job is not None and out_dir is not None:
+                files = download_outputs(hub, state.job, out_dir)
+            failed = failed or state.status != "succeeded"
+            results.append((state, files))
+    if as_json:
+        payload = [
+            {
+                "id": state.job_id,
+                "workflow": state.label,
+                "status": state.status,
+                "error": state.error,
+                "files": [str(f) for f in files],
+            }
+            for state, files in results
+        ]
+        typer.echo(json.dumps({"jobs": payload}))
+    else:
+        for state, files in results:
+            style = STATUS_STYLE.get(state.status, "white")
+            line = f"{state.job_id} {state.label}: [{style}]{state.status}[/]"
+            if state.error:
+                line += f" ({state.error})"
+            if files:
+                line += f" -> {', '.join(str(f) for f in files)}"
+            out.print(line, soft_wrap=True)
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
+def _when(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return ""
+    return datetime.datetime.fromtimestamp(seconds).strftime("%H:%M:%S")
+
+
+def _took(job: dict[str, Any]) -> str:
+    start, end = job.get("started_at"), job.get("finished_at")
+    if isinstance(start, int | float) and isinstance(end, int | float):
+        return f"{end - start:.1f}s"
+    return ""
+
+
+def jobs(
+    status: str | None = typer.Option(None, "--status", "-s", help="Only jobs in this state."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000),
+    hub_url: HubUrlOption = DEFAULT_HUB_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The hub's jobs with their state, worker and times."""
+    hub = HubClient(hub_url, api_key=api_key)
+    with hub_errors(hub_url):
+        found = hub.list_jobs(status=status, limit=limit)
+    if as_json:
+        typer.echo(json.dumps({"jobs": found}))
+        return
+    table = Table(title=f"jobs at {hub_url}")
+    for header in ("ID", "Status", "Prio", "Worker", "Progress", "Created", "Took", "Error"):
+        table.add_column(header)
+    for job in found:
+        status_text = str(job.get("status", ""))
+        progress = job.get("progress") or {}
+        percent = progress.get("percent") if isinstance(progress, dict) else None
+        error = job.get("error") or {}
+        table.add_row(
+            str(job.get("id", "")),
+            f"[{STATUS_STYLE.get(status_text, 'white')}]{status_text}[/]",
+            str(job.get("priority", "")),
+            str(job.get("worker_id") or ""),
+            f"{percent:.0f}%" if isinstance(percent, int | float) else "",
+            _when(job.get("created_at")),
+            _took(job),
+            str(error.get("message", ""))[:40] if isinstance(error, dict) else "",
+        )
+    out.print(table)
+    if not found:
+        out.print("no jobs" + (f" with status {status}" if status else ""))
+
+
+def cancel(
+    job_id: str = typer.Argument(..., metavar="ID"),
+    hub_url: HubUrlOption = DEFAULT_HUB_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a job (a running one is interrupted on its worker)."""
+    hub = HubClient(hub_url, api_key=api_key)
+    with hub_errors(hub_url):
+        job = hub.cancel(job_id)
+    if as_json:
+        typer.echo(json.dumps(job))
+        return
+    out.print(f"{job.get('id', job_id)}: {job.get('status')}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add submit, jobs and cancel to `app`."""
+    app.command("submit")(submit)
+    app.command("jobs")(jobs)
+    app.command("cancel")(cancel)

@@ -1,9 +1,290 @@
-"""Placeholder: its owner fills this module in."""
+"""`wgpu up`, `wgpu down`, `wgpu demo`: the whole one-host stack in one command."""
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import docker
+import docker.errors
 import typer
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from orchestrator import gpus
+from orchestrator.backends.base import BackendUnreachable
+from orchestrator.backends.docker_backend import DockerBackend
+from orchestrator.compose_render import (
+    DEFAULT_HUB_PORT,
+    DEFAULT_REDIS_IMAGE,
+    DEFAULT_REDIS_PORT,
+    IMAGE_ENV,
+    ROLE_HUB,
+    ROLE_REDIS,
+    ComposeError,
+    StackOptions,
+)
+from orchestrator.console import ExitCode, err, fail, out, warn
+from orchestrator.demo import DemoOptions, run_demo
+from orchestrator.images import ImageBuildError, ensure_worker_image
+from orchestrator.options import DockerHostOption, GpusOption, MachineIdOption, default_machine_id
+from orchestrator.slots import DEFAULT_PORT_BASE
+from orchestrator.stack import (
+    ProcessStack,
+    ProcessStackConfig,
+    StackError,
+    default_state_dir,
+    docker_down,
+    docker_up,
+    read_state,
+    stop_process_stack,
+)
+from orchestrator.stack_images import HUB_RECIPE, REDIS_RECIPE, ensure_image, has_image
+
+DEFAULT_SIMULATED_SLOTS = 2
+
+
+class StackBackend(enum.StrEnum):
+    AUTO = "auto"
+    DOCKER = "docker"
+    PROCESS = "process"
+
+
+BackendChoice = Annotated[
+    StackBackend,
+    typer.Option("--backend", envvar="WGPU_BACKEND", help="auto: Docker when it answers."),
+]
+DEFAULT_DEMO_OUT = Path("wgpu-demo-output")
+StateDirOption = typer.Option(
+    None, "--state-dir", envvar="WGPU_STATE_DIR", help="Process mode: PIDs, logs, Redis data."
+)
+
+
+class StepProgress:
+    """A spinner line per part on stderr, updated from any thread."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, part: str, state: str) -> None:
+        style = "red" if state in ("failed", "unhealthy") else "green"
+        text = f"{part}: [{style}]{state}[/]"
+        if part not in self.tasks:
+            self.tasks[part] = self.progress.add_task(text, total=None)
+        self.progress.update(self.tasks[part], description=text)
+
+
+def step_progress() -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err
+    )
+
+
+def open_docker(docker_host: str | None, required: bool) -> Any | None:
+    try:
+        return DockerBackend.connect(docker_host).client
+    except BackendUnreachable as exc:
+        if required:
+            fail(str(exc), ExitCode.UNREACHABLE)
+        return None
+
+
+def slot_selection(gpus_option: str | None, simulate: int | None) -> tuple[tuple[str, ...], int]:
+    """(GPU device ids, simulated count): --simulate, --gpus, or NVML; no GPU -> simulate."""
+    if simulate:
+        return (), simulate
+    if gpus_option:
+        return tuple(t.strip() for t in gpus_option.split(",") if t.strip()), 0
+    inventory = gpus.discover()
+    if not inventory.gpus:
+        why = f" ({inventory.error})" if inventory.error else ""
+        warn(f"no NVIDIA GPU found{why}: running {DEFAULT_SIMULATED_SLOTS} simulated slots")
+        return (), DEFAULT_SIMULATED_SLOTS
+    return tuple(d.uuid or str(d.index) for d in inventory.gpus), 0
+
+
+def stack_images(client: Any, base_image: str | None, on_step: StepProgress) -> dict[str, str]:
+    """env var -> image for the parts not named by env: built locally when missing."""
+    images: dict[str, str] = {}
+
+    def note(part: str) -> Any:
+        return lambda line: on_step(part, f"building: {line[:60]}")
+
+    try:
+        if not os.environ.get(IMAGE_ENV["worker"]):
+            on_step("worker image", "checking")
+            images[IMAGE_ENV["worker"]] = ensure_worker_image(
+                client, base_image, note("worker image")
+            )
+            on_step("worker image", images[IMAGE_ENV["worker"]])
+        if not os.environ.get(IMAGE_ENV[ROLE_HUB]):
+            on_step("hub image", "checking")
+            images[IMAGE_ENV[ROLE_HUB]] = ensure_image(
+                client, HUB_RECIPE, base_image, note("hub image")
+            )
+            on_step("hub image", images[IMAGE_ENV[ROLE_HUB]])
+        if not os.environ.get(IMAGE_ENV[ROLE_REDIS]) and not has_image(client, DEFAULT_REDIS_IMAGE):
+            on_step("redis image", "building locally")
+            tag = ensure_image(client, REDIS_RECIPE, base_image, note("redis image"))
+            images[IMAGE_ENV[ROLE_REDIS]] = tag
+            on_step("redis image", tag)
+    except ImageBuildError as exc:
+        fail(f"{exc}: pass --base-image with a local image, or set the WGPU_*_IMAGE variables")
+    return images
+
+
+def up(
+    simulate: int | None = typer.Option(None, "--simulate", min=1, help="N simulated slots."),
+    gpus_option: GpusOption = None,
+    backend: BackendChoice = StackBackend.AUTO,
+    docker_host: DockerHostOption = None,
+    machine_id: MachineIdOption = None,
+    hub_port: int = typer.Option(DEFAULT_HUB_PORT, "--hub-port"),
+    hub_bind: str = typer.Option("0.0.0.0", "--hub-bind", help="Where the hub listens."),
+    redis_port: int = typer.Option(DEFAULT_REDIS_PORT, "--redis-port"),
+    port_base: int = typer.Option(DEFAULT_PORT_BASE, "--port-base", help="ComfyUI N: base+N."),
+    base_image: str | None = typer.Option(
+        None, "--base-image", envvar="WGPU_BASE_IMAGE", help="Build local images on this one."
+    ),
+    health_interval: float = typer.Option(5.0, "--health-interval", min=0.5),
+    sim_node_time: float | None = typer.Option(None, "--sim-node-time", help="Seconds/node."),
+    state_dir: Path | None = StateDirOption,
+    name_prefix: Annotated[
+        str, typer.Option("--name-prefix", envvar="WGPU_NAME_PREFIX", hidden=True)
+    ] = "",
+) -> None:
+    """Start Redis + hub + per GPU ComfyUI and worker (containers, or processes without Docker)."""
+    device_ids, simulated = slot_selection(gpus_option, simulate)
+    client = None
+    if backend != StackBackend.PROCESS:
+        client = open_docker(docker_host, required=backend == StackBackend.DOCKER)
+    if client is None:
+        if device_ids:
+            fail("without Docker only simulated slots run here: pass --simulate N", ExitCode.USAGE)
+        up_processes(simulated, machine_id, hub_port, hub_bind, port_base, sim_node_time, state_dir)
+        return
+    options = StackOptions(
+        gpus=device_ids,
+        simulate=simulated,
+        machine_id=machine_id or default_machine_id(),
+        redis_port=redis_port,
+        hub_port=hub_port,
+        hub_bind=hub_bind,
+        port_base=port_base,
+        health_interval_s=health_interval,
+        sim_node_time_s=sim_node_time,
+        name_prefix=name_prefix,
+    )
+    try:
+        options.slots()
+    except ComposeError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    with step_progress() as progress:
+        steps = StepProgress(progress)
+        images = stack_images(client, base_image, steps)
+        try:
+            results = docker_up(client, options, images, on_event=steps)
+        except docker.errors.DockerException as exc:
+            fail(f"Docker engine error: {exc}", ExitCode.UNREACHABLE)
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        err.print(f"[red]x[/] {result.service}: {result.detail}", soft_wrap=True)
+    if failed:
+        fail(f"{len(failed)} service(s) did not become healthy: see `wgpu logs` or docker logs")
+    out.print(f"hub: http://127.0.0.1:{hub_port}  ({len(results)} services healthy)")
+
+
+def up_processes(
+    slots: int,
+    machine_id: str | None,
+    hub_port: int,
+    hub_bind: str,
+    port_base: int,
+    sim_node_time: float | None,
+    state_dir: Path | None,
+) -> None:
+    directory = state_dir or default_state_dir()
+    if read_state(directory) is not None:
+        stop_process_stack(directory)  # a fresh start: like `docker compose up` recreating
+    config = ProcessStackConfig(
+        state_dir=directory,
+        slots=slots,
+        hub_port=hub_port,
+        hub_host=hub_bind if hub_bind != "0.0.0.0" else "127.0.0.1",
+        port_base=port_base,
+        machine_id=machine_id or default_machine_id(),
+        sim_node_time_s=sim_node_time,
+    )
+    warn("no Docker engine: running the stack as local processes")
+    with step_progress() as progress:
+        stack = ProcessStack(config, on_step=StepProgress(progress))
+        try:
+            stack.start()
+            stack.wait_workers()
+        except StackError as exc:
+            stack.stop()
+            fail(str(exc))
+    out.print(f"hub: {config.hub_url}  (state in {directory}; stop with `wgpu down`)")
+
+
+def down(
+    volumes: bool = typer.Option(False, "--volumes", help="Also delete Redis' data."),
+    backend: BackendChoice = StackBackend.AUTO,
+    docker_host: DockerHostOption = None,
+    machine_id: Annotated[
+        str | None,
+        typer.Option("--machine-id", help="Only this machine id's containers (default: all)."),
+    ] = None,
+    state_dir: Path | None = StateDirOption,
+) -> None:
+    """Stop and remove the stack (Redis' data is kept unless --volumes)."""
+    removed: list[str] = []
+    if backend != StackBackend.DOCKER:
+        directory = state_dir or default_state_dir()
+        removed += stop_process_stack(directory, remove_data=volumes)
+    if backend != StackBackend.PROCESS:
+        client = open_docker(docker_host, required=backend == StackBackend.DOCKER)
+        if client is not None:
+            with contextlib.closing(client):
+                removed += docker_down(client, volumes=volumes, machine_id=machine_id)
+    if not removed:
+        out.print("nothing was running")
+        return
+    out.print(f"removed {len(removed)}: {', '.join(removed)}")
+
+
+def demo(
+    slots: int = typer.Option(2, "--slots", "-n", min=1, help="Simulated GPU slots."),
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the output images go.")
+    ] = DEFAULT_DEMO_OUT,
+    workflow: Annotated[
+        list[Path] | None,
+        typer.Option("--workflow", "-w", help="Workflow file (repeatable; default examples/)."),
+    ] = None,
+    count: int = typer.Option(1, "--count", min=1, help="Submissions per workflow."),
+    node_time: float = typer.Option(0.05, "--node-time", min=0, help="Simulated s/node."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Give up on jobs after (s)."),
+) -> None:
+    """Run the real pipeline here with simulated GPUs: submit the examples, write their images."""
+    options = DemoOptions(
+        slots=slots,
+        out_dir=out_dir,
+        examples=workflow or None,
+        count=count,
+        node_time_s=node_time,
+        timeout_s=timeout,
+    )
+    code = run_demo(options, out)
+    if code:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add up, down and demo to `app`."""
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("demo")(demo)

@@ -1,0 +1,76 @@
+"""Small helpers shared by the hub tests: a JSON REST caller and polling with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+
+T = TypeVar("T")
+
+WORKFLOW: dict[str, Any] = {
+    "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["3", 0]}},
+}
+
+
+async def call(
+    base_url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    """One request; returns (status, parsed JSON or text)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        async with http.request(method, base_url + path, data=data, headers=hdrs) as response:
+            text = await response.text()
+            try:
+                return response.status, json.loads(text)
+            except ValueError:
+                return response.status, text
+
+
+async def submit(base_url: str, **fields: Any) -> dict[str, Any]:
+    body = {"workflow": WORKFLOW, **fields}
+    status, job = await call(base_url, "POST", "/jobs", body)
+    assert status == 201, job
+    return dict(job)
+
+
+async def get_job(base_url: str, job_id: str) -> dict[str, Any]:
+    status, job = await call(base_url, "GET", f"/jobs/{job_id}")
+    assert status == 200, job
+    return dict(job)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    ok: Callable[[T], bool],
+    within: float = 5.0,
+    every: float = 0.02,
+) -> T:
+    """Poll `probe` until `ok(value)`; fail with the last value after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = await probe()
+        if ok(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
+        await asyncio.sleep(every)
+
+
+async def job_status(
+    base_url: str, job_id: str, status: str, within: float = 5.0
+) -> dict[str, Any]:
+    return await eventually(
+        lambda: get_job(base_url, job_id), lambda j: j["status"] == status, within
+    )
