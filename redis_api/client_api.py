@@ -1,0 +1,216 @@
+"""Client REST routes: jobs, outputs, events (SSE), workers, health, metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from .jobs import BadRequest, job_view, parse_submit, worker_view
+from .runtime import HUB_KEY, Hub
+from .store import STATES, TERMINAL_STATES
+
+SSE_BLOCK_MS = 5000  # below the Redis socket timeout
+_EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d))
+
+
+def _hub(request: web.Request) -> Hub:
+    return request.app[HUB_KEY]
+
+
+async def submit(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    raw = await request.read()  # bounded by client_max_size: 413 above it
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    spec = parse_submit(body, hub.config)
+    result = await hub.store.enqueue(uuid.uuid4().hex, spec)
+    if not result.created:
+        fields = await hub.store.get_job(result.job_id)
+        if fields is None:  # expired between the two calls
+            raise web.HTTPServiceUnavailable(reason="the job expired meanwhile; submit again")
+        return _json(job_view(fields), 200)
+    # Built here rather than read back: saves a round trip on the hot path.
+    fields = {
+        "id": result.job_id,
+        "status": "queued",
+        "priority": str(spec.priority),
+        "timeout_s": str(spec.timeout_s),
+        "max_attempts": str(spec.max_attempts),
+        "attempts": "0",
+        "created_ms": str(result.created_ms),
+        "constraints": json.dumps(spec.constraints) if spec.constraints else "",
+        "idempotency_key": spec.idempotency_key,
+        "webhook_url": spec.webhook_url,
+    }
+    return _json(job_view(fields), 201)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    fields = await _hub(request).store.get_job(request.match_info["job_id"])
+    if fields is None:
+        raise web.HTTPNotFound(reason=f"no job {request.match_info['job_id']!r}")
+    return _json(job_view(fields, with_workflow=True))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    status = request.query.get("status") or None
+    if status is not None and status not in STATES:
+        raise BadRequest(f"status must be one of {', '.join(STATES)}")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequest("limit must be from 1 to 1000")
+    store = _hub(request).store
+    ids = await store.list_job_ids(status, limit)
+    rows = await store.get_jobs(ids)
+    return _json({"jobs": [job_view(row) for row in rows]})
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    store = _hub(request).store
+    result = await store.cancel(job_id, _hub(request).config.ttl_ms)
+    if result.outcome == "unknown_job":
+        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
+    fields = await store.get_job(job_id)
+    view = job_view(fields) if fields else None
+    if result.outcome in TERMINAL_STATES:
+        return _json(
+            {
+                "error": f"job {job_id} already ended {result.outcome}; nothing to cancel",
+                "job": view,
+            },
+            409,
+        )
+    return _json(view)
+
+
+async def get_output(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    job_id, name = request.match_info["job_id"], request.match_info["name"]
+    fields = await hub.store.get_job(job_id)
+    if fields is None:
+        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
+    outputs = json.loads(fields.get("outputs") or "[]")
+    match = next((o for o in outputs if o.get("name") == name), None)
+    if match is None:
+        raise web.HTTPNotFound(reason=f"job {job_id} has no output {name!r}")
+    data = await hub.storage.get(job_id, name)
+    if data is None:
+        raise web.HTTPNotFound(reason=f"output {name!r} of job {job_id} is no longer stored")
+    content_type = str(match.get("content_type") or "application/octet-stream")
+    return web.Response(body=data, headers={"Content-Type": content_type})
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events of one job; resumes after `Last-Event-ID`; ends after `done`."""
+    hub = _hub(request)
+    job_id = request.match_info["job_id"]
+    if await hub.store.get_job(job_id) is None:
+        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
+    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    if not _EVENT_ID.match(last):
+        raise BadRequest("Last-Event-ID must be a stream id like 1700000000000-0")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    events = await hub.store.read_events(job_id, last, None)
+    try:
+        while True:
+            for event_id, kind, data in events:
+                if kind == "done":
+                    fields = await hub.store.get_job(job_id)
+                    if fields is not None:
+                        data = json.dumps(job_view(fields))
+                await response.write(f"event: {kind}\ndata: {data}\nid: {event_id}\n\n".encode())
+                last = event_id
+                if kind == "done":
+                    return response
+            events = await hub.store.read_events(job_id, last, SSE_BLOCK_MS)
+            if not events:
+                if await hub.store.get_job(job_id) is None:
+                    return response  # expired: nothing more will come
+                await response.write(b": keep-alive\n\n")
+    except (ConnectionResetError, ConnectionError):
+        return response  # the client went away
+    except RedisError as exc:
+        # Headers are sent: end the stream; the client resumes with Last-Event-ID.
+        hub.redis_failed(exc)
+        return response
+
+
+async def list_workers(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    rows = await hub.store.workers()
+    current = [row["current_job"] for row in rows if row.get("current_job")]
+    jobs = {row["id"]: row for row in await hub.store.get_jobs(current)} if current else {}
+    now = await hub.store.now_ms()
+    stale_ms = int(max(3 * hub.config.heartbeat_s, hub.config.lease_s) * 1000) + 1000
+    return _json({"workers": [worker_view(row, now, stale_ms, jobs) for row in rows]})
+
+
+async def health(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    try:
+        await hub.store.ping()
+    except Exception as exc:  # any failure to reach Redis means "not healthy"
+        hub.redis_failed(exc)
+        return _json(
+            {
+                "status": "degraded",
+                "redis": "unavailable",
+                "error": f"Redis at {hub.redis_where} does not answer",
+            },
+            503,
+        )
+    hub.redis_ok()
+    return _json(
+        {
+            "status": "ok",
+            "redis": "ok",
+            "hub_id": hub.hub_id,
+            "workers_connected": len(hub.dispatcher.sessions),
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    counts = await hub.store.counts()
+    text = hub.metrics.render(counts, len(hub.dispatcher.sessions))
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type": "version=0.0.4"},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/jobs", submit)
+    app.router.add_get("/jobs", list_jobs)
+    app.router.add_get("/jobs/{job_id}", get_job)
+    app.router.add_delete("/jobs/{job_id}", cancel_job)
+    app.router.add_get("/jobs/{job_id}/outputs/{name}", get_output)
+    app.router.add_get("/jobs/{job_id}/events", job_events)
+    app.router.add_get("/workers", list_workers)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,187 @@
+"""Push dispatch: which of this hub's workers want work, claiming for them, and the pub/sub
+channels through which every hub hears "work is available" and "cancel job X on worker W".
+
+No job state lives here: a claim is decided by the claim script in Redis. What this module keeps
+is which sockets are connected to this hub and which of them said `ready`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from redis.exceptions import RedisError
+
+from .config import HubConfig
+from .metrics import HubMetrics
+from .store import CancelNotice, Claim, ClaimMiss, Store
+from .tasks import cancel_requested, stop_tasks
+
+log = logging.getLogger(__name__)
+
+PUBSUB_RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Session(Protocol):
+    """What the dispatcher needs of a worker's socket (see worker_ws.WorkerSession)."""
+
+    worker_id: str
+    claiming: bool
+    reclaim: bool
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def deliver(self, claim: Claim) -> bool:
+        """Send the job; False if the socket is gone."""
+
+    async def send_cancel(self, notice: CancelNotice) -> None: ...
+
+
+class Dispatcher:
+    def __init__(self, store: Store, config: HubConfig, metrics: HubMetrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.sessions: dict[str, Session] = {}
+        self.wanting: dict[str, Session] = {}  # said `ready` and got nothing yet; in order
+        self._wake_pending = False
+        self._wake_task: asyncio.Task[None] | None = None
+        self.on_redis_error: Callable[[BaseException], None] = lambda exc: None
+        self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget sends, kept referenced
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def register(self, session: Session) -> Session | None:
+        """Add a welcomed session; returns the one it replaces (same worker id), if any."""
+        old = self.sessions.get(session.worker_id)
+        self.sessions[session.worker_id] = session
+        self.wanting.pop(session.worker_id, None)
+        return old if old is not session else None
+
+    def unregister(self, session: Session) -> None:
+        if self.sessions.get(session.worker_id) is session:
+            del self.sessions[session.worker_id]
+        if self.wanting.get(session.worker_id) is session:
+            del self.wanting[session.worker_id]
+
+    def not_wanting(self, session: Session) -> None:
+        if self.wanting.get(session.worker_id) is session:
+            del self.wanting[session.worker_id]
+
+    async def want_work(self, session: Session) -> None:
+        """The worker said `ready`: claim a job for it now, or keep it waiting for one."""
+        self.wanting[session.worker_id] = session
+        await self.try_dispatch(session)
+
+    async def try_dispatch(self, session: Session) -> ClaimMiss | None:
+        # One claim at a time per worker; a wake-up during a claim makes it claim once more, so
+        # a job enqueued while the claim was in flight is never missed.
+        if session.claiming:
+            session.reclaim = True
+            return None
+        session.claiming = True
+        try:
+            while self.wanting.get(session.worker_id) is session and session.is_open:
+                session.reclaim = False
+                result = await self.store.claim(
+                    session.worker_id, self.config.lease_ms, self.config.claim_scan_limit
+                )
+                if isinstance(result, Claim):
+                    self.not_wanting(session)
+                    await self._deliver(session, result)
+                    return None
+                if not session.reclaim:
+                    return result
+            return None
+        finally:
+            session.claiming = False
+
+    async def _deliver(self, session: Session, claim: Claim) -> None:
+        self.metrics.dispatch_latency.observe(max(0, claim.claimed_ms - claim.enqueued_ms) / 1000)
+        self.metrics.dispatched += 1
+        if await session.deliver(claim):
+            return
+        # The socket closed while the claim was in flight: give the job straight back.
+        await self.store.release(
+            claim.job_id, claim.token, session.worker_id, "worker disconnected"
+        )
+
+    # -- wake-ups --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Claim for every waiting worker (coalesced: many wake-ups, one pass at a time)."""
+        self._wake_pending = True
+        if self._wake_task is None or self._wake_task.done():
+            self._wake_task = asyncio.create_task(self._wake_loop(), name="hub-wake")
+
+    async def _wake_loop(self) -> None:
+        while self._wake_pending:
+            self._wake_pending = False
+            for session in list(self.wanting.values()):
+                try:
+                    result = await self.try_dispatch(session)
+                except (RedisError, OSError) as exc:
+                    self.on_redis_error(exc)
+                    return
+                except Exception:
+                    if cancel_requested():
+                        raise asyncio.CancelledError from None
+                    log.exception("claim for worker %s failed", session.worker_id)
+                    continue
+                if isinstance(result, ClaimMiss) and result.empty:
+                    break  # the queue is empty: nobody else here can get a job either
+
+    async def stop(self) -> None:
+        await stop_tasks([t for t in (self._wake_task,) if t is not None] + list(self._tasks))
+
+    # -- pub/sub ---------------------------------------------------------------------------
+
+    async def run_pubsub(self) -> None:
+        """Listen on the work and cancel channels forever, resubscribing after Redis outages."""
+        failures = 0
+        while True:
+            pubsub = self.store.pubsub()
+            try:
+                await pubsub.subscribe(self.store.work_channel, self.store.cancel_channel)
+                failures = 0
+                self.wake()  # anything published while we were not listening
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    self._on_message(str(message["channel"]), str(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
+                self.on_redis_error(exc)
+                await asyncio.sleep(PUBSUB_RETRY_S[min(failures, len(PUBSUB_RETRY_S) - 1)])
+                failures += 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[attr-defined]
+
+    def _on_message(self, channel: str, data: str) -> None:
+        if channel == self.store.work_channel:
+            if self.wanting:
+                self.wake()
+            return
+        notice = self.store.parse_cancel(data)
+        if notice is None:
+            return
+        session = self.sessions.get(notice.worker_id)
+        if session is not None:
+            task = asyncio.create_task(session.send_cancel(notice))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("sending cancel failed: %s", task.exception())

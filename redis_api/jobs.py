@@ -1,0 +1,208 @@
+"""Jobs as clients see them: validating a `POST /jobs` body, and the job JSON view."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from .config import HubConfig
+from .store import JobSpec
+
+MAX_PRIORITY = 1000
+MAX_TIMEOUT_S = 7 * 86400
+MAX_ATTEMPTS = 100
+MAX_KEY_LENGTH = 200
+MAX_NODES = 10_000
+_FIELDS = {
+    "workflow",
+    "priority",
+    "timeout_s",
+    "max_attempts",
+    "idempotency_key",
+    "constraints",
+    "webhook_url",
+}
+_CONSTRAINTS = {"machine_id", "gpu", "min_vram_mb"}
+
+
+class BadRequest(ValueError):
+    """The body is not a valid job; the message names the problem."""
+
+
+def parse_submit(body: Any, config: HubConfig) -> JobSpec:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object with a 'workflow'")
+    unknown = set(body) - _FIELDS
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    workflow = body.get("workflow")
+    _check_workflow(workflow)
+    priority = _int(body.get("priority", 0), "priority", -MAX_PRIORITY, MAX_PRIORITY)
+    timeout_s = _number(body.get("timeout_s", config.default_timeout_s), "timeout_s")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise BadRequest(f"timeout_s must be > 0 and <= {MAX_TIMEOUT_S}")
+    max_attempts = _int(
+        body.get("max_attempts", config.default_max_attempts), "max_attempts", 1, MAX_ATTEMPTS
+    )
+    key = body.get("idempotency_key") or ""
+    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+        raise BadRequest(f"idempotency_key must be a string of at most {MAX_KEY_LENGTH} characters")
+    webhook = body.get("webhook_url") or ""
+    if (
+        not isinstance(webhook, str)
+        or len(webhook) > 2000
+        or (webhook and not webhook.startswith(("http://", "https://")))
+    ):
+        raise BadRequest("webhook_url must be an http:// or https:// URL")
+    return JobSpec(
+        workflow_json=json.dumps(workflow, separators=(",", ":")),
+        priority=priority,
+        timeout_s=timeout_s,
+        max_attempts=max_attempts,
+        constraints=_constraints(body.get("constraints")),
+        idempotency_key=key,
+        webhook_url=webhook,
+    )
+
+
+def _check_workflow(workflow: Any) -> None:
+    if not isinstance(workflow, dict) or not workflow:
+        raise BadRequest("'workflow' must be a non-empty object {node_id: {class_type, inputs}}")
+    if len(workflow) > MAX_NODES:
+        raise BadRequest(f"the workflow has more than {MAX_NODES} nodes")
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict):
+            raise BadRequest(f"workflow node {node_id!r} must be an object")
+        if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+            raise BadRequest(f"workflow node {node_id!r} needs a 'class_type' string")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise BadRequest(f"workflow node {node_id!r}: 'inputs' must be an object")
+
+
+def _constraints(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequest("constraints must be an object {machine_id?, gpu?, min_vram_mb?}")
+    unknown = set(raw) - _CONSTRAINTS
+    if unknown:
+        raise BadRequest(f"unknown constraint(s): {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    if raw.get("machine_id") is not None:
+        machine = raw["machine_id"]
+        if not isinstance(machine, str) or not machine or len(machine) > MAX_KEY_LENGTH:
+            raise BadRequest("constraints.machine_id must be a non-empty string")
+        out["machine_id"] = machine
+    if raw.get("gpu") is not None:
+        gpu = raw["gpu"]
+        if isinstance(gpu, bool) or not isinstance(gpu, int | str) or str(gpu) == "":
+            raise BadRequest("constraints.gpu must be a GPU index, UUID or name")
+        if len(str(gpu)) > MAX_KEY_LENGTH:
+            raise BadRequest("constraints.gpu is too long")
+        out["gpu"] = gpu
+    if raw.get("min_vram_mb") is not None:
+        out["min_vram_mb"] = _int(raw["min_vram_mb"], "constraints.min_vram_mb", 0, 2**40)
+    return out or None
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise BadRequest(f"{name} must be a number")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def _seconds(ms: str | None) -> float | None:
+    return int(ms) / 1000.0 if ms else None
+
+
+def _json(raw: str | None, default: Any) -> Any:
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return default
+
+
+def output_url(job_id: str, name: str) -> str:
+    return f"/jobs/{quote(job_id, safe='')}/outputs/{quote(name, safe='')}"
+
+
+def job_view(fields: dict[str, str], with_workflow: bool = False) -> dict[str, Any]:
+    """The job JSON of docs/architecture.md from its Redis hash."""
+    status = fields.get("status", "")
+    running = status == "running"
+    error = _json(fields.get("error"), None)
+    if isinstance(error, dict):
+        error = {k: error.get(k) for k in ("type", "message", "node_id")}
+    view: dict[str, Any] = {
+        "id": fields.get("id", ""),
+        "status": status,
+        "priority": int(fields.get("priority", 0)),
+        "timeout_s": float(fields.get("timeout_s", 0)),
+        "max_attempts": int(fields.get("max_attempts", 0)),
+        "attempts": int(fields.get("attempts", 0)),
+        "worker_id": fields.get("worker_id") or None,
+        "progress": _json(fields.get("progress"), None) if running else None,
+        "created_at": _seconds(fields.get("created_ms")),
+        "started_at": _seconds(fields.get("started_ms")),
+        "finished_at": _seconds(fields.get("finished_ms")),
+        "error": error,
+        "outputs": _json(fields.get("outputs"), []),
+        "constraints": _json(fields.get("constraints"), None),
+        "idempotency_key": fields.get("idempotency_key") or None,
+        "webhook_url": fields.get("webhook_url") or None,
+        "history": _json(fields.get("history"), []),
+    }
+    if with_workflow:
+        view["workflow"] = _json(fields.get("workflow"), {})
+    return view
+
+
+def progress_json(node: str | None, value: float, maximum: float) -> str:
+    percent = round(100.0 * value / maximum, 1) if maximum > 0 else None
+    return json.dumps({"node": node, "value": value, "max": maximum, "percent": percent})
+
+
+def worker_view(
+    fields: dict[str, str], now_ms: int, stale_ms: int, jobs: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """One entry of `GET /workers`."""
+    seen = int(fields.get("seen_ms") or 0)
+    connected = fields.get("connected") == "1" and now_ms - seen <= stale_ms
+    current = fields.get("current_job") or None
+    job = jobs.get(current) if current else None
+    state = fields.get("state") or "unavailable"
+    if not connected:
+        state = "offline"
+    gpu_index = fields.get("gpu_index", "")
+    return {
+        "id": fields.get("id", ""),
+        "machine_id": fields.get("machine_id", ""),
+        "gpu": {
+            "index": int(gpu_index) if gpu_index.lstrip("-").isdigit() else None,
+            "uuid": fields.get("gpu_uuid", ""),
+            "name": fields.get("gpu_name", ""),
+            "vram_total_mb": int(fields.get("vram_mb") or 0),
+        },
+        "connected": connected,
+        "status": state if state in ("idle", "busy", "unavailable", "offline") else "unavailable",
+        "current_job": current if job and job.get("status") == "running" else None,
+        "progress": _json(job.get("progress"), None) if job else None,
+        "last_heartbeat": seen / 1000.0 if seen else None,
+        "gpu_stats": _json(fields.get("gpu_stats"), {}),
+        "comfyui_ok": fields.get("comfyui_ok") == "1" if "comfyui_ok" in fields else None,
+        "jobs_done": int(fields.get("jobs_done") or 0),
+        "jobs_failed": int(fields.get("jobs_failed") or 0),
+        "version": fields.get("version", ""),
+    }

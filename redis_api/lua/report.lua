@@ -1,0 +1,16 @@
+-- started/progress from a worker: ARGV prefix, kind, job_id, token, worker_id, lease_ms, payload.
+-- Returns '' when recorded, else why it was refused (stale_token, already_finished, unknown_job).
+local kind, id, token, worker, lease_ms = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local refused = check_owner(id, token, worker)
+if refused then return refused end
+local now = now_ms()
+if kind == 'started' then
+  redis.call('HSET', jkey(id), 'prompt_id', ARGV[7])
+  event(id, 'status', {status = 'running', worker_id = worker, prompt_id = ARGV[7]})
+else
+  redis.call('HSET', jkey(id), 'progress', ARGV[7])
+  redis.call('XADD', ekey(id), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'k', 'progress', 'd', ARGV[7])
+end
+-- Any sign of life from the worker is as good as a heartbeat.
+redis.call('ZADD', P .. 'running', now + lease_ms, id)
+return ''

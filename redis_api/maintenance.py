@@ -1,0 +1,94 @@
+"""Background work every hub does: reaping expired leases and timeouts, keeping its idle
+workers' entries fresh, and sweeping output files of jobs whose results expired.
+
+Safe with any number of hubs: the reap script is idempotent, and the sweeper only deletes
+outputs of jobs that no longer exist in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from .config import HubConfig
+from .dispatch import Dispatcher
+from .storage import Storage
+from .store import Store
+from .tasks import cancel_requested
+
+log = logging.getLogger(__name__)
+
+
+class Maintenance:
+    def __init__(
+        self,
+        store: Store,
+        storage: Storage,
+        dispatcher: Dispatcher,
+        config: HubConfig,
+        on_redis_error: Callable[[BaseException], None],
+        on_redis_ok: Callable[[], None],
+        on_webhook: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.dispatcher = dispatcher
+        self.config = config
+        self._on_redis_error = on_redis_error
+        self._on_redis_ok = on_redis_ok
+        self._on_webhook = on_webhook
+        # Sweep about twice per TTL, but not more often than the reaper runs nor less than 1/min.
+        self.sweep_interval_s = max(config.reap_interval_s, min(60.0, config.result_ttl_s / 2))
+        self._last_sweep = 0.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+                self._on_redis_ok()
+            except (RedisError, OSError) as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
+                self._on_redis_error(exc)
+            except Exception:
+                if cancel_requested():
+                    raise asyncio.CancelledError from None
+                log.exception("hub maintenance failed; retrying")
+            await asyncio.sleep(self.config.reap_interval_s)
+
+    async def tick(self) -> None:
+        reaped = await self.store.reap(self.config.ttl_ms)
+        if reaped.requeued or reaped.dead or reaped.timed_out:
+            log.info(
+                "reaper: %d requeued, %d dead, %d timed out",
+                reaped.requeued,
+                reaped.dead,
+                len(reaped.timed_out),
+            )
+        for job_id in reaped.expired:
+            await self.storage.delete_job(job_id)
+        waiting = list(self.dispatcher.wanting)
+        if waiting:
+            await self.store.refresh_idle(waiting, self.config.lease_ms)
+            self.dispatcher.wake()  # a safety net for a lost wake-up: one claim finds out
+        for job_id in await self.store.pop_webhooks():
+            self._on_webhook(job_id)
+        now = time.monotonic()
+        if now - self._last_sweep >= self.sweep_interval_s:
+            self._last_sweep = now
+            await self.sweep_outputs()
+
+    async def sweep_outputs(self) -> int:
+        """Delete stored outputs of jobs that no longer exist (another hub reaped them)."""
+        stored = await self.storage.job_ids()
+        if not stored:
+            return 0
+        alive = await self.store.existing_jobs(stored)
+        gone = [job_id for job_id in stored if job_id not in alive]
+        for job_id in gone:
+            await self.storage.delete_job(job_id)
+        return len(gone)

@@ -1,0 +1,106 @@
+"""One hub process: its Redis store, output storage, metrics, dispatcher and background loops.
+
+It holds no state that matters: sockets and caches only. Killing it loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .config import HubConfig
+from .dispatch import Dispatcher
+from .maintenance import Maintenance
+from .metrics import HubMetrics
+from .storage import LocalDirStorage, Storage
+from .store import Store
+from .tasks import stop_tasks
+from .webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+REDIS_LOG_EVERY_S = 5.0
+
+
+def redis_display(url: str) -> str:
+    """host:port/db of a Redis URL, without any credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or '?'}:{parts.port or 6379}{parts.path or ''}"
+
+
+class Hub:
+    def __init__(self, config: HubConfig, storage: Storage | None = None) -> None:
+        self.config = config
+        self.hub_id = uuid.uuid4().hex[:12]
+        self.store = Store.from_url(config.redis_url, config.key_prefix)
+        self.storage: Storage = storage or LocalDirStorage(config.outputs_dir)
+        self.metrics = HubMetrics()
+        self.dispatcher = Dispatcher(self.store, config, self.metrics)
+        self.dispatcher.on_redis_error = self.redis_failed
+        self.webhooks = WebhookSender(self.store)
+        self.maintenance = Maintenance(
+            self.store,
+            self.storage,
+            self.dispatcher,
+            config,
+            self.redis_failed,
+            self.redis_ok,
+            self.webhooks.send_for,
+        )
+        # Each worker socket, with an event set once its session has recorded the disconnect.
+        self.open_sockets: dict[web.WebSocketResponse, asyncio.Event] = {}
+        self.redis_down_since: float | None = None
+        self.closing = False
+        self._last_redis_log = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def redis_where(self) -> str:
+        return redis_display(self.config.redis_url)
+
+    def redis_failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.redis_down_since is None:
+            self.redis_down_since = now
+        if now - self._last_redis_log >= REDIS_LOG_EVERY_S:
+            self._last_redis_log = now
+            log.warning(
+                "Redis at %s unavailable (%s); retrying", self.redis_where, type(exc).__name__
+            )
+
+    def redis_ok(self) -> None:
+        if self.redis_down_since is not None:
+            log.info("Redis at %s is back", self.redis_where)
+            self.redis_down_since = None
+            self.dispatcher.wake()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run_pubsub(), name="hub-pubsub"),
+            asyncio.create_task(self.maintenance.run(), name="hub-maintenance"),
+        ]
+
+    async def close(self) -> None:
+        self.closing = True
+        await stop_tasks(self._tasks)
+        await self.dispatcher.stop()
+        await self.webhooks.close()
+        # Closing worker sockets lets each session record its disconnect (with the grace lease,
+        # so the worker resumes its job on another hub or on this one after a restart).
+        sockets = dict(self.open_sockets)
+        await asyncio.gather(
+            *(ws.close(code=1001, message=b"hub shutting down") for ws in sockets),
+            return_exceptions=True,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(done.wait() for done in sockets.values())), 2.0)
+        await self.store.close()
+
+
+HUB_KEY = web.AppKey("hub", Hub)

@@ -1,0 +1,426 @@
+"""The job store: Lua scripts and the Python that calls them. Knows Redis, not HTTP.
+
+Every state change is one script (see lua/*.lua; lua/common.lua is prepended to each), timed by
+Redis' TIME. Reads (job views, worker lists, counts) are plain commands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
+
+from .batching import ScriptBatcher
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out", "dead")
+STATES = ("queued", "running", *TERMINAL_STATES)
+REAP_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A validated `POST /jobs` body, ready to store."""
+
+    workflow_json: str
+    priority: int
+    timeout_s: float
+    max_attempts: int
+    constraints: dict[str, Any] | None = None
+    idempotency_key: str = ""
+    webhook_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    job_id: str
+    created: bool  # False: an existing job with the same idempotency key
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    job_id: str
+    token: int
+    attempt: int
+    timeout_s: float
+    workflow_json: str
+    enqueued_ms: int
+    claimed_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    requeued: int
+    dead: int
+    timed_out: tuple[tuple[str, str, int], ...]  # (job_id, worker_id, token)
+    expired: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    outcome: str  # was_queued | was_running | unknown_job | the terminal status it had
+    worker_id: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelNotice:
+    """A `cancel` published for whichever hub holds `worker_id`'s socket."""
+
+    worker_id: str
+    job_id: str
+    token: int
+    reason: str
+
+
+class ClaimMiss:
+    """No claim: `empty` says the whole queue is empty (no other idle worker can get one)."""
+
+    __slots__ = ("empty",)
+
+    def __init__(self, empty: bool) -> None:
+        self.empty = empty
+
+
+CLAIM_EMPTY = ClaimMiss(True)
+CLAIM_NONE_FIT = ClaimMiss(False)
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = resources.files("redis_api") / "lua"
+    common = (folder / "common.lua").read_text()
+    names = (
+        "enqueue",
+        "claim",
+        "hello",
+        "disconnect",
+        "heartbeat",
+        "report",
+        "complete",
+        "fail",
+        "release",
+        "cancel",
+        "reap",
+    )
+    return {name: common + "\n" + (folder / f"{name}.lua").read_text() for name in names}
+
+
+_SOURCES = _load_scripts()
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis[str], prefix: str = "wgpu:") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(source) for name, source in _SOURCES.items()
+        }
+        self._batcher = ScriptBatcher(client)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "wgpu:") -> Store:
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=5,
+            max_connections=512,
+        )
+        return cls(client, prefix)
+
+    async def close(self) -> None:
+        await self.redis.aclose()  # type: ignore[attr-defined]
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    async def _run(self, name: str, *args: Any) -> Any:
+        return await self._batcher.call(self._scripts[name], (self.prefix, *args))
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def enqueue(self, job_id: str, spec: JobSpec) -> Enqueued:
+        c = spec.constraints or {}
+        gpu = c.get("gpu")
+        result = await self._run(
+            "enqueue",
+            job_id,
+            spec.priority,
+            _num(spec.timeout_s),
+            spec.max_attempts,
+            spec.workflow_json,
+            json.dumps(c) if c else "",
+            c.get("machine_id") or "",
+            "" if gpu is None else str(gpu).lower(),
+            "" if c.get("min_vram_mb") is None else str(c["min_vram_mb"]),
+            spec.idempotency_key,
+            spec.webhook_url,
+        )
+        return Enqueued(str(result[0]), bool(int(result[1])), int(result[2]))
+
+    async def get_job(self, job_id: str) -> dict[str, str] | None:
+        fields: dict[str, str] = await self.redis.hgetall(self.key(f"job:{job_id}"))
+        return fields or None
+
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.key(f"job:{job_id}"))
+            rows: list[dict[str, str]] = await pipe.execute()
+        return [row for row in rows if row]
+
+    async def list_job_ids(self, status: str | None, limit: int) -> list[str]:
+        """Queued in dispatch order, running by lease, finished newest first."""
+        ids: list[str] = []
+        for state in (status,) if status else STATES:
+            if len(ids) >= limit:
+                break
+            want = limit - len(ids)
+            if state == "queued":
+                ids += await self.redis.zrange(self.key("queue"), 0, want - 1)
+            elif state == "running":
+                ids += await self.redis.zrange(self.key("running"), 0, want - 1)
+            else:
+                ids += await self.redis.zrevrange(self.key(f"done:{state}"), 0, want - 1)
+        return ids
+
+    async def counts(self) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.key("queue"))
+            pipe.zcard(self.key("running"))
+            for state in TERMINAL_STATES:
+                pipe.zcard(self.key(f"done:{state}"))
+            values = await pipe.execute()
+        return dict(zip(STATES, (int(v) for v in values), strict=True))
+
+    async def cancel(self, job_id: str, ttl_ms: int) -> Cancelled:
+        outcome, worker, token = await self._run("cancel", job_id, ttl_ms)
+        return Cancelled(str(outcome), str(worker), int(token or 0))
+
+    async def output_allowed(self, job_id: str, token: int, worker_id: str) -> str:
+        """'' when `worker_id` holds `job_id` under `token`, else why not."""
+        status, current, owner = await self.redis.hmget(
+            self.key(f"job:{job_id}"), ["status", "token", "worker_id"]
+        )
+        if status is None:
+            return "unknown_job"
+        if status in TERMINAL_STATES:
+            return "already_finished"
+        if status != "running" or current != str(token) or owner != worker_id:
+            return "stale_token"
+        return ""
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def hello(
+        self,
+        worker_id: str,
+        session: str,
+        hub_id: str,
+        machine_id: str,
+        gpu: dict[str, Any],
+        version: str,
+        running: tuple[str, int] | None,
+        lease_ms: int,
+    ) -> bool:
+        job_id, token = running if running else ("", 0)
+        resumed = await self._run(
+            "hello",
+            worker_id,
+            session,
+            hub_id,
+            machine_id,
+            gpu.get("index", ""),
+            gpu.get("uuid", ""),
+            gpu.get("name", ""),
+            gpu.get("vram_total_mb", 0),
+            version,
+            job_id,
+            token if running else "",
+            lease_ms,
+        )
+        return bool(int(resumed))
+
+    async def claim(self, worker_id: str, lease_ms: int, scan_limit: int) -> Claim | ClaimMiss:
+        r = await self._run("claim", worker_id, lease_ms, scan_limit)
+        code = int(r[0])
+        if code == 1:
+            return Claim(
+                str(r[1]), int(r[2]), int(r[3]), float(r[4]), str(r[5]), int(r[6]), int(r[7])
+            )
+        return CLAIM_EMPTY if code == 0 else CLAIM_NONE_FIT
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        session: str,
+        running: tuple[str, int] | None,
+        lease_ms: int,
+        gpu_stats_json: str,
+        comfyui_ok: bool,
+    ) -> str:
+        job_id, token = running if running else ("", 0)
+        result = await self._run(
+            "heartbeat",
+            worker_id,
+            session,
+            job_id,
+            token if running else "",
+            lease_ms,
+            gpu_stats_json,
+            int(comfyui_ok),
+        )
+        return str(result or "")
+
+    async def set_worker_state(self, worker_id: str, session: str, state: str) -> None:
+        key = self.key(f"worker:{worker_id}")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, "state", state)
+            pipe.zrem(self.key("idle"), worker_id)
+            await pipe.execute()
+
+    async def disconnect(self, worker_id: str, session: str, grace_ms: int) -> None:
+        await self._run("disconnect", worker_id, session, grace_ms)
+
+    async def refresh_idle(self, worker_ids: Sequence[str], lease_ms: int) -> None:
+        """Keep idle entries of workers waiting on this hub alive (they expire if the hub dies)."""
+        if not worker_ids:
+            return
+        now_s, now_us = await self.redis.time()
+        until = now_s * 1000 + now_us // 1000 + lease_ms
+        await self.redis.zadd(self.key("idle"), {w: until for w in worker_ids}, xx=True)
+
+    async def workers(self) -> list[dict[str, str]]:
+        ids = sorted(await self.redis.smembers(self.key("workers")))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(self.key(f"worker:{worker_id}"))
+            rows: list[dict[str, str]] = await pipe.execute()
+        gone = [w for w, row in zip(ids, rows, strict=True) if not row]
+        if gone:
+            await self.redis.srem(self.key("workers"), *gone)
+        return [row for row in rows if row]
+
+    async def now_ms(self) -> int:
+        now_s, now_us = await self.redis.time()
+        return int(now_s) * 1000 + int(now_us) // 1000
+
+    # -- reports from a worker on its job --------------------------------------------------
+
+    async def started(
+        self, job_id: str, token: int, worker_id: str, prompt_id: str, lease_ms: int
+    ) -> str:
+        return str(
+            await self._run("report", "started", job_id, token, worker_id, lease_ms, prompt_id)
+            or ""
+        )
+
+    async def progress(
+        self, job_id: str, token: int, worker_id: str, progress_json: str, lease_ms: int
+    ) -> str:
+        return str(
+            await self._run("report", "progress", job_id, token, worker_id, lease_ms, progress_json)
+            or ""
+        )
+
+    async def complete(
+        self, job_id: str, token: int, worker_id: str, outputs: list[dict[str, Any]], ttl_ms: int
+    ) -> str:
+        return str(
+            await self._run("complete", job_id, token, worker_id, json.dumps(outputs), ttl_ms) or ""
+        )
+
+    async def fail(
+        self,
+        job_id: str,
+        token: int,
+        worker_id: str,
+        error: dict[str, Any],
+        retryable: bool,
+        ttl_ms: int,
+    ) -> tuple[str, str]:
+        refused, status = await self._run(
+            "fail", job_id, token, worker_id, json.dumps(error), int(retryable), ttl_ms
+        )
+        return str(refused or ""), str(status or "")
+
+    async def release(self, job_id: str, token: int, worker_id: str, reason: str) -> str:
+        return str(await self._run("release", job_id, token, worker_id, reason) or "")
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    async def reap(self, ttl_ms: int) -> Reaped:
+        requeued, dead, timed, expired = await self._run("reap", ttl_ms, REAP_BATCH)
+        triples = tuple(
+            (str(timed[i]), str(timed[i + 1]), int(timed[i + 2] or 0))
+            for i in range(0, len(timed), 3)
+        )
+        return Reaped(int(requeued), int(dead), triples, tuple(str(x) for x in expired))
+
+    async def pop_webhooks(self, count: int = 100) -> list[str]:
+        """Finished jobs whose webhook is due (each popped by exactly one hub)."""
+        ids = await self.redis.lpop(self.key("webhooks"), count)
+        return list(ids or [])
+
+    async def existing_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(self.key(f"job:{job_id}"))
+            found = await pipe.execute()
+        return {job_id for job_id, n in zip(job_ids, found, strict=True) if n}
+
+    # -- events and notifications ----------------------------------------------------------
+
+    async def read_events(
+        self, job_id: str, after: str, block_ms: int | None
+    ) -> list[tuple[str, str, str]]:
+        """Events after stream id `after` as (id, kind, data JSON); waits up to block_ms."""
+        key = self.key(f"events:{job_id}")
+        if block_ms is None:
+            entries = await self.redis.xrange(key, min=f"({after}" if after != "0" else "-")
+            return [(eid, f.get("k", ""), f.get("d", "null")) for eid, f in entries]
+        reply = await self.redis.xread({key: after}, count=100, block=block_ms)
+        return [
+            (eid, f.get("k", ""), f.get("d", "null"))
+            for _stream, entries in reply
+            for eid, f in entries
+        ]
+
+    def pubsub(self) -> PubSub:
+        return self.redis.pubsub(ignore_subscribe_messages=True)
+
+    @property
+    def work_channel(self) -> str:
+        return self.key("work")
+
+    @property
+    def cancel_channel(self) -> str:
+        return self.key("cancel")
+
+    @staticmethod
+    def parse_cancel(data: str) -> CancelNotice | None:
+        parts = data.split("\n")
+        if len(parts) != 4:
+            return None
+        try:
+            return CancelNotice(parts[0], parts[1], int(parts[2] or 0), parts[3])
+        except ValueError:
+            return None
+
+    async def scan_keys(self) -> AsyncIterator[str]:
+        async for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
+            yield key
+
+
+def _num(value: float) -> str:
+    return repr(float(value)) if value != int(value) else str(int(value))

@@ -1,0 +1,70 @@
+"""The aiohttp application: routes, auth, size limits, and errors as one-line JSON."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from . import client_api
+from .auth import bearer_ok
+from .jobs import BadRequest
+from .runtime import HUB_KEY, Hub
+from .worker_ws import handle_worker_socket
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = ("/health", "/metrics", "/ws/")  # workers authenticate with their own token
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    hub = request.app[HUB_KEY]
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    except web.HTTPRequestEntityTooLarge:
+        limit = hub.config.max_body_bytes
+        return web.json_response({"error": f"the body exceeds {limit} bytes"}, status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response(
+            {"error": exc.reason},
+            status=exc.status,
+            headers={
+                k: v for k, v in exc.headers.items() if k.lower() in ("www-authenticate", "allow")
+            },
+        )
+    except (RedisError, ConnectionError, OSError) as exc:
+        hub.redis_failed(exc)
+        return web.json_response(
+            {
+                "error": f"Redis at {hub.redis_where} is unavailable: "
+                "the hub reconnects by itself, retry shortly"
+            },
+            status=503,
+        )
+
+
+@web.middleware
+async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keys = request.app[HUB_KEY].config.api_keys
+    if keys and not request.path.startswith(OPEN_PATHS) and not bearer_ok(request, keys):
+        raise web.HTTPUnauthorized(
+            reason="a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await handler(request)
+
+
+def make_app(hub: Hub) -> web.Application:
+    app = web.Application(client_max_size=hub.config.max_body_bytes, middlewares=[errors, api_keys])
+    app[HUB_KEY] = hub
+    client_api.add_routes(app)
+    app.router.add_get("/ws/worker/{worker_id}", handle_worker_socket)
+    return app

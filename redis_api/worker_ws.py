@@ -1,0 +1,405 @@
+"""The worker WebSocket: one `WorkerSession` per connected worker.
+
+Every frame is validated by wgpu_protocol before anything happens; a bad frame gets an `error`
+reply and changes nothing. Reports about a job carry its fencing token and are checked by the
+store's scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+
+from wgpu_protocol.messages import (
+    MAX_BINARY_FRAME_BYTES,
+    MAX_ID_LENGTH,
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    Cancel,
+    Completed,
+    ErrorReply,
+    Failed,
+    Heartbeat,
+    Hello,
+    HubMessage,
+    Progress,
+    ProtocolError,
+    Ready,
+    Released,
+    Started,
+    Unavailable,
+    Welcome,
+    WorkerMessage,
+    decode_output_frame,
+    decode_worker_message,
+    encode,
+)
+
+from .auth import bearer_ok
+from .jobs import output_url, progress_json
+from .runtime import HUB_KEY, Hub
+from .store import CancelNotice, Claim
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@")
+
+
+def job_frame(claim: Claim) -> str:
+    """The `job` message, with the workflow JSON spliced in as stored (no decode/encode)."""
+    return (
+        '{"job_id":'
+        + json.dumps(claim.job_id)
+        + ',"token":'
+        + str(claim.token)
+        + ',"workflow":'
+        + claim.workflow_json
+        + ',"attempt":'
+        + str(claim.attempt)
+        + ',"timeout_s":'
+        + repr(float(claim.timeout_s))
+        + ',"type":"job"}'
+    )
+
+
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+")
+
+
+def safe_content_type(value: str) -> str:
+    """The worker's content type if it is a plain type/subtype, else a safe default."""
+    return value if _CONTENT_TYPE.fullmatch(value) else "application/octet-stream"
+
+
+def ack_frame(job_id: str, token: int, of: str, refused: str) -> str:
+    """The `ack` message, encoded without dataclass round trips (it is on the hot path)."""
+    return json.dumps(
+        {
+            "job_id": job_id,
+            "token": token,
+            "of": of,
+            "ok": not refused,
+            "reason": refused,
+            "type": "ack",
+        },
+        separators=(",", ":"),
+    )
+
+
+async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB_KEY]
+    worker_id = request.match_info["worker_id"]
+    if hub.config.worker_token and not bearer_ok(request, (hub.config.worker_token,)):
+        raise web.HTTPUnauthorized(reason="a valid worker token is required (WORKER_TOKEN)")
+    if not worker_id or len(worker_id) > MAX_ID_LENGTH or not set(worker_id) <= _ID_CHARS:
+        raise web.HTTPBadRequest(reason="worker id must be 1-200 of [A-Za-z0-9-_.:@]")
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_BINARY_FRAME_BYTES, compress=False, autoping=True, heartbeat=None
+    )
+    await ws.prepare(request)
+    session = WorkerSession(hub, worker_id, ws)
+    done = asyncio.Event()
+    hub.open_sockets[ws] = done
+    try:
+        await session.run()
+    finally:
+        done.set()
+        hub.open_sockets.pop(ws, None)
+    return ws
+
+
+class WorkerSession:
+    def __init__(self, hub: Hub, worker_id: str, ws: web.WebSocketResponse) -> None:
+        self.hub = hub
+        self.store = hub.store
+        self.config = hub.config
+        self.worker_id = worker_id
+        self.session_id = uuid.uuid4().hex
+        self.ws = ws
+        self.claiming = False
+        self.reclaim = False
+        self.said_bye = False
+        self.welcomed = False
+        # Output files received per (job_id, token): name -> size.
+        self._received: dict[tuple[str, int], dict[str, int]] = {}
+
+    @property
+    def is_open(self) -> bool:
+        return not self.ws.closed
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, message: HubMessage) -> bool:
+        return await self._send_text(encode(message))
+
+    async def _send_text(self, text: str) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def deliver(self, claim: Claim) -> bool:
+        self._received.clear()
+        return await self._send_text(job_frame(claim))
+
+    async def send_cancel(self, notice: CancelNotice) -> None:
+        await self.send(Cancel(notice.job_id, notice.token, notice.reason))
+
+    async def _error(self, code: str, message: str) -> None:
+        self.hub.metrics.bad_messages += 1
+        await self.send(ErrorReply(code, message))
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if not await self._greet():
+                return
+            async for frame in self.ws:
+                if frame.type == WSMsgType.TEXT:
+                    await self._on_text(frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    await self._guarded(self._on_output(frame.data))
+                elif frame.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        finally:
+            await self._closed()
+
+    async def _greet(self) -> bool:
+        """Wait for a valid hello (answering anything else with an error), then welcome."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HELLO_TIMEOUT_S
+        while True:
+            try:
+                frame = await self.ws.receive(timeout=max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                await self._error("hello_timeout", f"send hello within {HELLO_TIMEOUT_S:.0f} s")
+                await self.ws.close()
+                return False
+            if frame.type in (
+                WSMsgType.CLOSE,
+                WSMsgType.CLOSING,
+                WSMsgType.CLOSED,
+                WSMsgType.ERROR,
+            ):
+                return False
+            if frame.type != WSMsgType.TEXT:
+                await self._error("hello_first", "the first message must be hello")
+                continue
+            try:
+                message = decode_worker_message(frame.data)
+            except ProtocolError as exc:
+                await self._error(exc.code, str(exc))
+                continue
+            if not isinstance(message, Hello):
+                await self._error("hello_first", "the first message must be hello")
+                continue
+            if message.worker_id != self.worker_id:
+                await self._error(
+                    "bad_worker_id", f"hello.worker_id {message.worker_id!r} does not match the URL"
+                )
+                continue
+            if message.protocol != PROTOCOL_VERSION:
+                await self._error(
+                    "unsupported_protocol", f"this hub speaks protocol {PROTOCOL_VERSION}"
+                )
+                await self.ws.close()
+                return False
+            try:
+                return await self._welcome(message)
+            except (RedisError, OSError) as exc:
+                self.hub.redis_failed(exc)
+                await self.send(ErrorReply("unavailable", "Redis is unavailable; reconnect later"))
+                await self.ws.close()
+                return False
+
+    async def _welcome(self, hello: Hello) -> bool:
+        replaced = self.hub.dispatcher.register(self)
+        if replaced is not None and isinstance(replaced, WorkerSession):
+            # The same worker reconnected before its old socket closed: the new one wins.
+            await replaced.ws.close(code=4000, message=b"replaced by a newer connection")
+        running = (hello.running.job_id, hello.running.token) if hello.running else None
+        resumed = await self.store.hello(
+            self.worker_id,
+            self.session_id,
+            self.hub.hub_id,
+            hello.machine_id,
+            asdict(hello.gpu),
+            hello.version,
+            running,
+            self.config.lease_ms,
+        )
+        self.welcomed = True
+        await self.send(
+            Welcome(self.worker_id, self.config.heartbeat_s, self.config.lease_s, resumed)
+        )
+        log.info("worker %s connected (resumed=%s)", self.worker_id, resumed)
+        return True
+
+    async def _closed(self) -> None:
+        self.hub.dispatcher.unregister(self)
+        if not self.welcomed:
+            return
+        grace = 0 if self.said_bye else self.config.grace_ms
+        if self.hub.closing and not self.said_bye:
+            grace = -1  # the hub goes away, not the worker: its lease stays as it is
+        try:
+            await self.store.disconnect(self.worker_id, self.session_id, grace)
+        except (RedisError, OSError) as exc:
+            # The job's own lease still expires: the reaper requeues it then.
+            self.hub.redis_failed(exc)
+        log.info("worker %s disconnected%s", self.worker_id, " (bye)" if self.said_bye else "")
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            message = decode_worker_message(text)
+        except ProtocolError as exc:
+            await self._error(exc.code, str(exc))
+            return
+        await self._guarded(self._handle(message))
+
+    async def _guarded(self, work: Any) -> None:
+        """Run one message's work; Redis trouble or a bug answers `error` and keeps the socket."""
+        try:
+            await work
+        except (RedisError, OSError) as exc:
+            self.hub.redis_failed(exc)
+            await self.send(ErrorReply("unavailable", "Redis is unavailable; retry shortly"))
+        except Exception:
+            log.exception("handling a message from worker %s failed", self.worker_id)
+            await self.send(ErrorReply("internal", "the hub could not handle this message"))
+
+    async def _handle(self, message: WorkerMessage) -> None:
+        store, cfg, wid = self.store, self.config, self.worker_id
+        if isinstance(message, Ready):
+            await self.hub.dispatcher.want_work(self)
+        elif isinstance(message, Heartbeat):
+            running = (message.running.job_id, message.running.token) if message.running else None
+            stats = json.dumps({k: v for k, v in asdict(message.gpu).items() if v is not None})
+            refused = await store.heartbeat(
+                wid, self.session_id, running, cfg.lease_ms, stats, message.comfyui_ok
+            )
+            if refused and running:
+                # The worker runs a job that is no longer its own: stop it.
+                await self.send(Cancel(running[0], running[1], refused))
+        elif isinstance(message, Started):
+            refused = await store.started(
+                message.job_id, message.token, wid, message.prompt_id, cfg.lease_ms
+            )
+            await self._refuse_report(message.job_id, message.token, "started", refused)
+        elif isinstance(message, Progress):
+            payload = progress_json(message.node, message.value, message.max)
+            refused = await store.progress(
+                message.job_id, message.token, wid, payload, cfg.lease_ms
+            )
+            await self._refuse_report(message.job_id, message.token, "progress", refused)
+        elif isinstance(message, Completed):
+            await self._on_completed(message)
+        elif isinstance(message, Failed):
+            error = {
+                "type": message.error.type,
+                "message": message.error.message,
+                "node_id": message.error.node_id,
+            }
+            refused, status = await store.fail(
+                message.job_id, message.token, wid, error, message.error.retryable, cfg.ttl_ms
+            )
+            if not refused:
+                self.hub.metrics.failed += 1
+                log.info(
+                    "job %s failed on %s: %s (now %s)",
+                    message.job_id,
+                    wid,
+                    message.error.type,
+                    status,
+                )
+            await self._ack(message.job_id, message.token, "failed", refused)
+        elif isinstance(message, Released):
+            refused = await store.release(message.job_id, message.token, wid, message.reason)
+            await self._ack(message.job_id, message.token, "released", refused)
+        elif isinstance(message, Unavailable):
+            self.hub.dispatcher.not_wanting(self)
+            await store.set_worker_state(wid, self.session_id, "unavailable")
+        elif isinstance(message, Bye):
+            self.said_bye = True
+            self.hub.dispatcher.not_wanting(self)
+        elif isinstance(message, Hello):
+            await self._error("already_welcomed", "hello was already answered on this socket")
+
+    async def _refuse_report(self, job_id: str, token: int, of: str, refused: str) -> None:
+        if not refused:
+            return
+        self.hub.metrics.refused_reports += 1
+        await self.send(Ack(job_id, token, of, False, refused))
+        if refused in ("stale_token", "already_finished"):
+            await self.send(Cancel(job_id, token, refused))
+
+    async def _ack(self, job_id: str, token: int, of: str, refused: str) -> None:
+        if refused:
+            self.hub.metrics.refused_reports += 1
+        await self._send_text(ack_frame(job_id, token, of, refused))
+
+    async def _on_completed(self, message: Completed) -> None:
+        received = self._received.get((message.job_id, message.token), {})
+        outputs = []
+        for ref in message.outputs:
+            size = received.get(ref.name)
+            if size is None:
+                size = await self.hub.storage.size(message.job_id, ref.name)
+            if size is None:
+                log.warning(
+                    "job %s: output %r was announced but never sent", message.job_id, ref.name
+                )
+                continue
+            outputs.append(
+                {
+                    "name": ref.name,
+                    "url": output_url(message.job_id, ref.name),
+                    "size": size,
+                    "content_type": safe_content_type(ref.content_type),
+                }
+            )
+        refused = await self.store.complete(
+            message.job_id, message.token, self.worker_id, outputs, self.config.ttl_ms
+        )
+        if not refused:
+            self.hub.metrics.completed += 1
+            self._received.pop((message.job_id, message.token), None)
+        await self._ack(message.job_id, message.token, "completed", refused)
+
+    async def _on_output(self, blob: bytes) -> None:
+        try:
+            frame = decode_output_frame(blob)
+        except ProtocolError as exc:
+            await self._error(exc.code, str(exc))
+            return
+        refused = await self.store.output_allowed(frame.job_id, frame.token, self.worker_id)
+        if refused:
+            self.hub.metrics.refused_reports += 1
+            await self.send(
+                ErrorReply(
+                    refused, f"output {frame.name!r} of job {frame.job_id} refused: {refused}"
+                )
+            )
+            return
+        size = await self.hub.storage.put(frame.job_id, frame.name, frame.data)
+        self._received.setdefault((frame.job_id, frame.token), {})[frame.name] = size
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=1001, message=b"hub shutting down")
