@@ -6,6 +6,8 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES
+
 from .config import HubConfig
 from .store import JobSpec
 
@@ -14,6 +16,8 @@ MAX_TIMEOUT_S = 7 * 86400
 MAX_ATTEMPTS = 100
 MAX_KEY_LENGTH = 200
 MAX_NODES = 10_000
+# A workflow travels to its worker inside one `job` text frame: leave room for the envelope.
+MAX_WORKFLOW_BYTES = MAX_TEXT_FRAME_BYTES - 4096
 _FIELDS = {
     "workflow",
     "priority",
@@ -28,6 +32,14 @@ _CONSTRAINTS = {"machine_id", "gpu", "min_vram_mb"}
 
 class BadRequest(ValueError):
     """The body is not a valid job; the message names the problem."""
+
+    status = 400
+
+
+class WorkflowTooLarge(BadRequest):
+    """The workflow could never reach a worker: refused at submit rather than lost later."""
+
+    status = 413
 
 
 def parse_submit(body: Any, config: HubConfig) -> JobSpec:
@@ -55,8 +67,14 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
         or (webhook and not webhook.startswith(("http://", "https://")))
     ):
         raise BadRequest("webhook_url must be an http:// or https:// URL")
+    workflow_json = json.dumps(workflow, separators=(",", ":"))
+    if len(workflow_json.encode()) > MAX_WORKFLOW_BYTES:
+        raise WorkflowTooLarge(
+            f"the workflow is {len(workflow_json.encode())} bytes encoded; the limit is "
+            f"{MAX_WORKFLOW_BYTES}: move large inputs (images) to files ComfyUI can load"
+        )
     return JobSpec(
-        workflow_json=json.dumps(workflow, separators=(",", ":")),
+        workflow_json=workflow_json,
         priority=priority,
         timeout_s=timeout_s,
         max_attempts=max_attempts,

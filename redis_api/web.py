@@ -26,7 +26,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadRequest as exc:
-        return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"error": str(exc)}, status=exc.status)
     except web.HTTPRequestEntityTooLarge:
         limit = hub.config.max_body_bytes
         return web.json_response({"error": f"the body exceeds {limit} bytes"}, status=413)

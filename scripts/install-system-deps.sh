@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system packages the tests need and a fresh Debian machine lacks: redis-server,
-# docker.io (dockerd), debootstrap (the offline base image), python3-venv. Needs root; does
+# docker.io (dockerd), debootstrap (the offline base image), docker-compose, python3-venv. Needs root; does
 # nothing when everything is already there.
 set -euo pipefail
 missing=()
@@ -9,6 +9,7 @@ python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 ((${#missing[@]})) || exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "error: missing ${missing[*]}: run as root, or install them with apt-get" >&2

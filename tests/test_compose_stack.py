@@ -30,6 +30,7 @@ from orchestrator.images import ImageBuildError
 from orchestrator.job_watch import load_workflow
 from orchestrator.stack import free_port_block
 from orchestrator.stack_images import HUB_RECIPE, REDIS_RECIPE, ensure_image
+from tests.fixtures.services import service_missing
 from tests.test_compose_render import compose_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -246,7 +247,7 @@ def test_compose_cli_runs_the_file_when_installed(
     """`docker compose up` on the rendered file, where a compose CLI exists on this machine."""
     cli = compose_cli()
     if cli is None:
-        pytest.skip("no docker compose CLI here: the SDK tests above ran the same file")
+        service_missing("docker compose CLI", "install docker-compose (apt) or the compose plugin")
     path = tmp_path / "docker-compose.yml"
     path.write_text(to_yaml(render_stack(options)))
     env = {**os.environ, **stack_images, "DOCKER_HOST": docker_daemon.host}

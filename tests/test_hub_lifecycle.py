@@ -184,6 +184,18 @@ async def test_bad_submissions_are_400_naming_the_problem(
     assert listed == {"jobs": []}
 
 
+async def test_a_workflow_too_large_for_a_job_frame_is_refused_at_submit(
+    hub_factory: HubFactory,
+) -> None:
+    """The body limit is 8 MiB but a job frame is 1 MiB: such a job could never reach a worker."""
+    hub = await hub_factory()
+    big = {"1": {"class_type": "EmptyImage", "inputs": {"blob": "x" * 1_100_000}}}
+    status, reply = await call(hub.url, "POST", "/jobs", {"workflow": big})
+    assert status == 413 and "limit" in reply["error"]
+    status, listed = await call(hub.url, "GET", "/jobs")
+    assert listed == {"jobs": []}
+
+
 async def test_limits_and_lookups(hub_factory: HubFactory) -> None:
     hub = await hub_factory(max_body_bytes=4096)
     status, reply = await call(hub.url, "POST", "/jobs", raw=b"{" + b" " * 5000 + b"}")
