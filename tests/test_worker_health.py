@@ -7,27 +7,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from comfy_worker.health import HealthState, check_health, write_health
 
 
-def _state(hub: bool = True, comfy: bool = True, at: float | None = None) -> HealthState:
-    return HealthState("m-gpu0", hub, comfy, None, time.time() if at is None else at, 1)
+def _state(hub: bool = True, comfy: bool = True, age_s: float = 0.0) -> HealthState:
+    return HealthState("m-gpu0", hub, comfy, None, time.time() - age_s, 1)
 
 
+# The states are built inside the test: a timestamp taken at collection would age with the suite.
 @pytest.mark.parametrize(
-    ("state", "healthy", "says"),
+    ("state_args", "healthy", "says"),
     [
-        (_state(), True, "ok"),
-        (_state(hub=False), False, "hub"),
-        (_state(comfy=False), False, "ComfyUI"),
-        (_state(at=time.time() - 3600), False, "old"),
+        ({}, True, "ok"),
+        ({"hub": False}, False, "hub"),
+        ({"comfy": False}, False, "ComfyUI"),
+        ({"age_s": 3600}, False, "old"),
     ],
 )
-def test_check_health(tmp_path: Path, state: HealthState, healthy: bool, says: str) -> None:
+def test_check_health(tmp_path: Path, state_args: dict[str, Any], healthy: bool, says: str) -> None:
     path = tmp_path / "health.json"
-    write_health(path, state)
+    write_health(path, _state(**state_args))
     ok, reason = check_health(path)
     assert ok is healthy
     assert says in reason
