@@ -25,13 +25,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs (about 3 minutes)")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated names")
     parser.add_argument("--workers", type=int, default=4, help="workers per dispatch system")
-    parser.add_argument(
-        "--profile",
-        nargs="?",
-        const="html",
-        default="",
-        choices=["html", "prof"],
-        help="profile the hub during dispatch: html = pyinstrument, prof = cProfile",
+    dispatch.add_profile_option(
+        parser, "profile the hub during dispatch: html = pyinstrument, prof = cProfile"
     )
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from orchestrator.child_process import stop_child
 from orchestrator.local_redis import LocalRedis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,14 +52,7 @@ def spawn(
 
 
 def stop(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_child(proc, timeout_s)
 
 
 def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.images import has_image
+
 BASE_IMAGE_TAG = "wgpu-local/python-base:bookworm"
 DEFAULT_CACHE_DIR = Path(os.environ.get("WGPU_CACHE_DIR", "/var/cache/wgpu-test"))
 DEFAULT_MIRROR = os.environ.get("WGPU_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -120,16 +122,6 @@ def ensure_rootfs_tarball(
     return tarball
 
 
-def _has_image(client: Any, tag: str) -> bool:
-    import docker.errors
-
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
-
-
 def ensure_base_image(
     client: Any,
     tag: str = BASE_IMAGE_TAG,
@@ -141,15 +133,15 @@ def ensure_base_image(
     Reuses the image when the tag exists, else imports the cached rootfs tarball (building it
     first when missing).
     """
-    if _has_image(client, tag):
+    if has_image(client, tag):
         return tag
     tarball = ensure_rootfs_tarball(cache_dir, mirror)
     with file_lock(cache_dir / "import.lock"):
-        if not _has_image(client, tag):
+        if not has_image(client, tag):
             repository, _, version = tag.rpartition(":")
             client.api.import_image(
                 src=str(tarball), repository=repository, tag=version, changes=list(IMAGE_CHANGES)
             )
-    if not _has_image(client, tag):
+    if not has_image(client, tag):
         raise BaseImageError(f"importing {tarball} did not create {tag}: see the daemon's log")
     return tag

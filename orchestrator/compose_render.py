@@ -23,6 +23,7 @@ from orchestrator.backends.base import (
     HubAddress,
     WorkerSettings,
     worker_env,
+    worker_stop_timeout_s,
 )
 from orchestrator.slots import DEFAULT_PORT_BASE, Slot
 
@@ -249,13 +250,14 @@ def _worker_service(slot: Slot, options: StackOptions, num_gpus: int) -> dict[st
         worker_token=options.worker_token,
         port_base=options.port_base,
     )
+    env = worker_env(slot, settings, num_gpus)
     service: dict[str, Any] = {
         "image": env_image(ROLE_WORKER, options.worker_image),
         "container_name": options.name_prefix + worker_service_name(slot.index),
         "network_mode": "host",
         "restart": "unless-stopped",
-        "environment": worker_env(slot, settings, num_gpus),
-        "stop_grace_period": "30s",
+        "environment": env,
+        "stop_grace_period": f"{worker_stop_timeout_s(env)}s",  # past the worker's own grace
         "healthcheck": _healthcheck(["CMD", "comfy-worker", "healthcheck"], options, 10),
         "depends_on": {
             "hub": {"condition": "service_healthy"},

@@ -39,6 +39,7 @@ from orchestrator.backends.base import (
 from orchestrator.backends.common import fan_out
 from orchestrator.backends.docker_backend import DockerBackend
 from orchestrator.hub_client import HubClient, HubError
+from orchestrator.images import has_image
 from orchestrator.slots import DEFAULT_PORT_BASE, Slot, simulated_slots
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -279,9 +280,9 @@ def up_host(
         return HostResult(host.machine_id, docker_host, False, str(exc))
     try:
         image = _host_image(host, default_image)
-        if ship_from is not None and not _has_image(backend.client, image):
+        if ship_from is not None and not has_image(backend.client, image):
             ship_image(ship_from, backend.client, image)
-        if not _has_image(backend.client, image):
+        if not has_image(backend.client, image):
             raise BackendError(
                 f"image {image} is not on this engine: build it there (`wgpu setup "
                 f"--docker-host ...`) or pass --ship-image"
@@ -313,16 +314,6 @@ def _label_env(labels: Mapping[str, str]) -> dict[str, str]:
     if not labels:
         return {}
     return {"WGPU_LABELS": ",".join(f"{k}={v}" for k, v in sorted(labels.items()))}
-
-
-def _has_image(client: Any, tag: str) -> bool:
-    import docker.errors
-
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
 
 
 def down_host(

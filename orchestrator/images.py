@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,15 @@ def worker_image_tag(base_image: str | None = None, root: Path = REPO_ROOT) -> s
 
 def context_tar(root: Path = REPO_ROOT) -> io.BytesIO:
     """The filtered build context as an uncompressed tar, with fixed owners and times."""
+    return reproducible_tar(context_files(root), root)
+
+
+def reproducible_tar(files: Sequence[Path], root: Path) -> io.BytesIO:
+    """`files` (relative to `root`) as an uncompressed tar with fixed owners, times and modes,
+    so the same sources always make the same build context."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for relative in context_files(root):
+        for relative in files:
             path = root / relative
             info = tar.gettarinfo(str(path), arcname=relative.as_posix())
             info.uid = info.gid = 0
@@ -129,22 +135,27 @@ def build_worker_image(
         raise ImageBuildError(f"the Docker Engine refused to build {tag}: {exc}") from None
     except docker.errors.DockerException as exc:
         raise ImageBuildError(f"could not reach the Docker Engine to build {tag}: {exc}") from None
+    if not has_image(client, tag):
+        raise ImageBuildError(f"the build finished but {tag} does not exist")
+    return tag
+
+
+def has_image(client: Any, tag: str) -> bool:
+    """Whether the daemon behind `client` (a docker.DockerClient) holds an image tagged `tag`."""
+    import docker.errors
+
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
-        raise ImageBuildError(f"the build finished but {tag} does not exist") from None
-    return tag
+        return False
+    return True
 
 
 def ensure_worker_image(
     client: Any, base_image: str | None = None, on_progress: ProgressCallback | None = None
 ) -> str:
     """The worker image for the current sources: reused when its hash tag exists, else built."""
-    import docker.errors
-
     tag = worker_image_tag(base_image)
-    try:
-        client.images.get(tag)
+    if has_image(client, tag):
         return tag
-    except docker.errors.ImageNotFound:
-        return build_worker_image(client, tag, base_image, on_progress)
+    return build_worker_image(client, tag, base_image, on_progress)

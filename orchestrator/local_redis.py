@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+from orchestrator.child_process import stop_child
+
 
 class RedisUnavailable(RuntimeError):
     """No server binary could be found or started."""
@@ -118,14 +120,7 @@ class LocalRedis:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()  # SIGTERM: redis flushes the AOF and exits cleanly
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, timeout_s=10)  # SIGTERM: redis flushes the AOF and exits cleanly
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: only what the AOF already holds survives."""

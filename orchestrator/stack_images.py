@@ -8,16 +8,18 @@ An image named by its env var (WGPU_HUB_IMAGE, WGPU_REDIS_IMAGE) is used as it i
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.images import REPO_ROOT, ImageBuildError
+from orchestrator.images import (
+    REPO_ROOT,
+    ImageBuildError,
+    ProgressCallback,
+    has_image,
+    reproducible_tar,
+)
 
-ProgressCallback = Callable[[str], None]
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 
@@ -64,20 +66,6 @@ def image_tag(recipe: ImageRecipe, base_image: str | None = None, root: Path = R
     return f"{recipe.repository}:{digest.hexdigest()[:12]}"
 
 
-def _context(files: Sequence[Path], root: Path) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for relative in files:
-            info = tar.gettarinfo(str(root / relative), arcname=relative.as_posix())
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
-            with (root / relative).open("rb") as handle:
-                tar.addfile(info, handle)
-    buffer.seek(0)
-    return buffer
-
-
 def ensure_image(
     client: Any,
     recipe: ImageRecipe,
@@ -89,15 +77,12 @@ def ensure_image(
     import docker.errors
 
     tag = image_tag(recipe, base_image, root)
-    try:
-        client.images.get(tag)
+    if has_image(client, tag):
         return tag
-    except docker.errors.ImageNotFound:
-        pass
     buildargs = {"BASE_IMAGE": base_image} if base_image else {}
     try:
         stream = client.api.build(
-            fileobj=_context(_files(recipe, root), root),
+            fileobj=reproducible_tar(_files(recipe, root), root),
             custom_context=True,
             dockerfile=recipe.dockerfile,
             tag=tag,
@@ -120,13 +105,3 @@ def ensure_image(
     except docker.errors.DockerException as exc:
         raise ImageBuildError(f"the Docker Engine could not build {tag}: {exc}") from None
     return tag
-
-
-def has_image(client: Any, tag: str) -> bool:
-    import docker.errors
-
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True

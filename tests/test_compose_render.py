@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from orchestrator.backends.base import worker_stop_timeout_s
 from orchestrator.cli import app
 from orchestrator.compose_render import (
     ComposeError,
@@ -70,6 +71,7 @@ def test_gpu_stack_has_redis_hub_and_a_pinned_pair_per_gpu() -> None:
         assert worker["environment"]["NUM_GPUS"] == "3"
         assert worker["environment"]["EXECUTION_SERVICE_PORT"] == str(8188 + index)
         assert worker["environment"]["REDIS_API_PORT"] == "8001"
+        assert worker["stop_grace_period"] == "40s"  # past the worker's 30 s grace: no kill
         comfyui = services[f"comfyui-gpu{index}"]
         assert comfyui["image"] == "${COMFYUI_IMAGE:-yanwk/comfyui-boot:cu124-slim}"
         assert f"--port {8188 + index}" in comfyui["environment"]["CLI_ARGS"]
@@ -153,6 +155,14 @@ def test_validate_reports_what_compose_would_refuse() -> None:
     assert any("waits for hub to be healthy" in p for p in problems)
     assert any("volume nowhere is not declared" in p for p in problems)
     assert any("cycle" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("env", "seconds"),
+    [({}, 40), ({"WORKER_GRACE_S": "120"}, 130), ({"WORKER_GRACE_S": "0.5"}, 11)],
+)
+def test_the_stop_wait_outlasts_the_workers_grace(env: dict[str, str], seconds: int) -> None:
+    assert worker_stop_timeout_s(env) == seconds
 
 
 def test_checked_in_compose_file_is_the_rendered_one(tmp_path: Path) -> None:

@@ -134,6 +134,8 @@ def test_start_three_gpus_pins_each_to_its_own_gpu(host: str, client: docker.Doc
         assert host_config["RestartPolicy"]["Name"] == "unless-stopped"
         assert host_config["LogConfig"]["Type"] == "json-file"
         assert host_config["LogConfig"]["Config"]["max-size"] == "10m"
+        # `docker stop` (by hand, or a daemon shutdown) waits past the worker's 30 s grace.
+        assert container.attrs["Config"]["StopTimeout"] == 40
     assert len(hashes) == 3  # each GPU's env differs
 
 

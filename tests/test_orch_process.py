@@ -120,6 +120,8 @@ def test_start_pins_each_process_to_its_gpu(base: Path, worker_env: dict[str, st
         assert env["GPU_ID"] == str(index)
         assert env["EXECUTION_SERVICE_PORT"] == str(8188 + index)
         assert (env["MACHINE_ID"], env["REDIS_API_PORT"]) == ("pod", "18001")
+        # Its own health file: workers on one host must not share /tmp's default.
+        assert env["HEALTH_FILE"] == str((base / f"worker_gpu{index}" / "health.json").resolve())
     # In its own session: it outlives the CLI and `stop` can signal its whole group.
     assert os.getsid(pid_of(base, 0)) == pid_of(base, 0)
 
@@ -282,6 +284,9 @@ async def test_simulate_runs_simulator_and_real_worker_joining_the_hub(
         while not [w for w in await api.get_workers() if w["id"] == "pod-gpu0" and w["connected"]]:
             assert time.monotonic() < deadline, log_of(base, 0)
             await asyncio.sleep(0.1)
+    health = slot / "health.json"  # the real worker writes its own, not /tmp's shared one
+    wait_for(health.exists, what="the worker's health file")
+    assert json.loads(health.read_text())["worker_id"] == "pod-gpu0"
     result = await asyncio.to_thread(wgpu, "status", "--json", "--hub-url", hub.url, *common)
     [row] = json.loads(result.stdout)["slots"]
     assert row["comfyui"]["state"] == "running" and row["hub_connected"] is True

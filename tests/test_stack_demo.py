@@ -41,6 +41,22 @@ def wgpu_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator", *args]
 
 
+def run_demo(cwd: Path, *args: str, redis: str = "valkey", expect_exit: int) -> str:
+    """Run `wgpu demo ARGS` in `cwd` to its end; assert its exit code and return its output."""
+    result = subprocess.run(
+        wgpu_cmd("demo", *args),
+        cwd=cwd,
+        env=demo_env(redis),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == expect_exit, output
+    return output
+
+
 def state_dir_of(output: str) -> Path:
     match = re.search(r"state in (\S+?)\)", output)
     assert match, output
@@ -73,17 +89,7 @@ def processes_under(path: Path) -> list[int]:
 def test_demo_runs_every_example_to_images_on_disk_and_stops_everything(tmp_path: Path) -> None:
     need_valkey()
     out_dir = tmp_path / "out"
-    result = subprocess.run(
-        wgpu_cmd("demo", "--slots", "2", "--out", str(out_dir)),
-        cwd=tmp_path,
-        env=demo_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    output = run_demo(tmp_path, "--slots", "2", "--out", str(out_dir), expect_exit=0)
     assert "valkey on port" in output  # the embedded default, as on a fresh machine
     examples = sorted(p.stem for p in (REPO / "examples").glob("*.json"))
     assert examples, "examples/ holds the demo's workflows"
@@ -107,17 +113,9 @@ def test_demo_fails_when_a_job_fails(tmp_path: Path) -> None:
     fault = {"class_type": "WgpuSimFault", "inputs": {"mode": "execution_error"}}
     broken.write_text(json.dumps({"1": fault}))
     quick = REPO / "examples" / "quick.json"
-    result = subprocess.run(
-        wgpu_cmd("demo", "--slots", "1", "-w", str(quick), "-w", str(broken), "-o", "out"),
-        cwd=tmp_path,
-        env=demo_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    output = run_demo(
+        tmp_path, "--slots", "1", "-w", str(quick), "-w", str(broken), "-o", "out", expect_exit=1
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
     assert re.search(r"x broken\.json \w+: (failed|dead)", output), output
     assert list((tmp_path / "out").glob("quick-*/*.png"))
     state_dir = state_dir_of(output)
@@ -167,17 +165,9 @@ def test_demo_on_redis_server_when_installed(tmp_path: Path, redis: str) -> None
         find_server_binary("redis")
     except RedisUnavailable as exc:
         service_missing("redis-server", str(exc))
-    result = subprocess.run(
-        wgpu_cmd("demo", "--slots", "1", "-o", str(tmp_path / "o")),
-        cwd=tmp_path,
-        env=demo_env(redis),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    output = run_demo(
+        tmp_path, "--slots", "1", "-o", str(tmp_path / "o"), redis=redis, expect_exit=0
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
     assert "redis on port" in output
     assert len(list((tmp_path / "o").glob("*/*.png"))) == len(
         list((REPO / "examples").glob("*.json"))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -21,7 +22,11 @@ from orchestrator.slots import DEFAULT_PORT_BASE, Slot
 ROLE_WORKER = "worker"
 ROLE_COMFYUI = "comfyui"
 DEFAULT_HUB_URL = "http://127.0.0.1:8001"
-DEFAULT_STOP_TIMEOUT_S = 30.0
+WORKER_GRACE_DEFAULT_S = 30.0  # the worker's WORKER_GRACE_S default
+# After its grace a worker still hands the job back (released + ack) and says bye: room for that.
+STOP_MARGIN_S = 10.0
+# SIGTERM to kill: longer than the worker's grace, so a job finishing in its grace is not killed.
+DEFAULT_STOP_TIMEOUT_S = WORKER_GRACE_DEFAULT_S + STOP_MARGIN_S
 
 
 class BackendError(RuntimeError):
@@ -145,6 +150,17 @@ def worker_env(slot: Slot, settings: WorkerSettings, num_gpus: int) -> dict[str,
         env["WORKER_TOKEN"] = settings.worker_token
     env.update(dict(settings.extra_env))
     return env
+
+
+def worker_stop_timeout_s(env: Mapping[str, str]) -> int:
+    """Whole seconds a stop waits before it kills this worker: its grace plus the margin."""
+    try:
+        grace = float(env.get("WORKER_GRACE_S", WORKER_GRACE_DEFAULT_S))
+    except ValueError:
+        grace = WORKER_GRACE_DEFAULT_S  # the worker refuses to start with it anyway
+    if not 0 < grace < float("inf"):
+        grace = WORKER_GRACE_DEFAULT_S
+    return math.ceil(grace + STOP_MARGIN_S)
 
 
 def simulator_command(port: int, python: str = "python") -> tuple[str, ...]:

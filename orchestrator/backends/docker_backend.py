@@ -18,7 +18,7 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.models.containers import Container
+from docker.models.containers import Container, _create_container_args
 from docker.types import DeviceRequest, LogConfig
 
 from orchestrator.backends.base import (
@@ -33,6 +33,7 @@ from orchestrator.backends.base import (
     ServicePlan,
     ServiceRecord,
     SlotPlan,
+    worker_stop_timeout_s,
 )
 from orchestrator.backends.common import fan_out, parse_since, port_answers
 
@@ -193,6 +194,9 @@ class DockerBackend:
             kwargs["command"] = list(service.command[1:])
         if service.role == ROLE_COMFYUI:
             kwargs["healthcheck"] = {"test": ["NONE"]}  # the image's check is the worker's
+        if service.role == ROLE_WORKER:
+            # Also for a plain `docker stop` or a daemon shutdown: never kill a job in its grace.
+            kwargs["stop_timeout"] = worker_stop_timeout_s(env)
         return {
             **kwargs,
             "image": service.image,
@@ -229,6 +233,8 @@ class DockerBackend:
             self.log_max_size,
             str(self.log_max_file),
         ]
+        if "stop_timeout" in kwargs:  # only workers: ComfyUI containers keep their hash
+            extra.append(f"stop_timeout={kwargs['stop_timeout']}")
         outcome = Outcome.STARTED
         try:
             # The image id, not just its name: an image rebuilt under the same tag is a change.
@@ -251,8 +257,8 @@ class DockerBackend:
                     return self._start_container(existing, index, service.role, Outcome.STARTED)
                 existing.remove(force=True)
                 outcome = Outcome.RECREATED
-            container = self.client.containers.create(
-                labels=self._labels(plan, service, config_hash), detach=True, **kwargs
+            container = _create_container(
+                self.client, labels=self._labels(plan, service, config_hash), detach=True, **kwargs
             )
         except docker.errors.ImageNotFound:
             detail = f"image {service.image} not found: run `wgpu setup` or pass --image"
@@ -435,6 +441,18 @@ def _log_line(index: int, role: str, raw: bytes) -> LogLine:
 
 def _split_lines(index: int, role: str, blob: bytes) -> list[LogLine]:
     return [_log_line(index, role, raw) for raw in blob.splitlines() if raw]
+
+
+def _create_container(client: docker.DockerClient, **kwargs: Any) -> Container:
+    """`containers.create`, plus the `stop_timeout` that docker-py's model layer does not pass
+    on (its low-level create_container does): the same steps as that method otherwise."""
+    stop_timeout = kwargs.pop("stop_timeout", None)
+    if stop_timeout is None:
+        return client.containers.create(**kwargs)
+    args = {"command": None, **kwargs, "version": client.api._version}
+    create_kwargs = _create_container_args(args)
+    created = client.api.create_container(**create_kwargs, stop_timeout=stop_timeout)
+    return client.containers.get(created["Id"])
 
 
 def _record(container: Container) -> ServiceRecord:

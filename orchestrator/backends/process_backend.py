@@ -3,6 +3,7 @@
 The original layout under a base directory:
     BASE/worker_gpu{N}/worker.pid            the worker's PID (one line, as the original)
     BASE/worker_gpu{N}/logs/output.log       its stdout and stderr
+    BASE/worker_gpu{N}/health.json           its health file (HEALTH_FILE), one per worker
     BASE/worker_gpu{N}/comfyui.pid, logs/comfyui.log   the simulator / ComfyUI beside it
 plus `worker.json` / `comfyui.json` with what `restart` and stale-PID detection need (command,
 env, the process start time). A PID whose process is gone, or that now belongs to another
@@ -215,6 +216,9 @@ class ProcessBackend:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = "" if plan.slot.simulated else plan.slot.device_id
         env["PYTHONUNBUFFERED"] = "1"
+        if role == ROLE_WORKER:
+            # Workers on one host must not share the default /tmp health file.
+            env.setdefault("HEALTH_FILE", str(files.directory / "health.json"))
         config_hash = ServicePlan(role, env, tuple(command)).config_hash()
         state = self._state(files, role)
         outcome = Outcome.STARTED

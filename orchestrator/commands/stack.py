@@ -28,7 +28,7 @@ from orchestrator.compose_render import (
 )
 from orchestrator.console import ExitCode, err, fail, out, warn
 from orchestrator.demo import DemoOptions, run_demo
-from orchestrator.images import ImageBuildError, ensure_worker_image
+from orchestrator.images import ImageBuildError, ensure_worker_image, has_image
 from orchestrator.options import DockerHostOption, GpusOption, MachineIdOption, default_machine_id
 from orchestrator.slots import DEFAULT_PORT_BASE
 from orchestrator.stack import (
@@ -41,7 +41,7 @@ from orchestrator.stack import (
     read_state,
     stop_process_stack,
 )
-from orchestrator.stack_images import HUB_RECIPE, REDIS_RECIPE, ensure_image, has_image
+from orchestrator.stack_images import HUB_RECIPE, REDIS_RECIPE, ensure_image
 
 DEFAULT_SIMULATED_SLOTS = 2
 

@@ -146,6 +146,14 @@ def exit_code_for(results: Sequence[ActionResult]) -> ExitCode:
     return ExitCode.PARTIAL if ok_slots else ExitCode.FAILED
 
 
+def report_managed(results: Sequence[ActionResult], as_json: bool, none_managed: str) -> None:
+    """`report`, except that plain output says `none_managed` when no worker was managed here."""
+    if not results and not as_json:
+        out.print(none_managed)
+        return
+    report(results, as_json)
+
+
 def report(results: Sequence[ActionResult], as_json: bool) -> None:
     """One line per service (or JSON), then exit with the code the results call for."""
     if as_json:
@@ -299,10 +307,7 @@ def stop(
     indices = target_indices(target)
     with backend_session(backend, docker_host, base_dir, machine_id) as session:
         results = session.stop(indices, timeout)
-    if not results and not as_json:
-        out.print("no managed workers")
-        return
-    report(results, as_json)
+    report_managed(results, as_json, none_managed="no managed workers")
 
 
 def restart(
@@ -318,10 +323,7 @@ def restart(
     indices = target_indices(target)
     with backend_session(backend, docker_host, base_dir, machine_id) as session:
         results = session.restart(indices, timeout)
-    if not results and not as_json:
-        out.print("no managed workers: use start")
-        return
-    report(results, as_json)
+    report_managed(results, as_json, none_managed="no managed workers: use start")
 
 
 def status(
