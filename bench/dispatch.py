@@ -49,6 +49,7 @@ async def run_hub_dispatch(
 
 # Protocol what-ifs, run with --what-if: the same hub, fake workers that skip a hop.
 WHAT_IFS: dict[str, tuple[str, ...]] = {
+    "wgpu hub, ready after ack": ("--no-ready-next",),
     "wgpu hub, no started": ("--no-started",),
     "wgpu hub, ready before ack": ("--eager-ready",),
     "wgpu hub, both": ("--no-started", "--eager-ready"),
@@ -93,6 +94,13 @@ def run(
     return [dispatch_table(results), cpu_table(results)], results
 
 
+def add_profile_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """`--profile [html|prof]`: the hub's profiler (`html` when given bare, "" when absent)."""
+    parser.add_argument(
+        "--profile", nargs="?", const="html", default="", choices=["html", "prof"], help=help_text
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -103,13 +111,8 @@ def main() -> None:
         action="store_true",
         help="also run the hub with fake workers that skip `started` and/or send `ready` early",
     )
-    parser.add_argument(
-        "--profile",
-        nargs="?",
-        const="html",
-        default="",
-        choices=["html", "prof"],
-        help="profile the hub: html = pyinstrument, prof = cProfile (call counts)",
+    add_profile_option(
+        parser, "profile the hub: html = pyinstrument, prof = cProfile (call counts)"
     )
     args = parser.parse_args()
     tables, results = run(args.quick, args.workers, not args.no_anchors, args.profile, args.what_if)

@@ -1,5 +1,7 @@
 """A fake worker that speaks wgpu_protocol over the hub's WebSocket and completes every job
 at once: hello -> welcome -> ready -> job -> started -> completed -> ack -> ready ...
+(with a hub that offers it, `completed.ready_next` replaces the `ready`: the next job follows
+the ack).
 
 `python -m bench.fake_worker --hub http://127.0.0.1:8001 [--count N] [--record-redis URL]
 [--completions-file F] [--job-time S]`. It records, per job, when it had the job (RPUSH to
@@ -61,6 +63,8 @@ class FakeWorker:
         self.held: RunningJob | None = None
         self.stopping = False
         self.ws: ClientConnection | None = None
+        self.ready_next = False  # this session's hub offers completed.ready_next
+        self.sent_ready_next = False  # the last completed asked for the next job
         self._closing: asyncio.Future[None] | None = None
 
     @property
@@ -100,6 +104,8 @@ class FakeWorker:
             welcome = decode_hub_message(await asyncio.wait_for(ws.recv(), 10))
             if not isinstance(welcome, Welcome):
                 raise OSError(f"expected welcome, got {welcome!r}")
+            self.ready_next = welcome.ready_next and self.args.ready_next
+            self.sent_ready_next = False
             beat = asyncio.create_task(self.heartbeats(ws, welcome.heartbeat_s))
             try:
                 if self.held is not None and welcome.resumed:
@@ -135,7 +141,7 @@ class FakeWorker:
                     self.completions.write(f"{message.job_id} {message.token} {self.worker_id}\n")
                     self.completions.flush()
                 self.held = None
-                if not self.args.eager_ready:
+                if not self.args.eager_ready and not (self.sent_ready_next and message.ok):
                     await ws.send(encode(Ready()))
         elif isinstance(message, Cancel):
             if self.held is not None and message.job_id == self.held.job_id:
@@ -156,7 +162,8 @@ class FakeWorker:
             await ws.send(encode(Started(job.job_id, job.token, prompt_id=job.job_id)))
         if self.args.job_time > 0:
             await asyncio.sleep(self.args.job_time)
-        await ws.send(encode(Completed(job.job_id, job.token)))
+        self.sent_ready_next = self.ready_next and not self.args.eager_ready
+        await ws.send(encode(Completed(job.job_id, job.token, ready_next=self.sent_ready_next)))
         if self.args.eager_ready:
             await ws.send(encode(Ready()))
         asyncio.get_running_loop().call_later(
@@ -243,6 +250,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="send ready right after completed, without waiting for the ack (one hop less)",
     )
     parser.add_argument("--no-started", dest="send_started", action="store_false")
+    parser.add_argument(
+        "--no-ready-next",
+        dest="ready_next",
+        action="store_false",
+        help="wait for the ack and send ready, even where the hub offers completed.ready_next",
+    )
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 

@@ -15,6 +15,8 @@ from .runtime import HUB_KEY, Hub
 from .store import STATES, TERMINAL_STATES
 
 SSE_BLOCK_MS = 5000  # below the Redis socket timeout
+QUEUED_EVENT = '{"status":"queued"}'
+QUEUED_EVENT_ID = "0-1"
 _EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
@@ -57,7 +59,7 @@ async def submit(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    fields = await _hub(request).store.get_job(request.match_info["job_id"])
+    fields = await _hub(request).store.get_job_with_workflow(request.match_info["job_id"])
     if fields is None:
         raise web.HTTPNotFound(reason=f"no job {request.match_info['job_id']!r}")
     return _json(job_view(fields, with_workflow=True))
@@ -134,6 +136,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     events = await hub.store.read_events(job_id, last, None)
     try:
+        if last == "0":
+            # Every job was queued first; that event is not stored (see lua/enqueue.lua). Its
+            # id sorts before any stored one, so a client resuming from it misses nothing.
+            await response.write(
+                f"event: status\ndata: {QUEUED_EVENT}\nid: {QUEUED_EVENT_ID}\n\n".encode()
+            )
+            last = QUEUED_EVENT_ID
         while True:
             for event_id, kind, data in events:
                 if kind == "done":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from redis.exceptions import RedisError
@@ -39,6 +39,15 @@ class Session(Protocol):
         """Send the job; False if the socket is gone."""
 
     async def send_cancel(self, notice: CancelNotice) -> None: ...
+
+
+class ReportClaim:
+    """What a report's script claimed for its worker: None when the report was refused."""
+
+    __slots__ = ("result",)
+
+    def __init__(self) -> None:
+        self.result: Claim | ClaimMiss | None = None
 
 
 class Dispatcher:
@@ -76,6 +85,35 @@ class Dispatcher:
         """The worker said `ready`: claim a job for it now, or keep it waiting for one."""
         self.wanting[session.worker_id] = session
         await self.try_dispatch(session)
+
+    def may_claim_with_report(self, session: Session) -> bool:
+        """Whether a report's script may claim for this worker (no claim of its own in flight)."""
+        return not session.claiming and session.is_open
+
+    @contextlib.asynccontextmanager
+    async def claiming_with_report(self, session: Session) -> AsyncIterator[ReportClaim]:
+        """A claim made by a report's script (`completed.ready_next`), counted as this worker's
+        claim: wake-ups meanwhile make it claim again, as in try_dispatch. The job, if any, is
+        delivered when the block ends (after the block's ack)."""
+        claimed = ReportClaim()
+        self.wanting[session.worker_id] = session
+        session.claiming = True
+        session.reclaim = False
+        try:
+            yield claimed
+        except BaseException:
+            self.not_wanting(session)
+            raise
+        finally:
+            session.claiming = False
+        result = claimed.result
+        if isinstance(result, Claim):
+            self.not_wanting(session)
+            await self._deliver(session, result)
+        elif result is None:
+            self.not_wanting(session)  # refused: the worker says `ready` itself
+        elif session.reclaim:
+            await self.try_dispatch(session)  # work was announced while the script ran
 
     async def try_dispatch(self, session: Session) -> ClaimMiss | None:
         # One claim at a time per worker; a wake-up during a claim makes it claim once more, so

@@ -17,6 +17,7 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
 from .batching import ScriptBatcher
+from .redis_conn import HiredisPackConnection
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out", "dead")
 STATES = ("queued", "running", *TERMINAL_STATES)
@@ -125,13 +126,14 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "wgpu:") -> Store:
-        client = aioredis.Redis.from_url(
+        client = aioredis.Redis.from_url(  # type: ignore[call-overload]  # stubs lack connection_class
             url,
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=10,
             health_check_interval=5,
             max_connections=512,
+            connection_class=HiredisPackConnection,  # unix:// and rediss:// URLs keep their own
         )
         return cls(client, prefix)
 
@@ -171,6 +173,18 @@ class Store:
     async def get_job(self, job_id: str) -> dict[str, str] | None:
         fields: dict[str, str] = await self.redis.hgetall(self.key(f"job:{job_id}"))
         return fields or None
+
+    async def get_job_with_workflow(self, job_id: str) -> dict[str, str] | None:
+        """The job's fields with its `workflow` (kept in a key of its own, `wf:{id}`)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.key(f"job:{job_id}"))
+            pipe.get(self.key(f"wf:{job_id}"))
+            fields, workflow = await pipe.execute()
+        if not fields:
+            return None
+        if workflow is not None:
+            fields["workflow"] = workflow
+        return dict(fields)
 
     async def get_jobs(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -252,13 +266,7 @@ class Store:
         return bool(int(resumed))
 
     async def claim(self, worker_id: str, lease_ms: int, scan_limit: int) -> Claim | ClaimMiss:
-        r = await self._run("claim", worker_id, lease_ms, scan_limit)
-        code = int(r[0])
-        if code == 1:
-            return Claim(
-                str(r[1]), int(r[2]), int(r[3]), float(r[4]), str(r[5]), int(r[6]), int(r[7])
-            )
-        return CLAIM_EMPTY if code == 0 else CLAIM_NONE_FIT
+        return _claim_result(await self._run("claim", worker_id, lease_ms, scan_limit))
 
     async def heartbeat(
         self,
@@ -326,19 +334,63 @@ class Store:
         )
 
     async def progress(
-        self, job_id: str, token: int, worker_id: str, progress_json: str, lease_ms: int
+        self,
+        job_id: str,
+        token: int,
+        worker_id: str,
+        progress_json: str,
+        lease_ms: int,
+        prompt_id: str = "",
     ) -> str:
+        """`prompt_id`: a `started` the hub held back, recorded first (same fencing)."""
         return str(
-            await self._run("report", "progress", job_id, token, worker_id, lease_ms, progress_json)
+            await self._run(
+                "report", "progress", job_id, token, worker_id, lease_ms, progress_json, prompt_id
+            )
             or ""
         )
 
     async def complete(
-        self, job_id: str, token: int, worker_id: str, outputs: list[dict[str, Any]], ttl_ms: int
+        self,
+        job_id: str,
+        token: int,
+        worker_id: str,
+        outputs: list[dict[str, Any]],
+        ttl_ms: int,
+        prompt_id: str = "",
     ) -> str:
-        return str(
-            await self._run("complete", job_id, token, worker_id, json.dumps(outputs), ttl_ms) or ""
+        refused, _ = await self.complete_and_claim(
+            job_id, token, worker_id, outputs, ttl_ms, prompt_id, None
         )
+        return refused
+
+    async def complete_and_claim(
+        self,
+        job_id: str,
+        token: int,
+        worker_id: str,
+        outputs: list[dict[str, Any]],
+        ttl_ms: int,
+        prompt_id: str,
+        claim: tuple[int, int] | None,
+    ) -> tuple[str, Claim | ClaimMiss | None]:
+        """Record a success; with `claim` = (lease_ms, scan_limit) also claim the worker's next
+        job in the same script (`completed.ready_next`). Returns (refusal or '', claim result,
+        None when refused or not asked)."""
+        lease_ms, scan_limit = claim if claim is not None else ("", "")
+        r = await self._run(
+            "complete",
+            job_id,
+            token,
+            worker_id,
+            json.dumps(outputs),
+            ttl_ms,
+            prompt_id,
+            lease_ms,
+            scan_limit,
+        )
+        refused = str(r[0] or "")
+        return refused, (_claim_result(r[1:]) if len(r) > 1 else None)
 
     async def fail(
         self,
@@ -348,9 +400,10 @@ class Store:
         error: dict[str, Any],
         retryable: bool,
         ttl_ms: int,
+        prompt_id: str = "",
     ) -> tuple[str, str]:
         refused, status = await self._run(
-            "fail", job_id, token, worker_id, json.dumps(error), int(retryable), ttl_ms
+            "fail", job_id, token, worker_id, json.dumps(error), int(retryable), ttl_ms, prompt_id
         )
         return str(refused or ""), str(status or "")
 
@@ -420,6 +473,13 @@ class Store:
     async def scan_keys(self) -> AsyncIterator[str]:
         async for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
             yield key
+
+
+def _claim_result(r: Sequence[Any]) -> Claim | ClaimMiss:
+    code = int(r[0])
+    if code == 1:
+        return Claim(str(r[1]), int(r[2]), int(r[3]), float(r[4]), str(r[5]), int(r[6]), int(r[7]))
+    return CLAIM_EMPTY if code == 0 else CLAIM_NONE_FIT
 
 
 def _num(value: float) -> str:

@@ -49,10 +49,14 @@ from .auth import bearer_ok
 from .jobs import output_url, progress_json
 from .runtime import HUB_KEY, Hub
 from .store import CancelNotice, Claim
+from .ws_frames import text_frames
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+# Frames written together only while the socket has nothing buffered and they are this small:
+# bigger or backed-up writes go through aiohttp, which applies its flow control.
+COALESCE_MAX_BYTES = 64 * 1024
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@")
 
 
@@ -107,7 +111,7 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
         max_msg_size=MAX_BINARY_FRAME_BYTES, compress=False, autoping=True, heartbeat=None
     )
     await ws.prepare(request)
-    session = WorkerSession(hub, worker_id, ws)
+    session = WorkerSession(hub, worker_id, ws, request.transport)
     done = asyncio.Event()
     hub.open_sockets[ws] = done
     try:
@@ -119,8 +123,15 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
 
 
 class WorkerSession:
-    def __init__(self, hub: Hub, worker_id: str, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        worker_id: str,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.hub = hub
+        self.transport = transport
         self.store = hub.store
         self.config = hub.config
         self.worker_id = worker_id
@@ -132,6 +143,12 @@ class WorkerSession:
         self.welcomed = False
         # Output files received per (job_id, token): name -> size.
         self._received: dict[tuple[str, int], dict[str, int]] = {}
+        # The job last sent on this socket, and the prompt id of its `started`, held back to go
+        # with that job's next script (progress/completed/failed): one script per job fewer.
+        self._delivered: tuple[str, int] | None = None
+        self._held_prompt_id = ""
+        # An ack held back while a claim for this worker is in flight, to go out with the job.
+        self._ack_before_job = ""
 
     @property
     def is_open(self) -> bool:
@@ -151,9 +168,41 @@ class WorkerSession:
             return False
         return True
 
+    async def _send_texts(self, first: str, second: str) -> bool:
+        """Two frames in one write where that is safe, else one after the other."""
+        transport = self.transport
+        data = text_frames(first, second)
+        if (
+            self.ws.closed
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > 0
+            or len(data) > COALESCE_MAX_BYTES
+        ):
+            return await self._send_text(first) and await self._send_text(second)
+        transport.write(data)
+        return True
+
     async def deliver(self, claim: Claim) -> bool:
         self._received.clear()
+        self._delivered = (claim.job_id, claim.token)
+        self._held_prompt_id = ""
+        ack, self._ack_before_job = self._ack_before_job, ""
+        if ack:
+            return await self._send_texts(ack, job_frame(claim))
         return await self._send_text(job_frame(claim))
+
+    def _report_ended(self, job_id: str, token: int) -> None:
+        """A final report was handled: later `started` for that job go through Redis again."""
+        if self._delivered == (job_id, token):
+            self._delivered = None
+
+    def _take_prompt_id(self, job_id: str, token: int) -> str:
+        """The held-back `started` prompt id if it belongs to this report's job, once."""
+        if self._delivered != (job_id, token):
+            return ""
+        prompt_id, self._held_prompt_id = self._held_prompt_id, ""
+        return prompt_id
 
     async def send_cancel(self, notice: CancelNotice) -> None:
         await self.send(Cancel(notice.job_id, notice.token, notice.reason))
@@ -244,7 +293,13 @@ class WorkerSession:
         )
         self.welcomed = True
         await self.send(
-            Welcome(self.worker_id, self.config.heartbeat_s, self.config.lease_s, resumed)
+            Welcome(
+                self.worker_id,
+                self.config.heartbeat_s,
+                self.config.lease_s,
+                resumed,
+                ready_next=True,
+            )
         )
         log.info("worker %s connected (resumed=%s)", self.worker_id, resumed)
         return True
@@ -298,6 +353,11 @@ class WorkerSession:
                 # The worker runs a job that is no longer its own: stop it.
                 await self.send(Cancel(running[0], running[1], refused))
         elif isinstance(message, Started):
+            if self._delivered == (message.job_id, message.token):
+                # This socket's own job, claimed moments ago (so its lease is fresh): record the
+                # prompt id with the job's next script, which checks the token then.
+                self._held_prompt_id = message.prompt_id
+                return
             refused = await store.started(
                 message.job_id, message.token, wid, message.prompt_id, cfg.lease_ms
             )
@@ -305,7 +365,12 @@ class WorkerSession:
         elif isinstance(message, Progress):
             payload = progress_json(message.node, message.value, message.max)
             refused = await store.progress(
-                message.job_id, message.token, wid, payload, cfg.lease_ms
+                message.job_id,
+                message.token,
+                wid,
+                payload,
+                cfg.lease_ms,
+                self._take_prompt_id(message.job_id, message.token),
             )
             await self._refuse_report(message.job_id, message.token, "progress", refused)
         elif isinstance(message, Completed):
@@ -317,8 +382,15 @@ class WorkerSession:
                 "node_id": message.error.node_id,
             }
             refused, status = await store.fail(
-                message.job_id, message.token, wid, error, message.error.retryable, cfg.ttl_ms
+                message.job_id,
+                message.token,
+                wid,
+                error,
+                message.error.retryable,
+                cfg.ttl_ms,
+                self._take_prompt_id(message.job_id, message.token),
             )
+            self._report_ended(message.job_id, message.token)
             if not refused:
                 self.hub.metrics.failed += 1
                 log.info(
@@ -331,6 +403,7 @@ class WorkerSession:
             await self._ack(message.job_id, message.token, "failed", refused)
         elif isinstance(message, Released):
             refused = await store.release(message.job_id, message.token, wid, message.reason)
+            self._report_ended(message.job_id, message.token)
             await self._ack(message.job_id, message.token, "released", refused)
         elif isinstance(message, Unavailable):
             self.hub.dispatcher.not_wanting(self)
@@ -374,13 +447,44 @@ class WorkerSession:
                     "content_type": safe_content_type(ref.content_type),
                 }
             )
+        prompt_id = self._take_prompt_id(message.job_id, message.token)
+        dispatcher = self.hub.dispatcher
+        if message.ready_next and dispatcher.may_claim_with_report(self):
+            # One script records the result and claims the next job; the ack waits for that
+            # job (deliver sends both in one write) and goes alone if none is claimed.
+            try:
+                async with dispatcher.claiming_with_report(self) as claimed:
+                    refused, claimed.result = await self.store.complete_and_claim(
+                        message.job_id,
+                        message.token,
+                        self.worker_id,
+                        outputs,
+                        self.config.ttl_ms,
+                        prompt_id,
+                        (self.config.lease_ms, self.config.claim_scan_limit),
+                    )
+                    self._completed(message, refused)
+                    if refused:
+                        self.hub.metrics.refused_reports += 1
+                    self._ack_before_job = ack_frame(
+                        message.job_id, message.token, "completed", refused
+                    )
+            finally:
+                ack, self._ack_before_job = self._ack_before_job, ""
+                if ack:
+                    await self._send_text(ack)
+            return
         refused = await self.store.complete(
-            message.job_id, message.token, self.worker_id, outputs, self.config.ttl_ms
+            message.job_id, message.token, self.worker_id, outputs, self.config.ttl_ms, prompt_id
         )
+        self._completed(message, refused)
+        await self._ack(message.job_id, message.token, "completed", refused)
+
+    def _completed(self, message: Completed, refused: str) -> None:
+        self._report_ended(message.job_id, message.token)
         if not refused:
             self.hub.metrics.completed += 1
             self._received.pop((message.job_id, message.token), None)
-        await self._ack(message.job_id, message.token, "completed", refused)
 
     async def _on_output(self, blob: bytes) -> None:
         try:

@@ -134,10 +134,15 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
+    """`ready_next` (only to a hub whose welcome has `ready_next`): the worker is idle and
+    healthy, so the hub may claim its next job with the result and send it right after the ack
+    (then no `ready` follows; after a refused ack the worker sends `ready` itself)."""
+
     type: ClassVar[str] = "completed"
     job_id: str
     token: int
     outputs: tuple[OutputRef, ...] = ()
+    ready_next: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +180,7 @@ class Welcome:
     heartbeat_s: float
     lease_s: float
     resumed: bool = False
+    ready_next: bool = False  # this hub honours completed.ready_next
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +418,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Completed, "job_id"): _str(),
     (Completed, "token"): _int,
     (Completed, "outputs"): _outputs,
+    (Completed, "ready_next"): _bool,
     (Failed, "job_id"): _str(),
     (Failed, "token"): _int,
     (Failed, "error"): _obj(JobError),
@@ -422,6 +429,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Welcome, "heartbeat_s"): _num,
     (Welcome, "lease_s"): _num,
     (Welcome, "resumed"): _bool,
+    (Welcome, "ready_next"): _bool,
     (JobAssigned, "job_id"): _str(),
     (JobAssigned, "token"): _int,
     (JobAssigned, "workflow"): _workflow,

@@ -11,6 +11,8 @@ end
 local function jkey(id) return P .. 'job:' .. id end
 local function wkey(id) return P .. 'worker:' .. id end
 local function ekey(id) return P .. 'events:' .. id end
+-- The workflow has its own key: the job hash stays small enough for Redis' compact encoding.
+local function wfkey(id) return P .. 'wf:' .. id end
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true, dead = true}
 local EVENTS_MAXLEN = 1000
@@ -80,6 +82,7 @@ local function finish(id, status, now, ttl_ms, err)
   event(id, 'done', {status = status})
   redis.call('PEXPIRE', key, ttl_ms)
   redis.call('PEXPIRE', ekey(id), ttl_ms)
+  redis.call('PEXPIRE', wfkey(id), ttl_ms)
   local f = redis.call('HMGET', key, 'idempotency_key', 'webhook_url')
   if f[1] and f[1] ~= '' then redis.call('PEXPIRE', P .. 'idem:' .. f[1], ttl_ms) end
   -- Some hub's maintenance loop pops this and calls the webhook with the final job.
@@ -140,3 +143,72 @@ local function fits(c_machine, c_gpu, c_vram, w)
 end
 
 local WORKER_CAPS = {'machine_id', 'gpu_index', 'gpu_uuid', 'gpu_name', 'vram_mb'}
+
+-- A worker said `started`: its ComfyUI prompt id, and a status event for SSE. The hub may hold
+-- it back and pass it with the job's next fenced script (saves a script per job).
+local function record_started(id, worker, prompt_id)
+  redis.call('HSET', jkey(id), 'prompt_id', prompt_id)
+  event(id, 'status', {status = 'running', worker_id = worker, prompt_id = prompt_id})
+end
+
+local WORKER_CAPS = {'machine_id', 'gpu_index', 'gpu_uuid', 'gpu_name', 'vram_mb'}
+
+-- A worker asks for a job (after `ready`, or with `completed.ready_next`).
+-- Returns {1, job_id, token, attempt, timeout_s, workflow, enqueued_ms, now_ms} on a claim,
+-- {0} when the queue is empty, {2} when nothing queued fits this worker. Without a claim the
+-- worker is recorded as idle (until lease_ms from now; its hub refreshes that while it waits).
+local function claim_for(worker, lease_ms, scan, now)
+  local wk = wkey(worker)
+  local caps = redis.call('HMGET', wk, unpack(WORKER_CAPS))
+
+  -- A worker asking for work holds none: a job still recorded as its own was lost with it.
+  local held = redis.call('HGET', wk, 'current_job')
+  if held and held ~= '' then
+    local j = redis.call('HMGET', jkey(held), 'status', 'worker_id')
+    if j[1] == 'running' and j[2] == worker then
+      redis.call('ZADD', P .. 'running', now, held)  -- the reaper requeues it now
+    end
+    redis.call('HSET', wk, 'current_job', '')
+  end
+
+  -- Is another idle worker able to run this job? (Then the worker it avoids leaves it alone.)
+  local function other_idle_fits(c_machine, c_gpu, c_vram)
+    for _, other in ipairs(redis.call('ZRANGEBYSCORE', P .. 'idle', now, '+inf', 'LIMIT', 0, 100)) do
+      if other ~= worker and fits(c_machine, c_gpu, c_vram, redis.call('HMGET', wkey(other), unpack(WORKER_CAPS))) then
+        return true
+      end
+    end
+    return false
+  end
+
+  local ids = redis.call('ZRANGE', P .. 'queue', 0, scan - 1)
+  if #ids == 0 then
+    redis.call('ZADD', P .. 'idle', now + lease_ms, worker)
+    redis.call('HSET', wk, 'state', 'idle')
+    return {0}
+  end
+  for _, id in ipairs(ids) do
+    local j = redis.call('HMGET', jkey(id), 'c_machine', 'c_gpu', 'c_vram', 'avoid_worker', 'status')
+    if j[5] ~= 'queued' then
+      redis.call('ZREM', P .. 'queue', id)  -- defensive: only queued jobs belong here
+    elseif fits(j[1], j[2], j[3], caps) and not (j[4] == worker and other_idle_fits(j[1], j[2], j[3])) then
+      local key = jkey(id)
+      local token = redis.call('INCR', P .. 'seq')
+      local attempt = redis.call('HINCRBY', key, 'attempts', 1)
+      local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms')
+      f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub
+      redis.call('HSET', key, 'status', 'running', 'token', token, 'worker_id', worker,
+        'started_ms', now, 'progress', '', 'prompt_id', '')
+      redis.call('ZREM', P .. 'queue', id)
+      redis.call('ZADD', P .. 'running', now + lease_ms, id)
+      redis.call('ZADD', P .. 'deadlines', now + math.floor(tonumber(f[1]) * 1000), id)
+      redis.call('ZREM', P .. 'idle', worker)
+      redis.call('HSET', wk, 'current_job', id, 'state', 'busy')
+      event(id, 'status', {status = 'running', worker_id = worker, attempt = attempt})
+      return {1, id, token, attempt, f[1], f[2], tonumber(f[3]), now}
+    end
+  end
+  redis.call('ZADD', P .. 'idle', now + lease_ms, worker)
+  redis.call('HSET', wk, 'state', 'idle')
+  return {2}
+end

@@ -15,11 +15,13 @@ local seq = redis.call('INCR', P .. 'seq')
 local score = (1000 - priority) * 1099511627776 + seq
 redis.call('HSET', jkey(id),
   'id', id, 'status', 'queued', 'priority', priority, 'timeout_s', ARGV[4],
-  'max_attempts', ARGV[5], 'attempts', 0, 'score', score, 'workflow', ARGV[6],
+  'max_attempts', ARGV[5], 'attempts', 0, 'score', score,
   'constraints', ARGV[7], 'c_machine', ARGV[8], 'c_gpu', ARGV[9], 'c_vram', ARGV[10],
   'idempotency_key', idem, 'webhook_url', ARGV[12], 'created_ms', now, 'enqueued_ms', now,
   'token', 0, 'worker_id', '', 'avoid_worker', '')
+redis.call('SET', wfkey(id), ARGV[6])
 redis.call('ZADD', P .. 'queue', score, id)
-event(id, 'status', {status = 'queued'})
+-- No `queued` event: the events stream starts at the claim (a queued job costs one key, not two);
+-- the SSE route opens every stream with the `queued` status it leaves out.
 publish_work(now)
 return {id, 1, now}

@@ -41,7 +41,7 @@ for _, status in ipairs({'succeeded', 'failed', 'cancelled', 'timed_out', 'dead'
     if idem and idem ~= '' and redis.call('GET', P .. 'idem:' .. idem) == id then
       redis.call('DEL', P .. 'idem:' .. idem)
     end
-    redis.call('DEL', jkey(id), ekey(id))
+    redis.call('DEL', jkey(id), ekey(id), wfkey(id))
     expired[#expired + 1] = id
   end
 end

@@ -1,13 +1,14 @@
--- started/progress from a worker: ARGV prefix, kind, job_id, token, worker_id, lease_ms, payload.
+-- started/progress from a worker: ARGV prefix, kind, job_id, token, worker_id, lease_ms, payload,
+-- and for progress a prompt_id held back from `started` ('' if none).
 -- Returns '' when recorded, else why it was refused (stale_token, already_finished, unknown_job).
 local kind, id, token, worker, lease_ms = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local refused = check_owner(id, token, worker)
 if refused then return refused end
 local now = now_ms()
 if kind == 'started' then
-  redis.call('HSET', jkey(id), 'prompt_id', ARGV[7])
-  event(id, 'status', {status = 'running', worker_id = worker, prompt_id = ARGV[7]})
+  record_started(id, worker, ARGV[7])
 else
+  if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
   redis.call('HSET', jkey(id), 'progress', ARGV[7])
   redis.call('XADD', ekey(id), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'k', 'progress', 'd', ARGV[7])
 end

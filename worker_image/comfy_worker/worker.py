@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,7 @@ from wgpu_protocol.messages import (
     Ack,
     Bye,
     Cancel,
+    Completed,
     ErrorReply,
     Failed,
     Heartbeat,
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 2.0
 RELEASE_ACK_WAIT_S = 3.0
+# The hub answered a result with `error: unavailable` (its Redis is down): resend after this
+# backoff, doubling up to the cap, instead of waiting the whole ack timeout.
+RESEND_FIRST_S = 0.2
+RESEND_MAX_S = 2.0
 
 
 @dataclass(eq=False)
@@ -67,6 +72,9 @@ class HeldJob:
     task: asyncio.Task[None] | None = None
     outcome: Outcome | None = None
     given_away: bool = False  # the hub did not resume it after a reconnect
+    # The socket whose hub was asked for the next job with this result (completed.ready_next).
+    asked_next_on: HubSession | None = None
+    hub_unavailable: asyncio.Event = field(default_factory=asyncio.Event)  # hub could not record
     ack: asyncio.Future[Ack] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -96,6 +104,7 @@ class Worker:
         self._client: ComfyClient | None = None
         self._events: ComfyEvents | None = None
         self.results_recorded = 0  # results (success or failure) the hub recorded
+        self.results_resent = 0  # resends because the hub said it was unavailable
 
     # -- public ----------------------------------------------------------------------------
 
@@ -193,9 +202,17 @@ class Worker:
                 and message.of in ("completed", "failed", "released")
                 and not held.ack.done()
             ):
+                if message.ok and message.of == "completed" and held.asked_next_on is session:
+                    # The hub claims our next job with this result and may send it right after
+                    # this ack: be free for it now, and do not say `ready` again.
+                    self._job = None
+                    session.announced = "ready"
                 held.ack.set_result(message)
         elif isinstance(message, ErrorReply):
             log.warning("hub error: %s: %s", message.code, message.message)
+            held = self._job
+            if message.code == "unavailable" and held is not None and held.outcome is not None:
+                held.hub_unavailable.set()  # the result (or a frame of it) was not recorded
 
     async def _take_job(self, session: HubSession, job: JobAssigned) -> None:
         refusal = None
@@ -251,26 +268,45 @@ class Worker:
         """Send the outcome until the hub acks it, across reconnects, unless it is given away."""
         outcome = held.outcome
         assert outcome is not None
+        resend_delay = RESEND_FIRST_S
         while not held.given_away:
             session = await self._link.wait_session()
             if held.given_away:
                 break
-            if not await self._send_outcome(session, outcome):
+            held.hub_unavailable.clear()
+            if not await self._send_outcome(session, held):
                 # The socket is going: wait for the link to notice, then for the next one.
                 if not await _wait_event(session.closed, 5.0):
                     await session.close()
                 continue
             ack_wait: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(held.ack))
             closed_wait: asyncio.Future[Any] = asyncio.ensure_future(session.closed.wait())
+            unavailable_wait = asyncio.ensure_future(held.hub_unavailable.wait())
             try:
                 await asyncio.wait(
-                    {ack_wait, closed_wait},
+                    {ack_wait, closed_wait, unavailable_wait},
                     timeout=self.config.ack_timeout_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
+                if not held.ack.done() and held.hub_unavailable.is_set() and session.is_open:
+                    # Its Redis is down: back off briefly (an ack or a close ends the wait).
+                    await asyncio.wait(
+                        {ack_wait, closed_wait},
+                        timeout=resend_delay,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if not held.ack.done() and session.is_open:
+                        log.info(
+                            "hub could not record job %s (Redis unavailable): resending",
+                            held.assignment.job_id,
+                        )
+                        resend_delay = min(resend_delay * 2, RESEND_MAX_S)
+                        self.results_resent += 1
+                        continue
             finally:
                 ack_wait.cancel()
                 closed_wait.cancel()
+                unavailable_wait.cancel()
             if held.ack.done():
                 ack = held.ack.result()
                 if ack.ok:
@@ -291,12 +327,23 @@ class Worker:
                 await session.closed.wait()
         log.info("dropped the result of job %s: the hub gave it away", held.assignment.job_id)
 
-    @staticmethod
-    async def _send_outcome(session: HubSession, outcome: Outcome) -> bool:
+    async def _send_outcome(self, session: HubSession, held: HeldJob) -> bool:
+        outcome = held.outcome
+        assert outcome is not None
         for frame in outcome.frames:
             if not await session.send_bytes(encode_output_frame(frame)):
                 return False
-        return await session.send(outcome.final)
+        final = outcome.final
+        held.asked_next_on = None
+        if (
+            isinstance(final, Completed)
+            and session.welcome.ready_next
+            and self._comfy_ok
+            and not self._stopping
+        ):
+            final = replace(final, ready_next=True)  # saves the ack -> ready round trip
+            held.asked_next_on = session
+        return await session.send(final)
 
     async def _send_now(self, message: Started | Progress) -> None:
         # Best effort: progress lost while cut off is not worth keeping.
