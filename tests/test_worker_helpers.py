@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,11 +16,11 @@ from comfy_worker.job_runner import (
     unique_name,
 )
 
+from tests.fixtures.sim_traffic import RECORDED
 from wgpu_protocol.messages import GpuStats
 
-RECORDED = Path("/work/shared/comfyui/recorded")
 needs_recordings = pytest.mark.skipif(
-    not RECORDED.is_dir(), reason="the recorded ComfyUI traffic is not on this machine"
+    not RECORDED.is_dir(), reason="the recorded ComfyUI traffic is not in tests/data"
 )
 
 
