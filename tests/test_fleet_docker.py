@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from orchestrator.cli import app
 from orchestrator.hub_client import HubClient
