@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,9 @@ from orchestrator.base_image import BASE_IMAGE_TAG
 from orchestrator.local_redis import free_port
 from tests.fixtures.docker import (
     DockerDaemon,
+    _remove_stale_pidfile,
     labelled_containers,
+    main_daemon_layout,
     reap_orphan_extra_daemons,
     remove_labelled_containers,
     stop_extra_daemons,
@@ -177,3 +180,20 @@ def test_extra_dockerd_of_a_crashed_session_is_reaped(docker_daemon: DockerDaemo
         or b"dockerd" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     )
     assert docker_daemon.answers()
+
+
+def test_a_pidfile_left_by_a_killed_daemon_is_removed_before_a_start(
+    tmp_path: Path, docker_daemon: DockerDaemon
+) -> None:
+    """dockerd refuses to start while its pidfile exists; a SIGKILLed daemon leaves one."""
+    pidfile = tmp_path / "docker.pid"
+    pidfile.write_text(str(os.getpid()))  # a live process, but not dockerd: a reused pid
+    _remove_stale_pidfile(pidfile)
+    assert not pidfile.exists()
+
+    running = main_daemon_layout().pidfile
+    assert running is not None and running.exists()  # the fixture's daemon is up
+    live = tmp_path / "live.pid"
+    live.write_text(running.read_text())
+    _remove_stale_pidfile(live)
+    assert live.exists()
