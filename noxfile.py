@@ -1,6 +1,6 @@
 """Developer sessions: `nox` runs lint, typecheck and tests; bench and chaos run on demand.
 
-Extra arguments go to the tool: `nox -s tests -- tests/test_count.py -x`.
+Extra arguments go to the tool: `nox -s tests -- tests/orchestrator/test_count.py -x`.
 """
 
 from __future__ import annotations

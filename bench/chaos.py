@@ -4,7 +4,7 @@ SIGKILLed, the hub is SIGKILLed and restarted, and Redis (AOF everysec) is resta
 per-job key left in Redis once the result TTL has passed.
 
 `python -m bench.chaos [--jobs 10000] [--workers 4] [--quick]`; exit status 1 when a check fails.
-tests/test_chaos_short.py runs a small version of the same function."""
+tests/bench/test_chaos_short.py runs a small version of the same function."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import redis
 from bench import procs
 from bench.hub_system import HubProcess, wait_workers
 from bench.report import Table, emit
-from orchestrator.local_redis import LocalRedis
+from orchestrator.stack.local_redis import LocalRedis
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "dead"}
 

@@ -13,7 +13,7 @@ import aiohttp
 
 from bench import procs
 from bench.fake_worker import bench_workflow
-from orchestrator.local_redis import free_port
+from orchestrator.stack.local_redis import free_port
 
 
 class HubProcess:

@@ -96,8 +96,8 @@ def run(quick: bool, slots: int = 8) -> tuple[list[Table], dict[str, Any]]:
         print(f"orchestrator: skipped, no Docker Engine at {DOCKER_HOST}: {exc}", flush=True)
         table.notes.append(f"skipped: no Docker Engine at {DOCKER_HOST}")
         return [table], {"skipped": str(exc)}
-    from orchestrator.base_image import ensure_base_image
-    from orchestrator.images import ensure_worker_image
+    from orchestrator.images.base import ensure_base_image
+    from orchestrator.images.worker import ensure_worker_image
 
     print("orchestrator: making sure the worker image exists (not timed) ...", flush=True)
     image = ensure_worker_image(client, ensure_base_image(client))

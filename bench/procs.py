@@ -16,8 +16,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from orchestrator.child_process import stop_child
-from orchestrator.local_redis import LocalRedis
+from orchestrator.processes import stop_child
+from orchestrator.stack.local_redis import LocalRedis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

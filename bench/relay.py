@@ -21,7 +21,7 @@ from bench import procs
 from bench.hub_system import HubProcess, wait_workers
 from bench.report import Table, emit
 from bench.stats import latency_summary_ms, percentile
-from orchestrator.local_redis import free_port
+from orchestrator.stack.local_redis import free_port
 
 # /work/shared/comfyui/workflows/quick.json: stock nodes, no model weights.
 WORKFLOW: dict[str, Any] = {

@@ -15,11 +15,11 @@ import socket
 import statistics
 import time
 
-from orchestrator import gpus
 from orchestrator.backends.base import WorkerSettings, plan_slots
 from orchestrator.backends.docker_backend import DockerBackend
-from orchestrator.hub_client import HubClient
-from orchestrator.slots import select_slots
+from orchestrator.gpus import nvml
+from orchestrator.gpus.slots import select_slots
+from orchestrator.hub_client.client import HubClient
 from orchestrator.status_view import collect_snapshot
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     try:
         results = backend.start(plan_slots(selection.slots, settings, args.gpus))
         assert all(r.ok for r in results), results
-        with gpus.GpuMonitor() as monitor:
+        with nvml.GpuMonitor() as monitor:
             collect_snapshot(backend, monitor, [], hub)  # warm the connection pool
             times = []
             for _ in range(args.refreshes):

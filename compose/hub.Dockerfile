@@ -1,5 +1,5 @@
 # The wgpu hub ("Redis API"): REST + SSE for clients, WebSocket for workers, on one Redis.
-# Build context: the repository root (orchestrator.stack_images sends only what is needed).
+# Build context: the repository root (orchestrator.stack.images sends only what is needed).
 #   docker build --network host -f compose/hub.Dockerfile --build-arg BASE_IMAGE=... .
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, ServiceRecord
 from orchestrator.backends.common import humanize_duration
-from orchestrator.gpus import GpuDevice, GpuStats
+from orchestrator.gpus.nvml import GpuDevice, GpuStats
 
 HUB_TIMEOUT_S = 0.5
 

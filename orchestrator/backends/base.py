@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from orchestrator.slots import DEFAULT_PORT_BASE, Slot
+from orchestrator.gpus.slots import DEFAULT_PORT_BASE, Slot
 
 ROLE_WORKER = "worker"
 ROLE_COMFYUI = "comfyui"

@@ -14,9 +14,10 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from orchestrator.backends.base import DEFAULT_HUB_URL
+from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
 from orchestrator.console import ExitCode, err, fail, out
-from orchestrator.hub_client import HubClient, HubError, HubUnreachable
-from orchestrator.job_watch import (
+from orchestrator.hub_client.client import HubClient, HubError, HubUnreachable
+from orchestrator.hub_client.job_watch import (
     JobBoard,
     WorkflowFileError,
     download_outputs,
@@ -24,7 +25,6 @@ from orchestrator.job_watch import (
     load_workflow,
     wait_until,
 )
-from orchestrator.options import ApiKeyOption, HubUrlOption, JsonOption
 
 STATUS_STYLE = {
     "succeeded": "green",

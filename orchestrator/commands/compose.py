@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.compose_render import (
+from orchestrator.console import ExitCode, err, fail, out
+from orchestrator.gpus.slots import DEFAULT_PORT_BASE
+from orchestrator.stack.compose_render import (
     DEFAULT_COMFYUI_IMAGE,
     DEFAULT_HUB_IMAGE,
     DEFAULT_HUB_PORT,
@@ -22,8 +24,6 @@ from orchestrator.compose_render import (
     to_yaml,
     validate,
 )
-from orchestrator.console import ExitCode, err, fail, out
-from orchestrator.slots import DEFAULT_PORT_BASE
 
 compose_app = typer.Typer(help="The one-host stack as a docker compose file.", no_args_is_help=True)
 

@@ -6,8 +6,8 @@ import json
 
 import typer
 
-from orchestrator import gpus
 from orchestrator.console import err
+from orchestrator.gpus import nvml
 
 
 def count(
@@ -18,7 +18,7 @@ def count(
     ),
 ) -> None:
     """Print the number of NVIDIA GPUs NVML sees (memory_total in MiB)."""
-    inventory = gpus.discover()
+    inventory = nvml.discover()
     if as_json:
         typer.echo(json.dumps(inventory.to_json()))
         return

@@ -14,8 +14,9 @@ from rich.text import Text
 
 from orchestrator.backends.base import BackendUnreachable
 from orchestrator.backends.docker_backend import DockerBackend
+from orchestrator.commands.options import ImageOption, JsonOption
 from orchestrator.console import ExitCode, err, fail, out
-from orchestrator.fleet import (
+from orchestrator.fleet.inventory import (
     HostResult,
     Inventory,
     InventoryError,
@@ -25,7 +26,6 @@ from orchestrator.fleet import (
     iter_rows,
     load_inventory,
 )
-from orchestrator.options import ImageOption, JsonOption
 
 fleet_app = typer.Typer(help="Workers on many machines, all feeding one hub.", no_args_is_help=True)
 

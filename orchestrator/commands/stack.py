@@ -13,10 +13,19 @@ import docker.errors
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from orchestrator import gpus
 from orchestrator.backends.base import BackendUnreachable
 from orchestrator.backends.docker_backend import DockerBackend
-from orchestrator.compose_render import (
+from orchestrator.commands.options import (
+    DockerHostOption,
+    GpusOption,
+    MachineIdOption,
+    default_machine_id,
+)
+from orchestrator.console import ExitCode, err, fail, out, warn
+from orchestrator.gpus import nvml
+from orchestrator.gpus.slots import DEFAULT_PORT_BASE
+from orchestrator.images.worker import ImageBuildError, ensure_worker_image, has_image
+from orchestrator.stack.compose_render import (
     DEFAULT_HUB_PORT,
     DEFAULT_REDIS_IMAGE,
     DEFAULT_REDIS_PORT,
@@ -26,12 +35,9 @@ from orchestrator.compose_render import (
     ComposeError,
     StackOptions,
 )
-from orchestrator.console import ExitCode, err, fail, out, warn
-from orchestrator.demo import DemoOptions, run_demo
-from orchestrator.images import ImageBuildError, ensure_worker_image, has_image
-from orchestrator.options import DockerHostOption, GpusOption, MachineIdOption, default_machine_id
-from orchestrator.slots import DEFAULT_PORT_BASE
-from orchestrator.stack import (
+from orchestrator.stack.demo import DemoOptions, run_demo
+from orchestrator.stack.images import HUB_RECIPE, REDIS_RECIPE, ensure_image
+from orchestrator.stack.lifecycle import (
     ProcessStack,
     ProcessStackConfig,
     StackError,
@@ -41,7 +47,6 @@ from orchestrator.stack import (
     read_state,
     stop_process_stack,
 )
-from orchestrator.stack_images import HUB_RECIPE, REDIS_RECIPE, ensure_image
 
 DEFAULT_SIMULATED_SLOTS = 2
 
@@ -98,7 +103,7 @@ def slot_selection(gpus_option: str | None, simulate: int | None) -> tuple[tuple
         return (), simulate
     if gpus_option:
         return tuple(t.strip() for t in gpus_option.split(",") if t.strip()), 0
-    inventory = gpus.discover()
+    inventory = nvml.discover()
     if not inventory.gpus:
         why = f" ({inventory.error})" if inventory.error else ""
         warn(f"no NVIDIA GPU found{why}: running {DEFAULT_SIMULATED_SLOTS} simulated slots")

@@ -21,7 +21,6 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from orchestrator import gpus, images
 from orchestrator.backends.base import (
     DEFAULT_HUB_URL,
     DEFAULT_STOP_TIMEOUT_S,
@@ -38,9 +37,7 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.docker_backend import NVIDIA_HINT, DockerBackend
 from orchestrator.backends.process_backend import ProcessBackend
-from orchestrator.console import ExitCode, err, fail, out, warn
-from orchestrator.hub_client import HubClient
-from orchestrator.options import (
+from orchestrator.commands.options import (
     ApiKeyOption,
     BackendKind,
     BackendOption,
@@ -66,7 +63,9 @@ from orchestrator.options import (
     WorkerTokenOption,
     default_machine_id,
 )
-from orchestrator.slots import (
+from orchestrator.console import ExitCode, err, fail, out, warn
+from orchestrator.gpus import nvml
+from orchestrator.gpus.slots import (
     DEFAULT_PORT_BASE,
     GpuNotFound,
     Selection,
@@ -74,6 +73,8 @@ from orchestrator.slots import (
     parse_target,
     select_slots,
 )
+from orchestrator.hub_client.client import HubClient
+from orchestrator.images import worker as worker_images
 from orchestrator.status_view import collect_snapshot, render_table, watch
 
 PREFIX_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_red")
@@ -124,7 +125,7 @@ def target_indices(target: str) -> list[int] | None:
 
 def select(gpus_option: str | None, simulate: int | None) -> Selection:
     """The slots to manage: --simulate, --gpus, or every GPU NVML sees."""
-    inventory = gpus.GpuInventory() if simulate is not None else gpus.discover()
+    inventory = nvml.GpuInventory() if simulate is not None else nvml.discover()
     try:
         selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error)
     except GpuNotFound as exc:
@@ -217,7 +218,7 @@ def setup(
                 )
             out.print(f"worker image {image} is present")
             return
-        tag = images.worker_image_tag(base_image)
+        tag = worker_images.worker_image_tag(base_image)
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.get(tag)
             out.print(f"worker image {tag} is present")
@@ -237,8 +238,10 @@ def build_with_progress(client: Any, tag: str, base_image: str | None) -> None:
 
         error: str | None = None
         try:
-            images.build_worker_image(client, tag, base_image=base_image, on_progress=on_progress)
-        except images.ImageBuildError as exc:
+            worker_images.build_worker_image(
+                client, tag, base_image=base_image, on_progress=on_progress
+            )
+        except worker_images.ImageBuildError as exc:
             error = str(exc)
         else:
             progress.update(task, description=f"built {tag}")
@@ -279,7 +282,7 @@ def start(
     settings = WorkerSettings(
         machine_id=machine_id or default_machine_id(),
         hub=HubAddress(hub_url),
-        image=(image or images.worker_image_tag(base_image)) if is_docker else "",
+        image=(image or worker_images.worker_image_tag(base_image)) if is_docker else "",
         comfyui_image=comfyui_image,
         comfyui_cmd=comfyui_cmd,
         worker_token=worker_token,
@@ -340,11 +343,11 @@ def status(
 ) -> None:
     """One table: GPU stats, worker and ComfyUI state, and what the hub says of each worker."""
     indices = target_indices(target)
-    inventory = gpus.discover()
+    inventory = nvml.discover()
     hub = HubClient(hub_url, api_key=api_key, timeout_s=0.5)
     with (
         backend_session(backend, docker_host, base_dir, machine_id) as session,
-        gpus.GpuMonitor() as monitor,
+        nvml.GpuMonitor() as monitor,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
 

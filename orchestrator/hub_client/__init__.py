@@ -1,0 +1,1 @@
+"""Talking to the hub's REST API: the sync/async client and following jobs to their end."""

@@ -1,0 +1,493 @@
+"""Render the one-host stack as a compose file: Redis, the hub, and per GPU a ComfyUI + worker.
+
+`render_stack(options)` builds the compose document as plain data (pure); `to_yaml` writes it.
+The same document drives `wgpu up` on a Docker engine (orchestrator.stack.compose_runner), so the
+compose file and `wgpu up` cannot drift apart: same names, labels, healthchecks and pinning.
+
+Every image is `${ENV_VAR:-default}` so the stack runs offline from locally built images.
+Host networking everywhere: Redis, the hub and each ComfyUI answer on the host's addresses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.backends.base import (
+    ROLE_COMFYUI,
+    ROLE_WORKER,
+    HubAddress,
+    WorkerSettings,
+    worker_env,
+    worker_stop_timeout_s,
+)
+from orchestrator.gpus.slots import DEFAULT_PORT_BASE, Slot
+
+ROLE_HUB = "hub"
+ROLE_REDIS = "redis"
+PROJECT_NAME = "wgpu"
+REDIS_CONTAINER = "wgpu-redis"
+HUB_CONTAINER = "wgpu-hub"
+DEFAULT_REDIS_IMAGE = "redis:7"
+DEFAULT_HUB_IMAGE = "wgpu-local/hub:latest"
+DEFAULT_WORKER_IMAGE = "wgpu-local/comfy-worker:latest"
+# A maintained public ComfyUI image (CUDA 12.4, ComfyUI with its Python). It appends CLI_ARGS
+# to ComfyUI's command line, which is how each GPU's copy gets its own port.
+DEFAULT_COMFYUI_IMAGE = "yanwk/comfyui-boot:cu124-slim"
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_HUB_PORT = 8001
+DEFAULT_VOLUME = "wgpu-redis-data"
+DEFAULT_OUTPUTS_VOLUME = "wgpu-hub-outputs"
+HUB_OUTPUTS_DIR = "/var/lib/wgpu/outputs"
+
+IMAGE_ENV = {
+    ROLE_REDIS: "WGPU_REDIS_IMAGE",
+    ROLE_HUB: "WGPU_HUB_IMAGE",
+    ROLE_WORKER: "WGPU_WORKER_IMAGE",
+    ROLE_COMFYUI: "COMFYUI_IMAGE",
+}
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+class ComposeError(ValueError):
+    """The options or a compose document are not valid; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What decides the stack. `gpus`: device ids (indices or UUIDs) to pin, one slot each."""
+
+    gpus: tuple[str, ...] = ()
+    simulate: int = 0
+    machine_id: str = "${MACHINE_ID:-local}"
+    redis_port: int = DEFAULT_REDIS_PORT
+    hub_port: int = DEFAULT_HUB_PORT
+    hub_bind: str = "0.0.0.0"  # the fleet's workers on other machines reach the hub
+    port_base: int = DEFAULT_PORT_BASE
+    redis_image: str = DEFAULT_REDIS_IMAGE
+    hub_image: str = DEFAULT_HUB_IMAGE
+    worker_image: str = DEFAULT_WORKER_IMAGE
+    comfyui_image: str = DEFAULT_COMFYUI_IMAGE
+    volume: str = DEFAULT_VOLUME
+    outputs_volume: str = DEFAULT_OUTPUTS_VOLUME
+    worker_token: str | None = None
+    health_interval_s: float = 5.0
+    sim_node_time_s: float | None = None  # the simulator's seconds per node (demos, tests)
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    # Prepended to container names: lets tests run beside a real stack on one engine.
+    name_prefix: str = ""
+
+    def slots(self) -> list[Slot]:
+        if self.simulate and self.gpus:
+            raise ComposeError("use either --gpus or --simulate, not both")
+        if self.simulate:
+            return [Slot(index=i, name="simulated", simulated=True) for i in range(self.simulate)]
+        if not self.gpus:
+            raise ComposeError("no GPUs to render: pass --gpus N or --simulate N")
+        slots = []
+        for index, device in enumerate(self.gpus):
+            uuid = device if not device.isdigit() else None
+            slots.append(Slot(index=int(device) if device.isdigit() else index, uuid=uuid))
+        if len({s.index for s in slots}) != len(slots):
+            raise ComposeError(f"GPU list {','.join(self.gpus)} names a GPU twice")
+        return slots
+
+
+def parse_gpus(text: str) -> tuple[str, ...]:
+    """`--gpus 4` -> GPUs 0..3; `--gpus 0,2` or UUIDs -> exactly those."""
+    text = text.strip()
+    if text.isdigit() and "," not in text:
+        count = int(text)
+        if count < 1:
+            raise ComposeError("--gpus needs at least 1 GPU")
+        return tuple(str(i) for i in range(count))
+    tokens = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not tokens:
+        raise ComposeError(f"--gpus {text!r} names no GPU: pass a count or indices like 0,2")
+    return tokens
+
+
+def env_image(role: str, default: str) -> str:
+    return f"${{{IMAGE_ENV[role]}:-{default}}}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _healthcheck(test: list[str], options: StackOptions, start_period_s: float) -> dict[str, Any]:
+    return {
+        "test": test,
+        "interval": _seconds(options.health_interval_s),
+        "timeout": "5s",
+        "retries": 5,
+        "start_period": _seconds(start_period_s),
+    }
+
+
+def _http_probe(python: str, url: str) -> list[str]:
+    code = f"import urllib.request; urllib.request.urlopen('{url}', timeout=4)"
+    return ["CMD", python, "-c", code]
+
+
+def _labels(role: str, options: StackOptions, slot: Slot | None = None) -> dict[str, str]:
+    labels = {
+        "wgpu.managed": "true",
+        "wgpu.role": role,
+        "wgpu.machine_id": options.machine_id,
+        "wgpu.simulated": "true" if options.simulate else "false",
+    }
+    if slot is not None:
+        labels["wgpu.gpu_index"] = str(slot.index)
+        labels["wgpu.gpu_uuid"] = slot.uuid or ""
+    labels.update(options.extra_labels)
+    return labels
+
+
+def _gpu_reservation(slot: Slot) -> dict[str, Any]:
+    device = {"driver": "nvidia", "device_ids": [slot.device_id], "capabilities": ["gpu"]}
+    return {"resources": {"reservations": {"devices": [device]}}}
+
+
+def _redis_service(options: StackOptions) -> dict[str, Any]:
+    port = str(options.redis_port)
+    return {
+        "image": env_image(ROLE_REDIS, options.redis_image),
+        "container_name": options.name_prefix + REDIS_CONTAINER,
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        # AOF on: accepted jobs survive a crash; noeviction: Redis never drops a job for memory.
+        "command": [
+            "redis-server",
+            "--port",
+            port,
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+            "--dir",
+            "/data",
+        ],
+        "volumes": ["redis-data:/data"],
+        "healthcheck": _healthcheck(["CMD", "redis-cli", "-p", port, "ping"], options, 5),
+        "labels": _labels(ROLE_REDIS, options),
+    }
+
+
+def _hub_service(options: StackOptions) -> dict[str, Any]:
+    env = {
+        "REDIS_URL": f"redis://127.0.0.1:{options.redis_port}/0",
+        "REDIS_API_HOST_BIND": options.hub_bind,
+        "REDIS_API_PORT": str(options.hub_port),
+        "OUTPUTS_DIR": HUB_OUTPUTS_DIR,
+    }
+    if options.worker_token:
+        env["WORKER_TOKEN"] = options.worker_token
+    health_url = f"http://127.0.0.1:{options.hub_port}/health"
+    return {
+        "image": env_image(ROLE_HUB, options.hub_image),
+        "container_name": options.name_prefix + HUB_CONTAINER,
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "environment": env,
+        "volumes": [f"hub-outputs:{HUB_OUTPUTS_DIR}"],
+        "healthcheck": _healthcheck(_http_probe("python3", health_url), options, 10),
+        "depends_on": {"redis": {"condition": "service_healthy"}},
+        "labels": _labels(ROLE_HUB, options),
+    }
+
+
+def comfyui_service_name(index: int) -> str:
+    return f"comfyui-gpu{index}"
+
+
+def worker_service_name(index: int) -> str:
+    return f"comfy-worker-gpu{index}"
+
+
+def _comfyui_service(slot: Slot, options: StackOptions) -> dict[str, Any]:
+    port = options.port_base + slot.index
+    probe_url = f"http://127.0.0.1:{port}/system_stats"
+    service: dict[str, Any] = {
+        "image": "",
+        "container_name": options.name_prefix + comfyui_service_name(slot.index),
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "labels": _labels(ROLE_COMFYUI, options, slot),
+    }
+    if slot.simulated:
+        command = ["python", "-m", "comfyui_sim", "--host", "127.0.0.1", "--port", str(port)]
+        if options.sim_node_time_s is not None:
+            command += ["--node-time", f"{options.sim_node_time_s:g}"]
+        service["image"] = env_image(ROLE_WORKER, options.worker_image)
+        service["entrypoint"] = command
+        service["healthcheck"] = _healthcheck(_http_probe("python", probe_url), options, 5)
+    else:
+        service["image"] = env_image(ROLE_COMFYUI, options.comfyui_image)
+        service["environment"] = {
+            "CLI_ARGS": f"--listen 127.0.0.1 --port {port}",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        }
+        # ComfyUI's first start installs and loads models: give it time before counting failures.
+        service["healthcheck"] = _healthcheck(_http_probe("python3", probe_url), options, 300)
+        service["deploy"] = _gpu_reservation(slot)
+    return service
+
+
+def _worker_service(slot: Slot, options: StackOptions, num_gpus: int) -> dict[str, Any]:
+    settings = WorkerSettings(
+        machine_id=options.machine_id,
+        hub=HubAddress(f"http://127.0.0.1:{options.hub_port}"),
+        worker_token=options.worker_token,
+        port_base=options.port_base,
+    )
+    env = worker_env(slot, settings, num_gpus)
+    service: dict[str, Any] = {
+        "image": env_image(ROLE_WORKER, options.worker_image),
+        "container_name": options.name_prefix + worker_service_name(slot.index),
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "environment": env,
+        "stop_grace_period": f"{worker_stop_timeout_s(env)}s",  # past the worker's own grace
+        "healthcheck": _healthcheck(["CMD", "comfy-worker", "healthcheck"], options, 10),
+        "depends_on": {
+            "hub": {"condition": "service_healthy"},
+            comfyui_service_name(slot.index): {"condition": "service_healthy"},
+        },
+        "labels": _labels(ROLE_WORKER, options, slot),
+    }
+    if not slot.simulated:
+        service["deploy"] = _gpu_reservation(slot)
+    return service
+
+
+def config_hash(service: dict[str, Any]) -> str:
+    """A hash of a service's definition (labels aside): it changes when a recreate is due."""
+    definition = {key: value for key, value in service.items() if key != "labels"}
+    payload = json.dumps(definition, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def render_stack(options: StackOptions) -> dict[str, Any]:
+    """The compose document (plain dicts and lists) for the options' GPUs or simulated slots."""
+    slots = options.slots()
+    services: dict[str, Any] = {"redis": _redis_service(options), "hub": _hub_service(options)}
+    for slot in slots:
+        services[comfyui_service_name(slot.index)] = _comfyui_service(slot, options)
+        services[worker_service_name(slot.index)] = _worker_service(slot, options, len(slots))
+    for service in services.values():
+        service["labels"]["wgpu.config_hash"] = config_hash(service)
+    # No top-level `name`: docker-compose 1.x refuses it; `-p wgpu` names the project.
+    return {
+        "services": services,
+        "volumes": {
+            "redis-data": {"name": options.volume, "labels": {"wgpu.managed": "true"}},
+            "hub-outputs": {"name": options.outputs_volume, "labels": {"wgpu.managed": "true"}},
+        },
+    }
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def validate(document: dict[str, Any]) -> list[str]:
+    """Problems with a rendered document under the compose rules this stack relies on."""
+    problems: list[str] = []
+    services = document.get("services")
+    if not isinstance(services, dict) or not services:
+        return ["no services"]
+    volumes = document.get("volumes") or {}
+    names: set[str] = set()
+    for name, service in services.items():
+        problems += [f"{name}: {p}" for p in _validate_service(service, services, volumes)]
+        container = service.get("container_name")
+        if container in names:
+            problems.append(f"{name}: container_name {container} is used twice")
+        names.add(container)
+    problems += _cycles(services)
+    return problems
+
+
+_SERVICE_KEYS = {
+    "image",
+    "container_name",
+    "network_mode",
+    "restart",
+    "command",
+    "entrypoint",
+    "environment",
+    "volumes",
+    "healthcheck",
+    "depends_on",
+    "labels",
+    "deploy",
+    "stop_grace_period",
+}
+_DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
+
+
+def _validate_service(
+    service: dict[str, Any], services: dict[str, Any], volumes: dict[str, Any]
+) -> list[str]:
+    problems = [f"unknown key {key}" for key in service if key not in _SERVICE_KEYS]
+    if not isinstance(service.get("image"), str) or not service["image"]:
+        problems.append("no image")
+    for key in ("environment", "labels"):
+        value = service.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            problems.append(f"{key} must map names to strings")
+    for key in ("command", "entrypoint"):
+        if key in service and not all(isinstance(v, str) for v in service[key]):
+            problems.append(f"{key} must be a list of strings")
+    for mount in service.get("volumes", []):
+        source = str(mount).split(":", 1)[0]
+        if not source.startswith(("/", ".")) and source not in volumes:
+            problems.append(f"volume {source} is not declared")
+    health = service.get("healthcheck")
+    if health is not None:
+        test = health.get("test")
+        if not (isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL", "NONE")):
+            problems.append("healthcheck test must be a list starting with CMD or CMD-SHELL")
+        for key in ("interval", "timeout", "start_period"):
+            if key in health and not _DURATION.match(str(health[key])):
+                problems.append(f"healthcheck {key} {health[key]!r} is not a duration")
+    for dependency, condition in (service.get("depends_on") or {}).items():
+        if dependency not in services:
+            problems.append(f"depends on unknown service {dependency}")
+        elif condition.get("condition") == "service_healthy" and not services[dependency].get(
+            "healthcheck"
+        ):
+            problems.append(f"waits for {dependency} to be healthy but it has no healthcheck")
+    devices = (
+        service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    )
+    for device in devices:
+        if device.get("count") is not None and device.get("device_ids"):
+            problems.append("a device reservation cannot set both count and device_ids")
+        if not device.get("capabilities"):
+            problems.append("a device reservation needs capabilities")
+    return problems
+
+
+def _cycles(services: dict[str, Any]) -> list[str]:
+    try:
+        start_order(services)
+    except ComposeError as exc:
+        return [str(exc)]
+    return []
+
+
+def start_order(services: dict[str, Any]) -> list[list[str]]:
+    """Services in waves: each wave depends only on earlier waves (started together)."""
+    remaining = {name: set((s.get("depends_on") or {}).keys()) for name, s in services.items()}
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    while remaining:
+        wave = sorted(name for name, deps in remaining.items() if deps <= done)
+        if not wave:
+            raise ComposeError(f"depends_on has a cycle among {', '.join(sorted(remaining))}")
+        waves.append(wave)
+        done.update(wave)
+        for name in wave:
+            del remaining[name]
+    return waves
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}` substitution."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = env.get(name)
+        if found:
+            return found
+        return default if default is not None else ""
+
+    return _INTERPOLATION.sub(replace, value)
+
+
+def interpolate_all(value: Any, env: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return interpolate(value, env)
+    if isinstance(value, list):
+        return [interpolate_all(item, env) for item in value]
+    if isinstance(value, dict):
+        return {key: interpolate_all(item, env) for key, item in value.items()}
+    return value
+
+
+# --- YAML -----------------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"^[A-Za-z_./][A-Za-z0-9_./-]*$")
+_RESERVED = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    text = str(value)
+    if _PLAIN.match(text) and text.lower() not in _RESERVED:
+        return text
+    return json.dumps(text)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _yaml_lines(value: Any, indent: int) -> list[str]:
+    pad = "  " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (isinstance(item, dict) and item) or (
+                isinstance(item, list) and item and not _flat(item)
+            ):
+                lines.append(f"{pad}{_scalar(key)}:")
+                lines += _yaml_lines(item, indent + 1)
+            else:
+                lines.append(f"{pad}{_scalar(key)}: {_inline(item)}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and item:
+                first, *rest = _yaml_lines(item, indent + 1)
+                lines.append(f"{pad}- {first.lstrip()}")
+                lines += rest
+            else:
+                lines.append(f"{pad}- {_inline(item)}")
+    return lines
+
+
+def _flat(items: Sequence[Any]) -> bool:
+    return all(not isinstance(item, dict | list) for item in items)
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_scalar(k)}: {_inline(v)}" for k, v in value.items()) + "}"
+    return _scalar(value)
+
+
+def to_yaml(document: dict[str, Any], header: str = "") -> str:
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return comment + "\n".join(_yaml_lines(document, 0)) + "\n"
+
+
+HEADER = """\
+wgpu stack for one host: Redis (AOF, noeviction), the hub, per GPU a ComfyUI and its worker.
+Written by `wgpu compose render`; run with `docker compose -p wgpu up -d`.
+Images (set these to run offline from local images):
+  WGPU_REDIS_IMAGE  (default redis:7)
+  WGPU_HUB_IMAGE    (default wgpu-local/hub:latest; `wgpu up` builds wgpu-local/hub:<hash>)
+  WGPU_WORKER_IMAGE (default wgpu-local/comfy-worker:latest; `wgpu setup` builds and prints one)
+  COMFYUI_IMAGE     (default yanwk/comfyui-boot:cu124-slim; it reads CLI_ARGS)
+MACHINE_ID names this host in worker ids (default local)."""

@@ -1,0 +1,204 @@
+"""`wgpu compose render`: the one-host compose file, parsed back and checked against its rules."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.backends.base import worker_stop_timeout_s
+from orchestrator.cli import app
+from orchestrator.stack.compose_render import (
+    ComposeError,
+    StackOptions,
+    interpolate,
+    parse_gpus,
+    render_stack,
+    start_order,
+    to_yaml,
+    validate,
+)
+from tests.paths import REPO
+
+
+def render_cli(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, ["compose", "render", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    document: dict[str, Any] = yaml.safe_load(result.stdout)
+    return document
+
+
+def devices_of(service: dict[str, Any]) -> list[dict[str, Any]]:
+    reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    devices: list[dict[str, Any]] = reservations.get("devices", [])
+    return devices
+
+
+def test_gpu_stack_has_redis_hub_and_a_pinned_pair_per_gpu() -> None:
+    doc = render_cli("--gpus", "3")
+    services = doc["services"]
+    assert set(services) == {
+        "redis",
+        "hub",
+        *(f"comfyui-gpu{i}" for i in range(3)),
+        *(f"comfy-worker-gpu{i}" for i in range(3)),
+    }
+    assert validate(doc) == []
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert service["healthcheck"]["test"][0] == "CMD", name
+        assert service["labels"]["wgpu.managed"] == "true"
+        assert len(service["labels"]["wgpu.config_hash"]) == 16
+    for index in range(3):
+        for name in (f"comfyui-gpu{index}", f"comfy-worker-gpu{index}"):
+            assert devices_of(services[name]) == [
+                {"driver": "nvidia", "device_ids": [str(index)], "capabilities": ["gpu"]}
+            ]
+            assert services[name]["container_name"] == name
+            assert services[name]["labels"]["wgpu.gpu_index"] == str(index)
+        worker = services[f"comfy-worker-gpu{index}"]
+        assert worker["depends_on"] == {
+            "hub": {"condition": "service_healthy"},
+            f"comfyui-gpu{index}": {"condition": "service_healthy"},
+        }
+        assert worker["environment"]["GPU_ID"] == str(index)
+        assert worker["environment"]["NUM_GPUS"] == "3"
+        assert worker["environment"]["EXECUTION_SERVICE_PORT"] == str(8188 + index)
+        assert worker["environment"]["REDIS_API_PORT"] == "8001"
+        assert worker["stop_grace_period"] == "40s"  # past the worker's 30 s grace: no kill
+        comfyui = services[f"comfyui-gpu{index}"]
+        assert comfyui["image"] == "${COMFYUI_IMAGE:-yanwk/comfyui-boot:cu124-slim}"
+        assert f"--port {8188 + index}" in comfyui["environment"]["CLI_ARGS"]
+    assert start_order(services) == [
+        ["comfyui-gpu0", "comfyui-gpu1", "comfyui-gpu2", "redis"],
+        ["hub"],
+        ["comfy-worker-gpu0", "comfy-worker-gpu1", "comfy-worker-gpu2"],
+    ]
+
+
+def test_redis_is_durable_and_never_evicts() -> None:
+    doc = render_cli("--gpus", "1")
+    redis = doc["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert redis["volumes"] == ["redis-data:/data"]
+    assert doc["volumes"]["redis-data"]["name"] == "wgpu-redis-data"
+    assert doc["services"]["hub"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert doc["services"]["hub"]["environment"]["REDIS_URL"] == "redis://127.0.0.1:6379/0"
+
+
+def test_every_image_is_overridable_by_an_env_var() -> None:
+    doc = render_cli("--gpus", "1")
+    images = {name: service["image"] for name, service in doc["services"].items()}
+    assert images["redis"] == "${WGPU_REDIS_IMAGE:-redis:7}"
+    assert images["hub"] == "${WGPU_HUB_IMAGE:-wgpu-local/hub:latest}"
+    assert images["comfy-worker-gpu0"] == "${WGPU_WORKER_IMAGE:-wgpu-local/comfy-worker:latest}"
+    env = {"WGPU_REDIS_IMAGE": "local/redis:1", "COMFYUI_IMAGE": ""}
+    assert interpolate(images["redis"], env) == "local/redis:1"
+    assert interpolate(images["comfyui-gpu0"], env) == "yanwk/comfyui-boot:cu124-slim"
+
+
+def test_simulated_slots_run_the_simulator_from_the_worker_image_without_devices() -> None:
+    doc = render_cli("--simulate", "2", "--port-base", "9100")
+    assert validate(doc) == []
+    for index in range(2):
+        sim = doc["services"][f"comfyui-gpu{index}"]
+        worker = doc["services"][f"comfy-worker-gpu{index}"]
+        assert sim["image"] == worker["image"]
+        assert sim["entrypoint"][:3] == ["python", "-m", "comfyui_sim"]
+        assert sim["entrypoint"][-2:] == ["--port", str(9100 + index)]
+        assert f":{9100 + index}/system_stats" in sim["healthcheck"]["test"][-1]
+        assert "deploy" not in sim and "deploy" not in worker
+        assert worker["labels"]["wgpu.simulated"] == "true"
+        assert worker["environment"]["EXECUTION_SERVICE_PORT"] == str(9100 + index)
+
+
+def test_gpus_by_list_and_uuid_pin_those_devices() -> None:
+    assert parse_gpus("2") == ("0", "1")
+    assert parse_gpus("0,2") == ("0", "2")
+    doc = render_stack(StackOptions(gpus=("GPU-aaaa", "GPU-bbbb")))
+    assert devices_of(doc["services"]["comfy-worker-gpu1"])[0]["device_ids"] == ["GPU-bbbb"]
+    assert doc["services"]["comfy-worker-gpu1"]["labels"]["wgpu.gpu_uuid"] == "GPU-bbbb"
+    doc = render_stack(StackOptions(gpus=("0", "2")))
+    assert "comfy-worker-gpu2" in doc["services"]
+    assert devices_of(doc["services"]["comfyui-gpu2"])[0]["device_ids"] == ["2"]
+
+
+def test_bad_selections_are_usage_errors() -> None:
+    runner = CliRunner()
+    both = runner.invoke(app, ["compose", "render", "--gpus", "1", "--simulate", "1"])
+    neither = runner.invoke(app, ["compose", "render"])
+    assert both.exit_code == 2 and neither.exit_code == 2
+    with pytest.raises(ComposeError, match="twice"):
+        render_stack(StackOptions(gpus=("1", "1")))
+
+
+def test_yaml_round_trips_exactly() -> None:
+    doc = render_stack(StackOptions(gpus=("0", "1"), worker_token="s3cret: yes"))
+    doc["x-odd"] = {"on": "no", "list": ["", "a b", "#x", "1.5", True, 3, {"k": [1, "y"]}]}
+    assert yaml.safe_load(to_yaml(doc, "a header\nsecond line")) == doc
+
+
+def test_validate_reports_what_compose_would_refuse() -> None:
+    doc = render_stack(StackOptions(simulate=1))
+    del doc["services"]["hub"]["healthcheck"]
+    doc["services"]["redis"]["volumes"] = ["nowhere:/data"]
+    doc["services"]["redis"]["depends_on"] = {"comfy-worker-gpu0": {"condition": "service_started"}}
+    problems = validate(doc)
+    assert any("waits for hub to be healthy" in p for p in problems)
+    assert any("volume nowhere is not declared" in p for p in problems)
+    assert any("cycle" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("env", "seconds"),
+    [({}, 40), ({"WORKER_GRACE_S": "120"}, 130), ({"WORKER_GRACE_S": "0.5"}, 11)],
+)
+def test_the_stop_wait_outlasts_the_workers_grace(env: dict[str, str], seconds: int) -> None:
+    assert worker_stop_timeout_s(env) == seconds
+
+
+def test_checked_in_compose_file_is_the_rendered_one(tmp_path: Path) -> None:
+    """compose/docker-compose.yml is `wgpu compose render --gpus 2`: regenerate it on change."""
+    out = tmp_path / "docker-compose.yml"
+    result = CliRunner().invoke(app, ["compose", "render", "--gpus", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (REPO / "compose" / "docker-compose.yml").read_text() == out.read_text()
+
+
+def compose_cli() -> list[str] | None:
+    """`docker compose` (plugin) or `docker-compose` (standalone), when installed."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_docker_compose_accepts_the_file_when_installed(tmp_path: Path) -> None:
+    """Where a compose CLI exists it must accept the file; elsewhere our own rules stand in."""
+    path = tmp_path / "docker-compose.yml"
+    doc = render_stack(StackOptions(gpus=("0", "1")))
+    path.write_text(to_yaml(doc))
+    cli = compose_cli()
+    if cli is None:
+        assert validate(yaml.safe_load(path.read_text())) == []
+        return
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "WGPU_REDIS_IMAGE": "local/redis:9"}
+    result = subprocess.run(
+        [*cli, "-f", str(path), "config"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert set(resolved["services"]) == set(doc["services"])
+    assert resolved["services"]["redis"]["image"] == "local/redis:9"
+    worker = resolved["services"]["comfy-worker-gpu1"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["1"]

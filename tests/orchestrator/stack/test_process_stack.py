@@ -1,0 +1,63 @@
+"""`wgpu up` / `wgpu down` without Docker: local Redis, the hub and simulated slots as processes
+that outlive the CLI, found again and stopped by `wgpu down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.backends.common import port_answers
+from orchestrator.hub_client.client import HubClient
+from orchestrator.hub_client.job_watch import load_workflow
+from orchestrator.stack.lifecycle import free_port_block
+from tests.orchestrator.stack.test_demo import need_valkey, processes_under
+from tests.paths import REPO
+
+
+def wgpu(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WGPU_LOCAL_REDIS": "valkey", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_up_runs_detached_processes_and_down_stops_them(tmp_path: Path) -> None:
+    need_valkey()
+    state = tmp_path / "state"
+    base = free_port_block(3)
+    common = ["--backend", "process", "--state-dir", str(state)]
+    up = wgpu(
+        "up", "--simulate", "2", *common, "--hub-port", str(base), "--port-base", str(base + 1),
+        "--machine-id", "proc", cwd=tmp_path,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    hub_url = f"http://127.0.0.1:{base}"
+    assert f"hub: {hub_url}" in up.stdout
+    # The CLI has exited; the stack runs on.
+    hub = HubClient(hub_url)
+    workers = {w["id"] for w in hub.get_workers() if w["connected"]}
+    assert workers == {"proc-gpu0", "proc-gpu1"}
+    recorded = json.loads((state / "stack.json").read_text())
+    assert recorded["hub_url"] == hub_url and recorded["redis_pid"] and recorded["hub_pid"]
+    job = hub.submit(load_workflow(REPO / "examples" / "quick.json"))
+    assert job["status"] == "queued"
+
+    down = wgpu("down", *common, cwd=tmp_path)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "removed 6" in down.stdout
+    assert not port_answers(base) and not port_answers(base + 1) and not port_answers(base + 2)
+    assert processes_under(state) == []
+    assert not (state / "stack.json").exists()
+    assert (state / "redis").is_dir()  # Redis' data is kept without --volumes
+    again = wgpu("down", *common, "--volumes", cwd=tmp_path)
+    assert again.returncode == 0 and "nothing was running" in again.stdout
+    assert not (state / "redis").exists()

@@ -1,0 +1,169 @@
+"""Slot selection, the per-slot plan (env, config hash) and small parsing helpers. No I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.backends.base import (
+    ROLE_COMFYUI,
+    HubAddress,
+    WorkerSettings,
+    plan_slots,
+)
+from orchestrator.backends.common import humanize_duration, parse_since
+from orchestrator.backends.docker_backend import parse_docker_time
+from orchestrator.gpus.nvml import GpuDevice
+from orchestrator.gpus.slots import GpuNotFound, SlotError, parse_target, select_slots
+
+DEVICES = [
+    GpuDevice(0, "GPU-aaa", "NVIDIA H100", 81559),
+    GpuDevice(1, "GPU-bbb", "NVIDIA H100", 81559),
+    GpuDevice(2, "GPU-ccc", "NVIDIA H100", 81559),
+]
+
+
+def test_all_gpus_nvml_sees_are_pinned_by_uuid() -> None:
+    selection = select_slots(None, None, DEVICES)
+    assert [s.device_id for s in selection.slots] == ["GPU-aaa", "GPU-bbb", "GPU-ccc"]
+    assert selection.num_gpus == 3 and selection.note is None
+
+
+def test_gpus_by_index_or_uuid_keep_nvml_indices() -> None:
+    selection = select_slots("2,GPU-aaa", None, DEVICES)
+    assert [(s.index, s.uuid) for s in selection.slots] == [(2, "GPU-ccc"), (0, "GPU-aaa")]
+    assert selection.num_gpus == 3  # NUM_GPUS is the machine's count
+
+
+def test_unknown_gpu_says_which_exist() -> None:
+    with pytest.raises(GpuNotFound, match=r"GPU 7 not found: this machine has GPUs 0, 1, 2"):
+        select_slots("7", None, DEVICES)
+
+
+def test_without_nvml_indices_pin_by_index_and_say_so() -> None:
+    selection = select_slots("0,2", None, [], "NVML library not found")
+    assert [s.device_id for s in selection.slots] == ["0", "2"]
+    assert selection.note and "NVML library not found" in selection.note
+    with pytest.raises(SlotError, match="UUIDs need NVML"):
+        select_slots("GPU-aaa", None, [])
+
+
+def test_no_gpus_and_no_selection_explains_what_to_do() -> None:
+    with pytest.raises(GpuNotFound, match=r"no NVIDIA GPU found \(no driver\).*--simulate N"):
+        select_slots(None, None, [], "no driver")
+
+
+def test_simulate_makes_slots_without_gpus() -> None:
+    selection = select_slots(None, 2, DEVICES)
+    assert [(s.index, s.simulated, s.uuid) for s in selection.slots] == [
+        (0, True, None),
+        (1, True, None),
+    ]
+    with pytest.raises(SlotError, match="either --gpus or --simulate"):
+        select_slots("0", 2, DEVICES)
+
+
+def test_duplicate_and_empty_gpu_lists_are_refused() -> None:
+    with pytest.raises(SlotError, match="twice"):
+        select_slots("0,0", None, DEVICES)
+    with pytest.raises(SlotError, match="twice"):
+        select_slots("0,GPU-aaa", None, DEVICES)
+    with pytest.raises(SlotError, match="names no GPU"):
+        select_slots(",", None, DEVICES)
+
+
+def test_targets() -> None:
+    assert parse_target("all") is None
+    assert parse_target("3") == 3
+    with pytest.raises(SlotError):
+        parse_target("gpu3")
+
+
+def test_plan_env_matches_the_original_layout() -> None:
+    slots = select_slots("1", None, DEVICES).slots
+    settings = WorkerSettings(
+        machine_id="box", hub=HubAddress("http://hub.local:9000"), image="img:1", worker_token="t"
+    )
+    [plan] = plan_slots(slots, settings, num_gpus=3)
+    assert plan.worker.env == {
+        "REDIS_API_HOST": "hub.local",
+        "REDIS_API_PORT": "9000",
+        "EXECUTION_SERVICE_PORT": "8189",
+        "COMFYUI_HOST": "127.0.0.1",
+        "MACHINE_ID": "box",
+        "GPU_ID": "1",
+        "NUM_GPUS": "3",
+        "WORKER_TOKEN": "t",
+    }
+    assert plan.comfyui is None
+
+
+def test_hub_url_with_tls_or_path_also_travels_whole() -> None:
+    settings = WorkerSettings(machine_id="box", hub=HubAddress("https://hub.example/wgpu"))
+    [plan] = plan_slots(select_slots("0", None, DEVICES).slots, settings, num_gpus=1)
+    assert plan.worker.env["HUB_URL"] == "https://hub.example/wgpu"
+    assert plan.worker.env["REDIS_API_PORT"] == "443"
+
+
+def test_simulated_slots_get_the_simulator_on_their_port() -> None:
+    settings = WorkerSettings(machine_id="box", image="img:1", port_base=9000)
+    plans = plan_slots(select_slots(None, 2, []).slots, settings, num_gpus=2, python="python3")
+    comfyui = plans[1].comfyui
+    assert comfyui is not None and comfyui.role == ROLE_COMFYUI and comfyui.port == 9001
+    assert comfyui.command == (
+        "python3",
+        "-m",
+        "comfyui_sim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9001",
+    )
+    assert plans[1].worker.env["EXECUTION_SERVICE_PORT"] == "9001"
+
+
+def test_config_hash_follows_image_env_and_command() -> None:
+    slots = select_slots("0", None, DEVICES).slots
+    base = WorkerSettings(machine_id="box", image="img:1")
+    [a] = plan_slots(slots, base, 1)
+    [same] = plan_slots(slots, base, 1)
+    [other_image] = plan_slots(slots, WorkerSettings(machine_id="box", image="img:2"), 1)
+    [other_hub] = plan_slots(
+        slots, WorkerSettings(machine_id="box", image="img:1", hub=HubAddress("http://x:1")), 1
+    )
+    assert a.worker.config_hash() == same.worker.config_hash()
+    assert (
+        len(
+            {
+                a.worker.config_hash(),
+                other_image.worker.config_hash(),
+                other_hub.worker.config_hash(),
+            }
+        )
+        == 3
+    )
+    assert a.worker.config_hash(["net=host"]) != a.worker.config_hash(["net=bridge"])
+
+
+def test_parse_since() -> None:
+    assert parse_since("10m", now=1000.0) == 400.0
+    assert parse_since("2h", now=10000.0) == 2800.0
+    assert parse_since("1700000000") == 1700000000.0
+    assert parse_since("2024-01-02T03:04:05Z") == 1704164645.0
+    with pytest.raises(ValueError, match="not a time"):
+        parse_since("yesterday")
+
+
+def test_humanize_duration() -> None:
+    assert [humanize_duration(s) for s in (5, 65, 3 * 3600 + 120, 2 * 86400 + 3600)] == [
+        "5s",
+        "1m05s",
+        "3h02m",
+        "2d01h",
+    ]
+
+
+def test_parse_docker_time() -> None:
+    assert parse_docker_time("2024-01-02T03:04:05.123456789Z") == 1704164645.123456
+    assert parse_docker_time("2024-01-02T03:04:05Z") == 1704164645.0
+    assert parse_docker_time("2024-01-02T04:04:05.5+01:00") == 1704164645.5
+    assert parse_docker_time("0001-01-01T00:00:00Z") is None

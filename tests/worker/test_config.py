@@ -1,0 +1,114 @@
+"""Worker configuration from the environment, and the one-line errors for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from comfy_worker.config import ConfigError, WorkerConfig
+
+from tests.paths import REPO
+
+
+def test_defaults_follow_the_original_variables() -> None:
+    config = WorkerConfig.from_env({"MACHINE_ID": "box1", "GPU_ID": "3", "NUM_GPUS": "4"})
+    assert config.worker_id == "box1-gpu3"
+    assert config.comfyui_port == 8191  # 8188 + GPU_ID
+    assert config.comfyui_url == "http://127.0.0.1:8191"
+    assert config.hub_ws_url == "ws://127.0.0.1:8001/ws/worker/box1-gpu3"
+    assert config.worker_token is None
+    assert config.comfyui_cmd is None
+
+
+def test_the_id_is_stable_across_restarts() -> None:
+    env = {"MACHINE_ID": "box1", "GPU_ID": "1", "NUM_GPUS": "2"}
+    assert WorkerConfig.from_env(env).worker_id == WorkerConfig.from_env(dict(env)).worker_id
+
+
+def test_explicit_values_win() -> None:
+    config = WorkerConfig.from_env(
+        {
+            "MACHINE_ID": "m",
+            "GPU_ID": "1",
+            "NUM_GPUS": "2",
+            "REDIS_API_HOST": "hub.internal",
+            "REDIS_API_PORT": "9001",
+            "EXECUTION_SERVICE_PORT": "9999",
+            "COMFYUI_HOST": "::1",
+            "WORKER_TOKEN": "s3cret",
+            "LOG_LEVEL": "debug",
+            "COMFYUI_CMD": "python main.py --port $EXECUTION_SERVICE_PORT",
+            "WORKER_GRACE_S": "2.5",
+            "WORKER_WATCHDOG_S": "0.5",
+        }
+    )
+    assert config.hub_ws_url == "ws://hub.internal:9001/ws/worker/m-gpu1"
+    assert config.comfyui_url == "http://[::1]:9999"
+    assert config.worker_token == "s3cret"
+    assert config.log_level == "DEBUG"
+    assert config.comfyui_cmd == "python main.py --port $EXECUTION_SERVICE_PORT"
+    assert (config.grace_s, config.watchdog_s) == (2.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://hub:8001", "ws://hub:8001"),
+        ("https://hub.example.com/", "wss://hub.example.com"),
+        ("ws://10.0.0.1:8001", "ws://10.0.0.1:8001"),
+    ],
+)
+def test_hub_url_overrides_host_and_port(url: str, expected: str) -> None:
+    config = WorkerConfig.from_env({"MACHINE_ID": "m", "HUB_URL": url, "REDIS_API_HOST": "x"})
+    assert config.hub_url == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"GPU_ID": "one"}, "GPU_ID"),
+        ({"GPU_ID": "-1"}, "GPU_ID"),
+        ({"GPU_ID": "2", "NUM_GPUS": "2"}, "GPU_ID"),
+        ({"REDIS_API_PORT": "70000"}, "REDIS_API_PORT"),
+        ({"EXECUTION_SERVICE_PORT": "http"}, "EXECUTION_SERVICE_PORT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"HUB_URL": "hub:8001"}, "HUB_URL"),
+        ({"WORKER_GRACE_S": "-3"}, "WORKER_GRACE_S"),
+        ({"MACHINE_ID": "a b/c"}, "MACHINE_ID"),
+    ],
+)
+def test_bad_values_name_the_variable_in_one_line(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        WorkerConfig.from_env({"MACHINE_ID": "m", **env})
+    message = str(caught.value)
+    assert message.startswith(names + "=")
+    assert "\n" not in message
+
+
+def test_the_command_exits_2_with_one_line_for_bad_config() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "comfy_worker"],
+        env={"GPU_ID": "x", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: GPU_ID='x'")
+
+
+def test_the_worker_imports_nothing_outside_its_allowed_set() -> None:
+    # The image carries only websockets, aiohttp and nvidia-ml-py: no CLI or Redis libraries.
+    code = (
+        "import sys, comfy_worker, comfy_worker.__main__, comfy_worker.worker\n"
+        "bad = {'typer', 'rich', 'docker', 'redis', 'orchestrator', 'redis_api'}\n"
+        "print(sorted(bad & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
