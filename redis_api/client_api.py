@@ -172,8 +172,10 @@ async def list_workers(request: web.Request) -> web.Response:
     current = [row["current_job"] for row in rows if row.get("current_job")]
     jobs = {row["id"]: row for row in await hub.store.get_jobs(current)} if current else {}
     now = await hub.store.now_ms()
+    drains = await hub.store.drains()
     stale_ms = int(max(3 * hub.config.heartbeat_s, hub.config.lease_s) * 1000) + 1000
-    return _json({"workers": [worker_view(row, now, stale_ms, jobs) for row in rows]})
+    views = [worker_view(row, now, stale_ms, jobs, drains.get(row.get("id", ""))) for row in rows]
+    return _json({"workers": views})
 
 
 async def health(request: web.Request) -> web.Response:

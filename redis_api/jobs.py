@@ -9,7 +9,7 @@ from urllib.parse import quote
 from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES
 
 from .config import HubConfig
-from .store import JobSpec
+from .store import Drain, JobSpec
 
 MAX_PRIORITY = 1000
 MAX_TIMEOUT_S = 7 * 86400
@@ -192,8 +192,23 @@ def progress_json(node: str | None, value: float, maximum: float) -> str:
     return json.dumps({"node": node, "value": value, "max": maximum, "percent": percent})
 
 
+def drain_view(record: Drain | None, current_job: str | None) -> dict[str, Any] | None:
+    """A worker's drain as `/workers` shows it: draining while its job runs, then drained."""
+    if record is None:
+        return None
+    return {
+        "state": "draining" if current_job else "drained",
+        "since": record.since_ms / 1000.0,
+        "deadline": record.deadline_ms / 1000.0 if record.deadline_ms else None,
+    }
+
+
 def worker_view(
-    fields: dict[str, str], now_ms: int, stale_ms: int, jobs: dict[str, dict[str, str]]
+    fields: dict[str, str],
+    now_ms: int,
+    stale_ms: int,
+    jobs: dict[str, dict[str, str]],
+    drain: Drain | None = None,
 ) -> dict[str, Any]:
     """One entry of `GET /workers`."""
     seen = int(fields.get("seen_ms") or 0)
@@ -204,6 +219,7 @@ def worker_view(
     if not connected:
         state = "offline"
     gpu_index = fields.get("gpu_index", "")
+    running = current if job and job.get("status") == "running" else None
     return {
         "id": fields.get("id", ""),
         "machine_id": fields.get("machine_id", ""),
@@ -215,7 +231,7 @@ def worker_view(
         },
         "connected": connected,
         "status": state if state in ("idle", "busy", "unavailable", "offline") else "unavailable",
-        "current_job": current if job and job.get("status") == "running" else None,
+        "current_job": running,
         "progress": _json(job.get("progress"), None) if job else None,
         "last_heartbeat": seen / 1000.0 if seen else None,
         "gpu_stats": _json(fields.get("gpu_stats"), {}),
@@ -223,4 +239,5 @@ def worker_view(
         "jobs_done": int(fields.get("jobs_done") or 0),
         "jobs_failed": int(fields.get("jobs_failed") or 0),
         "version": fields.get("version", ""),
+        "drain": drain_view(drain, running),
     }

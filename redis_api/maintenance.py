@@ -71,6 +71,8 @@ class Maintenance:
             )
         for job_id in reaped.expired:
             await self.storage.delete_job(job_id)
+        for job_id, worker_id in await self.store.expire_drains():
+            log.info("drain of %s timed out: job %s released to the queue", worker_id, job_id)
         waiting = list(self.dispatcher.wanting)
         if waiting:
             await self.store.refresh_idle(waiting, self.config.lease_ms)

@@ -80,6 +80,23 @@ class CancelNotice:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """A worker the hub gives no new work: since when, and when its job is released (0: never)."""
+
+    worker_id: str
+    since_ms: int
+    deadline_ms: int
+
+    @classmethod
+    def from_json(cls, worker_id: str, text: str) -> Drain:
+        try:
+            raw = json.loads(text)
+            return cls(worker_id, int(raw["since_ms"]), int(raw["deadline_ms"]))
+        except (ValueError, KeyError, TypeError):
+            return cls(worker_id, 0, 0)  # unreadable: still drained, no deadline
+
+
 class ClaimMiss:
     """No claim: `empty` says the whole queue is empty (no other idle worker can get one)."""
 
@@ -108,6 +125,9 @@ def _load_scripts() -> dict[str, str]:
         "release",
         "cancel",
         "reap",
+        "drain",
+        "resume",
+        "drain_expire",
     )
     return {name: common + "\n" + (folder / f"{name}.lua").read_text() for name in names}
 
@@ -318,6 +338,25 @@ class Store:
         if gone:
             await self.redis.srem(self.key("workers"), *gone)
         return [row for row in rows if row]
+
+    # -- drain (a worker taken out of service; see lua/drain.lua) ---------------------------
+
+    async def drain(self, worker_id: str, timeout_ms: int) -> Drain:
+        since, deadline = await self._run("drain", worker_id, timeout_ms)
+        return Drain(worker_id, int(since), int(deadline))
+
+    async def resume(self, worker_id: str) -> bool:
+        """Back in service; False if it was not drained."""
+        return bool(int(await self._run("resume", worker_id)))
+
+    async def drains(self) -> dict[str, Drain]:
+        raw: dict[str, str] = await self.redis.hgetall(self.key("drains"))
+        return {worker: Drain.from_json(worker, text) for worker, text in raw.items()}
+
+    async def expire_drains(self) -> list[tuple[str, str]]:
+        """Release the jobs of drained workers past their deadline: [(job_id, worker_id)]."""
+        flat = await self._run("drain_expire")
+        return [(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def now_ms(self) -> int:
         now_s, now_us = await self.redis.time()

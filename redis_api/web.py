@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import client_api
+from . import client_api, drain_api
 from .auth import bearer_ok
 from .jobs import BadRequest
 from .runtime import HUB_KEY, Hub
@@ -66,5 +66,6 @@ def make_app(hub: Hub) -> web.Application:
     app = web.Application(client_max_size=hub.config.max_body_bytes, middlewares=[errors, api_keys])
     app[HUB_KEY] = hub
     client_api.add_routes(app)
+    drain_api.add_routes(app)
     app.router.add_get("/ws/worker/{worker_id}", handle_worker_socket)
     return app

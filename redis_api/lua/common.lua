@@ -155,8 +155,8 @@ local WORKER_CAPS = {'machine_id', 'gpu_index', 'gpu_uuid', 'gpu_name', 'vram_mb
 
 -- A worker asks for a job (after `ready`, or with `completed.ready_next`).
 -- Returns {1, job_id, token, attempt, timeout_s, workflow, enqueued_ms, now_ms} on a claim,
--- {0} when the queue is empty, {2} when nothing queued fits this worker. Without a claim the
--- worker is recorded as idle (until lease_ms from now; its hub refreshes that while it waits).
+-- {0} when the queue is empty, {2} when nothing queued fits this worker or it is drained.
+-- Without a claim the worker is recorded as idle (until lease_ms from now; its hub refreshes that while it waits).
 local function claim_for(worker, lease_ms, scan, now)
   local wk = wkey(worker)
   local caps = redis.call('HMGET', wk, unpack(WORKER_CAPS))
@@ -169,6 +169,12 @@ local function claim_for(worker, lease_ms, scan, now)
       redis.call('ZADD', P .. 'running', now, held)  -- the reaper requeues it now
     end
     redis.call('HSET', wk, 'current_job', '')
+  end
+
+  -- Drained (drain.lua): no new work. Idle in its own hash, but not offered to the queue.
+  if redis.call('HEXISTS', P .. 'drains', worker) == 1 then
+    redis.call('HSET', wk, 'state', 'idle')
+    return {2}
   end
 
   -- Is another idle worker able to run this job? (Then the worker it avoids leaves it alone.)

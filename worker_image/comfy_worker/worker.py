@@ -44,7 +44,6 @@ from wgpu_protocol.messages import (
     encode_output_frame,
 )
 
-from . import __version__
 from .comfy_client import ComfyClient, ComfyEvents
 from .config import WorkerConfig
 from .gpu_stats import GpuProbe
@@ -52,6 +51,7 @@ from .health import HealthState, write_health
 from .hub_link import HubLink, HubSession
 from .job_runner import JobRunner, Outcome
 from .supervisor import ComfySupervisor
+from .version import running_version
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.client_id = f"wgpu-{config.worker_id}-{uuid.uuid4().hex[:8]}"
+        self._version = running_version()  # once: the code this process loaded
         self._gpu = GpuProbe(config.gpu_id)
         self._link = HubLink(
             config, self._hello, self._on_session, self._on_message, self._on_link_closed
@@ -167,7 +168,7 @@ class Worker:
             worker_id=self.config.worker_id,
             machine_id=self.config.machine_id,
             gpu=self._gpu.info(),
-            version=__version__,
+            version=self._version,
             running=held.ref if held is not None and not held.given_away else None,
         )
 

@@ -1,0 +1,92 @@
+"""Drain and resume a worker (REST): the hub gives a drained worker no new job.
+
+`POST /workers/{id}/drain` body `{"timeout_s"?: number}`: its current job finishes (or, past
+`timeout_s`, is released to the queue without counting an attempt). `POST /workers/{id}/resume`
+puts it back in service. Drained state lives in Redis (store `drains`), so it holds for a worker
+that is not connected yet and across reconnects, on every hub.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from wgpu_protocol.messages import MAX_ID_LENGTH
+
+from .jobs import BadRequest, drain_view
+from .runtime import HUB_KEY
+from .store import Drain
+
+MAX_DRAIN_TIMEOUT_S = 7 * 86400
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@")
+
+
+def _worker_id(request: web.Request) -> str:
+    worker_id = request.match_info["worker_id"]
+    if not worker_id or len(worker_id) > MAX_ID_LENGTH or not set(worker_id) <= _ID_CHARS:
+        raise BadRequest("worker id must be 1-200 of [A-Za-z0-9-_.:@]")
+    return worker_id
+
+
+def parse_drain(raw: bytes) -> float | None:
+    """The drain body's timeout_s (None: no timeout). An empty body is `{}`."""
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(body) - {"timeout_s"}
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}: only timeout_s is allowed")
+    value = body.get("timeout_s")
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_DRAIN_TIMEOUT_S
+    ):
+        raise BadRequest(f"timeout_s must be a number above 0 and at most {MAX_DRAIN_TIMEOUT_S}")
+    return float(value)
+
+
+async def _current_job(request: web.Request, worker_id: str) -> str | None:
+    store = request.app[HUB_KEY].store
+    job_id = await store.redis.hget(store.key(f"worker:{worker_id}"), "current_job")
+    if not job_id:
+        return None
+    job = await store.get_job(job_id)
+    if job is None or job.get("status") != "running" or job.get("worker_id") != worker_id:
+        return None
+    return str(job_id)
+
+
+async def drain(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    worker_id = _worker_id(request)
+    timeout_s = parse_drain(await request.read())
+    record = await hub.store.drain(worker_id, int(timeout_s * 1000) if timeout_s else 0)
+    return _answer(worker_id, record, await _current_job(request, worker_id))
+
+
+async def resume(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    worker_id = _worker_id(request)
+    was_drained = await hub.store.resume(worker_id)
+    body: dict[str, Any] = {"worker_id": worker_id, "drain": None, "was_drained": was_drained}
+    return web.json_response(body)
+
+
+def _answer(worker_id: str, record: Drain, current_job: str | None) -> web.Response:
+    view = drain_view(record, current_job)
+    return web.json_response({"worker_id": worker_id, "drain": view, "current_job": current_job})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/workers/{worker_id}/drain", drain)
+    app.router.add_post("/workers/{worker_id}/resume", resume)
