@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio
 
 from tests.fixtures.hub import HubFactory
-from tests.hub_helpers import call, eventually, get_job, submit
-from tests.hub_worker_client import ProtocolWorker
+from tests.hub.helpers import call, eventually, get_job, submit
+from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.messages import Ack, Cancel, Completed, JobAssigned
 
 pytestmark = pytest.mark.redis

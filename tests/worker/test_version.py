@@ -9,7 +9,7 @@ from pathlib import Path
 
 from comfy_worker.version import running_version, tree_version
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
 
 
 def copy_tree(target: Path) -> Path:
