@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from .config import HubConfig
+from .errors import ConfigError
 from .server import run_hub
 
 
@@ -14,7 +16,10 @@ def main() -> None:
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run_hub(HubConfig.from_env())
+    try:
+        run_hub(HubConfig.from_env())
+    except ConfigError as exc:
+        sys.exit(f"wgpu hub: {exc}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,19 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
+from .errors import BadRequest
+
+
+def refuse_unpackable(args: tuple[Any, ...]) -> None:
+    """Raise BadRequest for a string Redis cannot be sent (not UTF-8: a lone surrogate)."""
+    for arg in args:
+        if type(arg) is str and not arg.isascii():
+            try:
+                arg.encode()
+            except UnicodeEncodeError:
+                raise BadRequest("a text value is not valid UTF-8 (a lone surrogate)") from None
+
+
 _Call = tuple[AsyncScript, tuple[Any, ...], "asyncio.Future[Any]"]
 
 
@@ -22,6 +35,7 @@ class ScriptBatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def call(self, script: AsyncScript, args: tuple[Any, ...]) -> Any:
+        refuse_unpackable(args)  # one bad string must not fail every call in its batch
         if not self._busy:
             # Nothing in flight: go straight out (no task, no future), the common case at low load.
             self._busy = True

@@ -7,10 +7,11 @@ import re
 import uuid
 from typing import Any
 
+import aiohttp.http_exceptions
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from .jobs import BadRequest, job_view, parse_submit, worker_view
+from .errors import BadRequest, StoreUnavailable
+from .jobs import job_view, parse_body, parse_submit, worker_view
 from .runtime import HUB_KEY, Hub
 from .store import STATES, TERMINAL_STATES
 
@@ -18,6 +19,9 @@ SSE_BLOCK_MS = 5000  # below the Redis socket timeout
 QUEUED_EVENT = '{"status":"queued"}'
 QUEUED_EVENT_ID = "0-1"
 _EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+
+
+CLOSE_AFTER = web.RequestKey("close_after", bool)  # the connection cannot be reused
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -28,14 +32,24 @@ def _hub(request: web.Request) -> Hub:
     return request.app[HUB_KEY]
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The body, bounded by client_max_size (413 above it); a body that cannot be decoded
+    (a broken Content-Encoding) is a bad request, not an error of the hub."""
+    try:
+        return await request.read()
+    except web.HTTPException:
+        raise
+    except (web.RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+        # Nothing more of this body can be read: end it, so that the server does not try to
+        # drain the rest after the answer, and close the connection after the 400.
+        request.content.feed_eof()
+        request[CLOSE_AFTER] = True
+        raise BadRequest(f"the body cannot be read: {type(exc).__name__}", "body") from None
+
+
 async def submit(request: web.Request) -> web.Response:
     hub = _hub(request)
-    raw = await request.read()  # bounded by client_max_size: 413 above it
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
-    spec = parse_submit(body, hub.config)
+    spec = parse_submit(parse_body(await read_body(request)), hub.config)
     result = await hub.store.enqueue(uuid.uuid4().hex, spec)
     if not result.created:
         fields = await hub.store.get_job(result.job_id)
@@ -160,7 +174,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": keep-alive\n\n")
     except (ConnectionResetError, ConnectionError):
         return response  # the client went away
-    except RedisError as exc:
+    except StoreUnavailable as exc:
         # Headers are sent: end the stream; the client resumes with Last-Event-ID.
         hub.redis_failed(exc)
         return response

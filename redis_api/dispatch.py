@@ -16,6 +16,7 @@ from typing import Protocol
 from redis.exceptions import RedisError
 
 from .config import HubConfig
+from .errors import StoreUnavailable
 from .metrics import HubMetrics
 from .store import CancelNotice, Claim, ClaimMiss, Store
 from .tasks import cancel_requested, stop_tasks
@@ -162,7 +163,7 @@ class Dispatcher:
             for session in list(self.wanting.values()):
                 try:
                     result = await self.try_dispatch(session)
-                except (RedisError, OSError) as exc:
+                except StoreUnavailable as exc:
                     self.on_redis_error(exc)
                     return
                 except Exception:
@@ -194,7 +195,7 @@ class Dispatcher:
                     self._on_message(str(message["channel"]), str(message["data"]))
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StoreUnavailable) as exc:  # pub/sub reads Redis itself
                 if cancel_requested():
                     raise asyncio.CancelledError from exc
                 self.on_redis_error(exc)

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from wgpu_protocol.messages import MAX_ID_LENGTH
 
-from .jobs import BadRequest, drain_view
+from .errors import BadRequest
+from .jobs import drain_view
 from .runtime import HUB_KEY
 from .store import Drain
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 from urllib.parse import quote
 
-from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES
+from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES, ProtocolError, check_text, loads_strict
 
 from .config import HubConfig
+from .errors import BadRequest, WorkflowTooLarge
 from .store import Drain, JobSpec
 
 MAX_PRIORITY = 1000
@@ -30,16 +32,19 @@ _FIELDS = {
 _CONSTRAINTS = {"machine_id", "gpu", "min_vram_mb"}
 
 
-class BadRequest(ValueError):
-    """The body is not a valid job; the message names the problem."""
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON, checked as untrusted text (depth, finite numbers, UTF-8)."""
+    try:
+        return loads_strict(raw, "the body")
+    except ProtocolError as exc:
+        raise BadRequest(str(exc), "body") from None
 
-    status = 400
 
-
-class WorkflowTooLarge(BadRequest):
-    """The workflow could never reach a worker: refused at submit rather than lost later."""
-
-    status = 413
+def _text(value: str, field: str, name: bool = True) -> str:
+    try:
+        return check_text(value, field, name)
+    except ProtocolError as exc:
+        raise BadRequest(str(exc), field) from None
 
 
 def parse_submit(body: Any, config: HubConfig) -> JobSpec:
@@ -59,14 +64,19 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
     )
     key = body.get("idempotency_key") or ""
     if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
-        raise BadRequest(f"idempotency_key must be a string of at most {MAX_KEY_LENGTH} characters")
+        raise BadRequest(
+            f"idempotency_key must be a string of at most {MAX_KEY_LENGTH} characters",
+            "idempotency_key",
+        )
+    _text(key, "idempotency_key")
     webhook = body.get("webhook_url") or ""
     if (
         not isinstance(webhook, str)
         or len(webhook) > 2000
         or (webhook and not webhook.startswith(("http://", "https://")))
     ):
-        raise BadRequest("webhook_url must be an http:// or https:// URL")
+        raise BadRequest("webhook_url must be an http:// or https:// URL", "webhook_url")
+    _text(webhook, "webhook_url")
     workflow_json = json.dumps(workflow, separators=(",", ":"))
     if len(workflow_json.encode()) > MAX_WORKFLOW_BYTES:
         raise WorkflowTooLarge(
@@ -111,13 +121,14 @@ def _constraints(raw: Any) -> dict[str, Any] | None:
         machine = raw["machine_id"]
         if not isinstance(machine, str) or not machine or len(machine) > MAX_KEY_LENGTH:
             raise BadRequest("constraints.machine_id must be a non-empty string")
-        out["machine_id"] = machine
+        out["machine_id"] = _text(machine, "constraints.machine_id")
     if raw.get("gpu") is not None:
         gpu = raw["gpu"]
         if isinstance(gpu, bool) or not isinstance(gpu, int | str) or str(gpu) == "":
             raise BadRequest("constraints.gpu must be a GPU index, UUID or name")
         if len(str(gpu)) > MAX_KEY_LENGTH:
             raise BadRequest("constraints.gpu is too long")
+        _text(str(gpu), "constraints.gpu")
         out["gpu"] = gpu
     if raw.get("min_vram_mb") is not None:
         out["min_vram_mb"] = _int(raw["min_vram_mb"], "constraints.min_vram_mb", 0, 2**40)
@@ -131,8 +142,8 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
 
 
 def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise BadRequest(f"{name} must be a number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"{name} must be a finite number", name)
     return float(value)
 
 

@@ -12,10 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from .config import HubConfig
 from .dispatch import Dispatcher
+from .errors import StorageError, StoreUnavailable
 from .storage import Storage
 from .store import Store
 from .tasks import cancel_requested
@@ -50,10 +49,12 @@ class Maintenance:
             try:
                 await self.tick()
                 self._on_redis_ok()
-            except (RedisError, OSError) as exc:
+            except StoreUnavailable as exc:
                 if cancel_requested():
                     raise asyncio.CancelledError from exc
                 self._on_redis_error(exc)
+            except StorageError as exc:
+                log.warning("output sweeper: %s; retrying", exc)
             except Exception:
                 if cancel_requested():
                     raise asyncio.CancelledError from None

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .config import HubConfig
 from .dispatch import Dispatcher
+from .errors import RedisOutOfMemory
 from .maintenance import Maintenance
 from .metrics import HubMetrics
 from .storage import LocalDirStorage, Storage
@@ -39,7 +40,11 @@ class Hub:
         self.config = config
         self.hub_id = uuid.uuid4().hex[:12]
         self.store = Store.from_url(config.redis_url, config.key_prefix)
-        self.storage: Storage = storage or LocalDirStorage(config.outputs_dir)
+        if storage is None:
+            local = LocalDirStorage(config.outputs_dir)
+            local.claim_root(f"{redis_display(config.redis_url)} prefix={config.key_prefix}")
+            storage = local
+        self.storage: Storage = storage
         self.metrics = HubMetrics()
         self.dispatcher = Dispatcher(self.store, config, self.metrics)
         self.dispatcher.on_redis_error = self.redis_failed
@@ -56,6 +61,7 @@ class Hub:
         # Each worker socket, with an event set once its session has recorded the disconnect.
         self.open_sockets: dict[web.WebSocketResponse, asyncio.Event] = {}
         self.redis_down_since: float | None = None
+        self.redis_oom_at: float | None = None  # monotonic time of the last "out of memory"
         self.closing = False
         self._last_redis_log = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,6 +72,13 @@ class Hub:
 
     def redis_failed(self, exc: BaseException) -> None:
         now = time.monotonic()
+        if isinstance(exc, RedisOutOfMemory):
+            # Redis answers, but refuses to grow: not "down" (reads and draining still work).
+            if self.redis_oom_at is None or now - self._last_redis_log >= REDIS_LOG_EVERY_S:
+                self._last_redis_log = now
+                log.warning("Redis at %s is out of memory (maxmemory)", self.redis_where)
+            self.redis_oom_at = now
+            return
         if self.redis_down_since is None:
             self.redis_down_since = now
         if now - self._last_redis_log >= REDIS_LOG_EVERY_S:

@@ -4,9 +4,18 @@ directory without touching dispatch."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import re
 import shutil
 from pathlib import Path
 from typing import Protocol
+
+from .errors import ConfigError, StorageError
+
+# The sweeper only ever deletes directories named like a job id (uuid4 hex), inside a root that
+# holds this marker (written by the hub that made the root; it names the store it belongs to).
+MARKER = ".wgpu-outputs"
+_JOB_DIR = re.compile(r"[0-9a-f]{32}")
 
 
 class Storage(Protocol):
@@ -37,6 +46,29 @@ class LocalDirStorage:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    def claim_root(self, owner: str) -> None:
+        """Make the root ours (marker file naming `owner`), or refuse: a non-empty directory
+        without the marker, or one marked for another store, may hold data that is not ours."""
+        marker = self.root / MARKER
+        try:
+            if marker.is_file():
+                found = marker.read_text().strip()
+                if found != owner:
+                    raise ConfigError(
+                        f"OUTPUTS_DIR {self.root} belongs to another hub store ({found}), not "
+                        f"{owner}: give this hub a directory of its own"
+                    )
+                return
+            if self.root.exists() and any(self.root.iterdir()):
+                raise ConfigError(
+                    f"OUTPUTS_DIR {self.root} is not empty and has no {MARKER} marker: the hub "
+                    "deletes expired outputs there, so point OUTPUTS_DIR at an empty directory"
+                )
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker.write_text(owner + "\n")
+        except OSError as exc:
+            raise ConfigError(f"OUTPUTS_DIR {self.root} cannot be used: {exc}") from None
+
     def _path(self, job_id: str, name: str) -> Path:
         return self.root / _safe(job_id) / _safe(name)
 
@@ -46,10 +78,17 @@ class LocalDirStorage:
         def write() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)  # a reader never sees half a file
+            try:
+                tmp.write_bytes(data)
+                tmp.replace(path)  # a reader never sees half a file
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
+                raise
 
-        await asyncio.to_thread(write)
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise StorageError(f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc}") from exc
         return len(data)
 
     async def get(self, job_id: str, name: str) -> bytes | None:
@@ -64,22 +103,34 @@ class LocalDirStorage:
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 return None
 
-        return await asyncio.to_thread(read)
+        try:
+            return await asyncio.to_thread(read)
+        except OSError as exc:
+            raise StorageError(str(exc)) from exc
 
     async def size(self, job_id: str, name: str) -> int | None:
         try:
             return self._path(job_id, name).stat().st_size
-        except (OSError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
+        except OSError as exc:
+            raise StorageError(str(exc)) from exc
 
     async def delete_job(self, job_id: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.root / _safe(job_id), True)
+        if _JOB_DIR.fullmatch(job_id):  # never anything the hub did not make
+            await asyncio.to_thread(shutil.rmtree, self.root / job_id, True)
 
     async def job_ids(self) -> list[str]:
-        def scan() -> list[str]:
-            try:
-                return [p.name for p in self.root.iterdir() if p.is_dir()]
-            except FileNotFoundError:
-                return []
+        """Job directories, only in a root marked as ours (see claim_root)."""
 
-        return await asyncio.to_thread(scan)
+        def scan() -> list[str]:
+            if not (self.root / MARKER).is_file():
+                return []
+            return [
+                p.name for p in self.root.iterdir() if _JOB_DIR.fullmatch(p.name) and p.is_dir()
+            ]
+
+        try:
+            return await asyncio.to_thread(scan)
+        except OSError as exc:
+            raise StorageError(str(exc)) from exc

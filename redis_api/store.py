@@ -6,17 +6,21 @@ Redis' TIME. Reads (job views, worker lists, counts) are plain commands.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
 
 from .batching import ScriptBatcher
+from .errors import RedisOutOfMemory, StoreUnavailable
 from .redis_conn import HiredisPackConnection
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out", "dead")
@@ -110,6 +114,42 @@ CLAIM_EMPTY = ClaimMiss(True)
 CLAIM_NONE_FIT = ClaimMiss(False)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The hub's exception for a Redis failure (see errors.py)."""
+    # redis-py raises OutOfMemoryError (a ResponseError its stubs do not list), or, from a
+    # script or a pipeline, a plain ResponseError with Redis' own "OOM ..." message.
+    if isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc):
+        return RedisOutOfMemory("redis out of memory")
+    return StoreUnavailable(f"{type(exc).__name__}: {exc}")
+
+
+def _redis_call(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Redis failures (and socket errors redis-py lets through) leave as StoreUnavailable."""
+
+    @functools.wraps(fn)
+    async def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+
+    return call
+
+
+_T = TypeVar("_T")
+
+
+def _redis_calls(cls: type[_T]) -> type[_T]:
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("__") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _redis_call(member))
+    return cls
+
+
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("redis_api") / "lua"
     common = (folder / "common.lua").read_text()
@@ -135,6 +175,7 @@ def _load_scripts() -> dict[str, str]:
 _SOURCES = _load_scripts()
 
 
+@_redis_calls
 class Store:
     def __init__(self, client: aioredis.Redis[str], prefix: str = "wgpu:") -> None:
         self.redis = client
@@ -145,12 +186,14 @@ class Store:
         self._batcher = ScriptBatcher(client)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "wgpu:") -> Store:
+    def from_url(cls, url: str, prefix: str = "wgpu:", timeout_s: float = 2.0) -> Store:
+        # A short timeout and no retry on it: a hung Redis costs a request timeout_s, not 20 s.
         client = aioredis.Redis.from_url(  # type: ignore[call-overload]  # stubs lack connection_class
             url,
             decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=10,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry_on_timeout=False,
             health_check_interval=5,
             max_connections=512,
             connection_class=HiredisPackConnection,  # unix:// and rediss:// URLs keep their own
@@ -510,8 +553,11 @@ class Store:
             return None
 
     async def scan_keys(self) -> AsyncIterator[str]:
-        async for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
-            yield key
+        try:
+            async for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
+                yield key
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
 
 
 def _claim_result(r: Sequence[Any]) -> Claim | ClaimMiss:

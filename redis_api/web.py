@@ -6,11 +6,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from . import client_api, drain_api
 from .auth import bearer_ok
-from .jobs import BadRequest
+from .errors import BadRequest, RedisOutOfMemory, Refused, StorageError, StoreUnavailable
 from .runtime import HUB_KEY, Hub
 from .worker_ws import handle_worker_socket
 
@@ -26,7 +25,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadRequest as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status)
+        log.info("%s %s refused: %s", request.method, request.path, exc)  # one line, no trace
+        response = web.json_response({"error": str(exc)}, status=exc.status)
+        if request.get(client_api.CLOSE_AFTER):
+            response.force_close()
+        return response
+    except Refused as exc:
+        return web.json_response(
+            {"error": str(exc)},
+            status=exc.status,
+            headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
+        )
     except web.HTTPRequestEntityTooLarge:
         limit = hub.config.max_body_bytes
         return web.json_response({"error": f"the body exceeds {limit} bytes"}, status=413)
@@ -40,7 +49,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 k: v for k, v in exc.headers.items() if k.lower() in ("www-authenticate", "allow")
             },
         )
-    except (RedisError, ConnectionError, OSError) as exc:
+    except RedisOutOfMemory as exc:
+        hub.redis_failed(exc)
+        return web.json_response(
+            {"error": "redis out of memory"}, status=503, headers={"Retry-After": "5"}
+        )
+    except StorageError as exc:
+        log.warning("%s %s: output storage failed: %s", request.method, request.path, exc)
+        return web.json_response({"error": f"output storage failed: {exc}"}, status=503)
+    except StoreUnavailable as exc:
         hub.redis_failed(exc)
         return web.json_response(
             {

@@ -17,7 +17,6 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from redis.exceptions import RedisError
 
 from wgpu_protocol.messages import (
     MAX_BINARY_FRAME_BYTES,
@@ -46,6 +45,7 @@ from wgpu_protocol.messages import (
 )
 
 from .auth import bearer_ok
+from .errors import BadRequest, RedisOutOfMemory, StorageError, StoreUnavailable
 from .jobs import output_url, progress_json
 from .runtime import HUB_KEY, Hub
 from .store import CancelNotice, Claim
@@ -83,6 +83,10 @@ _CONTENT_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+")
 def safe_content_type(value: str) -> str:
     """The worker's content type if it is a plain type/subtype, else a safe default."""
     return value if _CONTENT_TYPE.fullmatch(value) else "application/octet-stream"
+
+
+def _unavailable(exc: StoreUnavailable) -> str:
+    return "redis out of memory" if isinstance(exc, RedisOutOfMemory) else "Redis is unavailable"
 
 
 def ack_frame(job_id: str, token: int, of: str, refused: str) -> str:
@@ -269,9 +273,12 @@ class WorkerSession:
                 return False
             try:
                 return await self._welcome(message)
-            except (RedisError, OSError) as exc:
+            except BadRequest as exc:
+                await self._error("bad_message", f"hello: {exc}")
+                continue
+            except StoreUnavailable as exc:
                 self.hub.redis_failed(exc)
-                await self.send(ErrorReply("unavailable", "Redis is unavailable; reconnect later"))
+                await self.send(ErrorReply("unavailable", f"{_unavailable(exc)}; reconnect later"))
                 await self.ws.close()
                 return False
 
@@ -313,7 +320,7 @@ class WorkerSession:
             grace = -1  # the hub goes away, not the worker: its lease stays as it is
         try:
             await self.store.disconnect(self.worker_id, self.session_id, grace)
-        except (RedisError, OSError) as exc:
+        except StoreUnavailable as exc:
             # The job's own lease still expires: the reaper requeues it then.
             self.hub.redis_failed(exc)
         log.info("worker %s disconnected%s", self.worker_id, " (bye)" if self.said_bye else "")
@@ -332,9 +339,12 @@ class WorkerSession:
         """Run one message's work; Redis trouble or a bug answers `error` and keeps the socket."""
         try:
             await work
-        except (RedisError, OSError) as exc:
+        except BadRequest as exc:
+            log.info("worker %s: message refused: %s", self.worker_id, exc)  # no traceback
+            await self._error("bad_message", str(exc))
+        except StoreUnavailable as exc:
             self.hub.redis_failed(exc)
-            await self.send(ErrorReply("unavailable", "Redis is unavailable; retry shortly"))
+            await self.send(ErrorReply("unavailable", f"{_unavailable(exc)}; retry shortly"))
         except Exception:
             log.exception("handling a message from worker %s failed", self.worker_id)
             await self.send(ErrorReply("internal", "the hub could not handle this message"))
@@ -433,12 +443,22 @@ class WorkerSession:
         for ref in message.outputs:
             size = received.get(ref.name)
             if size is None:
-                size = await self.hub.storage.size(message.job_id, ref.name)
+                try:
+                    size = await self.hub.storage.size(message.job_id, ref.name)
+                except StorageError:
+                    size = None
             if size is None:
+                # Never `succeeded` without every output: the attempt fails and is retried.
                 log.warning(
-                    "job %s: output %r was announced but never sent", message.job_id, ref.name
+                    "job %s: output %r was announced but is not stored", message.job_id, ref.name
                 )
-                continue
+                await self._fail_storage(
+                    message.job_id,
+                    message.token,
+                    f"output {ref.name!r} was announced but is not stored",
+                    "completed",
+                )
+                return
             outputs.append(
                 {
                     "name": ref.name,
@@ -501,8 +521,38 @@ class WorkerSession:
                 )
             )
             return
-        size = await self.hub.storage.put(frame.job_id, frame.name, frame.data)
+        try:
+            size = await self.hub.storage.put(frame.job_id, frame.name, frame.data)
+        except StorageError as exc:
+            log.warning("job %s: storing output %r failed: %s", frame.job_id, frame.name, exc)
+            await self._fail_storage(
+                frame.job_id, frame.token, f"storing output {frame.name!r} failed: {exc}", ""
+            )
+            return
         self._received.setdefault((frame.job_id, frame.token), {})[frame.name] = size
+
+    async def _fail_storage(self, job_id: str, token: int, message: str, of: str) -> None:
+        """End the attempt with `storage_error` (retried while attempts remain) and tell the
+        worker: an ack refusing its report `of` (if any), else a cancel of the job."""
+        error = {"type": StorageError.error_type, "message": message, "node_id": None}
+        refused, status = await self.store.fail(
+            job_id,
+            token,
+            self.worker_id,
+            error,
+            True,
+            self.config.ttl_ms,
+            self._take_prompt_id(job_id, token),
+        )
+        self._report_ended(job_id, token)
+        self._received.pop((job_id, token), None)
+        if not refused:
+            self.hub.metrics.failed += 1
+            log.info("job %s: attempt ended with storage_error (now %s)", job_id, status)
+        if of:
+            await self._ack(job_id, token, of, refused or StorageError.error_type)
+        else:
+            await self.send(Cancel(job_id, token, StorageError.error_type))
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ so that images are never base64-encoded into JSON.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeAlias, TypeVar
@@ -18,6 +19,8 @@ PROTOCOL_VERSION = 1
 MAX_TEXT_FRAME_BYTES = 1 * 1024 * 1024
 MAX_BINARY_FRAME_BYTES = 64 * 1024 * 1024
 MAX_ID_LENGTH = 200
+MAX_JSON_DEPTH = 64  # arrays/objects nested deeper are refused (a parser's stack is finite)
+MAX_NAME_BYTES = 255  # a file name, as most file systems allow
 
 
 class ProtocolError(ValueError):
@@ -273,21 +276,79 @@ def decode_hub_message(text: str | bytes) -> HubMessage:
     return _decode(text, HUB_MESSAGES)  # type: ignore[no-any-return]
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(text: str | bytes, where: str = "message", max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads for untrusted text: no NaN/Infinity, nesting at most `max_depth`, every string
+    valid Unicode text (no lone surrogates). Raises ProtocolError naming what is wrong."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError(f"{where} is nested deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{where} is not JSON: {exc}") from None
+    check_json_value(value, where, max_depth)
+    return value
+
+
+def check_json_value(value: Any, where: str, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Depth, finite numbers and valid text throughout a decoded JSON value (iterative). Errors
+    name the place within `where`: `key.key[0]`."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, dict):
+            if depth >= max_depth:
+                raise ProtocolError(f"{where} is nested deeper than {max_depth} levels")
+            for key, child in item.items():
+                check_text(key, f"a key in {path or where}")
+                stack.append((child, depth + 1, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            if depth >= max_depth:
+                raise ProtocolError(f"{where} is nested deeper than {max_depth} levels")
+            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str):
+            check_text(item, path or where)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ProtocolError(f"{path or where}: numbers must be finite")
+
+
+def check_text(value: str, where: str, name: bool = False) -> str:
+    """Valid Unicode text (encodable as UTF-8); a `name` also has no NUL or control bytes."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{where} is not valid UTF-8 text (a lone surrogate)") from None
+    if name and any(ord(ch) < 32 or ch == "\x7f" for ch in value):
+        raise ProtocolError(f"{where} contains a NUL or control character")
+    return value
+
+
 def _decode(text: str | bytes, registry: dict[str, type[Any]]) -> Any:
     if len(text) > MAX_TEXT_FRAME_BYTES:
         raise ProtocolError(
             f"message of {len(text)} bytes exceeds {MAX_TEXT_FRAME_BYTES}", "too_large"
         )
-    try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"message is not JSON: {exc}") from None
+    raw = _loads_message(text)
     if not isinstance(raw, dict):
         raise ProtocolError("message must be a JSON object")
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in registry:
         raise ProtocolError(f"unknown message type {kind!r}", "unknown_type")
     return _build(registry[kind], raw, kind)
+
+
+def _loads_message(text: str | bytes) -> Any:
+    # Messages are checked field by field below; only the parse itself needs guarding here.
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError(f"message is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"message is not JSON: {exc}") from None
 
 
 _T = TypeVar("_T")
@@ -319,13 +380,15 @@ def _check(cls: type[Any], name: str, value: Any, where: str) -> Any:
 # Field validators: small functions, so that the schema stays next to the types it guards.
 
 
-def _str(limit: int = MAX_ID_LENGTH) -> Any:
+def _str(limit: int = MAX_ID_LENGTH, name: bool = True) -> Any:
+    """A string of at most `limit` characters; a `name` (ids, types) has no control bytes."""
+
     def check(v: Any, where: str) -> str:
         if not isinstance(v, str):
             raise ProtocolError(f"{where} must be a string")
         if len(v) > limit:
             raise ProtocolError(f"{where} is longer than {limit} characters")
-        return v
+        return check_text(v, where, name)
 
     return check
 
@@ -346,8 +409,8 @@ def _int(v: Any, where: str) -> int:
 
 
 def _num(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v != v:
-        raise ProtocolError(f"{where} must be a number")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ProtocolError(f"{where} must be a finite number")
     return float(v)
 
 
@@ -369,6 +432,7 @@ def _obj(cls: type[Any]) -> Any:
 def _workflow(v: Any, where: str) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise ProtocolError(f"{where} must be an object")
+    check_json_value(v, where)
     return v
 
 
@@ -381,7 +445,7 @@ def _outputs(v: Any, where: str) -> tuple[OutputRef, ...]:
 _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (GpuInfo, "index"): _int,
     (GpuInfo, "uuid"): _str(),
-    (GpuInfo, "name"): _str(),
+    (GpuInfo, "name"): _str(name=False),
     (GpuInfo, "vram_total_mb"): _int,
     (GpuStats, "util_percent"): _opt(_num),
     (GpuStats, "vram_used_mb"): _opt(_int),
@@ -391,11 +455,11 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (RunningJob, "job_id"): _str(),
     (RunningJob, "token"): _int,
     (JobError, "type"): _str(),
-    (JobError, "message"): _str(10_000),
+    (JobError, "message"): _str(10_000, name=False),
     (JobError, "node_id"): _opt(_str()),
     (JobError, "retryable"): _bool,
     (OutputRef, "name"): _str(),
-    (OutputRef, "content_type"): _str(),
+    (OutputRef, "content_type"): _str(name=False),  # the hub serves only allow-listed types
     (OutputRef, "size"): _int,
     (Hello, "worker_id"): _str(),
     (Hello, "machine_id"): _str(),
@@ -406,7 +470,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Heartbeat, "comfyui_ok"): _bool,
     (Heartbeat, "gpu"): _obj(GpuStats),
     (Heartbeat, "running"): _opt(_obj(RunningJob)),
-    (Unavailable, "reason"): _str(1000),
+    (Unavailable, "reason"): _str(1000, name=False),
     (Started, "job_id"): _str(),
     (Started, "token"): _int,
     (Started, "prompt_id"): _str(),
@@ -424,7 +488,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Failed, "error"): _obj(JobError),
     (Released, "job_id"): _str(),
     (Released, "token"): _int,
-    (Released, "reason"): _str(1000),
+    (Released, "reason"): _str(1000, name=False),
     (Welcome, "worker_id"): _str(),
     (Welcome, "heartbeat_s"): _num,
     (Welcome, "lease_s"): _num,
@@ -437,14 +501,14 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (JobAssigned, "timeout_s"): _num,
     (Cancel, "job_id"): _str(),
     (Cancel, "token"): _int,
-    (Cancel, "reason"): _str(1000),
+    (Cancel, "reason"): _str(1000, name=False),
     (Ack, "job_id"): _str(),
     (Ack, "token"): _int,
     (Ack, "of"): _str(),
     (Ack, "ok"): _bool,
-    (Ack, "reason"): _str(1000),
+    (Ack, "reason"): _str(1000, name=False),
     (ErrorReply, "code"): _str(),
-    (ErrorReply, "message"): _str(10_000),
+    (ErrorReply, "message"): _str(10_000, name=False),
 }
 
 # ----------------------------------------------------------------------------- binary frames
@@ -499,7 +563,9 @@ def decode_output_frame(blob: bytes) -> OutputFrame:
     job_id = _str()(header.get("job_id"), "output.job_id")
     token = _int(header.get("token"), "output.token")
     name = _str()(header.get("name"), "output.name")
-    content_type = _str()(header.get("content_type"), "output.content_type")
+    content_type = _str(name=False)(header.get("content_type"), "output.content_type")
     if not name or "/" in name or "\\" in name or name in {".", ".."}:
         raise ProtocolError("output.name must be a plain file name")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ProtocolError(f"output.name is longer than {MAX_NAME_BYTES} bytes")
     return OutputFrame(job_id, token, name, content_type, blob[8 + length :])

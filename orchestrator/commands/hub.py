@@ -22,6 +22,7 @@ def hub(
 ) -> None:
     """Run the hub: durable job queue in Redis, push dispatch to workers, REST for clients."""
     from redis_api.config import HubConfig
+    from redis_api.errors import ConfigError
     from redis_api.server import run_hub
 
     logging.basicConfig(
@@ -33,6 +34,8 @@ def hub(
         fail(f"{exc}: fix the setting and run `wgpu hub` again", ExitCode.USAGE)
     try:
         run_hub(config)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
     except OSError as exc:
         fail(
             f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}): "
