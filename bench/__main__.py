@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only dispatch,relay,orchestrator,scale] [--profile]`: every
+"""`python -m bench [--quick] [--only dispatch,relay,orchestrator,scale,cli] [--profile]`: every
 benchmark in turn; each prints its table, and all tables also go to bench/results/ as JSON and
 as one markdown file (bench/results/summary.md) for the README's Performance section."""
 
@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import dispatch, orchestrator_bench, relay, scale
+from bench import cli_start, dispatch, orchestrator_bench, relay, scale
 from bench.report import Table, emit, render_text, write_markdown
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], tuple[list[Table], Any]]] = {
@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], tuple[list[Table], Any]]] =
     "relay": lambda a: relay.run(a.quick),
     "orchestrator": lambda a: orchestrator_bench.run(a.quick),
     "scale": lambda a: scale.run(a.quick),
+    "cli": lambda a: cli_start.run(a.quick),
 }
 
 

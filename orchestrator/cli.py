@@ -12,6 +12,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Rich's help renderer imports ~60 ms of modules (markdown-it, tracebacks),
+    # which alone would spend most of the 150 ms `wgpu --help` may take.
+    rich_markup_mode=None,
 )
 
 

@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import enum
-from typing import NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class Stream:
+    """stdout or stderr as a Rich Console made on first use: a command that only prints JSON
+    (`wgpu status --json` under `watch`) never pays Rich's import."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False)
+        return self._console
+
+    @property
+    def file(self) -> IO[str]:
+        return self.console.file
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self.console.print(*objects, **kwargs)
+
+
+out = Stream(stderr=False)
+err = Stream(stderr=True)
 
 
 class ExitCode(enum.IntEnum):

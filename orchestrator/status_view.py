@@ -12,17 +12,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
-
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, ServiceRecord
 from orchestrator.backends.common import humanize_duration
 from orchestrator.gpus.nvml import GpuDevice, GpuStats
+
+if TYPE_CHECKING:  # Rich loads only to draw: `wgpu status --json` never imports it
+    from rich.console import Console, RenderableType
+    from rich.text import Text
 
 HUB_TIMEOUT_S = 0.5
 
@@ -250,6 +248,8 @@ _STATE_STYLE = {"running": "green", "restarting": "yellow", "created": "yellow",
 
 
 def _service_cell(view: ServiceView | None) -> Text:
+    from rich.text import Text
+
     if view is None:
         return Text("-", style="dim")
     text = Text(view.state, style=_STATE_STYLE.get(view.state, "red"))
@@ -276,6 +276,8 @@ def _vram(slot: SlotStatus) -> str:
 
 
 def _hub_cell(slot: SlotStatus) -> Text:
+    from rich.text import Text
+
     if slot.hub_connected is None:
         return Text("")
     if not slot.hub_connected:
@@ -297,6 +299,11 @@ def _done_cell(slot: SlotStatus) -> str:
 
 
 def render_table(snapshot: StatusSnapshot) -> RenderableType:
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     title = f"wgpu workers ({snapshot.backend}" + (
         f", machine {snapshot.machine_id})" if snapshot.machine_id else ")"
     )
@@ -348,6 +355,8 @@ def watch(
     iterations: int | None = None,
 ) -> StatusSnapshot:
     """Redraw the table in place every `interval_s` until Ctrl-C (or `iterations` refreshes)."""
+    from rich.live import Live
+
     snapshot = collect()
     count = 1
     with Live(render_table(snapshot), console=console, auto_refresh=False) as live:

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from orchestrator.backends.base import DEFAULT_HUB_URL
 from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
@@ -97,6 +95,8 @@ def submit(
 
 def follow_with_progress(hub: HubClient, board: JobBoard, timeout_s: float, quiet: bool) -> None:
     """A bar per job on stderr, fed by each job's event stream."""
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn("{task.fields[label]}", style="bold"),
         BarColumn(),
@@ -105,7 +105,7 @@ def follow_with_progress(hub: HubClient, board: JobBoard, timeout_s: float, quie
         TimeElapsedColumn(),
     )
     threads = follow_all(hub, board, timeout_s)
-    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
+    with Progress(*columns, console=err.console, disable=quiet, transient=False) as progress:
         tasks: dict[str, TaskID] = {
             state.job_id: progress.add_task(
                 "", total=100, label=f"{state.job_id[:8]} {state.label}", status=state.status
@@ -187,6 +187,8 @@ def jobs(
     if as_json:
         typer.echo(json.dumps({"jobs": found}))
         return
+    from rich.table import Table
+
     table = Table(title=f"jobs at {hub_url}")
     for header in ("ID", "Status", "Prio", "Worker", "Progress", "Created", "Took", "Error"):
         table.add_column(header)

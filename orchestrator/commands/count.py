@@ -7,7 +7,6 @@ import json
 import typer
 
 from orchestrator.console import err
-from orchestrator.gpus import nvml
 
 
 def count(
@@ -18,6 +17,8 @@ def count(
     ),
 ) -> None:
     """Print the number of NVIDIA GPUs NVML sees (memory_total in MiB)."""
+    from orchestrator.gpus import nvml
+
     inventory = nvml.discover()
     if as_json:
         typer.echo(json.dumps(inventory.to_json()))

@@ -6,26 +6,15 @@ import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from orchestrator.backends.base import BackendUnreachable
-from orchestrator.backends.docker_backend import DockerBackend
 from orchestrator.commands.options import ImageOption, JsonOption
 from orchestrator.console import ExitCode, err, fail, out
-from orchestrator.fleet.inventory import (
-    HostResult,
-    Inventory,
-    InventoryError,
-    fleet_down,
-    fleet_status,
-    fleet_up,
-    iter_rows,
-    load_inventory,
-)
+
+if TYPE_CHECKING:  # the fleet module (docker-py) and Rich load when a fleet command runs
+    from orchestrator.fleet.inventory import HostResult, Inventory
 
 fleet_app = typer.Typer(help="Workers on many machines, all feeding one hub.", no_args_is_help=True)
 
@@ -39,6 +28,8 @@ DEFAULT_INVENTORY = Path("fleet.toml")
 
 
 def read(path: Path) -> Inventory:
+    from orchestrator.fleet.inventory import InventoryError, load_inventory
+
     try:
         return load_inventory(path)
     except InventoryError as exc:
@@ -73,6 +64,8 @@ def report(results: Sequence[HostResult], verb: str, as_json: bool) -> None:
         ]
         typer.echo(json.dumps({"hosts": payload}))
     else:
+        from rich.text import Text
+
         for r in results:
             line = Text(f"{r.machine_id} ({r.docker_host or 'default engine'}): ")
             if r.ok:
@@ -104,6 +97,10 @@ def up(
     as_json: JsonOption = False,
 ) -> None:
     """Start every host's workers in parallel; failed hosts are reported, the others go on."""
+    from orchestrator.backends.base import BackendUnreachable
+    from orchestrator.backends.docker_backend import DockerBackend
+    from orchestrator.fleet.inventory import fleet_up
+
     spec = read(inventory)
     source: Any = None
     if ship_image_from:
@@ -127,12 +124,19 @@ def down(
     as_json: JsonOption = False,
 ) -> None:
     """Stop and remove every host's workers (and their ComfyUI)."""
+    from orchestrator.fleet.inventory import fleet_down
+
     report(fleet_down(read(inventory), timeout), "removed", as_json)
 
 
 @fleet_app.command("status")
 def status(inventory: InventoryOption = DEFAULT_INVENTORY, as_json: JsonOption = False) -> None:
     """One line per host: containers, connected workers, jobs, GPU figures from heartbeats."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from orchestrator.fleet.inventory import fleet_status, iter_rows
+
     spec = read(inventory)
     snapshot = fleet_status(spec)
     if as_json:

@@ -6,15 +6,10 @@ import contextlib
 import enum
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import docker
-import docker.errors
 import typer
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from orchestrator.backends.base import BackendUnreachable
-from orchestrator.backends.docker_backend import DockerBackend
 from orchestrator.commands.options import (
     DockerHostOption,
     GpusOption,
@@ -22,9 +17,7 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out, warn
-from orchestrator.gpus import nvml
 from orchestrator.gpus.slots import DEFAULT_PORT_BASE
-from orchestrator.images.worker import ImageBuildError, ensure_worker_image, has_image
 from orchestrator.stack.compose_render import (
     DEFAULT_HUB_PORT,
     DEFAULT_REDIS_IMAGE,
@@ -35,18 +28,9 @@ from orchestrator.stack.compose_render import (
     ComposeError,
     StackOptions,
 )
-from orchestrator.stack.demo import DemoOptions, run_demo
-from orchestrator.stack.images import HUB_RECIPE, REDIS_RECIPE, ensure_image
-from orchestrator.stack.lifecycle import (
-    ProcessStack,
-    ProcessStackConfig,
-    StackError,
-    default_state_dir,
-    docker_down,
-    docker_up,
-    read_state,
-    stop_process_stack,
-)
+
+if TYPE_CHECKING:  # docker-py, Rich's progress and the stack load when a command runs
+    from rich.progress import Progress, TaskID
 
 DEFAULT_SIMULATED_SLOTS = 2
 
@@ -83,12 +67,17 @@ class StepProgress:
 
 
 def step_progress() -> Progress:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err.console
     )
 
 
 def open_docker(docker_host: str | None, required: bool) -> Any | None:
+    from orchestrator.backends.base import BackendUnreachable
+    from orchestrator.backends.docker_backend import DockerBackend
+
     try:
         return DockerBackend.connect(docker_host).client
     except BackendUnreachable as exc:
@@ -103,6 +92,8 @@ def slot_selection(gpus_option: str | None, simulate: int | None) -> tuple[tuple
         return (), simulate
     if gpus_option:
         return tuple(t.strip() for t in gpus_option.split(",") if t.strip()), 0
+    from orchestrator.gpus import nvml
+
     inventory = nvml.discover()
     if not inventory.gpus:
         why = f" ({inventory.error})" if inventory.error else ""
@@ -113,6 +104,9 @@ def slot_selection(gpus_option: str | None, simulate: int | None) -> tuple[tuple
 
 def stack_images(client: Any, base_image: str | None, on_step: StepProgress) -> dict[str, str]:
     """env var -> image for the parts not named by env: built locally when missing."""
+    from orchestrator.images.worker import ImageBuildError, ensure_worker_image, has_image
+    from orchestrator.stack.images import HUB_RECIPE, REDIS_RECIPE, ensure_image
+
     images: dict[str, str] = {}
 
     def note(part: str) -> Any:
@@ -162,6 +156,10 @@ def up(
     ] = "",
 ) -> None:
     """Start Redis + hub + per GPU ComfyUI and worker (containers, or processes without Docker)."""
+    import docker.errors
+
+    from orchestrator.stack.lifecycle import docker_up
+
     device_ids, simulated = slot_selection(gpus_option, simulate)
     client = None
     if backend != StackBackend.PROCESS:
@@ -211,6 +209,15 @@ def up_processes(
     sim_node_time: float | None,
     state_dir: Path | None,
 ) -> None:
+    from orchestrator.stack.lifecycle import (
+        ProcessStack,
+        ProcessStackConfig,
+        StackError,
+        default_state_dir,
+        read_state,
+        stop_process_stack,
+    )
+
     directory = state_dir or default_state_dir()
     if read_state(directory) is not None:
         stop_process_stack(directory)  # a fresh start: like `docker compose up` recreating
@@ -246,6 +253,8 @@ def down(
     state_dir: Path | None = StateDirOption,
 ) -> None:
     """Stop and remove the stack (Redis' data is kept unless --volumes)."""
+    from orchestrator.stack.lifecycle import default_state_dir, docker_down, stop_process_stack
+
     removed: list[str] = []
     if backend != StackBackend.DOCKER:
         directory = state_dir or default_state_dir()
@@ -275,6 +284,8 @@ def demo(
     timeout: float = typer.Option(300.0, "--timeout", help="Give up on jobs after (s)."),
 ) -> None:
     """Run the real pipeline here with simulated GPUs: submit the examples, write their images."""
+    from orchestrator.stack.demo import DemoOptions, run_demo
+
     options = DemoOptions(
         slots=slots,
         out_dir=out_dir,
@@ -283,7 +294,7 @@ def demo(
         node_time_s=node_time,
         timeout_s=timeout,
     )
-    code = run_demo(options, out)
+    code = run_demo(options, out.console)
     if code:
         raise typer.Exit(code)
 

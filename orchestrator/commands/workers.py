@@ -16,10 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from orchestrator.backends.base import (
     DEFAULT_HUB_URL,
@@ -35,8 +32,6 @@ from orchestrator.backends.base import (
     WorkerSettings,
     plan_slots,
 )
-from orchestrator.backends.docker_backend import NVIDIA_HINT, DockerBackend
-from orchestrator.backends.process_backend import ProcessBackend
 from orchestrator.commands.options import (
     ApiKeyOption,
     BackendKind,
@@ -64,7 +59,6 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out, warn
-from orchestrator.gpus import nvml
 from orchestrator.gpus.slots import (
     DEFAULT_PORT_BASE,
     GpuNotFound,
@@ -73,9 +67,9 @@ from orchestrator.gpus.slots import (
     parse_target,
     select_slots,
 )
-from orchestrator.hub_client.client import HubClient
-from orchestrator.images import worker as worker_images
-from orchestrator.status_view import collect_snapshot, render_table, watch
+
+# Heavy dependencies (docker, rich's renderables, NVML, the hub client) are imported inside the
+# command that needs them, so `wgpu --help` and `wgpu status --json` start in tens of ms.
 
 PREFIX_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_red")
 
@@ -93,7 +87,11 @@ def open_backend(
 ) -> Backend:
     """The backend the options name; exits UNREACHABLE when the Docker engine does not answer."""
     if kind == BackendKind.PROCESS:
+        from orchestrator.backends.process_backend import ProcessBackend
+
         return ProcessBackend(base_dir, machine_id=machine_id)
+    from orchestrator.backends.docker_backend import DockerBackend
+
     try:
         return DockerBackend.connect(
             docker_host, machine_id=machine_id, network_mode=network, restart_policy=restart_policy
@@ -107,12 +105,20 @@ def backend_session(*args: Any, **kwargs: Any) -> Iterator[Backend]:
     backend = open_backend(*args, **kwargs)
     try:
         yield backend
-    except docker.errors.DockerException as exc:
-        fail(f"Docker engine error: {exc}", ExitCode.UNREACHABLE)
     except BackendError as exc:
         fail(str(exc), ExitCode.NOT_FOUND)
+    except Exception as exc:
+        if is_docker_error(exc):
+            fail(f"Docker engine error: {exc}", ExitCode.UNREACHABLE)
+        raise
     finally:
         backend.close()
+
+
+def is_docker_error(exc: BaseException) -> bool:
+    """Whether docker-py raised `exc`; docker-py is not imported just to ask (it cannot have)."""
+    errors = sys.modules.get("docker.errors")
+    return errors is not None and isinstance(exc, errors.DockerException)
 
 
 def target_indices(target: str) -> list[int] | None:
@@ -125,6 +131,8 @@ def target_indices(target: str) -> list[int] | None:
 
 def select(gpus_option: str | None, simulate: int | None) -> Selection:
     """The slots to manage: --simulate, --gpus, or every GPU NVML sees."""
+    from orchestrator.gpus import nvml
+
     inventory = nvml.GpuInventory() if simulate is not None else nvml.discover()
     try:
         selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error)
@@ -157,6 +165,8 @@ def report_managed(results: Sequence[ActionResult], as_json: bool, none_managed:
 
 def report(results: Sequence[ActionResult], as_json: bool) -> None:
     """One line per service (or JSON), then exit with the code the results call for."""
+    from orchestrator.backends.docker_backend import NVIDIA_HINT
+
     if as_json:
         payload = [
             {"gpu": r.index, "service": r.role, "outcome": str(r.outcome), "detail": r.detail}
@@ -164,6 +174,8 @@ def report(results: Sequence[ActionResult], as_json: bool) -> None:
         ]
         typer.echo(json.dumps({"results": payload}))
     else:
+        from rich.text import Text
+
         for r in results:
             style = "green" if r.ok else "red"
             detail = r.detail
@@ -194,6 +206,10 @@ def setup(
     base_dir: BaseDirOption = None,
 ) -> None:
     """Make sure the worker image exists (build it with progress), or the process layout."""
+    from orchestrator.backends.docker_backend import DockerBackend
+    from orchestrator.backends.process_backend import ProcessBackend
+    from orchestrator.images import worker as worker_images
+
     if backend == BackendKind.PROCESS:
         if importlib.util.find_spec("comfy_worker") is None:
             fail("comfy_worker is not importable: pip install wgpu in this Python", ExitCode.FAILED)
@@ -209,9 +225,7 @@ def setup(
         assert isinstance(session, DockerBackend)
         client = session.client
         if image:
-            try:
-                client.images.get(image)
-            except docker.errors.ImageNotFound:
+            if not worker_images.has_image(client, image):
                 fail(
                     f"image {image} not found: build or load it, or omit --image",
                     ExitCode.NOT_FOUND,
@@ -219,8 +233,7 @@ def setup(
             out.print(f"worker image {image} is present")
             return
         tag = worker_images.worker_image_tag(base_image)
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            client.images.get(tag)
+        if worker_images.has_image(client, tag):
             out.print(f"worker image {tag} is present")
             return
         build_with_progress(client, tag, base_image)
@@ -228,8 +241,12 @@ def setup(
 
 def build_with_progress(client: Any, tag: str, base_image: str | None) -> None:
     """Build the worker image with a spinner showing the build's latest output line."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from orchestrator.images import worker as worker_images
+
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=False) as progress:
+    with Progress(*columns, console=err.console, transient=False) as progress:
         task = progress.add_task(f"building {tag}", total=None)
 
         def on_progress(line: str) -> None:
@@ -269,6 +286,8 @@ def start(
     as_json: JsonOption = False,
 ) -> None:
     """Start each GPU's worker (and its ComfyUI); running ones with the same config are kept."""
+    from orchestrator.images import worker as worker_images
+
     indices = target_indices(target)
     selection = select(gpus_option, simulate)
     slots = [s for s in selection.slots if indices is None or s.index in indices]
@@ -342,6 +361,10 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """One table: GPU stats, worker and ComfyUI state, and what the hub says of each worker."""
+    from orchestrator.gpus import nvml
+    from orchestrator.hub_client.client import HubClient
+    from orchestrator.status_view import collect_snapshot, render_table, watch
+
     indices = target_indices(target)
     inventory = nvml.discover()
     hub = HubClient(hub_url, api_key=api_key, timeout_s=0.5)
@@ -367,7 +390,7 @@ def status(
             return
         if watch_mode:
             with contextlib.suppress(KeyboardInterrupt):
-                watch(collect, out, interval_s=interval)
+                watch(collect, out.console, interval_s=interval)
             return
         out.print(render_table(collect()))
 
@@ -385,6 +408,8 @@ def logs(
     as_json: JsonOption = False,
 ) -> None:
     """A GPU's worker (or --service comfyui) log; `all` interleaves them with a gpuN | prefix."""
+    from rich.text import Text
+
     indices = target_indices(target)
     request = LogRequest(indices, str(service), tail=tail, since=since, follow=follow)
     many = indices is None

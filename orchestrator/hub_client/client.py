@@ -14,9 +14,10 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:  # imported where used: the CLI's sync calls do not pay aiohttp's import
+    import aiohttp
 
 JsonObject = dict[str, Any]
 
@@ -225,12 +226,16 @@ class AsyncHubClient:
             self._session = None
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None:
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             self._session = aiohttp.ClientSession(headers=headers)
         return self._session
 
     async def _json(self, method: str, path: str, body: JsonObject | None = None) -> Any:
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
             async with self._client().request(
@@ -273,6 +278,8 @@ class AsyncHubClient:
         headers = {"Accept": "text/event-stream"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
+        import aiohttp
+
         url = f"{self.base_url}/jobs/{urllib.parse.quote(job_id)}/events"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
         try:
