@@ -33,6 +33,19 @@ class Behaviour(enum.Enum):
     DECODE = "decode"
     SLEEP = "sleep"  # WgpuSimSleep: `seconds`, in `steps` progress steps
     FAULT = "fault"  # WgpuSimFault
+    # Inputs and outputs (catalog_media.py, run by media_nodes.py).
+    LOAD_IMAGE = "load_image"  # LoadImage: a PNG from the input dir, pixels and all
+    LOAD_MASK = "load_mask"  # LoadImageMask: one channel of a PNG from the input dir
+    ADD_NOISE = "add_noise"  # ImageAddNoise: noise pixels, so saved sizes are realistic
+    INVERT = "invert"  # ImageInvert: 1.0 - x, in float32 like stock
+    PRIMITIVE = "primitive"  # PrimitiveInt/Float/String/Boolean: passes `value` on
+    PREVIEW_ANY = "preview_any"  # PreviewAny: `text` UI output
+    SAVE_ANIMATED = "save_animated"  # SaveAnimatedWEBP / SaveAnimatedPNG
+    CREATE_VIDEO = "create_video"
+    SAVE_VIDEO = "save_video"
+    TILED_UPSCALE = "tiled_upscale"  # ImageUpscaleWithModel: one progress step per tile
+    BUSY = "busy"  # WgpuSimBusy: a long node without progress callbacks (ignores interrupts)
+    BLOB = "blob"  # WgpuSimBlob: an output file of exactly `size_bytes`
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,9 @@ class NodeClass:
     description: str = ""
     # Never served from cache (stock: IS_CHANGED returning NaN / NOT_IDEMPOTENT).
     always_run: bool = False
+    # Inputs naming a file in one of ComfyUI's directories ("input"): validation checks that the
+    # file exists instead of checking the combo list (stock LoadImage's VALIDATE_INPUTS).
+    file_inputs: dict[str, str] = field(default_factory=dict)
 
     def input_spec(self, name: str) -> tuple[str, InputSpec] | None:
         """('required'|'optional', spec) for a declared input, else None."""
@@ -130,7 +146,13 @@ _CLASSES = [
         category="image/postprocessing",
         python_module=POST,
     ),
-    NodeClass("ImageInvert", {"image": IMAGE}, ["IMAGE"], display_name="Invert Image"),
+    NodeClass(
+        "ImageInvert",
+        {"image": IMAGE},
+        ["IMAGE"],
+        Behaviour.INVERT,
+        display_name="Invert Image",
+    ),
     NodeClass(
         "ImageScaleBy",
         {
@@ -300,6 +322,17 @@ _CLASSES = [
 ]
 
 CATALOG: dict[str, NodeClass] = {cls.name: cls for cls in _CLASSES}
+
+
+def _add_media_classes() -> None:
+    # Inputs/outputs nodes live in their own module; an entry defined above wins.
+    from comfyui_sim.catalog_media import MEDIA_CLASSES
+
+    for cls in MEDIA_CLASSES:
+        CATALOG.setdefault(cls.name, cls)
+
+
+_add_media_classes()
 
 
 def object_info(catalog: dict[str, NodeClass] = CATALOG) -> dict[str, Any]:

@@ -239,7 +239,12 @@ class Executor:
         success = False
         current_node: str | None = None
         try:
-            for node_id in execution_order(item.prompt, item.outputs, cached):
+            output_nodes = {
+                node_id
+                for node_id, node in item.prompt.items()
+                if self.catalog[node["class_type"]].output_node
+            }
+            for node_id in execution_order(item.prompt, item.outputs, cached, output_nodes):
                 current_node = node_id
                 if node_id in cached:
                     result = self._cache[sigs[node_id]]

@@ -105,3 +105,19 @@ def parse_fault_request(body: Any) -> Fault | None:
     if not isinstance(after, int | float) or after < 0:
         raise ValueError("after_s must be a non-negative number")
     return Fault(str(body["next"]), float(after))
+
+
+def load_image_error(exception_type: str, message: str) -> NodeFailure:
+    """What stock LoadImage raises for a name it cannot open as an image (through Pillow)."""
+    pil = "/opt/venv/lib/python3.11/site-packages/PIL/Image.py"
+    return NodeFailure(
+        exception_type,
+        message + "\n",
+        [
+            *_stock_frames(
+                "nodes.py", "load_image", "img = node_helpers.pillow(Image.open, image_path)"
+            ),
+            '  File "/opt/ComfyUI/node_helpers.py", line 31, in pillow\n    x = fn(arg)\n',
+            f'  File "{pil}", line 3730, in open\n    raise UnidentifiedImageError(msg)\n',
+        ],
+    )

@@ -44,25 +44,63 @@ def signatures(prompt: Prompt, catalog: dict[str, NodeClass]) -> dict[str, str]:
     return memo
 
 
-def execution_order(prompt: Prompt, outputs: list[str], cached: set[str]) -> list[str]:
+def execution_order(
+    prompt: Prompt, outputs: list[str], cached: set[str], output_nodes: set[str] | None = None
+) -> list[str]:
     """Nodes to execute, dependencies first: every output node, and the uncached nodes they need.
 
-    Like stock ComfyUI's ExecutionList, a cached node's inputs are not pulled in, so a fully cached
-    graph executes only its output nodes (which replay their cached UI output).
+    Stock ComfyUI's ExecutionList: nodes are collected depth first with a stack (so the last
+    linked input is visited first), a cached node's inputs are not pulled in (a fully cached graph
+    executes only its output nodes, which replay their cached UI output), and among the nodes
+    ready to run an output node is picked first, then one that unblocks an output node (one or
+    two links away), else the first collected.
     """
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(node_id: str) -> None:
-        if node_id in seen:
-            return
-        seen.add(node_id)
-        if node_id not in cached:
+    outputs_set = set(outputs) if output_nodes is None else output_nodes
+    pending: dict[str, None] = {}
+    blocking: dict[str, dict[str, None]] = {}
+    block_count: dict[str, int] = {}
+    links: list[tuple[str, str]] = []
+    for output_id in outputs:
+        stack = [output_id]
+        while stack:
+            node_id = stack.pop()
+            if node_id in pending:
+                continue
+            pending[node_id] = None
+            block_count.setdefault(node_id, 0)
+            blocking.setdefault(node_id, {})
+            if node_id in cached:
+                continue
             for _, source_id, _ in links_of(prompt[node_id]):
                 if source_id not in cached:
-                    visit(source_id)
-        order.append(node_id)
+                    stack.append(source_id)
+                    links.append((source_id, node_id))
+    for source_id, node_id in links:
+        if node_id not in blocking[source_id]:
+            blocking[source_id][node_id] = None
+            block_count[node_id] += 1
 
-    for output_id in outputs:
-        visit(output_id)
+    def pick(ready: list[str]) -> str:
+        for node_id in ready:
+            if node_id in outputs_set:
+                return node_id
+        for node_id in ready:
+            if any(b in outputs_set for b in blocking[node_id]):
+                return node_id
+        for node_id in ready:
+            for blocked in blocking[node_id]:
+                if any(b in outputs_set for b in blocking[blocked]):
+                    return node_id
+        return ready[0]
+
+    order: list[str] = []
+    while pending:
+        ready = [node_id for node_id in pending if block_count[node_id] == 0]
+        if not ready:  # a cycle; validation refuses those, this only guards the loop
+            break
+        node_id = pick(ready)
+        order.append(node_id)
+        del pending[node_id]
+        for blocked in blocking[node_id]:
+            block_count[blocked] -= 1
     return order

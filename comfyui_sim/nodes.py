@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -13,17 +14,23 @@ from comfyui_sim import faults
 from comfyui_sim.catalog import Behaviour, NodeClass
 from comfyui_sim.faults import Fault, NodeFailure
 from comfyui_sim.outputs import OutputStore
-from comfyui_sim.png import make_png, rgb_of
+from comfyui_sim.png import encode_png, make_png, rgb_of
 
 
 @dataclass(frozen=True)
 class SimImage:
-    """Stands in for an IMAGE tensor [batch, height, width, 3] of one colour."""
+    """Stands in for an IMAGE tensor [batch, height, width, 3]: one colour, or real `pixels`
+    (row-major RGB of one image, repeated over the batch; from LoadImage), or noise over the
+    colour (`noise_seed`, ImageAddNoise), which makes saved files as big as real ones."""
 
     width: int
     height: int
     batch: int
     rgb: tuple[int, int, int]
+    pixels: bytes | None = None
+    alpha: bytes | None = None
+    noise_seed: int | None = None
+    noise_bits: int = 0
 
     def __str__(self) -> str:
         r, g, b = (f"{c / 255:.4f}" for c in self.rgb)
@@ -56,6 +63,8 @@ class RunContext(Protocol):
     step_time_s: float
     max_image_side: int
 
+    def check_interrupt(self) -> None: ...
+
     async def progress(
         self, node_id: str, value: int, total: int, preview: bytes | None
     ) -> None: ...
@@ -73,9 +82,28 @@ def _capped(image: SimImage, cap: int) -> tuple[int, int]:
     return max(1, int(image.width * scale)), max(1, int(image.height * scale))
 
 
-def render(image: SimImage, cap: int, text: dict[str, str] | None = None) -> bytes:
+def render(image: SimImage, cap: int, text: dict[str, str] | None = None, index: int = 0) -> bytes:
+    """Image `index` of the batch as a PNG."""
+    if image.pixels is not None and len(image.pixels) == image.width * image.height * 3:
+        return encode_png(image.width, image.height, image.pixels, text=text)
     width, height = _capped(image, cap)
+    if image.noise_seed is not None and image.noise_bits > 0:
+        pixels = noise_pixels(width * height, image.rgb, image.noise_seed + index, image.noise_bits)
+        return encode_png(width, height, pixels, text=text, level=1)
     return make_png(width, height, image.rgb, text=text)
+
+
+def noise_pixels(count: int, rgb: tuple[int, int, int], seed: int, bits: int) -> bytes:
+    """`count` RGB pixels of `rgb` with their low `bits` bits random (whole-buffer integer
+    operations: fast enough for 4096 x 4096)."""
+    size = count * 3
+    noise = random.Random(seed).randbytes(size)
+    if bits >= 8:
+        return noise
+    low = (1 << bits) - 1
+    mask = int.from_bytes(bytes([low]) * size, "big")
+    base = int.from_bytes(bytes(c & ~low & 0xFF for c in rgb) * count, "big")
+    return ((int.from_bytes(noise, "big") & mask) | base).to_bytes(size, "big")
 
 
 def _first_image(inputs: dict[str, Any]) -> SimImage:
@@ -101,6 +129,11 @@ async def run(
 ) -> NodeResult:
     """Execute one node: take its time, produce its outputs and UI entry."""
     behaviour = node_class.behaviour
+    from comfyui_sim import media_nodes  # here: media_nodes builds on this module's types
+
+    media = media_nodes.RUNNERS.get(behaviour)
+    if media is not None:
+        return await media(ctx, node_id, inputs)
     if behaviour not in (Behaviour.SLEEP, Behaviour.SAMPLER):
         await asyncio.sleep(ctx.node_time_s)
     cap = ctx.max_image_side
@@ -139,7 +172,10 @@ async def run(
         image = _first_image(inputs)
         width, height = _capped(image, cap)
         png_text = {"prompt": json.dumps(ctx.prompt)}
-        data = [render(image, cap, png_text)] * image.batch
+        if image.noise_seed is not None:
+            data = [render(image, cap, png_text, i) for i in range(image.batch)]
+        else:
+            data = [render(image, cap, png_text)] * image.batch
         if behaviour is Behaviour.SAVE:
             entries = ctx.store.save("output", str(inputs["filename_prefix"]), data, width, height)
         else:
@@ -147,9 +183,9 @@ async def run(
         return NodeResult((), {"images": entries})
     if behaviour is Behaviour.SAVE_WS:
         image = _first_image(inputs)
-        preview = render(image, min(cap, 512))
+        # Each batch image goes out whole as a binary frame (the node's only output).
         for step in range(image.batch):
-            await ctx.progress(node_id, step, image.batch, preview)
+            await ctx.progress(node_id, step, image.batch, render(image, cap, None, step))
         return NodeResult(())
     if behaviour is Behaviour.EMPTY_LATENT:
         latent = SimLatent(int(inputs["width"]), int(inputs["height"]), int(inputs["batch_size"]))
@@ -178,14 +214,10 @@ async def run(
 
 
 def _plain(node_class: NodeClass, inputs: dict[str, Any]) -> NodeResult:
-    """Nodes that only transform: pass the input through (inverting for ImageInvert)."""
+    """Nodes that only transform: pass the input through."""
     if not node_class.outputs:
         return NodeResult(())
     linked = [v for v in inputs.values() if isinstance(v, SimImage | SimLatent)]
-    if node_class.name == "ImageInvert" and linked and isinstance(linked[0], SimImage):
-        image = linked[0]
-        inverted = (255 - image.rgb[0], 255 - image.rgb[1], 255 - image.rgb[2])
-        return NodeResult((replace(image, rgb=inverted),))
     if linked:
         return NodeResult(tuple(linked[0] for _ in node_class.outputs))
     # Loaders and encoders: opaque tokens naming what they stand for.

@@ -51,9 +51,30 @@ class OutputStore:
         )
 
     def save(
-        self, kind: str, filename_prefix: str, images: list[bytes], width: int, height: int
+        self,
+        kind: str,
+        filename_prefix: str,
+        images: list[bytes],
+        width: int,
+        height: int,
+        extension: str = "png",
     ) -> list[dict[str, str]]:
         """Write `images` like SaveImage/PreviewImage; returns the `images` UI entries."""
+        reserved = self.reserve(kind, filename_prefix, len(images), width, height, extension)
+        for (path, _), data in zip(reserved, images, strict=True):
+            path.write_bytes(data)
+        return [entry for _, entry in reserved]
+
+    def reserve(
+        self,
+        kind: str,
+        filename_prefix: str,
+        count: int,
+        width: int,
+        height: int,
+        extension: str = "png",
+    ) -> list[tuple[Path, dict[str, str]]]:
+        """Stock's names for `count` new files: (path to write, UI entry) each."""
         root = self.dirs[kind]
         prefix = filename_prefix.replace("%width%", str(width)).replace("%height%", str(height))
         subfolder = os.path.dirname(os.path.normpath(prefix))
@@ -66,11 +87,11 @@ class OutputStore:
             )
         counter = _counter_after(folder, name)
         results = []
-        for batch_number, data in enumerate(images):
+        for batch_number in range(count):
             base = name.replace("%batch_num%", str(batch_number))
-            filename = f"{base}_{counter:05}_.png"
-            (folder / filename).write_bytes(data)
-            results.append({"filename": filename, "subfolder": subfolder, "type": kind})
+            filename = f"{base}_{counter:05}_.{extension}"
+            entry = {"filename": filename, "subfolder": subfolder, "type": kind}
+            results.append((folder / filename, entry))
             counter += 1
         return results
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import mimetypes
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -14,10 +16,18 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from comfyui_sim.catalog import CATALOG, NodeClass, object_info
+from comfyui_sim.catalog_media import with_file_lists
 from comfyui_sim.config import SimConfig
 from comfyui_sim.executor import Executor, QueueItem, new_prompt_id
 from comfyui_sim.faults import parse_fault_request
 from comfyui_sim.outputs import OutputStore
+from comfyui_sim.uploads import (
+    Upload,
+    UploadRefused,
+    merge_mask,
+    original_of_mask,
+    save_upload,
+)
 from comfyui_sim.validation import validate_prompt
 from comfyui_sim.ws_hub import SERVER_FEATURES, WsHub
 
@@ -56,6 +66,10 @@ class SimServer:
             ("GET", "/history/{prompt_id}", self.get_history_item),
             ("POST", "/history", self.post_history),
             ("GET", "/view", self.view),
+            ("HEAD", "/view", self.view),
+            ("POST", "/upload/image", self.upload_image),
+            ("POST", "/upload/mask", self.upload_mask),
+            ("GET", "/internal/files/{kind}", self.internal_files),
             ("GET", "/system_stats", self.system_stats),
             ("GET", "/object_info", self.get_object_info),
             ("GET", "/object_info/{node_class}", self.get_object_info_class),
@@ -119,7 +133,7 @@ class SimServer:
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id") or new_prompt_id())
         targets = body.get("partial_execution_targets")
-        result = validate_prompt(prompt, self.catalog, targets)
+        result = validate_prompt(prompt, self.catalog, targets, self._file_exists)
         extra_data = dict(body.get("extra_data") or {})
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
@@ -199,11 +213,76 @@ class SimServer:
         if status != 200:
             return web.Response(status=status)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return web.Response(
-            body=path.read_bytes(),
-            content_type=content_type,
-            headers={"Content-Disposition": f'filename="{path.name}"'},
+        # A static file response like stock: streamed from disk, Content-Length, Range, ETag.
+        return web.FileResponse(
+            path,
+            headers={
+                "Content-Type": content_type,
+                "Content-Disposition": f'filename="{path.name}"',
+            },
         )
+
+    def _file_exists(self, kind: str, name: str) -> bool:
+        # Stock's exists_annotated_filepath; the input dir itself (empty name) "exists".
+        if name.endswith("]") and " [" in name:
+            name, _, kind = name[:-1].rpartition(" [")
+        root = self.store.dirs.get(kind)
+        if root is None:
+            return False
+        path = os.path.abspath(os.path.join(root, name))
+        if os.path.commonpath((str(root), path)) != str(root):
+            return False
+        return os.path.exists(path)
+
+    def _top_level_files(self, kind: str) -> list[str]:
+        root = self.store.dirs[kind]
+        try:
+            entries = [p for p in root.iterdir() if p.is_file()]
+        except FileNotFoundError:
+            return []
+        return [p.name for p in entries]
+
+    async def _read_upload(self, request: web.Request) -> tuple[dict[str, Any], Upload]:
+        try:
+            post = await request.post()
+        except ValueError:
+            raise UploadRefused("not a form") from None
+        image = post.get("image")
+        if not isinstance(image, web.FileField):
+            raise UploadRefused("no image field")
+        fields = {k: v for k, v in post.items() if isinstance(v, str)}
+        return fields, Upload(image.filename or "", image.file.read())
+
+    async def upload_image(self, request: web.Request) -> web.Response:
+        try:
+            fields, upload = await self._read_upload(request)
+            answer, path = save_upload(self.store.dirs, fields, upload)
+        except UploadRefused:
+            return web.Response(status=400)
+        if path is not None:
+            await asyncio.to_thread(path.write_bytes, upload.data)
+        return web.json_response(answer)
+
+    async def upload_mask(self, request: web.Request) -> web.Response:
+        try:
+            fields, upload = await self._read_upload(request)
+            original = original_of_mask(self.store.dirs, fields)
+            answer, path = save_upload(self.store.dirs, fields, upload)
+            if path is not None and original is not None:
+                merged = merge_mask(original.read_bytes(), upload.data)
+                await asyncio.to_thread(path.write_bytes, merged)
+        except UploadRefused:
+            return web.Response(status=400)
+        return web.json_response(answer)
+
+    async def internal_files(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind not in self.store.dirs:
+            return web.json_response({"error": f"unknown directory type {kind}"}, status=400)
+        root = self.store.dirs[kind]
+        names = self._top_level_files(kind)
+        names.sort(key=lambda n: (root / n).stat().st_mtime, reverse=True)
+        return web.json_response(names)
 
     async def system_stats(self, request: web.Request) -> web.Response:
         vram = self.config.vram_total
@@ -237,13 +316,19 @@ class SimServer:
             }
         )
 
+    def _object_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        files = {"input": sorted(self._top_level_files("input"))}
+        return with_file_lists(copy.deepcopy(info), self.catalog, files)
+
     async def get_object_info(self, request: web.Request) -> web.Response:
-        return web.json_response(object_info(self.catalog))
+        return web.json_response(self._object_info(object_info(self.catalog)))
 
     async def get_object_info_class(self, request: web.Request) -> web.Response:
         name = request.match_info["node_class"]
         node_class = self.catalog.get(name)
-        return web.json_response({name: node_class.object_info()} if node_class else {})
+        if node_class is None:
+            return web.json_response({})
+        return web.json_response(self._object_info({name: node_class.object_info()}))
 
     async def post_free(self, request: web.Request) -> web.Response:
         await request.read()

@@ -20,6 +20,7 @@ from aiohttp import web
 from comfyui_sim.config import SimConfig
 from comfyui_sim.faults import Fault
 from comfyui_sim.routes import SIM_VERSION, SimServer
+from comfyui_sim.ws_hub import SERVER_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ __all__ = ["RunningSim", "SimConfig", "build_app", "run_sim", "start_sim"]
 
 
 def build_app(server: SimServer) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024**2)
+    # Stock accepts uploads up to max_upload_size (/features: 100 MiB).
+    app = web.Application(client_max_size=SERVER_FEATURES["max_upload_size"] + 1024**2)
     for method, path, handler in server.routes():
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,10 +65,26 @@ def _types_match(received: str, expected: Any) -> bool:
     return bool(received_set & set(str(expected).split(",")))
 
 
+# (directory kind, name) -> whether that file exists, for NodeClass.file_inputs.
+FileExists = Callable[[str, str], bool]
+
+
+def _file_error(name: str, value: Any) -> Reason:
+    return {
+        "type": "custom_validation_failed",
+        "message": "Custom validation failed for node",
+        "details": f"{name} - Invalid image file: {value}",
+        "extra_info": {"input_name": name},
+    }
+
+
 class _Validator:
-    def __init__(self, prompt: Prompt, catalog: dict[str, NodeClass]) -> None:
+    def __init__(
+        self, prompt: Prompt, catalog: dict[str, NodeClass], file_exists: FileExists | None = None
+    ) -> None:
         self.prompt = prompt
         self.catalog = catalog
+        self.file_exists = file_exists
         self.validated: Validated = {}
         self.in_progress: set[str] = set()
 
@@ -186,6 +203,12 @@ class _Validator:
                         }
                     )
                     continue
+                file_kind = node_class.file_inputs.get(name)
+                if file_kind is not None:
+                    # Stock LoadImage: VALIDATE_INPUTS checks that the file exists, not the list.
+                    if self.file_exists is not None and not self.file_exists(file_kind, value):
+                        errors.append(_file_error(name, value))
+                    continue
                 reason = _range_or_choice_error(name, value, input_type, options, info)
                 if reason is not None:
                     errors.append(reason)
@@ -228,6 +251,7 @@ def validate_prompt(
     prompt: Prompt,
     catalog: dict[str, NodeClass],
     partial_execution_targets: list[str] | None = None,
+    file_exists: FileExists | None = None,
 ) -> ValidationResult:
     """Validate an API-format graph. Mutates literal inputs to their converted values, as stock."""
     outputs: list[str] = []
@@ -260,7 +284,7 @@ def validate_prompt(
     if not outputs:
         return ValidationResult(False, _error("prompt_no_outputs", "Prompt has no outputs"), [])
 
-    validator = _Validator(prompt, catalog)
+    validator = _Validator(prompt, catalog, file_exists)
     good_outputs: list[str] = []
     output_errors: list[tuple[str, list[Reason]]] = []
     node_errors: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from typer.testing import CliRunner
 
+from comfyui_sim.media_nodes import INVERT_TABLE
 from comfyui_sim.png import make_png
 from comfyui_sim.server import RunningSim
 from tests.fixtures.sim import SimProcessFactory
@@ -130,7 +131,7 @@ async def test_save_counters_history_and_pngs(
             data = await response.read()
         width, height, raw = png_pixels(data)
         assert (width, height) == (1024, 1024)
-        inverted = bytes(255 - c for c in color.to_bytes(3, "big"))  # ImageInvert ran
+        inverted = color.to_bytes(3, "big").translate(INVERT_TABLE)  # ImageInvert ran
         assert raw[1:4] == inverted
         assert any(kind == b"tEXt" for kind, _ in png_chunks(data))
     assert names == ["quick_00001_.png", "quick_00002_.png"]
@@ -263,7 +264,8 @@ async def test_partial_cache_reruns_only_changed_nodes(
         {"filename": "run_00001_.png", "subfolder": "other", "type": "output"}
     ]
     width, height, raw = png_pixels((sim.output_dir / "other" / "run_00001_.png").read_bytes())
-    assert (width, height, raw[1:4]) == (1024, 1024, bytes([0x54, 0x32, 0x10]))  # inverted
+    inverted = bytes([0xAB, 0xCD, 0xEF]).translate(INVERT_TABLE)
+    assert (width, height, raw[1:4]) == (1024, 1024, inverted)
 
 
 async def test_cache_none_reruns_everything(
