@@ -51,6 +51,8 @@ async def submit(request: web.Request) -> web.Response:
     hub = _hub(request)
     spec = parse_submit(parse_body(await read_body(request)), hub.config)
     result = await hub.store.enqueue(uuid.uuid4().hex, spec)
+    if spec.webhook_events and result.created:
+        await hub.store.set_webhook_events(result.job_id, spec.webhook_events)
     if not result.created:
         fields = await hub.store.get_job(result.job_id)
         if fields is None:  # expired between the two calls
@@ -68,6 +70,7 @@ async def submit(request: web.Request) -> web.Response:
         "constraints": json.dumps(spec.constraints) if spec.constraints else "",
         "idempotency_key": spec.idempotency_key,
         "webhook_url": spec.webhook_url,
+        "wh_events": ",".join(spec.webhook_events),
     }
     return _json(job_view(fields), 201)
 

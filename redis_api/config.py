@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 MIB = 1024 * 1024
+# Seconds between webhook attempts: 8 attempts over ~11.7 h, each gap ~3x the last (plus jitter).
+WEBHOOK_RETRY_SCHEDULE = (30.0, 90.0, 300.0, 900.0, 2700.0, 8100.0, 30000.0)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,21 @@ class HubConfig:
     key_prefix: str = "wgpu:"
     # How many queued jobs a claim looks at for one that fits the worker's constraints.
     claim_scan_limit: int = 64
+    # Webhooks (redis_api/webhooks.py): signing secrets, retry schedule, safety and limits.
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # per key name
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_connect_timeout_s: float = 5.0
+    webhook_timeout_s: float = 15.0
+    webhook_max_in_flight: int = 256
+    webhook_per_destination: int = 4
+    webhook_breaker_failures: int = 5
+    webhook_breaker_cooldown_s: float = 30.0
+    webhook_progress_interval_s: float = 5.0
+    webhook_poll_s: float = 0.1
+    # Where clients reach the hub (e.g. https://gpu.example.com): makes URLs in webhooks absolute.
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
@@ -49,6 +66,13 @@ class HubConfig:
             raise TypeError(f"unknown hub settings: {', '.join(sorted(unknown))}")
         if isinstance(values.get("api_keys"), str):
             values["api_keys"] = _keys(values["api_keys"])
+        for name, parse in (
+            ("webhook_allowed_hosts", _keys),
+            ("webhook_retry_schedule", _schedule),
+            ("webhook_secrets", _named_secrets),
+        ):
+            if isinstance(values.get(name), str):
+                values[name] = parse(values[name])
         return replace(cls(), **values)
 
     @property
@@ -72,6 +96,24 @@ def _optional(raw: str) -> str | None:
     return raw or None
 
 
+def _schedule(raw: str) -> tuple[float, ...]:
+    gaps = tuple(float(part) for part in raw.split(",") if part.strip())
+    if not gaps or any(not 0 <= gap < 7 * 86400 for gap in gaps):
+        raise ValueError(raw)
+    return gaps
+
+
+def _named_secrets(raw: str) -> tuple[tuple[str, str], ...]:
+    """`name=whsec_...,other=whsec_...`: the signing secret of each API key name."""
+    pairs = []
+    for part in raw.split(","):
+        name, sep, secret = part.strip().partition("=")
+        if not sep or not name or not secret:
+            raise ValueError(raw)
+        pairs.append((name.strip(), secret.strip()))
+    return tuple(pairs)
+
+
 _ENV: dict[str, tuple[str, Any]] = {
     "host": ("REDIS_API_HOST_BIND", str),
     "port": ("REDIS_API_PORT", int),
@@ -88,4 +130,16 @@ _ENV: dict[str, tuple[str, Any]] = {
     "default_timeout_s": ("DEFAULT_TIMEOUT_S", float),
     "default_max_attempts": ("DEFAULT_MAX_ATTEMPTS", int),
     "key_prefix": ("KEY_PREFIX", str),
+    "webhook_secret": ("WEBHOOK_SECRET", _optional),
+    "webhook_secrets": ("WEBHOOK_SECRETS", _named_secrets),
+    "webhook_retry_schedule": ("WEBHOOK_RETRY_SCHEDULE", _schedule),
+    "webhook_allowed_hosts": ("WEBHOOK_ALLOWED_HOSTS", _keys),
+    "webhook_connect_timeout_s": ("WEBHOOK_CONNECT_TIMEOUT_S", float),
+    "webhook_timeout_s": ("WEBHOOK_TIMEOUT_S", float),
+    "webhook_max_in_flight": ("WEBHOOK_MAX_IN_FLIGHT", int),
+    "webhook_per_destination": ("WEBHOOK_PER_DESTINATION", int),
+    "webhook_breaker_failures": ("WEBHOOK_BREAKER_FAILURES", int),
+    "webhook_breaker_cooldown_s": ("WEBHOOK_BREAKER_COOLDOWN_S", float),
+    "webhook_progress_interval_s": ("WEBHOOK_PROGRESS_INTERVAL_S", float),
+    "public_url": ("PUBLIC_URL", str),
 }

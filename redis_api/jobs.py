@@ -12,6 +12,19 @@ from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES, ProtocolError, check_te
 from .config import HubConfig
 from .errors import BadRequest, WorkflowTooLarge
 from .store import Drain, JobSpec
+from .webhook_targets import TargetPolicy, TargetRefused
+
+# Events a webhook can get: a job's end (all by default) and, opted in, its progress.
+WEBHOOK_EVENTS = (
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "job.timed_out",
+    "job.dead",
+    "job.expired",
+    "job.unschedulable",
+    "job.progress",
+)
 
 MAX_PRIORITY = 1000
 MAX_TIMEOUT_S = 7 * 86400
@@ -28,6 +41,7 @@ _FIELDS = {
     "idempotency_key",
     "constraints",
     "webhook_url",
+    "webhook_events",
 }
 _CONSTRAINTS = {"machine_id", "gpu", "min_vram_mb"}
 
@@ -77,6 +91,12 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
     ):
         raise BadRequest("webhook_url must be an http:// or https:// URL", "webhook_url")
     _text(webhook, "webhook_url")
+    if webhook:
+        try:  # IP literals now; names are checked when the hub connects
+            TargetPolicy(config.webhook_allowed_hosts).check_url(webhook)
+        except TargetRefused as exc:
+            raise BadRequest(f"webhook_url: {exc}", "webhook_url") from None
+    events = _webhook_events(body.get("webhook_events"), bool(webhook))
     workflow_json = json.dumps(workflow, separators=(",", ":"))
     if len(workflow_json.encode()) > MAX_WORKFLOW_BYTES:
         raise WorkflowTooLarge(
@@ -91,7 +111,25 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
         constraints=_constraints(body.get("constraints")),
         idempotency_key=key,
         webhook_url=webhook,
+        webhook_events=events,
     )
+
+
+def _webhook_events(raw: Any, has_url: bool) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not has_url:
+        raise BadRequest("webhook_events needs a webhook_url", "webhook_events")
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or len(raw) > len(WEBHOOK_EVENTS)
+        or any(event not in WEBHOOK_EVENTS for event in raw)
+    ):
+        raise BadRequest(
+            f"webhook_events must be a list of: {', '.join(WEBHOOK_EVENTS)}", "webhook_events"
+        )
+    return tuple(dict.fromkeys(raw))
 
 
 def _check_workflow(workflow: Any) -> None:
@@ -191,11 +229,27 @@ def job_view(fields: dict[str, str], with_workflow: bool = False) -> dict[str, A
         "constraints": _json(fields.get("constraints"), None),
         "idempotency_key": fields.get("idempotency_key") or None,
         "webhook_url": fields.get("webhook_url") or None,
+        "webhook": webhook_state(fields),
         "history": _json(fields.get("history"), []),
     }
     if with_workflow:
         view["workflow"] = _json(fields.get("workflow"), {})
     return view
+
+
+def webhook_state(fields: dict[str, str]) -> dict[str, Any] | None:
+    """Delivery state of the job's final-event webhook (None without a webhook_url)."""
+    if not fields.get("webhook_url"):
+        return None
+    status = fields.get("wh_last_status") or ""
+    return {
+        "attempts": int(fields.get("wh_attempts") or 0),
+        "last_status": int(status) if status.isdigit() else None,
+        "delivered_at": _seconds(fields.get("wh_delivered_ms")),
+        "next_attempt_at": _seconds(fields.get("wh_next_ms")),
+        "error": fields.get("wh_error") or None,
+        "events": (fields.get("wh_events") or "").split(",") if fields.get("wh_events") else None,
+    }
 
 
 def progress_json(node: str | None, value: float, maximum: float) -> str:

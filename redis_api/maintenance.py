@@ -31,7 +31,6 @@ class Maintenance:
         config: HubConfig,
         on_redis_error: Callable[[BaseException], None],
         on_redis_ok: Callable[[], None],
-        on_webhook: Callable[[str], None],
     ) -> None:
         self.store = store
         self.storage = storage
@@ -39,7 +38,6 @@ class Maintenance:
         self.config = config
         self._on_redis_error = on_redis_error
         self._on_redis_ok = on_redis_ok
-        self._on_webhook = on_webhook
         # Sweep about twice per TTL, but not more often than the reaper runs nor less than 1/min.
         self.sweep_interval_s = max(config.reap_interval_s, min(60.0, config.result_ttl_s / 2))
         self._last_sweep = 0.0
@@ -78,8 +76,6 @@ class Maintenance:
         if waiting:
             await self.store.refresh_idle(waiting, self.config.lease_ms)
             self.dispatcher.wake()  # a safety net for a lost wake-up: one claim finds out
-        for job_id in await self.store.pop_webhooks():
-            self._on_webhook(job_id)
         now = time.monotonic()
         if now - self._last_sweep >= self.sweep_interval_s:
             self._last_sweep = now

@@ -26,6 +26,11 @@ LATENCY_BUCKETS = (
 )
 
 
+# delivered; retry (failed, tried again later); gave_up (failed, no attempts left); refused (an
+# unsafe target, never sent).
+WEBHOOK_OUTCOMES = ("delivered", "retry", "gave_up", "refused")
+
+
 class Histogram:
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
@@ -59,6 +64,10 @@ class HubMetrics:
         self.failed = 0
         self.refused_reports = 0
         self.bad_messages = 0
+        self.webhooks: dict[str, int] = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
+
+    def webhook(self, outcome: str) -> None:
+        self.webhooks[outcome] = self.webhooks.get(outcome, 0) + 1
 
     def render(self, jobs_by_state: dict[str, int], workers_connected: int) -> str:
         lines = [
@@ -86,5 +95,11 @@ class HubMetrics:
             "# HELP wgpu_bad_messages_total Invalid worker messages answered with an error.",
             "# TYPE wgpu_bad_messages_total counter",
             f"wgpu_bad_messages_total {self.bad_messages}",
+            "# HELP wgpu_webhook_deliveries_total Webhook attempts by this hub, by outcome.",
+            "# TYPE wgpu_webhook_deliveries_total counter",
+            *(
+                f'wgpu_webhook_deliveries_total{{outcome="{outcome}"}} {n}'
+                for outcome, n in self.webhooks.items()
+            ),
         ]
         return "\n".join(lines) + "\n"

@@ -48,7 +48,8 @@ class Hub:
         self.metrics = HubMetrics()
         self.dispatcher = Dispatcher(self.store, config, self.metrics)
         self.dispatcher.on_redis_error = self.redis_failed
-        self.webhooks = WebhookSender(self.store)
+        self.webhooks = WebhookSender(self.store, config, self.metrics)
+        self.webhooks.on_redis_error = self.redis_failed
         self.maintenance = Maintenance(
             self.store,
             self.storage,
@@ -56,7 +57,6 @@ class Hub:
             config,
             self.redis_failed,
             self.redis_ok,
-            self.webhooks.send_for,
         )
         # Each worker socket, with an event set once its session has recorded the disconnect.
         self.open_sockets: dict[web.WebSocketResponse, asyncio.Event] = {}
@@ -97,6 +97,7 @@ class Hub:
         self._tasks = [
             asyncio.create_task(self.dispatcher.run_pubsub(), name="hub-pubsub"),
             asyncio.create_task(self.maintenance.run(), name="hub-maintenance"),
+            asyncio.create_task(self.webhooks.run(), name="hub-webhooks"),
         ]
 
     async def close(self) -> None:

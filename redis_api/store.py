@@ -39,6 +39,19 @@ class JobSpec:
     constraints: dict[str, Any] | None = None
     idempotency_key: str = ""
     webhook_url: str = ""
+    webhook_events: tuple[str, ...] = ()  # empty: every final event
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A webhook delivery claimed by this hub (see redis_api/webhooks.py)."""
+
+    delivery: str
+    job_id: str
+    event: str
+    attempts: int  # made before this one
+    url: str
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +181,9 @@ def _load_scripts() -> dict[str, str]:
         "drain",
         "resume",
         "drain_expire",
+        "webhook_claim",
+        "webhook_result",
+        "webhook_progress",
     )
     return {name: common + "\n" + (folder / f"{name}.lua").read_text() for name in names}
 
@@ -502,10 +518,29 @@ class Store:
         )
         return Reaped(int(requeued), int(dead), triples, tuple(str(x) for x in expired))
 
-    async def pop_webhooks(self, count: int = 100) -> list[str]:
-        """Finished jobs whose webhook is due (each popped by exactly one hub)."""
-        ids = await self.redis.lpop(self.key("webhooks"), count)
-        return list(ids or [])
+    # -- webhook outbox (see redis_api/webhooks.py) ------------------------------------------
+
+    async def claim_webhooks(self, limit: int, lease_ms: int, claim: str) -> list[Due]:
+        """Due deliveries, each claimed by this hub for lease_ms."""
+        r = await self._run("webhook_claim", limit, lease_ms, claim)
+        return [
+            Due(str(r[i]), str(r[i + 1]), str(r[i + 2]), int(r[i + 3] or 0), str(r[i + 4]),
+                str(r[i + 5]))
+            for i in range(0, len(r), 6)
+        ]  # fmt: skip
+
+    async def webhook_result(
+        self, delivery: str, claim: str, outcome: str, status: str, delay_ms: int, error: str
+    ) -> str:
+        return str(
+            await self._run("webhook_result", delivery, claim, outcome, status, delay_ms, error)
+        )
+
+    async def webhook_progress(self, job_id: str) -> bool:
+        return bool(int(await self._run("webhook_progress", job_id)))
+
+    async def set_webhook_events(self, job_id: str, events: Sequence[str]) -> None:
+        await self.redis.hset(self.key(f"job:{job_id}"), "wh_events", ",".join(events))
 
     async def existing_jobs(self, job_ids: Sequence[str]) -> set[str]:
         async with self.redis.pipeline(transaction=False) as pipe:

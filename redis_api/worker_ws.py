@@ -383,6 +383,8 @@ class WorkerSession:
                 self._take_prompt_id(message.job_id, message.token),
             )
             await self._refuse_report(message.job_id, message.token, "progress", refused)
+            if not refused:
+                self.hub.webhooks.progress(message.job_id)
         elif isinstance(message, Completed):
             await self._on_completed(message)
         elif isinstance(message, Failed):

@@ -65,6 +65,21 @@ local function end_attempt(id, now, outcome, err)
   return j[2] or ''
 end
 
+-- Webhook outbox (redis_api/webhooks.py delivers it): a delivery record `wh:<job>.<event>` and
+-- its due time in `wh:due`, written in the same script that ends the job, so no end is lost.
+local function webhook_outbox(id, event, now)
+  local f = redis.call('HMGET', jkey(id), 'webhook_url', 'wh_events')
+  if not f[1] or f[1] == '' then return end
+  -- `webhook_events` given at submit: only those; else every final event (no progress).
+  local wanted = f[2] and f[2] ~= '' and (',' .. f[2] .. ','):find(',' .. event .. ',', 1, true)
+  if f[2] and f[2] ~= '' and not wanted then return end
+  local delivery = id .. '.' .. event
+  redis.call('HSET', P .. 'wh:' .. delivery, 'job', id, 'event', event, 'attempts', 0,
+    'created_ms', now, 'claim', '')
+  redis.call('ZADD', P .. 'wh:due', now, delivery)
+  if event ~= 'job.progress' then redis.call('HSET', jkey(id), 'wh_next_ms', now) end
+end
+
 -- Moves a job to a terminal state and starts its result TTL.
 local function finish(id, status, now, ttl_ms, err)
   local key = jkey(id)
@@ -83,10 +98,9 @@ local function finish(id, status, now, ttl_ms, err)
   redis.call('PEXPIRE', key, ttl_ms)
   redis.call('PEXPIRE', ekey(id), ttl_ms)
   redis.call('PEXPIRE', wfkey(id), ttl_ms)
-  local f = redis.call('HMGET', key, 'idempotency_key', 'webhook_url')
-  if f[1] and f[1] ~= '' then redis.call('PEXPIRE', P .. 'idem:' .. f[1], ttl_ms) end
-  -- Some hub's maintenance loop pops this and calls the webhook with the final job.
-  if f[2] and f[2] ~= '' then redis.call('RPUSH', P .. 'webhooks', id) end
+  local idem = redis.call('HGET', key, 'idempotency_key')
+  if idem and idem ~= '' then redis.call('PEXPIRE', P .. 'idem:' .. idem, ttl_ms) end
+  webhook_outbox(id, 'job.' .. status, now)
 end
 
 -- Puts a job back in its place in the queue (its original score: retries keep their turn).

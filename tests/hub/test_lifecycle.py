@@ -274,7 +274,7 @@ async def test_webhook_gets_the_final_job(hub_factory: HubFactory) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        hub = await hub_factory()
+        hub = await hub_factory(webhook_allowed_hosts=("127.0.0.1",))
         worker = ProtocolWorker(hub.url)
         await worker.connect()
         job = await submit(hub.url, webhook_url=f"http://127.0.0.1:{port}/hook")
