@@ -19,8 +19,8 @@ from standardwebhooks import Webhook
 from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
-from tests.hub_helpers import call, eventually, get_job, submit
-from tests.hub_worker_client import ProtocolWorker
+from tests.hub.helpers import call, eventually, get_job, submit
+from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.messages import Progress
 
 pytestmark = pytest.mark.redis
