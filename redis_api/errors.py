@@ -15,6 +15,8 @@
     │                         {"error": "redis out of memory"}; /health says so
     ├── StorageError          an output could not be written or read (disk full, permissions,
     │                         object store down); a job attempt ends with type `storage_error`
+    ├── TargetRefused         a webhook URL the hub may not call (scheme, internal address):
+    │                         400 at submit, the delivery given up at connect time
     └── ConfigError           settings that cannot be run safely (API_KEYS without WORKER_TOKEN)
 
 wgpu_protocol.ProtocolError (a bad worker frame) belongs to the protocol package, not here.
@@ -81,3 +83,7 @@ class StorageError(HubError):
 
 class ConfigError(HubError):
     """The settings cannot be run safely; the message says which to change."""
+
+
+class TargetRefused(HubError, ValueError):
+    """A webhook URL the hub may not call; the message says why and what to do."""

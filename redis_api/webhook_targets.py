@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from .errors import TargetRefused
+
+__all__ = ["GuardedResolver", "TargetPolicy", "TargetRefused", "blocked_reason"]
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class TargetRefused(ValueError):
-    """The webhook URL may not be called; the message says why and what to do."""
 
 
 def blocked_reason(address: IPAddress) -> str | None:

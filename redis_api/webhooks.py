@@ -31,10 +31,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
 from .config import HubConfig
+from .errors import StoreUnavailable
 from .jobs import job_view
 from .metrics import HubMetrics
 from .store import Due, Store
@@ -125,10 +125,14 @@ class WebhookSender:
                         room, self._lease_ms, self._claim_token
                     ):
                         self._start(due)
-            except (RedisError, OSError) as exc:
+            except StoreUnavailable as exc:
                 if cancel_requested():
                     raise asyncio.CancelledError from exc
                 self.on_redis_error(exc)
+            except Exception:
+                if cancel_requested():
+                    raise asyncio.CancelledError from None
+                log.exception("webhook claims failed; retrying")
             await asyncio.sleep(self.config.webhook_poll_s)
 
     @property
@@ -283,7 +287,7 @@ class WebhookSender:
                 int(delay_s * 1000),
                 error[:500],
             )
-        except (RedisError, OSError) as exc:
+        except StoreUnavailable as exc:
             # The claim's lease runs out and some hub tries again: at least once, never lost.
             self.on_redis_error(exc)
 
@@ -306,7 +310,7 @@ class WebhookSender:
     async def _queue_progress(self, job_id: str) -> None:
         try:
             await self.store.webhook_progress(job_id)
-        except (RedisError, OSError) as exc:
+        except StoreUnavailable as exc:
             self.on_redis_error(exc)
 
     async def close(self) -> None:
