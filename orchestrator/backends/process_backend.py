@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import processes
 from orchestrator.backends.base import (
     ROLE_COMFYUI,
     ROLE_WORKER,
@@ -59,32 +59,12 @@ def default_worker_command() -> list[str]:
     return shlex.split(override) if override else [sys.executable, "-m", "comfy_worker"]
 
 
-def _proc_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), None when it has gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    if fields[0] == "Z":  # a zombie has exited already
-        return None
-    return int(fields[19])
-
-
 def _pid_alive(pid: int) -> bool:
     child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is not None and child.poll() is not None:  # reaps our own exited child
         _CHILDREN.pop(pid, None)
         return False
-    if Path("/proc").is_dir():
-        return _proc_start_ticks(pid) is not None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return processes.pid_alive(pid)
 
 
 @dataclass(frozen=True)
@@ -148,15 +128,14 @@ class ProcessBackend:
             return ProcessState(None, alive=False, stale=False, meta=meta)
         alive = _pid_alive(pid)
         if alive and meta.get("pid") == pid and meta.get("start_ticks") is not None:
-            alive = _proc_start_ticks(pid) == meta["start_ticks"]  # else: PID reused
+            alive = processes.start_ticks(pid) == meta["start_ticks"]  # else: PID reused
         elif alive:
             alive = self._cmdline_matches(pid, role)  # a PID file without ours beside it
         return ProcessState(pid, alive=alive, stale=not alive, meta=meta)
 
     def _cmdline_matches(self, pid: int, role: str) -> bool:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+        cmdline = processes.command_line(pid)
+        if cmdline is None:
             return True  # no /proc: trust the PID
         wanted = ("comfy_worker", "comfy-worker") if role == ROLE_WORKER else ("comfyui", "main.py")
         return any(word in cmdline for word in wanted)
@@ -261,7 +240,7 @@ class ProcessBackend:
         meta = {
             **meta,
             "pid": child.pid,
-            "start_ticks": _proc_start_ticks(child.pid),
+            "start_ticks": processes.start_ticks(child.pid),
             "started_at": time.time(),
         }
         _write_atomic(files.meta_file(role), json.dumps(meta, indent=1), mode=0o600)
@@ -321,15 +300,11 @@ class ProcessBackend:
         """SIGTERM to the process group, `timeout_s` grace, then SIGKILL."""
         assert state.pid is not None
         pid = state.pid
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while self._state(files, role).alive and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self._state(files, role).alive:
-            _signal_group(pid, signal.SIGKILL)
-            kill_deadline = time.monotonic() + 5.0
-            while self._state(files, role).alive and time.monotonic() < kill_deadline:
-                time.sleep(0.05)
+        processes.terminate(
+            lambda signum: _signal_group(pid, signum),
+            lambda: self._state(files, role).alive,
+            timeout_s,
+        )
         files.pid_file(role).unlink(missing_ok=True)
 
     def restart(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import processes
 from orchestrator.backends.base import (
     ActionResult,
     HubAddress,
@@ -108,44 +108,24 @@ class ProcessStackConfig:
 
 def _pid_is(pid: int | None, words: tuple[str, ...]) -> bool:
     """Whether `pid` runs and its command line has one of `words` (not a reused PID)."""
-    if not pid:
+    if not pid or not processes.pid_alive(pid):
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[0] == "Z":
-        return False
-    return any(word in cmdline for word in words)
+    cmdline = processes.command_line(pid)
+    return cmdline is not None and any(word in cmdline for word in words)
 
 
 def _terminate(pid: int | None, words: tuple[str, ...], timeout_s: float) -> bool:
     """SIGTERM, wait up to `timeout_s`, then SIGKILL. False when it was not running."""
-    if not _pid_is(pid, words):
+    if pid is None or not _pid_is(pid, words):
         return False
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _pid_is(pid, words) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.05)
-    if _pid_is(pid, words):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + 5
-        while _pid_is(pid, words) and time.monotonic() < kill_deadline:
-            _reap(pid)
-            time.sleep(0.05)
-    _reap(pid)
+
+    def alive() -> bool:
+        processes.reap(pid)
+        return _pid_is(pid, words)
+
+    processes.terminate(processes.signal_pid(pid), alive, timeout_s)
+    processes.reap(pid)
     return True
-
-
-def _reap(pid: int) -> None:
-    """Collect our own exited child (else it lingers as a zombie while this CLI runs)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 REDIS_WORDS = ("redis-server", "valkey")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.process_backend import _proc_start_ticks
 from orchestrator.console import ExitCode
 from orchestrator.hub_client.client import AsyncHubClient
+from orchestrator.processes import start_ticks
 from tests.fixtures.hub import HubFactory
 from tests.orchestrator.backends.helpers import FollowedCommand, close_hub, wait_for, wgpu
 
@@ -42,7 +42,7 @@ while True:
 
 
 def alive(pid: int) -> bool:
-    return _proc_start_ticks(pid) is not None
+    return start_ticks(pid) is not None
 
 
 @pytest.fixture
@@ -223,7 +223,7 @@ def test_stale_pid_reused_by_another_program_is_left_alone(base: Path) -> None:
         reused = base / "worker_gpu4"
         reused.mkdir(parents=True)
         (reused / "worker.pid").write_text(f"{other.pid}\n")
-        ticks = _proc_start_ticks(other.pid)
+        ticks = start_ticks(other.pid)
         assert ticks is not None
         meta = {"pid": other.pid, "start_ticks": ticks - 1, "command": ["x"], "env": {}}
         (reused / "worker.json").write_text(json.dumps(meta))
