@@ -1,0 +1,150 @@
+"""What every command that manages workers shares: opening a backend, choosing the slots,
+reporting per-GPU results with the exit code they call for (orchestrator.console.ExitCode).
+
+Heavy dependencies (docker, Rich, NVML) are imported where they are used, so that a command's
+`--help` starts fast (see tests/orchestrator/test_cli_imports.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from orchestrator.backends.base import (
+    ActionResult,
+    Backend,
+    BackendError,
+    BackendUnreachable,
+    Outcome,
+)
+from orchestrator.commands.options import BackendKind
+from orchestrator.console import ExitCode, err, fail, out, warn
+from orchestrator.gpus.slots import (
+    GpuNotFound,
+    Selection,
+    SlotError,
+    parse_target,
+    select_slots,
+)
+
+
+def open_backend(
+    kind: BackendKind,
+    docker_host: str | None = None,
+    base_dir: Path | None = None,
+    machine_id: str | None = None,
+    network: str = "host",
+    restart_policy: str = "unless-stopped",
+) -> Backend:
+    """The backend the options name; exits UNREACHABLE when the Docker engine does not answer."""
+    if kind == BackendKind.PROCESS:
+        from orchestrator.backends.process_backend import ProcessBackend
+
+        return ProcessBackend(base_dir, machine_id=machine_id)
+    from orchestrator.backends.docker_backend import DockerBackend
+
+    try:
+        return DockerBackend.connect(
+            docker_host, machine_id=machine_id, network_mode=network, restart_policy=restart_policy
+        )
+    except BackendUnreachable as exc:
+        fail(str(exc), ExitCode.UNREACHABLE)
+
+
+@contextlib.contextmanager
+def backend_session(*args: Any, **kwargs: Any) -> Iterator[Backend]:
+    backend = open_backend(*args, **kwargs)
+    try:
+        yield backend
+    except BackendError as exc:
+        fail(str(exc), ExitCode.NOT_FOUND)
+    except Exception as exc:
+        if is_docker_error(exc):
+            fail(f"Docker engine error: {exc}", ExitCode.UNREACHABLE)
+        raise
+    finally:
+        backend.close()
+
+
+def is_docker_error(exc: BaseException) -> bool:
+    """Whether docker-py raised `exc`; docker-py is not imported just to ask (it cannot have)."""
+    errors = sys.modules.get("docker.errors")
+    return errors is not None and isinstance(exc, errors.DockerException)
+
+
+def target_indices(target: str) -> list[int] | None:
+    try:
+        index = parse_target(target)
+    except SlotError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    return None if index is None else [index]
+
+
+def select(gpus_option: str | None, simulate: int | None) -> Selection:
+    """The slots to manage: --simulate, --gpus, or every GPU NVML sees."""
+    from orchestrator.gpus import nvml
+
+    inventory = nvml.GpuInventory() if simulate is not None else nvml.discover()
+    try:
+        selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error)
+    except GpuNotFound as exc:
+        fail(str(exc), ExitCode.NOT_FOUND)
+    except SlotError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    if selection.note:
+        warn(selection.note)
+    return selection
+
+
+def exit_code_for(results: Sequence[ActionResult]) -> ExitCode:
+    failed_slots = {r.index for r in results if not r.ok}
+    if not failed_slots:
+        return ExitCode.OK
+    if all(r.outcome == Outcome.NOT_FOUND for r in results):
+        return ExitCode.NOT_FOUND
+    ok_slots = {r.index for r in results} - failed_slots
+    return ExitCode.PARTIAL if ok_slots else ExitCode.FAILED
+
+
+def report_managed(results: Sequence[ActionResult], as_json: bool, none_managed: str) -> None:
+    """`report`, except that plain output says `none_managed` when no worker was managed here."""
+    if not results and not as_json:
+        out.print(none_managed)
+        return
+    report(results, as_json)
+
+
+def report(results: Sequence[ActionResult], as_json: bool) -> None:
+    """One line per service (or JSON), then exit with the code the results call for."""
+    from orchestrator.backends.docker_backend import NVIDIA_HINT
+
+    if as_json:
+        payload = [
+            {"gpu": r.index, "service": r.role, "outcome": str(r.outcome), "detail": r.detail}
+            for r in results
+        ]
+        typer.echo(json.dumps({"results": payload}))
+    else:
+        from rich.text import Text
+
+        for r in results:
+            style = "green" if r.ok else "red"
+            detail = r.detail
+            if detail == NVIDIA_HINT:
+                detail = "Docker has no NVIDIA runtime"
+            line = Text(f"gpu{r.index} {r.role}: ")
+            line.append(str(r.outcome), style=style)
+            if detail:
+                line.append(f" ({detail})", style="dim")
+            out.print(line, soft_wrap=True)
+    code = exit_code_for(results)
+    if any(r.detail == NVIDIA_HINT for r in results):
+        err.print(f"[bold red]error:[/] {NVIDIA_HINT}", soft_wrap=True)
+    if code != ExitCode.OK:
+        raise typer.Exit(int(code))
