@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from wgpu_protocol.frames import encode_ack as ack_frame
+from wgpu_protocol.frames import encode_job
 from wgpu_protocol.messages import (
     MAX_BINARY_FRAME_BYTES,
     MAX_ID_LENGTH,
@@ -61,19 +63,9 @@ _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 
 
 def job_frame(claim: Claim) -> str:
-    """The `job` message, with the workflow JSON spliced in as stored (no decode/encode)."""
-    return (
-        '{"job_id":'
-        + json.dumps(claim.job_id)
-        + ',"token":'
-        + str(claim.token)
-        + ',"workflow":'
-        + claim.workflow_json
-        + ',"attempt":'
-        + str(claim.attempt)
-        + ',"timeout_s":'
-        + repr(float(claim.timeout_s))
-        + ',"type":"job"}'
+    """The `job` message for a claim, the workflow spliced in as stored."""
+    return encode_job(
+        claim.job_id, claim.token, claim.workflow_json, claim.attempt, claim.timeout_s
     )
 
 
@@ -87,21 +79,6 @@ def safe_content_type(value: str) -> str:
 
 def _unavailable(exc: StoreUnavailable) -> str:
     return "redis out of memory" if isinstance(exc, RedisOutOfMemory) else "Redis is unavailable"
-
-
-def ack_frame(job_id: str, token: int, of: str, refused: str) -> str:
-    """The `ack` message, encoded without dataclass round trips (it is on the hot path)."""
-    return json.dumps(
-        {
-            "job_id": job_id,
-            "token": token,
-            "of": of,
-            "ok": not refused,
-            "reason": refused,
-            "type": "ack",
-        },
-        separators=(",", ":"),
-    )
 
 
 async def handle_worker_socket(request: web.Request) -> web.StreamResponse:

@@ -9,8 +9,6 @@ import json
 import pytest
 
 from redis_api.store import Claim, JobSpec, Store
-from redis_api.worker_ws import ack_frame, job_frame
-from wgpu_protocol.messages import Ack, JobAssigned, decode_hub_message
 
 pytestmark = pytest.mark.redis
 
@@ -80,17 +78,6 @@ async def test_script_errors_reach_only_their_caller(redis_url: str) -> None:
         assert isinstance(outcomes[1], Exception)
     finally:
         await store.close()
-
-
-def test_fast_frames_decode_as_the_protocol_messages() -> None:
-    claim = Claim('j"1', 7, 2, 1.5, json.dumps({"1": {"class_type": "X", "inputs": {}}}), 0, 0)
-    assert decode_hub_message(job_frame(claim)) == JobAssigned(
-        'j"1', 7, {"1": {"class_type": "X", "inputs": {}}}, 2, 1.5
-    )
-    assert decode_hub_message(ack_frame("j", 3, "completed", "")) == Ack("j", 3, "completed", True)
-    assert decode_hub_message(ack_frame("j", 3, "failed", "stale_token")) == Ack(
-        "j", 3, "failed", False, "stale_token"
-    )
 
 
 async def test_a_retry_skips_the_worker_that_failed_it_while_another_idle_one_fits(
