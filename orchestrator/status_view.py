@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, ServiceRecord
-from orchestrator.backends.common import humanize_duration
 from orchestrator.gpus.nvml import GpuDevice, GpuStats
 
 if TYPE_CHECKING:  # Rich loads only to draw: `wgpu status --json` never imports it
@@ -247,20 +246,37 @@ def _hub_workers(hub: _Hub) -> tuple[list[dict[str, Any]] | None, str | None]:
 _STATE_STYLE = {"running": "green", "restarting": "yellow", "created": "yellow", "stale": "red"}
 
 
+# `wgpu status` fits 80 columns without wrapping a row: short cells (as `docker ps` does),
+# one space between columns, long names cut with an ellipsis. Full values are in --json.
+_SHORT_STATE = {"running": "up", "restarting": "restart", "exited": "exit"}
+_HEALTH_MARK = {"healthy": ("✓", "green"), "unhealthy": ("✗", "red"), "starting": ("…", "yellow")}
+_SHORT_HUB = {"unavailable": "n/a", "connected": "conn"}
+
+
+def short_duration(seconds: float) -> str:
+    """The largest unit only: 5s, 2m, 3h, 4d."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _service_cell(view: ServiceView | None) -> Text:
     from rich.text import Text
 
     if view is None:
         return Text("-", style="dim")
-    text = Text(view.state, style=_STATE_STYLE.get(view.state, "red"))
-    if view.uptime_s is not None:
-        text.append(f" {humanize_duration(view.uptime_s)}", style="dim")
-    if view.health:
-        text.append(f" ({view.health})", style="green" if view.health == "healthy" else "yellow")
+    text = Text(_SHORT_STATE.get(view.state, view.state), style=_STATE_STYLE.get(view.state, "red"))
+    if view.exit_code is not None:
+        text.append(f" {view.exit_code}", style="dim")
+    elif view.uptime_s is not None:
+        text.append(f" {short_duration(view.uptime_s)}", style="dim")
+    if view.health and view.exit_code is None:
+        mark, style = _HEALTH_MARK.get(view.health, ("?", "yellow"))
+        text.append(mark, style=style)
     if view.restarts:
         text.append(f" ↻{view.restarts}", style="yellow")
-    if view.exit_code is not None:
-        text.append(f" exit {view.exit_code}", style="dim")
     return text
 
 
@@ -268,11 +284,16 @@ def _num(value: float | None, unit: str = "") -> str:
     return "" if value is None else f"{value:g}{unit}"
 
 
+def _gib(mb: float) -> str:
+    gib = mb / 1024
+    return f"{gib:.0f}" if gib >= 10 else f"{gib:.1f}"
+
+
 def _vram(slot: SlotStatus) -> str:
     if slot.memory_total_mb is None:
         return ""
-    used = "?" if slot.memory_used_mb is None else f"{slot.memory_used_mb / 1024:.1f}"
-    return f"{used}/{slot.memory_total_mb / 1024:.1f} GiB"
+    used = "?" if slot.memory_used_mb is None else _gib(slot.memory_used_mb)
+    return f"{used}/{_gib(slot.memory_total_mb)}"
 
 
 def _hub_cell(slot: SlotStatus) -> Text:
@@ -282,20 +303,43 @@ def _hub_cell(slot: SlotStatus) -> Text:
         return Text("")
     if not slot.hub_connected:
         return Text(slot.hub_status or "offline", style="red")
-    return Text(slot.hub_status or "connected", style="green" if slot.hub_status else "")
+    status = slot.hub_status or "connected"
+    return Text(_SHORT_HUB.get(status, status), style="green" if slot.hub_status else "")
+
+
+STATUS_JOB_ID = 8  # a unique prefix is enough for every job command
 
 
 def _job_cell(slot: SlotStatus) -> str:
     if not slot.current_job:
         return ""
     progress = "" if slot.progress_pct is None else f" {slot.progress_pct:.0f}%"
-    return f"{slot.current_job[:12]}{progress}"
+    return f"{slot.current_job[:STATUS_JOB_ID]}{progress}"
+
+
+def short_count(n: int) -> str:
+    """1234 -> 1.2k, 123456 -> 123k, 2500000 -> 2.5M."""
+    for unit, size in (("M", 1_000_000), ("k", 1000)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return str(n)
 
 
 def _done_cell(slot: SlotStatus) -> str:
     if slot.jobs_done is None and slot.jobs_failed is None:
         return ""
-    return f"{slot.jobs_done or 0}/{slot.jobs_failed or 0}"
+    return f"{short_count(slot.jobs_done or 0)}/{short_count(slot.jobs_failed or 0)}"
+
+
+def _cut(cell: str | Text) -> Text:
+    """A cell that never wraps: cut with an ellipsis when its column is narrower."""
+    from rich.text import Text
+
+    text = Text(cell) if isinstance(cell, str) else cell
+    text.no_wrap = True
+    text.overflow = "ellipsis"
+    return text
 
 
 def render_table(snapshot: StatusSnapshot) -> RenderableType:
@@ -307,36 +351,40 @@ def render_table(snapshot: StatusSnapshot) -> RenderableType:
     title = f"wgpu workers ({snapshot.backend}" + (
         f", machine {snapshot.machine_id})" if snapshot.machine_id else ")"
     )
-    table = Table(
-        title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False
-    )
-    # (header, justify, min width): on a narrow terminal cells wrap, but the GPU id and the
-    # states keep their width so they stay readable.
-    for header, justify, min_width in (
-        ("GPU", "right", 4),
-        ("Name", "left", None),
-        ("Util", "right", None),
-        ("VRAM", "right", None),
-        ("Temp", "right", None),
-        ("Worker", "left", 10),
-        ("ComfyUI", "left", 10),
-        ("Hub", "left", None),
-        ("Job", "left", None),
-        ("Done/Fail", "right", None),
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    # Every cell stays on one line. On a narrow terminal the flexible columns (name, services,
+    # hub, counts) give up width first, their cells cut with an ellipsis; the GPU, its numbers
+    # and the job keep theirs. VRAM is used/total GiB; Done is succeeded/failed.
+    for header, justify, flexible in (
+        ("GPU", "right", False),
+        ("Name", "left", True),
+        ("Util", "right", False),
+        ("VRAM", "right", False),
+        ("Temp", "right", False),
+        ("Worker", "left", True),
+        ("ComfyUI", "left", True),
+        ("Hub", "left", True),
+        ("Job", "left", False),
+        ("Done", "right", True),
     ):
-        table.add_column(header, justify=justify, min_width=min_width)  # type: ignore[arg-type]
+        table.add_column(
+            header,
+            justify=justify,  # type: ignore[arg-type]
+            max_width=14 if header == "Name" else None,
+            no_wrap=not flexible,  # flexible ones may narrow; their cells never wrap (_cut)
+        )
     for slot in snapshot.slots:
         table.add_row(
             f"gpu{slot.index}",
-            slot.name.removeprefix("NVIDIA "),  # every name starts so; the column is narrow
+            _cut(slot.name.removeprefix("NVIDIA ")),  # every name starts so
             _num(slot.utilization_pct, "%"),
             _vram(slot),
             _num(slot.temperature_c, "°C"),
-            _service_cell(slot.worker),
-            _service_cell(slot.comfyui),
-            _hub_cell(slot),
+            _cut(_service_cell(slot.worker)),
+            _cut(_service_cell(slot.comfyui)),
+            _cut(_hub_cell(slot)),
             _job_cell(slot),
-            _done_cell(slot),
+            _cut(_done_cell(slot)),
         )
     notes = []
     if not snapshot.slots:

@@ -14,6 +14,7 @@ from .errors import BadRequest, StoreUnavailable
 from .jobs import job_view, parse_body, parse_submit, worker_view
 from .runtime import HUB_KEY, Hub
 from .store import STATES, TERMINAL_STATES
+from .version import hub_version
 
 SSE_BLOCK_MS = 5000  # below the Redis socket timeout
 QUEUED_EVENT = '{"status":"queued"}'
@@ -47,6 +48,29 @@ async def read_body(request: web.Request) -> bytes:
         raise BadRequest(f"the body cannot be read: {type(exc).__name__}", "body") from None
 
 
+JOB_ID_LENGTH = 32  # uuid4 hex
+_HEX = re.compile(r"^[0-9a-f]{1,32}$")
+
+
+async def job_id_of(request: web.Request) -> str:
+    """The job id of the route, where a unique prefix stands for the whole id (as docker takes
+    container ids): `wgpu jobs` prints 12 characters, and any of them work."""
+    given = request.match_info["job_id"]
+    if len(given) == JOB_ID_LENGTH or not _HEX.match(given):
+        return given
+    found = await _hub(request).store.jobs_with_prefix(given)
+    if not found:
+        raise web.HTTPNotFound(reason=f"no job {given!r}")
+    if len(found) > 1:
+        shown = ", ".join(job_id[:12] for job_id in found[:2])
+        raise BadRequest(
+            f"job id prefix {given!r} is ambiguous: it matches {shown}"
+            f"{' and more' if len(found) > 2 else ''}; give more characters",
+            "job_id",
+        )
+    return found[0]
+
+
 async def submit(request: web.Request) -> web.Response:
     hub = _hub(request)
     spec = parse_submit(parse_body(await read_body(request)), hub.config)
@@ -76,9 +100,10 @@ async def submit(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    fields = await _hub(request).store.get_job_with_workflow(request.match_info["job_id"])
+    job_id = await job_id_of(request)
+    fields = await _hub(request).store.get_job_with_workflow(job_id)
     if fields is None:
-        raise web.HTTPNotFound(reason=f"no job {request.match_info['job_id']!r}")
+        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
     return _json(job_view(fields, with_workflow=True))
 
 
@@ -99,7 +124,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    job_id = request.match_info["job_id"]
+    job_id = await job_id_of(request)
     store = _hub(request).store
     result = await store.cancel(job_id, _hub(request).config.ttl_ms)
     if result.outcome == "unknown_job":
@@ -119,7 +144,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def get_output(request: web.Request) -> web.Response:
     hub = _hub(request)
-    job_id, name = request.match_info["job_id"], request.match_info["name"]
+    job_id, name = await job_id_of(request), request.match_info["name"]
     fields = await hub.store.get_job(job_id)
     if fields is None:
         raise web.HTTPNotFound(reason=f"no job {job_id!r}")
@@ -137,7 +162,7 @@ async def get_output(request: web.Request) -> web.Response:
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events of one job; resumes after `Last-Event-ID`; ends after `done`."""
     hub = _hub(request)
-    job_id = request.match_info["job_id"]
+    job_id = await job_id_of(request)
     if await hub.store.get_job(job_id) is None:
         raise web.HTTPNotFound(reason=f"no job {job_id!r}")
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
@@ -215,6 +240,7 @@ async def health(request: web.Request) -> web.Response:
             "status": "ok",
             "redis": "ok",
             "hub_id": hub.hub_id,
+            "version": hub_version(),
             "workers_connected": len(hub.dispatcher.sessions),
         }
     )

@@ -13,6 +13,7 @@ from aiohttp import web
 from .config import HubConfig
 from .runtime import Hub
 from .storage import Storage
+from .version import hub_version
 from .web import make_app
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class RunningHub:
 async def start_hub(config: HubConfig, storage: Storage | None = None) -> RunningHub:
     """Start a hub on config.host:config.port (0 = a free port). Redis may still be down: the hub
     answers 503 until it is reachable."""
+    hub_version()  # read once here (~0.1 s), not in the first /health
     hub = Hub(config, storage)
     runner = web.AppRunner(
         make_app(hub), access_log=None, handle_signals=False, shutdown_timeout=2.0

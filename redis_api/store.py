@@ -249,6 +249,14 @@ class Store:
         )
         return Enqueued(str(result[0]), bool(int(result[1])), int(result[2]))
 
+    async def jobs_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
+        """Ids of existing jobs starting with `prefix` (a hex string), at most `limit`."""
+        # `ids` holds every job id with score 0, so it sorts by id: a prefix is a lex range.
+        found = await self.redis.zrangebylex(
+            self.key("ids"), f"[{prefix}", f"({prefix}~", start=0, num=limit
+        )
+        return sorted(await self.existing_jobs(found)) if found else []
+
     async def get_job(self, job_id: str) -> dict[str, str] | None:
         fields: dict[str, str] = await self.redis.hgetall(self.key(f"job:{job_id}"))
         return fields or None

@@ -24,6 +24,10 @@ from orchestrator.hub_client.job_watch import (
     wait_until,
 )
 
+# Ids as docker shows container ids: 12 characters, and any unique prefix works (the hub
+# resolves it) wherever a job id is taken.
+SHORT_ID = 12
+
 STATUS_STYLE = {
     "succeeded": "green",
     "running": "cyan",
@@ -198,7 +202,7 @@ def jobs(
         percent = progress.get("percent") if isinstance(progress, dict) else None
         error = job.get("error") or {}
         table.add_row(
-            str(job.get("id", "")),
+            str(job.get("id", ""))[:SHORT_ID],
             f"[{STATUS_STYLE.get(status_text, 'white')}]{status_text}[/]",
             str(job.get("priority", "")),
             str(job.get("worker_id") or ""),

@@ -21,6 +21,7 @@ redis.call('HSET', jkey(id),
   'token', 0, 'worker_id', '', 'avoid_worker', '')
 redis.call('SET', wfkey(id), ARGV[6])
 redis.call('ZADD', P .. 'queue', score, id)
+redis.call('ZADD', P .. 'ids', 0, id)  -- every job id, for id-prefix lookups
 -- No `queued` event: the events stream starts at the claim (a queued job costs one key, not two);
 -- the SSE route opens every stream with the `queued` status it leaves out.
 publish_work(now)

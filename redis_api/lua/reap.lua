@@ -42,6 +42,7 @@ for _, status in ipairs({'succeeded', 'failed', 'cancelled', 'timed_out', 'dead'
       redis.call('DEL', P .. 'idem:' .. idem)
     end
     redis.call('DEL', jkey(id), ekey(id), wfkey(id))
+    redis.call('ZREM', P .. 'ids', id)
     expired[#expired + 1] = id
   end
 end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tomllib
 
 import aiohttp
 import pytest
@@ -13,6 +14,7 @@ from orchestrator.hub_client.client import parse_sse
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import WORKFLOW, call, eventually, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.paths import REPO
 from wgpu_protocol.messages import GpuInfo, GpuStats, Heartbeat, JobAssigned, Progress, Started
 
 pytestmark = pytest.mark.redis
@@ -217,6 +219,8 @@ async def test_workers_health_and_metrics(hub_factory: HubFactory) -> None:
     hub = await hub_factory()
     status, health = await call(hub.url, "GET", "/health")
     assert status == 200 and health["status"] == "ok" and health["redis"] == "ok"
+    with (REPO / "pyproject.toml").open("rb") as project:
+        assert health["version"] == tomllib.load(project)["project"]["version"]
     worker = ProtocolWorker(hub.url, "m1-gpu3", "m1")
     await worker.connect()
     await worker.send(Heartbeat(True, GpuStats(util_percent=50.0, vram_used_mb=1000)))

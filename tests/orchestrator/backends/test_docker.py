@@ -283,7 +283,7 @@ def test_status_json_rebuilds_the_picture_from_labels(
     assert slots[0]["hub_connected"] is None
     table = wgpu("status", "--docker-host", host, "--hub-url", HUB_URL)
     assert table.exit_code == 0
-    assert "gpu2" in table.stdout and "exited" in table.stdout
+    assert "gpu2" in table.stdout and "exit 0" in table.stdout
 
 
 def test_simulate_starts_without_device_requests(host: str, client: docker.DockerClient) -> None:
