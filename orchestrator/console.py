@@ -9,6 +9,7 @@ import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
 
 class Stream:
@@ -33,6 +34,17 @@ class Stream:
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         self.console.print(*objects, **kwargs)
+
+
+def one_line(cell: str | Text) -> Text:
+    """A table cell that never wraps: cut with an ellipsis when its column is narrower, so a
+    table on an 80-column terminal keeps one line per row."""
+    from rich.text import Text
+
+    text = Text(cell) if isinstance(cell, str) else cell  # plain: no markup from data
+    text.no_wrap = True
+    text.overflow = "ellipsis"
+    return text
 
 
 out = Stream(stderr=False)

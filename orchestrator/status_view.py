@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, ServiceRecord
+from orchestrator.console import one_line
 from orchestrator.gpus.nvml import GpuDevice, GpuStats
 
 if TYPE_CHECKING:  # Rich loads only to draw: `wgpu status --json` never imports it
@@ -332,16 +333,6 @@ def _done_cell(slot: SlotStatus) -> str:
     return f"{short_count(slot.jobs_done or 0)}/{short_count(slot.jobs_failed or 0)}"
 
 
-def _cut(cell: str | Text) -> Text:
-    """A cell that never wraps: cut with an ellipsis when its column is narrower."""
-    from rich.text import Text
-
-    text = Text(cell) if isinstance(cell, str) else cell
-    text.no_wrap = True
-    text.overflow = "ellipsis"
-    return text
-
-
 def render_table(snapshot: StatusSnapshot) -> RenderableType:
     from rich import box
     from rich.console import Group
@@ -371,20 +362,20 @@ def render_table(snapshot: StatusSnapshot) -> RenderableType:
             header,
             justify=justify,  # type: ignore[arg-type]
             max_width=14 if header == "Name" else None,
-            no_wrap=not flexible,  # flexible ones may narrow; their cells never wrap (_cut)
+            no_wrap=not flexible,  # flexible ones may narrow; their cells never wrap (one_line)
         )
     for slot in snapshot.slots:
         table.add_row(
             f"gpu{slot.index}",
-            _cut(slot.name.removeprefix("NVIDIA ")),  # every name starts so
+            one_line(slot.name.removeprefix("NVIDIA ")),  # every name starts so
             _num(slot.utilization_pct, "%"),
             _vram(slot),
             _num(slot.temperature_c, "°C"),
-            _cut(_service_cell(slot.worker)),
-            _cut(_service_cell(slot.comfyui)),
-            _cut(_hub_cell(slot)),
+            one_line(_service_cell(slot.worker)),
+            one_line(_service_cell(slot.comfyui)),
+            one_line(_hub_cell(slot)),
             _job_cell(slot),
-            _cut(_done_cell(slot)),
+            one_line(_done_cell(slot)),
         )
     notes = []
     if not snapshot.slots:

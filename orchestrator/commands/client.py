@@ -13,7 +13,7 @@ import typer
 
 from orchestrator.backends.base import DEFAULT_HUB_URL
 from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
-from orchestrator.console import ExitCode, err, fail, out
+from orchestrator.console import ExitCode, err, fail, one_line, out
 from orchestrator.hub_client.client import HubClient, HubError, HubUnreachable
 from orchestrator.hub_client.job_watch import (
     JobBoard,
@@ -191,11 +191,23 @@ def jobs(
     if as_json:
         typer.echo(json.dumps({"jobs": found}))
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"jobs at {hub_url}")
-    for header in ("ID", "Status", "Prio", "Worker", "Progress", "Created", "Took", "Error"):
-        table.add_column(header)
+    # One line per job on 80 columns: the id, status and times keep their width; the worker
+    # and the error give way first, cut with an ellipsis.
+    table = Table(title=f"jobs at {hub_url}", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for header, flexible in (
+        ("ID", False),
+        ("Status", False),
+        ("Prio", False),
+        ("Worker", True),
+        ("Progress", False),
+        ("Created", False),
+        ("Took", False),
+        ("Error", True),
+    ):
+        table.add_column(header, no_wrap=not flexible, justify="left")
     for job in found:
         status_text = str(job.get("status", ""))
         progress = job.get("progress") or {}
@@ -205,11 +217,11 @@ def jobs(
             str(job.get("id", ""))[:SHORT_ID],
             f"[{STATUS_STYLE.get(status_text, 'white')}]{status_text}[/]",
             str(job.get("priority", "")),
-            str(job.get("worker_id") or ""),
+            one_line(str(job.get("worker_id") or "")),
             f"{percent:.0f}%" if isinstance(percent, int | float) else "",
             _when(job.get("created_at")),
             _took(job),
-            str(error.get("message", ""))[:40] if isinstance(error, dict) else "",
+            one_line(str(error.get("message", "")) if isinstance(error, dict) else ""),
         )
     out.print(table)
     if not found:
