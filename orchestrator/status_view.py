@@ -9,14 +9,17 @@ place with Rich Live. A refresh never calls `docker stats` (about 2 s per contai
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, ServiceRecord
 from orchestrator.console import one_line
-from orchestrator.gpus.nvml import GpuDevice, GpuStats
+from orchestrator.gpus.nvml import GpuDevice
+from wgpu_protocol.messages import GpuStats
+from wgpu_protocol.ports import worker_id
+from wgpu_protocol.rest import WorkerJson
 
 if TYPE_CHECKING:  # Rich loads only to draw: `wgpu status --json` never imports it
     from rich.console import Console, RenderableType
@@ -41,10 +44,10 @@ class SlotStatus:
     name: str = ""
     uuid: str | None = None
     simulated: bool = False
-    utilization_pct: int | None = None
+    utilization_pct: float | None = None
     memory_used_mb: int | None = None
     memory_total_mb: int | None = None
-    temperature_c: int | None = None
+    temperature_c: float | None = None
     power_w: float | None = None
     worker: ServiceView | None = None
     comfyui: ServiceView | None = None
@@ -96,14 +99,14 @@ def _progress_pct(progress: Any) -> float | None:
 
 
 def _hub_worker_for(
-    workers: Sequence[dict[str, Any]], machine_id: str | None, index: int
-) -> dict[str, Any] | None:
+    workers: Sequence[WorkerJson], machine_id: str | None, index: int
+) -> WorkerJson | None:
     for worker in workers:
         gpu = worker.get("gpu") or {}
         same_machine = machine_id is None or worker.get("machine_id") == machine_id
         if same_machine and gpu.get("index") == index:
             return worker
-        if machine_id is not None and worker.get("id") == f"{machine_id}-gpu{index}":
+        if machine_id is not None and worker.get("id") == worker_id(machine_id, index):
             return worker
     return None
 
@@ -111,8 +114,8 @@ def _hub_worker_for(
 def build_snapshot(
     records: Sequence[ServiceRecord],
     devices: Sequence[GpuDevice],
-    stats: Sequence[GpuStats],
-    hub_workers: Sequence[dict[str, Any]] | None,
+    stats: Mapping[int, GpuStats],
+    hub_workers: Sequence[WorkerJson] | None,
     *,
     now: float,
     backend: str,
@@ -125,7 +128,6 @@ def build_snapshot(
 ) -> StatusSnapshot:
     """The status of every slot that has a GPU or a managed service. Pure: no I/O."""
     by_device = {device.index: device for device in devices}
-    by_stats = {stat.index: stat for stat in stats}
     services: dict[int, dict[str, ServiceRecord]] = {}
     for record in records:
         services.setdefault(record.index, {})[record.role] = record
@@ -135,7 +137,7 @@ def build_snapshot(
         indices = [i for i in indices if i in wanted]
     slots = []
     for index in indices:
-        device, stat = by_device.get(index), by_stats.get(index)
+        device, stat = by_device.get(index), stats.get(index)
         roles = services.get(index, {})
         worker, comfyui = roles.get(ROLE_WORKER), roles.get(ROLE_COMFYUI)
         any_record = worker or comfyui
@@ -148,9 +150,9 @@ def build_snapshot(
                 name=device.name if device else ("simulated" if simulated else ""),
                 uuid=device.uuid if device else (any_record.gpu_uuid if any_record else None),
                 simulated=simulated,
-                utilization_pct=stat.utilization_pct if stat else None,
-                memory_used_mb=stat.memory_used_mb if stat else None,
-                memory_total_mb=(stat.memory_total_mb if stat else None)
+                utilization_pct=stat.util_percent if stat else None,
+                memory_used_mb=stat.vram_used_mb if stat else None,
+                memory_total_mb=(stat.vram_total_mb if stat else None)
                 or (device.memory_total_mb if device else None),
                 temperature_c=stat.temperature_c if stat else None,
                 power_w=stat.power_w if stat else None,
@@ -188,13 +190,13 @@ class _Services(Protocol):
 class _Monitor(Protocol):
     error: str | None
 
-    def poll(self, indices: Iterable[int] | None = None) -> list[GpuStats]: ...
+    def poll(self, indices: Iterable[int] | None = None) -> dict[int, GpuStats]: ...
 
 
 class _Hub(Protocol):
     base_url: str
 
-    def get_workers(self) -> list[dict[str, Any]]: ...
+    def get_workers(self) -> list[WorkerJson]: ...
 
 
 def collect_snapshot(
@@ -214,7 +216,7 @@ def collect_snapshot(
     try:
         hub_future = executor.submit(_hub_workers, hub) if hub is not None else None
         records = backend.services()
-        stats = monitor.poll() if monitor is not None else []
+        stats = monitor.poll() if monitor is not None else {}
         hub_workers, hub_error = hub_future.result() if hub_future else (None, None)
     finally:
         if own_pool:
@@ -235,7 +237,7 @@ def collect_snapshot(
     )
 
 
-def _hub_workers(hub: _Hub) -> tuple[list[dict[str, Any]] | None, str | None]:
+def _hub_workers(hub: _Hub) -> tuple[list[WorkerJson] | None, str | None]:
     try:
         return hub.get_workers(), None
     except Exception as exc:  # any hub failure only blanks the hub columns

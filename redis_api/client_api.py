@@ -10,10 +10,11 @@ from typing import Any
 import aiohttp.http_exceptions
 from aiohttp import web
 
+from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
+
 from .errors import BadRequest, StoreUnavailable
 from .jobs import job_view, parse_body, parse_submit, worker_view
 from .runtime import HUB_KEY, Hub
-from .store import STATES, TERMINAL_STATES
 from .version import hub_version
 
 SSE_BLOCK_MS = 5000  # below the Redis socket timeout
@@ -109,8 +110,8 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
-    if status is not None and status not in STATES:
-        raise BadRequest(f"status must be one of {', '.join(STATES)}")
+    if status is not None and status not in JOB_STATES:
+        raise BadRequest(f"status must be one of {', '.join(JOB_STATES)}")
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from wgpu_protocol.ports import HUB_PORT, REDIS_PORT
+
 MIB = 1024 * 1024
 # Seconds between webhook attempts: 8 attempts over ~11.7 h, each gap ~3x the last (plus jitter).
 WEBHOOK_RETRY_SCHEDULE = (30.0, 90.0, 300.0, 900.0, 2700.0, 8100.0, 30000.0)
@@ -15,8 +17,8 @@ WEBHOOK_RETRY_SCHEDULE = (30.0, 90.0, 300.0, 900.0, 2700.0, 8100.0, 30000.0)
 @dataclass(frozen=True)
 class HubConfig:
     host: str = "0.0.0.0"
-    port: int = 8001
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    port: int = HUB_PORT
+    redis_url: str = f"redis://127.0.0.1:{REDIS_PORT}/0"
     worker_token: str | None = field(default=None, repr=False)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     lease_s: float = 30.0

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES, ProtocolError, check_text, loads_strict
+from wgpu_protocol.rest import (
+    WORKER_STATES,
+    DrainJson,
+    JobJson,
+    JobStatus,
+    WebhookJson,
+    WorkerJson,
+)
 
 from .config import HubConfig
 from .errors import BadRequest, WorkflowTooLarge
@@ -205,16 +213,16 @@ def output_url(job_id: str, name: str) -> str:
     return f"/jobs/{quote(job_id, safe='')}/outputs/{quote(name, safe='')}"
 
 
-def job_view(fields: dict[str, str], with_workflow: bool = False) -> dict[str, Any]:
+def job_view(fields: dict[str, str], with_workflow: bool = False) -> JobJson:
     """The job JSON of docs/architecture.md from its Redis hash."""
     status = fields.get("status", "")
     running = status == "running"
     error = _json(fields.get("error"), None)
     if isinstance(error, dict):
         error = {k: error.get(k) for k in ("type", "message", "node_id")}
-    view: dict[str, Any] = {
+    view: JobJson = {
         "id": fields.get("id", ""),
-        "status": status,
+        "status": cast(JobStatus, status),
         "priority": int(fields.get("priority", 0)),
         "timeout_s": float(fields.get("timeout_s", 0)),
         "max_attempts": int(fields.get("max_attempts", 0)),
@@ -237,7 +245,7 @@ def job_view(fields: dict[str, str], with_workflow: bool = False) -> dict[str, A
     return view
 
 
-def webhook_state(fields: dict[str, str]) -> dict[str, Any] | None:
+def webhook_state(fields: dict[str, str]) -> WebhookJson | None:
     """Delivery state of the job's final-event webhook (None without a webhook_url)."""
     if not fields.get("webhook_url"):
         return None
@@ -257,7 +265,7 @@ def progress_json(node: str | None, value: float, maximum: float) -> str:
     return json.dumps({"node": node, "value": value, "max": maximum, "percent": percent})
 
 
-def drain_view(record: Drain | None, current_job: str | None) -> dict[str, Any] | None:
+def drain_view(record: Drain | None, current_job: str | None) -> DrainJson | None:
     """A worker's drain as `/workers` shows it: draining while its job runs, then drained."""
     if record is None:
         return None
@@ -274,7 +282,7 @@ def worker_view(
     stale_ms: int,
     jobs: dict[str, dict[str, str]],
     drain: Drain | None = None,
-) -> dict[str, Any]:
+) -> WorkerJson:
     """One entry of `GET /workers`."""
     seen = int(fields.get("seen_ms") or 0)
     connected = fields.get("connected") == "1" and now_ms - seen <= stale_ms
@@ -295,7 +303,7 @@ def worker_view(
             "vram_total_mb": int(fields.get("vram_mb") or 0),
         },
         "connected": connected,
-        "status": state if state in ("idle", "busy", "unavailable", "offline") else "unavailable",
+        "status": state if state in WORKER_STATES else "unavailable",
         "current_job": running,
         "progress": _json(job.get("progress"), None) if job else None,
         "last_heartbeat": seen / 1000.0 if seen else None,

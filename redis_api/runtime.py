@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from wgpu_protocol.ports import REDIS_PORT
+
 from .config import HubConfig
 from .dispatch import Dispatcher
 from .errors import RedisOutOfMemory
@@ -32,7 +34,7 @@ REDIS_LOG_EVERY_S = 5.0
 def redis_display(url: str) -> str:
     """host:port/db of a Redis URL, without any credentials."""
     parts = urlsplit(url)
-    return f"{parts.hostname or '?'}:{parts.port or 6379}{parts.path or ''}"
+    return f"{parts.hostname or '?'}:{parts.port or REDIS_PORT}{parts.path or ''}"
 
 
 class Hub:

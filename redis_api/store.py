@@ -19,12 +19,12 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
+from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
+
 from .batching import ScriptBatcher
 from .errors import RedisOutOfMemory, StoreUnavailable
 from .redis_conn import HiredisPackConnection
 
-TERMINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out", "dead")
-STATES = ("queued", "running", *TERMINAL_STATES)
 REAP_BATCH = 500
 
 
@@ -283,7 +283,7 @@ class Store:
     async def list_job_ids(self, status: str | None, limit: int) -> list[str]:
         """Queued in dispatch order, running by lease, finished newest first."""
         ids: list[str] = []
-        for state in (status,) if status else STATES:
+        for state in (status,) if status else JOB_STATES:
             if len(ids) >= limit:
                 break
             want = limit - len(ids)
@@ -302,7 +302,7 @@ class Store:
             for state in TERMINAL_STATES:
                 pipe.zcard(self.key(f"done:{state}"))
             values = await pipe.execute()
-        return dict(zip(STATES, (int(v) for v in values), strict=True))
+        return dict(zip(JOB_STATES, (int(v) for v in values), strict=True))
 
     async def cancel(self, job_id: str, ttl_ms: int) -> Cancelled:
         outcome, worker, token = await self._run("cancel", job_id, ttl_ms)

@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from orchestrator.gpus.slots import DEFAULT_PORT_BASE, Slot
+from orchestrator.gpus.slots import Slot
+from wgpu_protocol import ports
+from wgpu_protocol import worker_env as names
+from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 ROLE_WORKER = "worker"
 ROLE_COMFYUI = "comfyui"
-DEFAULT_HUB_URL = "http://127.0.0.1:8001"
-WORKER_GRACE_DEFAULT_S = 30.0  # the worker's WORKER_GRACE_S default
+DEFAULT_HUB_URL = f"http://127.0.0.1:{ports.HUB_PORT}"
+WORKER_GRACE_DEFAULT_S = names.DEFAULT_GRACE_S
 # After its grace a worker still hands the job back (released + ack) and says bye: room for that.
 STOP_MARGIN_S = 10.0
 # SIGTERM to kill: longer than the worker's grace, so a job finishing in its grace is not killed.
@@ -71,7 +74,7 @@ class HubAddress:
     @property
     def port(self) -> int:
         parts = urlsplit(self.url)
-        return parts.port or (443 if parts.scheme in ("https", "wss") else 8001)
+        return parts.port or (443 if parts.scheme in ("https", "wss") else ports.HUB_PORT)
 
     @property
     def needs_full_url(self) -> bool:
@@ -92,7 +95,7 @@ class WorkerSettings:
     # command. Process backend: runs ComfyUI as a process per GPU, pinned like the worker.
     comfyui_cmd: str | None = None
     worker_token: str | None = None
-    port_base: int = DEFAULT_PORT_BASE
+    port_base: int = COMFYUI_PORT_BASE
     extra_env: tuple[tuple[str, str], ...] = ()
 
 
@@ -129,25 +132,22 @@ class SlotPlan:
     comfyui: ServicePlan | None = None  # started first, and waited on
 
 
-def comfyui_port(slot: Slot, port_base: int = DEFAULT_PORT_BASE) -> int:
-    return port_base + slot.index
+def comfyui_port(slot: Slot, port_base: int = COMFYUI_PORT_BASE) -> int:
+    return ports.comfyui_port(slot.index, port_base)
 
 
 def worker_env(slot: Slot, settings: WorkerSettings, num_gpus: int) -> dict[str, str]:
     """The worker's environment, as the original: one worker per GPU, ComfyUI on 8188+N."""
-    env = {
-        "REDIS_API_HOST": settings.hub.host,
-        "REDIS_API_PORT": str(settings.hub.port),
-        "EXECUTION_SERVICE_PORT": str(comfyui_port(slot, settings.port_base)),
-        "COMFYUI_HOST": "127.0.0.1",
-        "MACHINE_ID": settings.machine_id,
-        "GPU_ID": str(slot.index),
-        "NUM_GPUS": str(num_gpus),
-    }
-    if settings.hub.needs_full_url:
-        env["HUB_URL"] = settings.hub.url
-    if settings.worker_token:
-        env["WORKER_TOKEN"] = settings.worker_token
+    env = names.worker_environment(
+        machine_id=settings.machine_id,
+        gpu_id=slot.index,
+        num_gpus=num_gpus,
+        hub_host=settings.hub.host,
+        hub_port=settings.hub.port,
+        hub_url=settings.hub.url if settings.hub.needs_full_url else None,
+        comfyui_port_base=settings.port_base,
+        worker_token=settings.worker_token,
+    )
     env.update(dict(settings.extra_env))
     return env
 
@@ -155,7 +155,7 @@ def worker_env(slot: Slot, settings: WorkerSettings, num_gpus: int) -> dict[str,
 def worker_stop_timeout_s(env: Mapping[str, str]) -> int:
     """Whole seconds a stop waits before it kills this worker: its grace plus the margin."""
     try:
-        grace = float(env.get("WORKER_GRACE_S", WORKER_GRACE_DEFAULT_S))
+        grace = float(env.get(names.GRACE_S, WORKER_GRACE_DEFAULT_S))
     except ValueError:
         grace = WORKER_GRACE_DEFAULT_S  # the worker refuses to start with it anyway
     if not 0 < grace < float("inf"):

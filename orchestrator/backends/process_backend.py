@@ -38,6 +38,7 @@ from orchestrator.backends.base import (
     SlotPlan,
 )
 from orchestrator.backends.common import fan_out, port_answers
+from wgpu_protocol import worker_env
 
 ROLES = (ROLE_WORKER, ROLE_COMFYUI)
 _LOG_NAMES = {ROLE_WORKER: "output.log", ROLE_COMFYUI: "comfyui.log"}
@@ -197,7 +198,7 @@ class ProcessBackend:
         env["PYTHONUNBUFFERED"] = "1"
         if role == ROLE_WORKER:
             # Workers on one host must not share the default /tmp health file.
-            env.setdefault("HEALTH_FILE", str(files.directory / "health.json"))
+            env.setdefault(worker_env.HEALTH_FILE, str(files.directory / "health.json"))
         config_hash = ServicePlan(role, env, tuple(command)).config_hash()
         state = self._state(files, role)
         outcome = Outcome.STARTED

@@ -23,6 +23,7 @@ from orchestrator.hub_client.job_watch import (
     load_workflow,
     wait_until,
 )
+from wgpu_protocol.rest import JobJson
 
 # Ids as docker shows container ids: 12 characters, and any unique prefix works (the hub
 # resolves it) wherever a job id is taken.
@@ -170,7 +171,7 @@ def _when(seconds: Any) -> str:
     return datetime.datetime.fromtimestamp(seconds).strftime("%H:%M:%S")
 
 
-def _took(job: dict[str, Any]) -> str:
+def _took(job: JobJson) -> str:
     start, end = job.get("started_at"), job.get("finished_at")
     if isinstance(start, int | float) and isinstance(end, int | float):
         return f"{end - start:.1f}s"
@@ -210,9 +211,9 @@ def jobs(
         table.add_column(header, no_wrap=not flexible, justify="left")
     for job in found:
         status_text = str(job.get("status", ""))
-        progress = job.get("progress") or {}
-        percent = progress.get("percent") if isinstance(progress, dict) else None
-        error = job.get("error") or {}
+        progress = job.get("progress")
+        percent = progress.get("percent") if progress else None
+        error = job.get("error")
         table.add_row(
             str(job.get("id", ""))[:SHORT_ID],
             f"[{STATUS_STYLE.get(status_text, 'white')}]{status_text}[/]",
@@ -221,7 +222,7 @@ def jobs(
             f"{percent:.0f}%" if isinstance(percent, int | float) else "",
             _when(job.get("created_at")),
             _took(job),
-            one_line(str(error.get("message", "")) if isinstance(error, dict) else ""),
+            one_line(str(error.get("message", "")) if error else ""),
         )
     out.print(table)
     if not found:

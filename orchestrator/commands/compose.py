@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from orchestrator.console import ExitCode, err, fail, out
-from orchestrator.gpus.slots import DEFAULT_PORT_BASE
 from orchestrator.stack.compose_render import (
     DEFAULT_COMFYUI_IMAGE,
     DEFAULT_HUB_IMAGE,
@@ -24,6 +23,7 @@ from orchestrator.stack.compose_render import (
     to_yaml,
     validate,
 )
+from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 compose_app = typer.Typer(help="The one-host stack as a docker compose file.", no_args_is_help=True)
 
@@ -42,7 +42,7 @@ def render(
     machine_id: str = typer.Option("${MACHINE_ID:-local}", "--machine-id"),
     hub_port: int = typer.Option(DEFAULT_HUB_PORT, "--hub-port"),
     redis_port: int = typer.Option(DEFAULT_REDIS_PORT, "--redis-port"),
-    port_base: int = typer.Option(DEFAULT_PORT_BASE, "--port-base", help="ComfyUI N: base+N."),
+    port_base: int = typer.Option(COMFYUI_PORT_BASE, "--port-base", help="ComfyUI N: base+N."),
     worker_image: str = typer.Option(DEFAULT_WORKER_IMAGE, "--worker-image"),
     hub_image: str = typer.Option(DEFAULT_HUB_IMAGE, "--hub-image"),
     redis_image: str = typer.Option(DEFAULT_REDIS_IMAGE, "--redis-image"),

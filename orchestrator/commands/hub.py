@@ -8,15 +8,20 @@ import os
 import typer
 
 from orchestrator.console import ExitCode, fail
+from wgpu_protocol import ports
 
 
 def hub(
     host: str = typer.Option(
         None, "--host", help="Address to bind (env REDIS_API_HOST_BIND, default 0.0.0.0)."
     ),
-    port: int = typer.Option(None, "--port", help="Port (env REDIS_API_PORT, default 8001)."),
+    port: int = typer.Option(
+        None, "--port", help=f"Port (env REDIS_API_PORT, default {ports.HUB_PORT})."
+    ),
     redis_url: str = typer.Option(
-        None, "--redis-url", help="Redis URL (env REDIS_URL, default redis://127.0.0.1:6379/0)."
+        None,
+        "--redis-url",
+        help=f"Redis URL (env REDIS_URL, default redis://127.0.0.1:{ports.REDIS_PORT}/0).",
     ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
 ) -> None:

@@ -17,7 +17,6 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out, warn
-from orchestrator.gpus.slots import DEFAULT_PORT_BASE
 from orchestrator.stack.compose_render import (
     DEFAULT_HUB_PORT,
     DEFAULT_REDIS_IMAGE,
@@ -28,6 +27,7 @@ from orchestrator.stack.compose_render import (
     ComposeError,
     StackOptions,
 )
+from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 if TYPE_CHECKING:  # docker-py, Rich's progress and the stack load when a command runs
     from rich.progress import Progress, TaskID
@@ -144,7 +144,7 @@ def up(
     hub_port: int = typer.Option(DEFAULT_HUB_PORT, "--hub-port"),
     hub_bind: str = typer.Option("0.0.0.0", "--hub-bind", help="Where the hub listens."),
     redis_port: int = typer.Option(DEFAULT_REDIS_PORT, "--redis-port"),
-    port_base: int = typer.Option(DEFAULT_PORT_BASE, "--port-base", help="ComfyUI N: base+N."),
+    port_base: int = typer.Option(COMFYUI_PORT_BASE, "--port-base", help="ComfyUI N: base+N."),
     base_image: str | None = typer.Option(
         None, "--base-image", envvar="WGPU_BASE_IMAGE", help="Build local images on this one."
     ),

@@ -59,9 +59,7 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out
-from orchestrator.gpus.slots import (
-    DEFAULT_PORT_BASE,
-)
+from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 # Heavy dependencies (docker, rich's renderables, NVML, the hub client) are imported inside the
 # command that needs them, so `wgpu --help` and `wgpu status --json` start in tens of ms.
@@ -156,7 +154,7 @@ def start(
     backend: BackendOption = BackendKind.DOCKER,
     base_dir: BaseDirOption = None,
     worker_token: WorkerTokenOption = None,
-    port_base: PortBaseOption = DEFAULT_PORT_BASE,
+    port_base: PortBaseOption = COMFYUI_PORT_BASE,
     network: NetworkOption = "host",
     restart_policy: RestartOption = RestartPolicy.UNLESS_STOPPED,
     as_json: JsonOption = False,

@@ -38,9 +38,11 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.common import fan_out
 from orchestrator.backends.docker_backend import DockerBackend
-from orchestrator.gpus.slots import DEFAULT_PORT_BASE, Slot, simulated_slots
+from orchestrator.gpus.slots import Slot, simulated_slots
 from orchestrator.hub_client.client import HubClient, HubError
 from orchestrator.images.worker import has_image
+from wgpu_protocol.ports import COMFYUI_PORT_BASE
+from wgpu_protocol.rest import WorkerJson
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 HOST_KEYS = {
@@ -79,7 +81,7 @@ class HostSpec:
     comfyui_image: str | None = None
     hub_url: str = DEFAULT_HUB_URL
     worker_token: str | None = field(default=None, repr=False)
-    port_base: int = DEFAULT_PORT_BASE
+    port_base: int = COMFYUI_PORT_BASE
     network: str = "host"
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -363,7 +365,7 @@ class HostStatus:
     reachable: bool
     error: str | None = None
     containers: list[dict[str, Any]] = field(default_factory=list)
-    workers: list[dict[str, Any]] = field(default_factory=list)  # the hub's view
+    workers: list[WorkerJson] = field(default_factory=list)  # the hub's view
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -411,7 +413,7 @@ def _host_containers(host: HostSpec, connector: Connector) -> HostStatus:
     return HostStatus(host.machine_id, host.docker_host, True, containers=containers)
 
 
-def _hub_workers(url: str) -> tuple[list[dict[str, Any]], str | None]:
+def _hub_workers(url: str) -> tuple[list[WorkerJson], str | None]:
     try:
         return HubClient(url, timeout_s=2.0).get_workers(), None
     except HubError as exc:
@@ -423,7 +425,7 @@ def fleet_status(inventory: Inventory, connector: Connector = connect) -> FleetS
     urls = inventory.hub_urls
     hub_results = fan_out(_hub_workers, urls)
     hosts = fan_out(lambda host: _host_containers(host, connector), inventory.hosts)
-    workers_by_machine: dict[str, list[dict[str, Any]]] = {}
+    workers_by_machine: dict[str, list[WorkerJson]] = {}
     errors = {}
     for url, (workers, error) in zip(urls, hub_results, strict=True):
         if error:

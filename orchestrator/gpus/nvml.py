@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 
 import pynvml
 
+from wgpu_protocol.gpu_stats import MIB, gpu_stats_from_nvml
+from wgpu_protocol.messages import GpuStats
+
 T = TypeVar("T")
 
 
@@ -50,18 +53,6 @@ class GpuInventory:
         }
 
 
-@dataclass(frozen=True)
-class GpuStats:
-    """One GPU at one moment. Each field is None when the GPU or driver does not report it."""
-
-    index: int
-    utilization_pct: int | None
-    memory_used_mb: int | None
-    memory_total_mb: int | None
-    temperature_c: int | None
-    power_w: float | None
-
-
 def describe_nvml_error(exc: Exception) -> str:
     """One line for users: what is wrong with NVML on this host."""
     if isinstance(exc, pynvml.NVMLError_LibraryNotFound):
@@ -76,10 +67,6 @@ def describe_nvml_error(exc: Exception) -> str:
 def _text(value: str | bytes) -> str:
     # Older nvidia-ml-py versions return bytes.
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _bytes_to_mb(value: int) -> int:
-    return int(value) // (1024 * 1024)
 
 
 def _optional(read: Callable[[], T]) -> T | None:
@@ -104,7 +91,7 @@ def discover() -> GpuInventory:
                     index=index,
                     uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
                     name=_text(pynvml.nvmlDeviceGetName(handle)),
-                    memory_total_mb=_bytes_to_mb(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+                    memory_total_mb=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total) // MIB,
                 )
             )
         return GpuInventory(gpus=gpus)
@@ -146,27 +133,20 @@ class GpuMonitor:
     def indices(self) -> list[int]:
         return sorted(self._handles)
 
-    def poll(self, indices: Iterable[int] | None = None) -> list[GpuStats]:
-        """Stats for the given NVML indices (all GPUs when None); unknown indices are skipped."""
+    def poll(self, indices: Iterable[int] | None = None) -> dict[int, GpuStats]:
+        """Stats by NVML index (all GPUs when None); unknown indices are skipped."""
         wanted = self.indices if indices is None else [i for i in indices if i in self._handles]
-        return [self._read(index, self._handles[index]) for index in wanted]
+        return {index: self._read(self._handles[index]) for index in wanted}
 
     @staticmethod
-    def _read(index: int, handle: Any) -> GpuStats:
+    def _read(handle: Any) -> GpuStats:
         memory = _optional(lambda: pynvml.nvmlDeviceGetMemoryInfo(handle))
         utilization = _optional(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))
         temperature = _optional(
             lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
         )
         power_mw = _optional(lambda: pynvml.nvmlDeviceGetPowerUsage(handle))
-        return GpuStats(
-            index=index,
-            utilization_pct=None if utilization is None else int(utilization.gpu),
-            memory_used_mb=None if memory is None else _bytes_to_mb(memory.used),
-            memory_total_mb=None if memory is None else _bytes_to_mb(memory.total),
-            temperature_c=None if temperature is None else int(temperature),
-            power_w=None if power_mw is None else round(power_mw / 1000.0, 1),
-        )
+        return gpu_stats_from_nvml(memory, utilization, temperature, power_mw)
 
     def close(self) -> None:
         if self._open:
@@ -186,7 +166,7 @@ class GpuMonitor:
         self.close()
 
 
-def poll(indices: Iterable[int] | None = None) -> list[GpuStats]:
+def poll(indices: Iterable[int] | None = None) -> dict[int, GpuStats]:
     """One-off stats (initialises NVML for this call; keep a GpuMonitor for repeated polls)."""
     with GpuMonitor() as monitor:
         return monitor.poll(indices)

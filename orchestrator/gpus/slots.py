@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-DEFAULT_PORT_BASE = 8188
-
 
 class SlotError(ValueError):
     """The GPU selection cannot be satisfied; the message says what to do."""

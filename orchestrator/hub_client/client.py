@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: the CLI's sync calls do not pay aiohttp's import
     import aiohttp
 
+from wgpu_protocol.rest import HealthJson, JobJson, WorkerJson
+
 JsonObject = dict[str, Any]
 
 
@@ -153,29 +155,29 @@ class HubClient:
         with self._request(method, path, body) as response:
             return json.loads(response.read())
 
-    def health(self) -> JsonObject:
-        result: JsonObject = self._json("GET", "/health")
+    def health(self) -> HealthJson:
+        result: HealthJson = self._json("GET", "/health")
         return result
 
-    def get_workers(self) -> list[JsonObject]:
-        workers: list[JsonObject] = self._json("GET", "/workers")["workers"]
+    def get_workers(self) -> list[WorkerJson]:
+        workers: list[WorkerJson] = self._json("GET", "/workers")["workers"]
         return workers
 
-    def get_job(self, job_id: str) -> JsonObject:
-        job: JsonObject = self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
+    def get_job(self, job_id: str) -> JobJson:
+        job: JobJson = self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
 
-    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JsonObject]:
-        jobs: list[JsonObject] = self._json("GET", _jobs_query(status, limit))["jobs"]
+    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobJson]:
+        jobs: list[JobJson] = self._json("GET", _jobs_query(status, limit))["jobs"]
         return jobs
 
-    def submit(self, workflow: JsonObject, **options: Any) -> JsonObject:
+    def submit(self, workflow: JsonObject, **options: Any) -> JobJson:
         """`POST /jobs`; options as `submit_body` (priority, timeout_s, max_attempts, ...)."""
-        job: JsonObject = self._json("POST", "/jobs", submit_body(workflow, **options))
+        job: JobJson = self._json("POST", "/jobs", submit_body(workflow, **options))
         return job
 
-    def cancel(self, job_id: str) -> JsonObject:
-        job: JsonObject = self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
+    def cancel(self, job_id: str) -> JobJson:
+        job: JobJson = self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
 
     def get_output(self, job_id: str, name: str) -> bytes:
@@ -248,28 +250,28 @@ class AsyncHubClient:
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise HubUnreachable(f"hub at {self.base_url} does not answer ({exc})") from None
 
-    async def health(self) -> JsonObject:
-        result: JsonObject = await self._json("GET", "/health")
+    async def health(self) -> HealthJson:
+        result: HealthJson = await self._json("GET", "/health")
         return result
 
-    async def get_workers(self) -> list[JsonObject]:
-        workers: list[JsonObject] = (await self._json("GET", "/workers"))["workers"]
+    async def get_workers(self) -> list[WorkerJson]:
+        workers: list[WorkerJson] = (await self._json("GET", "/workers"))["workers"]
         return workers
 
-    async def get_job(self, job_id: str) -> JsonObject:
-        job: JsonObject = await self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
+    async def get_job(self, job_id: str) -> JobJson:
+        job: JobJson = await self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
 
-    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JsonObject]:
-        jobs: list[JsonObject] = (await self._json("GET", _jobs_query(status, limit)))["jobs"]
+    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobJson]:
+        jobs: list[JobJson] = (await self._json("GET", _jobs_query(status, limit)))["jobs"]
         return jobs
 
-    async def submit(self, workflow: JsonObject, **options: Any) -> JsonObject:
-        job: JsonObject = await self._json("POST", "/jobs", submit_body(workflow, **options))
+    async def submit(self, workflow: JsonObject, **options: Any) -> JobJson:
+        job: JobJson = await self._json("POST", "/jobs", submit_body(workflow, **options))
         return job
 
-    async def cancel(self, job_id: str) -> JsonObject:
-        job: JsonObject = await self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
+    async def cancel(self, job_id: str) -> JobJson:
+        job: JobJson = await self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
 
     async def events(

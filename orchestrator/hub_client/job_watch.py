@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.hub_client.client import HubClient, HubError
+from wgpu_protocol.rest import TERMINAL_STATES
 
-TERMINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out", "dead")
 JsonObject = dict[str, Any]
 
 
@@ -104,7 +104,7 @@ def _percent(progress: Any) -> float | None:
     return None
 
 
-def _apply_job(board: JobBoard, job_id: str, job: JsonObject) -> None:
+def _apply_job(board: JobBoard, job_id: str, job: Mapping[str, Any]) -> None:
     changes: dict[str, Any] = {
         "status": job.get("status", "queued"),
         "worker": job.get("worker_id"),
@@ -113,7 +113,7 @@ def _apply_job(board: JobBoard, job_id: str, job: JsonObject) -> None:
     if percent is not None:
         changes["percent"] = percent
     if job.get("status") in TERMINAL_STATES:
-        changes["job"] = job
+        changes["job"] = dict(job)
         if job.get("status") == "succeeded":
             changes["percent"] = 100.0
         error = job.get("error")
@@ -154,12 +154,12 @@ def follow_job(
         pass  # the stream broke: the job's own record decides from here
     while time.monotonic() < deadline:
         try:
-            job = hub.get_job(job_id)
+            record = hub.get_job(job_id)
         except HubError:
             time.sleep(poll_s)
             continue
-        _apply_job(board, job_id, job)
-        if job.get("status") in TERMINAL_STATES:
+        _apply_job(board, job_id, record)
+        if record["status"] in TERMINAL_STATES:
             return
         time.sleep(poll_s)
     board.update(job_id, status="timed_out", error=f"no result within {timeout_s:.0f}s")

@@ -25,7 +25,9 @@ from orchestrator.backends.base import (
     worker_env,
     worker_stop_timeout_s,
 )
-from orchestrator.gpus.slots import DEFAULT_PORT_BASE, Slot
+from orchestrator.gpus.slots import Slot
+from wgpu_protocol import ports
+from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 ROLE_HUB = "hub"
 ROLE_REDIS = "redis"
@@ -38,8 +40,8 @@ DEFAULT_WORKER_IMAGE = "wgpu-local/comfy-worker:latest"
 # A maintained public ComfyUI image (CUDA 12.4, ComfyUI with its Python). It appends CLI_ARGS
 # to ComfyUI's command line, which is how each GPU's copy gets its own port.
 DEFAULT_COMFYUI_IMAGE = "yanwk/comfyui-boot:cu124-slim"
-DEFAULT_REDIS_PORT = 6379
-DEFAULT_HUB_PORT = 8001
+DEFAULT_REDIS_PORT = ports.REDIS_PORT
+DEFAULT_HUB_PORT = ports.HUB_PORT
 DEFAULT_VOLUME = "wgpu-redis-data"
 DEFAULT_OUTPUTS_VOLUME = "wgpu-hub-outputs"
 HUB_OUTPUTS_DIR = "/var/lib/wgpu/outputs"
@@ -68,7 +70,7 @@ class StackOptions:
     redis_port: int = DEFAULT_REDIS_PORT
     hub_port: int = DEFAULT_HUB_PORT
     hub_bind: str = "0.0.0.0"  # the fleet's workers on other machines reach the hub
-    port_base: int = DEFAULT_PORT_BASE
+    port_base: int = COMFYUI_PORT_BASE
     redis_image: str = DEFAULT_REDIS_IMAGE
     hub_image: str = DEFAULT_HUB_IMAGE
     worker_image: str = DEFAULT_WORKER_IMAGE

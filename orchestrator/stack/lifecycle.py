@@ -37,6 +37,8 @@ from orchestrator.hub_client.client import HubClient, HubError
 from orchestrator.stack.compose_render import StackOptions, render_stack
 from orchestrator.stack.compose_runner import ComposeRunner, ServiceResult
 from orchestrator.stack.local_redis import LocalRedis, RedisUnavailable, free_port
+from wgpu_protocol import ports
+from wgpu_protocol.rest import WorkerJson
 
 StepCallback = Callable[[str, str], None]  # (part, state)
 STATE_FILE = "stack.json"
@@ -86,9 +88,9 @@ def _bind(port: int) -> Any:
 class ProcessStackConfig:
     state_dir: Path
     slots: int
-    hub_port: int = 8001
+    hub_port: int = ports.HUB_PORT
     hub_host: str = "127.0.0.1"
-    port_base: int = 8188
+    port_base: int = ports.COMFYUI_PORT_BASE
     redis_port: int = 0  # 0: a free port
     machine_id: str = "local"
     # auto: redis-server when installed, else the embedded Valkey (WGPU_LOCAL_REDIS overrides)
@@ -253,10 +255,10 @@ class ProcessStack:
             raise StackError(f"slots did not start: {details} (logs in {self.config.worker_dir})")
         return results
 
-    def wait_workers(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    def wait_workers(self, timeout_s: float = 60.0) -> list[WorkerJson]:
         """Until every slot's worker is connected to the hub; returns the hub's workers."""
         hub = HubClient(self.config.hub_url, timeout_s=1.0)
-        wanted = {f"{self.config.machine_id}-gpu{i}" for i in range(self.config.slots)}
+        wanted = {ports.worker_id(self.config.machine_id, i) for i in range(self.config.slots)}
         deadline = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(HubError):

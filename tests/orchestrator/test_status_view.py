@@ -17,7 +17,7 @@ from orchestrator.backends.base import (
     plan_slots,
 )
 from orchestrator.backends.process_backend import ProcessBackend
-from orchestrator.gpus.nvml import GpuDevice, GpuStats
+from orchestrator.gpus.nvml import GpuDevice
 from orchestrator.gpus.slots import select_slots
 from orchestrator.status_view import (
     StatusSnapshot,
@@ -26,13 +26,17 @@ from orchestrator.status_view import (
     render_table,
     watch,
 )
+from wgpu_protocol.messages import GpuStats
 
 NOW = 1_000_000.0
 DEVICES = [
     GpuDevice(0, "GPU-aaa", "NVIDIA H100 80GB HBM3", 81559),
     GpuDevice(1, "GPU-bbb", "NVIDIA H100 80GB HBM3", 81559),
 ]
-STATS = [GpuStats(0, 87, 40960, 81559, 64, 350.5), GpuStats(1, 0, 512, 81559, 31, 70.0)]
+STATS = {
+    0: GpuStats(87.0, 40960, 81559, 64.0, 350.5),
+    1: GpuStats(0.0, 512, 81559, 31.0, 70.0),
+}
 RECORDS = [
     ServiceRecord(
         0,
@@ -131,7 +135,7 @@ def test_snapshot_without_hub_leaves_hub_fields_blank() -> None:
     snap = build_snapshot(
         RECORDS,
         DEVICES,
-        [],
+        {},
         None,
         now=NOW,
         backend="docker",
@@ -188,7 +192,7 @@ def test_status_fits_80_columns_without_wrapping_a_row() -> None:
     devices = [
         GpuDevice(i, f"GPU-{i}", "NVIDIA GeForce RTX 4090 Laptop GPU", 144_000) for i in (10, 11)
     ]
-    stats = [GpuStats(i, 100, 143_000, 144_000, 101, 700.0) for i in (10, 11)]
+    stats = {i: GpuStats(100.0, 143_000, 144_000, 101.0, 700.0) for i in (10, 11)}
     hub_workers = [
         {
             "id": f"box-gpu{i}",
@@ -224,7 +228,7 @@ def test_rendered_table_says_why_columns_are_blank() -> None:
     snap = build_snapshot(
         [],
         [],
-        [],
+        {},
         None,
         now=NOW,
         backend="process",
@@ -243,7 +247,7 @@ def test_watch_redraws_in_place(tmp_path: Path) -> None:
     def collect() -> StatusSnapshot:
         calls.append(len(calls))
         records = [ServiceRecord(0, ROLE_WORKER, "w", "running", started_at=NOW - len(calls))]
-        return build_snapshot(records, [], [], None, now=NOW, backend="docker")
+        return build_snapshot(records, [], {}, None, now=NOW, backend="docker")
 
     terminal = tmp_path / "tty"
     with terminal.open("w") as file:

@@ -13,8 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_HEALTH_FILE, ConfigError, WorkerConfig
-from .health import DEFAULT_MAX_AGE_S, check_health
+from wgpu_protocol import worker_env as names
+
+from .config import ConfigError, WorkerConfig
+from .health import check_health
 
 USAGE = """usage: comfy-worker [healthcheck]
 
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def healthcheck() -> int:
-    path = Path(os.environ.get("HEALTH_FILE", "").strip() or DEFAULT_HEALTH_FILE)
-    max_age = float(os.environ.get("HEALTH_MAX_AGE_S", "") or DEFAULT_MAX_AGE_S)
+    path = Path(os.environ.get(names.HEALTH_FILE, "").strip() or names.DEFAULT_HEALTH_FILE)
+    max_age = float(os.environ.get(names.HEALTH_MAX_AGE_S, "") or names.DEFAULT_HEALTH_MAX_AGE_S)
     healthy, reason = check_health(path, max_age)
     print(reason)
     return 0 if healthy else 1

@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-DEFAULT_COMFYUI_PORT = 8188
-DEFAULT_HUB_PORT = 8001
-DEFAULT_HEALTH_FILE = "/tmp/comfy-worker-health.json"
+from wgpu_protocol import worker_env as names
+from wgpu_protocol.ports import comfyui_port as comfyui_port_of
+from wgpu_protocol.ports import worker_id
+from wgpu_protocol.worker_env import (
+    DEFAULT_COMFYUI_PORT_BASE,
+    DEFAULT_HEALTH_FILE,
+    DEFAULT_HUB_PORT,
+)
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -33,26 +39,29 @@ class WorkerConfig:
     gpu_id: int = 0
     num_gpus: int = 1
     hub_url: str = f"ws://127.0.0.1:{DEFAULT_HUB_PORT}"  # ws:// or wss:// base, no path
-    comfyui_url: str = f"http://127.0.0.1:{DEFAULT_COMFYUI_PORT}"  # http:// base, no path
-    comfyui_port: int = DEFAULT_COMFYUI_PORT
+    comfyui_url: str = f"http://127.0.0.1:{DEFAULT_COMFYUI_PORT_BASE}"  # http:// base, no path
+    comfyui_port: int = DEFAULT_COMFYUI_PORT_BASE
     worker_token: str | None = None
-    log_level: str = "INFO"
+    log_level: str = names.DEFAULT_LOG_LEVEL
     comfyui_cmd: str | None = None
     health_file: Path = Path(DEFAULT_HEALTH_FILE)
     # Timings. Defaults suit production; tests shorten them through the same fields.
-    grace_s: float = 30.0  # SIGTERM: how long the running job may still take
-    watchdog_s: float = 10.0  # ComfyUI socket silence during a job before /history is polled
-    comfyui_check_s: float = 1.0  # how often ComfyUI's /system_stats is probed
-    comfyui_lost_s: float = 3.0  # unreachable this long during a job = ComfyUI crashed
-    reconnect_max_s: float = 5.0  # cap of the hub reconnect backoff
-    ack_timeout_s: float = 30.0  # no ack of a result this long: reconnect and resend
+    grace_s: float = names.DEFAULT_GRACE_S  # SIGTERM: how long the running job may still take
+    # ComfyUI socket silence during a job before /history is polled
+    watchdog_s: float = names.DEFAULT_WATCHDOG_S
+    comfyui_check_s: float = names.DEFAULT_COMFYUI_CHECK_S  # how often /system_stats is probed
+    # unreachable this long during a job = ComfyUI crashed
+    comfyui_lost_s: float = names.DEFAULT_COMFYUI_LOST_S
+    reconnect_max_s: float = names.DEFAULT_RECONNECT_MAX_S  # cap of the hub reconnect backoff
+    # no ack of a result this long: reconnect and resend
+    ack_timeout_s: float = names.DEFAULT_ACK_TIMEOUT_S
     progress_interval_s: float = 0.05  # at most ~20 progress messages a second
     heartbeat_s: float = 5.0  # used until the hub's welcome says otherwise
 
     @property
     def worker_id(self) -> str:
         """Stable across restarts, so the hub recognises the worker and its running job."""
-        return f"{self.machine_id}-gpu{self.gpu_id}"
+        return worker_id(self.machine_id, self.gpu_id)
 
     @property
     def hub_ws_url(self) -> str:
@@ -66,41 +75,44 @@ class WorkerConfig:
         """Build from `env` (default os.environ); keyword overrides win over the environment."""
         env = os.environ if env is None else env
         reader = _EnvReader(env)
-        gpu_id = reader.integer("GPU_ID", 0, minimum=0)
-        num_gpus = reader.integer("NUM_GPUS", 1, minimum=1)
+        gpu_id = reader.integer(names.GPU_ID, names.DEFAULT_GPU_ID, minimum=0)
+        num_gpus = reader.integer(names.NUM_GPUS, names.DEFAULT_NUM_GPUS, minimum=1)
         comfyui_port = reader.integer(
-            "EXECUTION_SERVICE_PORT", DEFAULT_COMFYUI_PORT + gpu_id, minimum=1, maximum=65535
+            names.COMFYUI_PORT, comfyui_port_of(gpu_id), minimum=1, maximum=65535
         )
-        comfyui_host = reader.text("COMFYUI_HOST", "127.0.0.1")
-        log_level = reader.text("LOG_LEVEL", "INFO").upper()
+        comfyui_host = reader.text(names.COMFYUI_HOST, names.DEFAULT_COMFYUI_HOST)
+        log_level = reader.text(names.LOG_LEVEL, names.DEFAULT_LOG_LEVEL).upper()
         if log_level not in LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL={log_level!r} is not valid: use one of {LOG_LEVELS}")
+            raise ConfigError(
+                f"{names.LOG_LEVEL}={log_level!r} is not valid: use one of {LOG_LEVELS}"
+            )
         values: dict[str, Any] = {
-            "machine_id": reader.text("MACHINE_ID", socket.gethostname()),
+            "machine_id": reader.text(names.MACHINE_ID, socket.gethostname()),
             "gpu_id": gpu_id,
             "num_gpus": num_gpus,
             "hub_url": _hub_url(reader),
             "comfyui_url": f"http://{_host_for_url(comfyui_host)}:{comfyui_port}",
             "comfyui_port": comfyui_port,
-            "worker_token": reader.optional("WORKER_TOKEN"),
+            "worker_token": reader.optional(names.WORKER_TOKEN),
             "log_level": log_level,
-            "comfyui_cmd": reader.optional("COMFYUI_CMD"),
-            "health_file": Path(reader.text("HEALTH_FILE", DEFAULT_HEALTH_FILE)),
-            "grace_s": reader.seconds("WORKER_GRACE_S", 30.0),
-            "watchdog_s": reader.seconds("WORKER_WATCHDOG_S", 10.0),
-            "comfyui_check_s": reader.seconds("WORKER_COMFYUI_CHECK_S", 1.0),
-            "comfyui_lost_s": reader.seconds("WORKER_COMFYUI_LOST_S", 3.0),
-            "reconnect_max_s": reader.seconds("WORKER_RECONNECT_MAX_S", 5.0),
-            "ack_timeout_s": reader.seconds("WORKER_ACK_TIMEOUT_S", 30.0),
+            "comfyui_cmd": reader.optional(names.COMFYUI_CMD),
+            "health_file": Path(reader.text(names.HEALTH_FILE, DEFAULT_HEALTH_FILE)),
+            "grace_s": reader.seconds(names.GRACE_S, names.DEFAULT_GRACE_S),
+            "watchdog_s": reader.seconds(names.WATCHDOG_S, names.DEFAULT_WATCHDOG_S),
+            "comfyui_check_s": reader.seconds(names.COMFYUI_CHECK_S, names.DEFAULT_COMFYUI_CHECK_S),
+            "comfyui_lost_s": reader.seconds(names.COMFYUI_LOST_S, names.DEFAULT_COMFYUI_LOST_S),
+            "reconnect_max_s": reader.seconds(names.RECONNECT_MAX_S, names.DEFAULT_RECONNECT_MAX_S),
+            "ack_timeout_s": reader.seconds(names.ACK_TIMEOUT_S, names.DEFAULT_ACK_TIMEOUT_S),
         }
-        if gpu_id >= num_gpus and "NUM_GPUS" in env:
+        if gpu_id >= num_gpus and names.NUM_GPUS in env:
             raise ConfigError(
-                f"GPU_ID={gpu_id} is not below NUM_GPUS={num_gpus}: GPU ids count from 0"
+                f"{names.GPU_ID}={gpu_id} is not below {names.NUM_GPUS}={num_gpus}: "
+                "GPU ids count from 0"
             )
         if not _is_valid_id(values["machine_id"]):
             raise ConfigError(
-                f"MACHINE_ID={values['machine_id']!r} is not usable: use letters, digits, '.', "
-                "'_' or '-' (at most 100 characters)"
+                f"{names.MACHINE_ID}={values['machine_id']!r} is not usable: use letters, digits, "
+                "'.', '_' or '-' (at most 100 characters)"
             )
         values.update(overrides)
         return cls(**values)
@@ -120,16 +132,17 @@ def _host_for_url(host: str) -> str:
 
 
 def _hub_url(reader: _EnvReader) -> str:
-    override = reader.optional("HUB_URL")
+    override = reader.optional(names.HUB_URL)
     if override is None:
-        host = reader.text("REDIS_API_HOST", "127.0.0.1")
-        port = reader.integer("REDIS_API_PORT", DEFAULT_HUB_PORT, minimum=1, maximum=65535)
+        host = reader.text(names.HUB_HOST, names.DEFAULT_HUB_HOST)
+        port = reader.integer(names.HUB_PORT_VAR, DEFAULT_HUB_PORT, minimum=1, maximum=65535)
         return f"ws://{_host_for_url(host)}:{port}"
     parts = urlsplit(override)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.netloc:
         raise ConfigError(
-            f"HUB_URL={override!r} is not a URL: use e.g. http://hub-host:8001 or ws://hub-host:8001"
+            f"{names.HUB_URL}={override!r} is not a URL: use e.g. "
+            f"http://hub-host:{DEFAULT_HUB_PORT} or ws://hub-host:{DEFAULT_HUB_PORT}"
         )
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 

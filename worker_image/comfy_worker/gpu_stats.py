@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from wgpu_protocol.gpu_stats import MIB, gpu_stats_from_nvml
 from wgpu_protocol.messages import GpuInfo, GpuStats
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class GpuProbe:
             index=self._gpu_id,
             uuid=_text(_read(lambda: pynvml.nvmlDeviceGetUUID(handle))) or "",
             name=_text(_read(lambda: pynvml.nvmlDeviceGetName(handle))) or "",
-            vram_total_mb=int(memory.total // 2**20) if memory is not None else 0,
+            vram_total_mb=int(memory.total) // MIB if memory is not None else 0,
         )
 
     def stats(self) -> GpuStats:
@@ -69,13 +70,7 @@ class GpuProbe:
         util = _read(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))
         temperature = _read(lambda: pynvml.nvmlDeviceGetTemperature(handle, 0))  # 0 = GPU die
         power_mw = _read(lambda: pynvml.nvmlDeviceGetPowerUsage(handle))
-        return GpuStats(
-            util_percent=float(util.gpu) if util is not None else None,
-            vram_used_mb=int(memory.used // 2**20) if memory is not None else None,
-            vram_total_mb=int(memory.total // 2**20) if memory is not None else None,
-            temperature_c=float(temperature) if temperature is not None else None,
-            power_w=power_mw / 1000.0 if power_mw is not None else None,
-        )
+        return gpu_stats_from_nvml(memory, util, temperature, power_mw)
 
 
 def _read(query: Callable[[], _T]) -> _T | None:

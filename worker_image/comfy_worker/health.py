@@ -13,8 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# A file older than this means the worker is hung or gone, whatever it says.
-DEFAULT_MAX_AGE_S = 30.0
+from wgpu_protocol.worker_env import DEFAULT_HEALTH_MAX_AGE_S  # older: hung or gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ def write_health(path: Path, state: HealthState) -> None:
 
 
 def check_health(
-    path: Path, max_age_s: float = DEFAULT_MAX_AGE_S, now: float | None = None
+    path: Path, max_age_s: float = DEFAULT_HEALTH_MAX_AGE_S, now: float | None = None
 ) -> tuple[bool, str]:
     """(healthy, one line saying why). Healthy = fresh file, hub connected, ComfyUI answering."""
     try:

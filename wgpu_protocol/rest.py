@@ -1,0 +1,158 @@
+"""The shapes of the hub's REST answers (docs/architecture.md, "REST"), defined once.
+
+The hub builds these (`redis_api.jobs.job_view`, `worker_view`) and the CLI reads them
+(`orchestrator.hub_client`, `status_view`, `fleet`), so a field added, renamed or retyped on one
+side is a type error on the other. Types only: nothing here validates or does I/O. A reader of
+another hub version should still use `.get()`: these say what this version sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypeAlias, TypedDict
+
+JobStatus: TypeAlias = Literal[
+    "queued", "running", "succeeded", "failed", "cancelled", "timed_out", "dead"
+]
+JOB_STATES: tuple[JobStatus, ...] = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "dead",
+)
+TERMINAL_STATES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled", "timed_out", "dead")
+
+WorkerStatus: TypeAlias = Literal["idle", "busy", "unavailable", "offline"]
+WORKER_STATES: tuple[WorkerStatus, ...] = ("idle", "busy", "unavailable", "offline")
+
+
+class ProgressJson(TypedDict):
+    node: str | None
+    value: float
+    max: float
+    percent: float | None
+
+
+class JobErrorJson(TypedDict):
+    type: str
+    message: str
+    node_id: str | None
+
+
+class OutputJson(TypedDict):
+    name: str
+    url: str
+    size: int
+    content_type: str
+
+
+class AttemptJson(TypedDict):
+    """One attempt in a job's `history`."""
+
+    attempt: int
+    worker_id: str
+    outcome: str
+    error: JobErrorJson | None
+
+
+class ConstraintsJson(TypedDict, total=False):
+    machine_id: str
+    gpu: int | str  # index, UUID or name
+    min_vram_mb: int
+
+
+class WebhookJson(TypedDict):
+    """Delivery state of a job's final-event webhook."""
+
+    attempts: int
+    last_status: int | None
+    delivered_at: float | None
+    next_attempt_at: float | None
+    error: str | None
+    events: list[str] | None
+
+
+class JobJson(TypedDict):
+    """`GET /jobs/{id}`, one entry of `GET /jobs`, the body of `POST /jobs` and `DELETE`."""
+
+    id: str
+    status: JobStatus
+    priority: int
+    timeout_s: float
+    max_attempts: int
+    attempts: int
+    worker_id: str | None
+    progress: ProgressJson | None
+    created_at: float | None  # unix seconds
+    started_at: float | None
+    finished_at: float | None
+    error: JobErrorJson | None
+    outputs: list[OutputJson]
+    constraints: ConstraintsJson | None
+    idempotency_key: str | None
+    webhook_url: str | None
+    webhook: WebhookJson | None  # None without a webhook_url
+    history: list[AttemptJson]
+    workflow: NotRequired[dict[str, Any]]  # only in `GET /jobs/{id}`
+
+
+class JobListJson(TypedDict):
+    jobs: list[JobJson]
+
+
+class GpuJson(TypedDict):
+    index: int | None
+    uuid: str
+    name: str
+    vram_total_mb: int
+
+
+class GpuStatsJson(TypedDict, total=False):
+    """`messages.GpuStats` as the hub shows it: only the fields the worker could read."""
+
+    util_percent: float
+    vram_used_mb: int
+    vram_total_mb: int
+    temperature_c: float
+    power_w: float
+
+
+class DrainJson(TypedDict):
+    state: Literal["draining", "drained"]
+    since: float  # unix seconds
+    deadline: float | None
+
+
+class WorkerJson(TypedDict):
+    """One entry of `GET /workers`."""
+
+    id: str
+    machine_id: str
+    gpu: GpuJson
+    connected: bool
+    status: WorkerStatus
+    current_job: str | None
+    progress: ProgressJson | None
+    last_heartbeat: float | None  # unix seconds
+    gpu_stats: GpuStatsJson
+    comfyui_ok: bool | None
+    jobs_done: int
+    jobs_failed: int
+    version: str
+    drain: DrainJson | None
+
+
+class WorkerListJson(TypedDict):
+    workers: list[WorkerJson]
+
+
+class HealthJson(TypedDict):
+    """`GET /health`: 200 with status ok, or 503 with status degraded and an error."""
+
+    status: Literal["ok", "degraded"]
+    redis: Literal["ok", "unavailable"]
+    hub_id: NotRequired[str]
+    workers_connected: NotRequired[int]
+    error: NotRequired[str]
