@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,11 +46,23 @@ LABEL_GPU_UUID = "wgpu.gpu_uuid"
 LABEL_CONFIG_HASH = "wgpu.config_hash"
 LABEL_SIMULATED = "wgpu.simulated"
 ROLES = (ROLE_WORKER, ROLE_COMFYUI)
+READY_PORT_POLL_S = 0.02  # how often a starting ComfyUI's port is tried
+READY_INSPECT_S = 0.5  # ... and its container inspected for a crash meanwhile
+READY_POLL_S = 0.1  # remote engines: the container's state is all there is to ask
 NVIDIA_REFUSAL = 'could not select device driver "nvidia"'
 NVIDIA_HINT = (
     "Docker cannot give containers a GPU: install the NVIDIA Container Toolkit "
     "(nvidia-container-toolkit) and restart dockerd, or use --simulate N / --backend process"
 )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A container ready to start, and what starting it will be reported as."""
+
+    container: Container
+    outcome: Outcome
+    created: bool  # by this start (removed again if its ComfyUI never answers)
 
 
 def container_name(role: str, index: int) -> str:
@@ -153,25 +166,39 @@ class DockerBackend:
     # --- start -----------------------------------------------------------------------------
 
     def start(self, plans: Sequence[SlotPlan]) -> list[ActionResult]:
-        per_slot = fan_out(self._start_slot, list(plans))
+        """Every slot at once, none waiting for another: each starts its ComfyUI, creates its
+        worker while ComfyUI boots, and starts the worker the moment its own ComfyUI answers."""
+        images = {s.image for p in plans for s in (p.comfyui, p.worker) if s and s.image}
+        image_ids = dict(zip(images, fan_out(self._image_id, sorted(images)), strict=True))
+        per_slot = fan_out(lambda plan: self._start_slot(plan, image_ids), list(plans))
         return [result for results in per_slot for result in results]
 
-    def _start_slot(self, plan: SlotPlan) -> list[ActionResult]:
-        results = []
-        if plan.comfyui is not None and not plan.comfyui.image:
+    def _image_id(self, image: str) -> str | None:
+        """The image's id (a rebuilt image under the same tag is a change); None: not here."""
+        try:
+            return str(self.client.images.get(image).id)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _start_slot(self, plan: SlotPlan, image_ids: dict[str, str | None]) -> list[ActionResult]:
+        index = plan.slot.index
+        if plan.comfyui is None:
+            return [self._ensure(plan, plan.worker, image_ids)]
+        if not plan.comfyui.image:
             detail = "--comfyui-cmd needs --comfyui-image with --backend docker"
-            return [ActionResult(plan.slot.index, ROLE_COMFYUI, Outcome.FAILED, detail)]
-        if plan.comfyui is not None:
-            comfyui = self._ensure(plan, plan.comfyui)
-            if comfyui.ok:
-                comfyui = self._wait_ready(plan, plan.comfyui, comfyui)
-            results.append(comfyui)
-            if not comfyui.ok:
-                detail = f"not started: comfyui-gpu{plan.slot.index} is not ready"
-                results.append(ActionResult(plan.slot.index, ROLE_WORKER, Outcome.FAILED, detail))
-                return results
-        results.append(self._ensure(plan, plan.worker))
-        return results
+            return [ActionResult(index, ROLE_COMFYUI, Outcome.FAILED, detail)]
+        comfyui = self._ensure(plan, plan.comfyui, image_ids)
+        worker = self._prepare(plan, plan.worker, image_ids) if comfyui.ok else None
+        if comfyui.ok:
+            comfyui = self._wait_ready(plan, plan.comfyui, comfyui)
+        if not comfyui.ok:
+            if isinstance(worker, _Prepared) and worker.created:
+                with contextlib.suppress(docker.errors.APIError):  # never left half-made
+                    worker.container.remove(force=True)
+            detail = f"not started: comfyui-gpu{index} is not ready"
+            return [comfyui, ActionResult(index, ROLE_WORKER, Outcome.FAILED, detail)]
+        assert worker is not None
+        return [comfyui, self._start_prepared(plan, plan.worker, worker)]
 
     def _create_kwargs(self, plan: SlotPlan, service: ServicePlan) -> dict[str, Any]:
         slot = plan.slot
@@ -223,7 +250,25 @@ class DockerBackend:
             LABEL_SIMULATED: "true" if plan.slot.simulated else "false",
         }
 
-    def _ensure(self, plan: SlotPlan, service: ServicePlan) -> ActionResult:
+    def _ensure(
+        self, plan: SlotPlan, service: ServicePlan, image_ids: dict[str, str | None]
+    ) -> ActionResult:
+        return self._start_prepared(plan, service, self._prepare(plan, service, image_ids))
+
+    def _start_prepared(
+        self, plan: SlotPlan, service: ServicePlan, prepared: _Prepared | ActionResult
+    ) -> ActionResult:
+        if isinstance(prepared, ActionResult):
+            return prepared
+        return self._start_container(
+            prepared.container, plan.slot.index, service.role, prepared.outcome
+        )
+
+    def _prepare(
+        self, plan: SlotPlan, service: ServicePlan, image_ids: dict[str, str | None]
+    ) -> _Prepared | ActionResult:
+        """The container to start for `service` (created when missing or changed), or the
+        result when there is nothing to start (running with the same config, or a failure)."""
         index = plan.slot.index
         kwargs = self._create_kwargs(plan, service)
         extra = [
@@ -235,10 +280,14 @@ class DockerBackend:
         ]
         if "stop_timeout" in kwargs:  # only workers: ComfyUI containers keep their hash
             extra.append(f"stop_timeout={kwargs['stop_timeout']}")
+        image_id = image_ids.get(service.image)
+        if image_id is None:
+            detail = f"image {service.image} not found: run `wgpu setup` or pass --image"
+            return ActionResult(index, service.role, Outcome.FAILED, detail)
         outcome = Outcome.STARTED
         try:
             # The image id, not just its name: an image rebuilt under the same tag is a change.
-            extra.append(self.client.images.get(service.image).id)
+            extra.append(image_id)
             config_hash = service.config_hash(extra)
             try:
                 existing = self.client.containers.get(kwargs["name"])
@@ -254,7 +303,7 @@ class DockerBackend:
                 if existing.labels.get(LABEL_CONFIG_HASH) == config_hash:
                     if existing.status in ("running", "restarting"):
                         return ActionResult(index, service.role, Outcome.ALREADY_RUNNING)
-                    return self._start_container(existing, index, service.role, Outcome.STARTED)
+                    return _Prepared(existing, Outcome.STARTED, created=False)
                 existing.remove(force=True)
                 outcome = Outcome.RECREATED
             container = _create_container(
@@ -265,7 +314,7 @@ class DockerBackend:
             return ActionResult(index, service.role, Outcome.FAILED, detail)
         except docker.errors.APIError as exc:
             return ActionResult(index, service.role, Outcome.FAILED, _short(exc))
-        return self._start_container(container, index, service.role, outcome)
+        return _Prepared(container, outcome, created=True)
 
     def _start_container(
         self, container: Container, index: int, role: str, outcome: Outcome
@@ -289,21 +338,28 @@ class DockerBackend:
         name = container_name(service.role, plan.slot.index)
         # Only on the host network of a local engine is ComfyUI's port on our 127.0.0.1.
         local = _is_local_host(self.docker_host) and self.network_mode == "host"
+        # The port is cheap to ask and says "ready" first; the engine is asked (which costs it
+        # work while every other slot is starting too) only as often as a crash must be seen.
+        inspect_every_s = READY_INSPECT_S if local else READY_POLL_S
         deadline = time.monotonic() + self.comfyui_wait_s
+        next_inspect, running = 0.0, False
         while time.monotonic() < deadline:
-            try:
-                container = self.client.containers.get(name)
-            except docker.errors.NotFound:
-                break
-            crashed = container.status in ("exited", "dead", "restarting")
-            if crashed or container.attrs.get("RestartCount", 0):  # a restart policy hides exits
-                last = container.logs(tail=1).decode(errors="replace").strip()
-                detail = f"{name} exited: {last or 'no output'}"
-                container.stop(timeout=1)  # not left crash-looping under its restart policy
-                return ActionResult(plan.slot.index, service.role, Outcome.FAILED, detail)
-            if container.status == "running" and (not local or port_answers(service.port)):
+            if time.monotonic() >= next_inspect:
+                try:
+                    container = self.client.containers.get(name)
+                except docker.errors.NotFound:
+                    break
+                crashed = container.status in ("exited", "dead", "restarting")
+                if crashed or container.attrs.get("RestartCount", 0):  # restarts hide exits
+                    last = container.logs(tail=1).decode(errors="replace").strip()
+                    detail = f"{name} exited: {last or 'no output'}"
+                    container.stop(timeout=1)  # not left crash-looping under its restart policy
+                    return ActionResult(plan.slot.index, service.role, Outcome.FAILED, detail)
+                running = container.status == "running"
+                next_inspect = time.monotonic() + inspect_every_s
+            if running and (not local or port_answers(service.port)):
                 return started
-            time.sleep(0.1)
+            time.sleep(READY_POLL_S if not local else READY_PORT_POLL_S)
         detail = (
             f"{name} did not answer on port {service.port} within {self.comfyui_wait_s:.0f}s: "
             f"see `wgpu logs {plan.slot.index} --service comfyui`"
