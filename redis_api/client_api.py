@@ -143,7 +143,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     return _json(view)
 
 
-async def get_output(request: web.Request) -> web.Response:
+async def get_output(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
     job_id, name = await job_id_of(request), request.match_info["name"]
     fields = await hub.store.get_job(job_id)
@@ -153,11 +153,32 @@ async def get_output(request: web.Request) -> web.Response:
     match = next((o for o in outputs if o.get("name") == name), None)
     if match is None:
         raise web.HTTPNotFound(reason=f"job {job_id} has no output {name!r}")
-    data = await hub.storage.get(job_id, name)
-    if data is None:
-        raise web.HTTPNotFound(reason=f"output {name!r} of job {job_id} is no longer stored")
     content_type = str(match.get("content_type") or "application/octet-stream")
-    return web.Response(body=data, headers={"Content-Type": content_type})
+    chunks = hub.storage.read_chunks(job_id, name)
+    try:
+        first = await anext(chunks)
+    except FileNotFoundError:
+        raise web.HTTPNotFound(
+            reason=f"output {name!r} of job {job_id} is no longer stored"
+        ) from None
+    except StopAsyncIteration:
+        first = b""
+    # Streamed in chunks: memory stays bounded whatever the output's size.
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    size = match.get("size")
+    if isinstance(size, int):
+        response.content_length = size
+    if match.get("sha256"):
+        response.headers["X-Content-SHA256"] = str(match["sha256"])
+    await response.prepare(request)
+    try:
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    await response.write_eof()
+    return response
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:

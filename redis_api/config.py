@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from wgpu_protocol.output_chunks import DEFAULT_MAX_OUTPUT_BYTES
 from wgpu_protocol.ports import HUB_PORT, REDIS_PORT
 
 MIB = 1024 * 1024
@@ -48,6 +49,8 @@ class HubConfig:
     webhook_poll_s: float = 0.1
     # Where clients reach the hub (e.g. https://gpu.example.com): makes URLs in webhooks absolute.
     public_url: str = ""
+    # Inputs and outputs (issue #11).
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
@@ -144,4 +147,5 @@ _ENV: dict[str, tuple[str, Any]] = {
     "webhook_breaker_cooldown_s": ("WEBHOOK_BREAKER_COOLDOWN_S", float),
     "webhook_progress_interval_s": ("WEBHOOK_PROGRESS_INTERVAL_S", float),
     "public_url": ("PUBLIC_URL", str),
+    "max_output_bytes": ("MAX_OUTPUT_BYTES", int),
 }

@@ -50,6 +50,7 @@ _FIELDS = {
     "constraints",
     "webhook_url",
     "webhook_events",
+    "allow_partial",
 }
 _CONSTRAINTS = {"machine_id", "gpu", "min_vram_mb"}
 
@@ -111,6 +112,12 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
             f"the workflow is {len(workflow_json.encode())} bytes encoded; the limit is "
             f"{MAX_WORKFLOW_BYTES}: move large inputs (images) to files ComfyUI can load"
         )
+    allow_partial = body.get("allow_partial", False)
+    if not isinstance(allow_partial, bool):
+        raise BadRequest("allow_partial must be true or false", "allow_partial")
+    extras: dict[str, Any] = {}
+    if allow_partial:
+        extras["allow_partial"] = True
     return JobSpec(
         workflow_json=workflow_json,
         priority=priority,
@@ -120,6 +127,7 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
         idempotency_key=key,
         webhook_url=webhook,
         webhook_events=events,
+        extras=extras or None,
     )
 
 
@@ -234,6 +242,7 @@ def job_view(fields: dict[str, str], with_workflow: bool = False) -> JobJson:
         "finished_at": _seconds(fields.get("finished_ms")),
         "error": error,
         "outputs": _json(fields.get("outputs"), []),
+        "results": _json(fields.get("results"), {}),
         "constraints": _json(fields.get("constraints"), None),
         "idempotency_key": fields.get("idempotency_key") or None,
         "webhook_url": fields.get("webhook_url") or None,

@@ -4,18 +4,37 @@ directory without touching dispatch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import os
 import re
 import shutil
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
 from .errors import ConfigError, StorageError
 
+READ_CHUNK_BYTES = 1 << 20
+
 # The sweeper only ever deletes directories named like a job id (uuid4 hex), inside a root that
 # holds this marker (written by the hub that made the root; it names the store it belongs to).
 MARKER = ".wgpu-outputs"
 _JOB_DIR = re.compile(r"[0-9a-f]{32}")
+
+
+class OutputWriter(Protocol):
+    """One output being received in chunks: nothing is visible under its name until `commit`.
+    Failures raise StorageError."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the file visible under its name (atomically)."""
+
+    async def abort(self) -> None:
+        """Drop what was written (idempotent, never raises)."""
 
 
 class Storage(Protocol):
@@ -32,6 +51,12 @@ class Storage(Protocol):
 
     async def job_ids(self) -> list[str]:
         """Jobs that have outputs stored (for the sweeper)."""
+
+    async def open_writer(self, job_id: str, name: str) -> OutputWriter:
+        """Start receiving an output in chunks (bounded memory whatever its size)."""
+
+    def read_chunks(self, job_id: str, name: str) -> AsyncIterator[bytes]:
+        """The output's bytes in chunks; FileNotFoundError when there is none."""
 
 
 def _safe(part: str) -> str:
@@ -120,6 +145,33 @@ class LocalDirStorage:
         if _JOB_DIR.fullmatch(job_id):  # never anything the hub did not make
             await asyncio.to_thread(shutil.rmtree, self.root / job_id, True)
 
+    async def open_writer(self, job_id: str, name: str) -> OutputWriter:
+        path = self._path(job_id, name)
+        try:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            return await asyncio.to_thread(_LocalWriter, path)
+        except OSError as exc:
+            raise StorageError(_describe(exc)) from exc
+
+    async def read_chunks(self, job_id: str, name: str) -> AsyncIterator[bytes]:
+        try:
+            path = self._path(job_id, name)
+        except ValueError:
+            raise FileNotFoundError(name) from None
+        try:
+            handle = await asyncio.to_thread(open, path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(name) from None
+        except OSError as exc:
+            raise StorageError(_describe(exc)) from exc
+        try:
+            while chunk := await asyncio.to_thread(handle.read, READ_CHUNK_BYTES):
+                yield chunk
+        except OSError as exc:
+            raise StorageError(_describe(exc)) from exc
+        finally:
+            handle.close()
+
     async def job_ids(self) -> list[str]:
         """Job directories, only in a root marked as ours (see claim_root)."""
 
@@ -134,3 +186,43 @@ class LocalDirStorage:
             return await asyncio.to_thread(scan)
         except OSError as exc:
             raise StorageError(str(exc)) from exc
+
+
+def _describe(exc: OSError) -> str:
+    return f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc}"
+
+
+class _LocalWriter:
+    """Writes to a hidden temporary name beside the target, renamed on commit."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+        self._handle = open(self._tmp, "wb")  # noqa: SIM115 (closed by commit or abort)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._handle.write, data)
+        except OSError as exc:
+            await self.abort()  # a full disk keeps no half-written file
+            raise StorageError(_describe(exc)) from exc
+
+    async def commit(self) -> None:
+        def finish() -> None:
+            self._handle.close()
+            os.replace(self._tmp, self._path)  # a reader never sees half a file
+
+        try:
+            await asyncio.to_thread(finish)
+        except OSError as exc:
+            await self.abort()
+            raise StorageError(_describe(exc)) from exc
+
+    async def abort(self) -> None:
+        def drop() -> None:
+            self._handle.close()
+            self._tmp.unlink(missing_ok=True)
+
+        # Nothing more to do on failure: the sweeper removes the job's directory later.
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(drop)

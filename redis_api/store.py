@@ -40,6 +40,8 @@ class JobSpec:
     idempotency_key: str = ""
     webhook_url: str = ""
     webhook_events: tuple[str, ...] = ()  # empty: every final event
+    # Sent to the worker with the job: {"allow_partial": true, "inputs": {...}} (only if set).
+    extras: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,8 @@ class Claim:
     workflow_json: str
     enqueued_ms: int
     claimed_ms: int
+    # JSON object of job fields for the worker beyond the workflow (allow_partial, inputs).
+    extras_json: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +250,7 @@ class Store:
             "" if c.get("min_vram_mb") is None else str(c["min_vram_mb"]),
             spec.idempotency_key,
             spec.webhook_url,
+            json.dumps(spec.extras, separators=(",", ":")) if spec.extras else "",
         )
         return Enqueued(str(result[0]), bool(int(result[1])), int(result[2]))
 
@@ -464,9 +469,10 @@ class Store:
         outputs: list[dict[str, Any]],
         ttl_ms: int,
         prompt_id: str = "",
+        results: dict[str, Any] | None = None,
     ) -> str:
         refused, _ = await self.complete_and_claim(
-            job_id, token, worker_id, outputs, ttl_ms, prompt_id, None
+            job_id, token, worker_id, outputs, ttl_ms, prompt_id, None, results
         )
         return refused
 
@@ -479,6 +485,7 @@ class Store:
         ttl_ms: int,
         prompt_id: str,
         claim: tuple[int, int] | None,
+        results: dict[str, Any] | None = None,
     ) -> tuple[str, Claim | ClaimMiss | None]:
         """Record a success; with `claim` = (lease_ms, scan_limit) also claim the worker's next
         job in the same script (`completed.ready_next`). Returns (refusal or '', claim result,
@@ -494,6 +501,7 @@ class Store:
             prompt_id,
             lease_ms,
             scan_limit,
+            json.dumps(results) if results else "",
         )
         refused = str(r[0] or "")
         return refused, (_claim_result(r[1:]) if len(r) > 1 else None)
@@ -606,7 +614,10 @@ class Store:
 def _claim_result(r: Sequence[Any]) -> Claim | ClaimMiss:
     code = int(r[0])
     if code == 1:
-        return Claim(str(r[1]), int(r[2]), int(r[3]), float(r[4]), str(r[5]), int(r[6]), int(r[7]))
+        extras = str(r[8] or "") if len(r) > 8 else ""
+        return Claim(
+            str(r[1]), int(r[2]), int(r[3]), float(r[4]), str(r[5]), int(r[6]), int(r[7]), extras
+        )
     return CLAIM_EMPTY if code == 0 else CLAIM_NONE_FIT
 
 

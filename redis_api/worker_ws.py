@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -45,11 +46,13 @@ from wgpu_protocol.messages import (
     decode_worker_message,
     encode,
 )
+from wgpu_protocol.output_chunks import decode_chunk, is_chunk_frame
 
 from .auth import bearer_ok
 from .errors import BadRequest, RedisOutOfMemory, StorageError, StoreUnavailable
 from .jobs import output_url, progress_json
 from .runtime import HUB_KEY, Hub
+from .storage import OutputWriter
 from .store import CancelNotice, Claim
 from .ws_frames import text_frames
 
@@ -62,10 +65,30 @@ COALESCE_MAX_BYTES = 64 * 1024
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@")
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An output the hub stored for a job: its size and sha256 (hex)."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(eq=False)
+class _Incoming:
+    writer: OutputWriter
+    written: int = 0
+    hash: Any = field(default_factory=hashlib.sha256)
+
+
 def job_frame(claim: Claim) -> str:
-    """The `job` message for a claim, the workflow spliced in as stored."""
+    """The `job` message for a claim, the workflow (and extras) spliced in as stored."""
     return encode_job(
-        claim.job_id, claim.token, claim.workflow_json, claim.attempt, claim.timeout_s
+        claim.job_id,
+        claim.token,
+        claim.workflow_json,
+        claim.attempt,
+        claim.timeout_s,
+        claim.extras_json,
     )
 
 
@@ -123,7 +146,9 @@ class WorkerSession:
         self.said_bye = False
         self.welcomed = False
         # Output files received per (job_id, token): name -> size.
-        self._received: dict[tuple[str, int], dict[str, int]] = {}
+        self._received: dict[tuple[str, int], dict[str, Received]] = {}
+        # Outputs arriving in chunks: (job_id, token, name) -> the transfer so far.
+        self._incoming: dict[tuple[str, int, str], _Incoming] = {}
         # The job last sent on this socket, and the prompt id of its `started`, held back to go
         # with that job's next script (progress/completed/failed): one script per job fewer.
         self._delivered: tuple[str, int] | None = None
@@ -290,6 +315,9 @@ class WorkerSession:
 
     async def _closed(self) -> None:
         self.hub.dispatcher.unregister(self)
+        for incoming in self._incoming.values():
+            await incoming.writer.abort()  # the worker resends from the start after a reconnect
+        self._incoming.clear()
         if not self.welcomed:
             return
         grace = 0 if self.said_bye else self.config.grace_ms
@@ -365,6 +393,7 @@ class WorkerSession:
         elif isinstance(message, Completed):
             await self._on_completed(message)
         elif isinstance(message, Failed):
+            await self._drop_incoming(message.job_id, message.token)
             error = {
                 "type": message.error.type,
                 "message": message.error.message,
@@ -420,7 +449,8 @@ class WorkerSession:
         received = self._received.get((message.job_id, message.token), {})
         outputs = []
         for ref in message.outputs:
-            size = received.get(ref.name)
+            got = received.get(ref.name)
+            size = got.size if got is not None else None
             if size is None:
                 try:
                     size = await self.hub.storage.size(message.job_id, ref.name)
@@ -438,12 +468,25 @@ class WorkerSession:
                     "completed",
                 )
                 return
+            sha256 = got.sha256 if got is not None else ref.sha256
+            if ref.sha256 and sha256 != ref.sha256:
+                await self._fail_storage(
+                    message.job_id,
+                    message.token,
+                    f"output {ref.name!r} was stored with sha256 {sha256}, announced {ref.sha256}",
+                    "completed",
+                )
+                return
             outputs.append(
                 {
                     "name": ref.name,
                     "url": output_url(message.job_id, ref.name),
                     "size": size,
                     "content_type": safe_content_type(ref.content_type),
+                    "sha256": sha256,
+                    "node_id": ref.node_id,
+                    "kind": ref.kind,
+                    "subfolder": ref.subfolder,
                 }
             )
         prompt_id = self._take_prompt_id(message.job_id, message.token)
@@ -461,6 +504,7 @@ class WorkerSession:
                         self.config.ttl_ms,
                         prompt_id,
                         (self.config.lease_ms, self.config.claim_scan_limit),
+                        message.results,
                     )
                     self._completed(message, refused)
                     if refused:
@@ -474,7 +518,13 @@ class WorkerSession:
                     await self._send_text(ack)
             return
         refused = await self.store.complete(
-            message.job_id, message.token, self.worker_id, outputs, self.config.ttl_ms, prompt_id
+            message.job_id,
+            message.token,
+            self.worker_id,
+            outputs,
+            self.config.ttl_ms,
+            prompt_id,
+            message.results,
         )
         self._completed(message, refused)
         await self._ack(message.job_id, message.token, "completed", refused)
@@ -486,6 +536,9 @@ class WorkerSession:
             self._received.pop((message.job_id, message.token), None)
 
     async def _on_output(self, blob: bytes) -> None:
+        if is_chunk_frame(blob):
+            await self._on_chunk(blob)
+            return
         try:
             frame = decode_output_frame(blob)
         except ProtocolError as exc:
@@ -508,7 +561,115 @@ class WorkerSession:
                 frame.job_id, frame.token, f"storing output {frame.name!r} failed: {exc}", ""
             )
             return
-        self._received.setdefault((frame.job_id, frame.token), {})[frame.name] = size
+        digest = hashlib.sha256(frame.data).hexdigest()
+        self._received.setdefault((frame.job_id, frame.token), {})[frame.name] = Received(
+            size, digest
+        )
+
+    async def _on_chunk(self, blob: bytes) -> None:
+        """One chunk of an output: written through to storage as it comes (bounded memory),
+        hashed on the way, kept under its name only when size and sha256 match."""
+        try:
+            chunk = decode_chunk(blob)
+        except ProtocolError as exc:
+            await self._error(exc.code, str(exc))
+            return
+        key = (chunk.job_id, chunk.token, chunk.name)
+        incoming = self._incoming.get(key)
+        if chunk.offset == 0:
+            if incoming is not None:  # a resend from the start
+                await incoming.writer.abort()
+                del self._incoming[key]
+            refused = await self.store.output_allowed(chunk.job_id, chunk.token, self.worker_id)
+            if refused:
+                self.hub.metrics.refused_reports += 1
+                await self.send(
+                    ErrorReply(
+                        refused, f"output {chunk.name!r} of job {chunk.job_id} refused: {refused}"
+                    )
+                )
+                return
+            try:
+                writer = await self.hub.storage.open_writer(chunk.job_id, chunk.name)
+            except StorageError as exc:
+                await self._fail_storage(
+                    chunk.job_id, chunk.token, f"storing output {chunk.name!r} failed: {exc}", ""
+                )
+                return
+            incoming = self._incoming[key] = _Incoming(writer)
+        elif incoming is None or incoming.written != chunk.offset:
+            await self._error(
+                "bad_chunk", f"chunk of {chunk.name!r} at offset {chunk.offset} is out of order"
+            )
+            return
+        if incoming.written + len(chunk.data) > self.config.max_output_bytes:
+            del self._incoming[key]
+            await incoming.writer.abort()
+            await self._fail_output(
+                chunk.job_id,
+                chunk.token,
+                "output_too_large",
+                f"output {chunk.name!r} is larger than MAX_OUTPUT_BYTES "
+                f"({self.config.max_output_bytes})",
+            )
+            return
+        try:
+            await incoming.writer.write(chunk.data)
+        except StorageError as exc:
+            del self._incoming[key]
+            await self._fail_storage(
+                chunk.job_id, chunk.token, f"storing output {chunk.name!r} failed: {exc}", ""
+            )
+            return
+        incoming.hash.update(chunk.data)
+        incoming.written += len(chunk.data)
+        if not chunk.last:
+            return
+        del self._incoming[key]
+        digest = incoming.hash.hexdigest()
+        if chunk.size != incoming.written or chunk.sha256 != digest:
+            await incoming.writer.abort()
+            await self._fail_storage(
+                chunk.job_id,
+                chunk.token,
+                f"output {chunk.name!r} arrived as {incoming.written} bytes with sha256 "
+                f"{digest}; the worker sent {chunk.size} bytes with sha256 {chunk.sha256}",
+                "",
+            )
+            return
+        try:
+            await incoming.writer.commit()
+        except StorageError as exc:
+            await self._fail_storage(
+                chunk.job_id, chunk.token, f"storing output {chunk.name!r} failed: {exc}", ""
+            )
+            return
+        self._received.setdefault((chunk.job_id, chunk.token), {})[chunk.name] = Received(
+            incoming.written, digest
+        )
+
+    async def _drop_incoming(self, job_id: str, token: int) -> None:
+        """Abort the half-received outputs of a job that ended otherwise."""
+        for key in [k for k in self._incoming if k[:2] == (job_id, token)]:
+            await self._incoming.pop(key).writer.abort()
+
+    async def _fail_output(self, job_id: str, token: int, kind: str, message: str) -> None:
+        """End the attempt for good (not retried: the same run makes the same output)."""
+        error = {"type": kind, "message": message, "node_id": None}
+        refused, _ = await self.store.fail(
+            job_id,
+            token,
+            self.worker_id,
+            error,
+            False,
+            self.config.ttl_ms,
+            self._take_prompt_id(job_id, token),
+        )
+        self._report_ended(job_id, token)
+        self._received.pop((job_id, token), None)
+        if not refused:
+            self.hub.metrics.failed += 1
+        await self.send(Cancel(job_id, token, kind))
 
     async def _fail_storage(self, job_id: str, token: int, message: str, of: str) -> None:
         """End the attempt with `storage_error` (retried while attempts remain) and tell the

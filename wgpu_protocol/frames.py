@@ -13,8 +13,16 @@ import json
 _dumps_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def encode_job(job_id: str, token: int, workflow_json: str, attempt: int, timeout_s: float) -> str:
-    """A `job` message; `workflow_json` must be a JSON object's text (as the hub stored it)."""
+def encode_job(
+    job_id: str,
+    token: int,
+    workflow_json: str,
+    attempt: int,
+    timeout_s: float,
+    extras_json: str = "",
+) -> str:
+    """A `job` message; `workflow_json` must be a JSON object's text (as the hub stored it).
+    `extras_json`, a JSON object's text too, adds its members (allow_partial, inputs)."""
     return (
         '{"job_id":'
         + json.dumps(job_id)
@@ -26,6 +34,7 @@ def encode_job(job_id: str, token: int, workflow_json: str, attempt: int, timeou
         + str(attempt)
         + ',"timeout_s":'
         + repr(float(timeout_s))
+        + ("," + extras_json.strip()[1:-1] if len(extras_json.strip()) > 2 else "")
         + ',"type":"job"}'
     )
 

@@ -73,11 +73,17 @@ class JobError:
 
 @dataclass(frozen=True, slots=True)
 class OutputRef:
-    """One output file the worker has already sent as a binary frame."""
+    """One output file the worker has already sent as binary frames. `sha256` (hex) is checked
+    by the hub against what it stored; `node_id`, `kind` ("output"|"temp") and `subfolder` say
+    where ComfyUI put it."""
 
     name: str
     content_type: str
     size: int
+    sha256: str = ""
+    node_id: str | None = None
+    kind: str = "output"
+    subfolder: str = ""
 
 
 # ----------------------------------------------------------------------------- worker -> hub
@@ -146,6 +152,8 @@ class Completed:
     token: int
     outputs: tuple[OutputRef, ...] = ()
     ready_next: bool = False
+    # Non-file UI values per output node (PreviewAny's {"text": [...]}, numbers...).
+    results: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +202,10 @@ class JobAssigned:
     workflow: dict[str, Any]
     attempt: int
     timeout_s: float
+    # Run the valid outputs of a prompt ComfyUI accepts with node_errors (else: validation_error).
+    allow_partial: bool = False
+    # Files to place in ComfyUI's input dir first: {name in the workflow: {"url", "size", ...}}.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +448,27 @@ def _workflow(v: Any, where: str) -> dict[str, Any]:
     return v
 
 
+def _results(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or len(v) > 1000:
+        raise ProtocolError(f"{where} must be an object of at most 1000 nodes")
+    for node_id, value in v.items():
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}.{node_id} must be an object")
+    return v
+
+
+def _kind(v: Any, where: str) -> str:
+    if v not in ("output", "temp", "input"):
+        raise ProtocolError(f"{where} must be output, temp or input")
+    return str(v)
+
+
+def _sha256(v: Any, where: str) -> str:
+    if not isinstance(v, str) or (v and (len(v) != 64 or not set(v) <= set("0123456789abcdef"))):
+        raise ProtocolError(f"{where} must be a lowercase hex sha256")
+    return v
+
+
 def _outputs(v: Any, where: str) -> tuple[OutputRef, ...]:
     if not isinstance(v, list) or len(v) > 1000:
         raise ProtocolError(f"{where} must be a list of at most 1000 outputs")
@@ -461,6 +494,10 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (OutputRef, "name"): _str(),
     (OutputRef, "content_type"): _str(name=False),  # the hub serves only allow-listed types
     (OutputRef, "size"): _int,
+    (OutputRef, "sha256"): _sha256,
+    (OutputRef, "node_id"): _opt(_str()),
+    (OutputRef, "kind"): _kind,
+    (OutputRef, "subfolder"): _str(1000),
     (Hello, "worker_id"): _str(),
     (Hello, "machine_id"): _str(),
     (Hello, "gpu"): _obj(GpuInfo),
@@ -483,6 +520,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Completed, "token"): _int,
     (Completed, "outputs"): _outputs,
     (Completed, "ready_next"): _bool,
+    (Completed, "results"): _results,
     (Failed, "job_id"): _str(),
     (Failed, "token"): _int,
     (Failed, "error"): _obj(JobError),
@@ -499,6 +537,8 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (JobAssigned, "workflow"): _workflow,
     (JobAssigned, "attempt"): _int,
     (JobAssigned, "timeout_s"): _num,
+    (JobAssigned, "allow_partial"): _bool,
+    (JobAssigned, "inputs"): _workflow,
     (Cancel, "job_id"): _str(),
     (Cancel, "token"): _int,
     (Cancel, "reason"): _str(1000, name=False),

@@ -42,10 +42,14 @@ class JobErrorJson(TypedDict):
 
 
 class OutputJson(TypedDict):
-    name: str
+    name: str  # unique in the job
     url: str
     size: int
     content_type: str
+    sha256: str  # hex, checked by the hub when it stored the file
+    node_id: str | None
+    kind: Literal["output", "temp", "input"]
+    subfolder: str  # where ComfyUI wrote it
 
 
 class AttemptJson(TypedDict):
@@ -90,6 +94,7 @@ class JobJson(TypedDict):
     finished_at: float | None
     error: JobErrorJson | None
     outputs: list[OutputJson]
+    results: dict[str, dict[str, Any]]  # non-file UI values per node (PreviewAny's "text")
     constraints: ConstraintsJson | None
     idempotency_key: str | None
     webhook_url: str | None

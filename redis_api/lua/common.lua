@@ -215,7 +215,7 @@ local function claim_for(worker, lease_ms, scan, now)
       local key = jkey(id)
       local token = redis.call('INCR', P .. 'seq')
       local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-      local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms')
+      local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras')
       f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub
       redis.call('HSET', key, 'status', 'running', 'token', token, 'worker_id', worker,
         'started_ms', now, 'progress', '', 'prompt_id', '')
@@ -225,7 +225,7 @@ local function claim_for(worker, lease_ms, scan, now)
       redis.call('ZREM', P .. 'idle', worker)
       redis.call('HSET', wk, 'current_job', id, 'state', 'busy')
       event(id, 'status', {status = 'running', worker_id = worker, attempt = attempt})
-      return {1, id, token, attempt, f[1], f[2], tonumber(f[3]), now}
+      return {1, id, token, attempt, f[1], f[2], tonumber(f[3]), now, f[4] or ''}
     end
   end
   redis.call('ZADD', P .. 'idle', now + lease_ms, worker)

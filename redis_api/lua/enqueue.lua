@@ -1,5 +1,6 @@
 -- Accept a job: ARGV prefix, id, priority, timeout_s, max_attempts, workflow, constraints,
--- c_machine, c_gpu, c_vram, idempotency_key, webhook_url.
+-- c_machine, c_gpu, c_vram, idempotency_key, webhook_url, extras (JSON object members sent to
+-- the worker with the job, e.g. allow_partial and inputs; '' for none).
 -- Returns {job_id, created (1|0), created_ms}. A repeated idempotency key returns the first job.
 local id, priority, idem = ARGV[2], tonumber(ARGV[3]), ARGV[11]
 local now = now_ms()
@@ -20,6 +21,7 @@ redis.call('HSET', jkey(id),
   'idempotency_key', idem, 'webhook_url', ARGV[12], 'created_ms', now, 'enqueued_ms', now,
   'token', 0, 'worker_id', '', 'avoid_worker', '')
 redis.call('SET', wfkey(id), ARGV[6])
+if ARGV[13] and ARGV[13] ~= '' then redis.call('HSET', jkey(id), 'extras', ARGV[13]) end
 redis.call('ZADD', P .. 'queue', score, id)
 redis.call('ZADD', P .. 'ids', 0, id)  -- every job id, for id-prefix lookups
 -- No `queued` event: the events stream starts at the claim (a queued job costs one key, not two);

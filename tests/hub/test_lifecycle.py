@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import tomllib
 
@@ -60,8 +61,13 @@ async def test_job_lifecycle_end_to_end(hub_factory: HubFactory, any_redis_url: 
             "size": len(png),
             "content_type": "image/png",
             "url": f"/jobs/{job['id']}/outputs/out_00001_.png",
+            "sha256": hashlib.sha256(png).hexdigest(),
+            "node_id": None,
+            "kind": "output",
+            "subfolder": "",
         }
     ]
+    assert done["results"] == {}
     assert [h["outcome"] for h in done["history"]] == ["succeeded"]
 
     async with aiohttp.ClientSession() as http, http.get(hub.url + done["outputs"][0]["url"]) as r:

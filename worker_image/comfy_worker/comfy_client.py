@@ -14,7 +14,9 @@ import contextlib
 import json
 import logging
 import mimetypes
+import struct
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +26,50 @@ log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=3)
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=3)
+# A streamed output may take long in all; only a stall between reads is an error.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=60)
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=3, connect=2)
 WS_MAX_MESSAGE = 64 * 1024 * 1024  # preview frames can be large; they are only counted
 
 # Pseudo-event put into subscriber queues when the socket drops: the run must be checked by poll.
 DISCONNECTED = "wgpu.socket_dropped"
+# Pseudo-event for a binary image frame (SaveImageWebsocket output or a preview).
+IMAGE_FRAME = "wgpu.image"
+FEATURE_FLAGS = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+_IMAGE_TYPES = {1: "image/jpeg", 2: "image/png"}
+
+
+def parse_image_frame(
+    data: bytes, executing: tuple[str, str] | None
+) -> tuple[str, dict[str, Any]] | None:
+    """(prompt_id, {node_id, image_type, data}) of a binary preview frame, else None. Event 4
+    names its prompt and node; legacy event 1 belongs to the node executing now."""
+    if len(data) < 8:
+        return None
+    (event,) = struct.unpack(">I", data[:4])
+    if event == 4:
+        (length,) = struct.unpack(">I", data[4:8])
+        try:
+            meta = json.loads(data[8 : 8 + length])
+        except ValueError:
+            return None
+        if not isinstance(meta, dict) or not isinstance(meta.get("prompt_id"), str):
+            return None
+        node = meta.get("node_id")
+        return meta["prompt_id"], {
+            "node_id": None if node is None else str(node),
+            "image_type": str(meta.get("image_type") or "image/png"),
+            "data": data[8 + length :],
+        }
+    if event == 1 and executing is not None:
+        (image_format,) = struct.unpack(">I", data[4:8])
+        prompt_id, node = executing
+        return prompt_id, {
+            "node_id": node,
+            "image_type": _IMAGE_TYPES.get(image_format, "image/png"),
+            "data": data[8:],
+        }
+    return None
 
 
 class ComfyUnreachable(ConnectionError):
@@ -54,6 +95,12 @@ class QueueState:
 
     def __contains__(self, prompt_id: object) -> bool:
         return prompt_id in self.running or prompt_id in self.pending
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    prompt_id: str
+    node_errors: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +162,13 @@ class ComfyClient:
 
     async def submit(self, workflow: dict[str, Any], client_id: str, prompt_id: str) -> str:
         """POST /prompt; returns the prompt id ComfyUI uses. 400 raises PromptRejected."""
+        return (await self.submit_prompt(workflow, client_id, prompt_id)).prompt_id
+
+    async def submit_prompt(
+        self, workflow: dict[str, Any], client_id: str, prompt_id: str
+    ) -> Submitted:
+        """POST /prompt; the prompt id ComfyUI uses and the `node_errors` of outputs it will
+        not run (a partly valid graph is accepted). 400 raises PromptRejected."""
         body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
         status, raw, _ = await self._request("POST", "/prompt", json_body=body)
         try:
@@ -125,9 +179,10 @@ class ComfyClient:
             raise PromptRejected(answer)
         if status != 200 or not isinstance(answer, dict) or "prompt_id" not in answer:
             raise ComfyError(f"POST /prompt answered HTTP {status}: {raw[:300]!r}")
-        if answer.get("node_errors"):
-            log.warning("ComfyUI accepted prompt with node errors: %s", answer["node_errors"])
-        return str(answer["prompt_id"])
+        node_errors = answer.get("node_errors")
+        if not isinstance(node_errors, dict):
+            node_errors = {}
+        return Submitted(str(answer["prompt_id"]), node_errors)
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished run's record, or None while it is not finished (or unknown)."""
@@ -154,6 +209,32 @@ class ComfyClient:
         if not content_type or content_type == "application/octet-stream":
             content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         return Download(body, content_type)
+
+    @contextlib.asynccontextmanager
+    async def open_view(
+        self, filename: str, subfolder: str, kind: str
+    ) -> AsyncIterator[tuple[str, int | None, aiohttp.StreamReader]]:
+        """GET /view as a stream: (content type, Content-Length or None, body reader)."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        try:
+            async with self._session.get(
+                self.base_url + "/view", params=params, timeout=STREAM_TIMEOUT
+            ) as response:
+                if response.status != 200:
+                    raise ComfyError(
+                        f"GET /view of {subfolder}/{filename} answered HTTP {response.status}"
+                    )
+                content_type = response.content_type
+                if not content_type or content_type == "application/octet-stream":
+                    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+                yield content_type, response.content_length, response.content
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            TimeoutError,
+            OSError,
+        ) as exc:
+            raise ComfyUnreachable(f"GET /view of {filename}: {exc or type(exc).__name__}") from exc
 
     async def interrupt(self, prompt_id: str) -> None:
         # Always name the prompt: a bare interrupt can hit whatever runs now.
@@ -188,6 +269,7 @@ class ComfyEvents:
         self._subscribers: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = {}
         self._connected = asyncio.Event()
         self.last_frame_at = time.monotonic()
+        self._executing: tuple[str, str] | None = None  # (prompt_id, node) now running
 
     @property
     def connected(self) -> bool:
@@ -214,6 +296,9 @@ class ComfyEvents:
                 async with self._session.ws_connect(
                     self._url, heartbeat=None, max_msg_size=WS_MAX_MESSAGE
                 ) as ws:
+                    # Ask for preview metadata: binary image frames then name their prompt and
+                    # node (SaveImageWebsocket outputs are told apart from sampler previews).
+                    await ws.send_json(FEATURE_FLAGS)
                     self._connected.set()
                     self.last_frame_at = time.monotonic()
                     log.debug("ComfyUI event socket open")
@@ -221,6 +306,8 @@ class ComfyEvents:
                         self.last_frame_at = time.monotonic()
                         if message.type == aiohttp.WSMsgType.TEXT:
                             self._dispatch(message.data)
+                        elif message.type == aiohttp.WSMsgType.BINARY:
+                            self._dispatch_binary(message.data)
                         elif message.type == aiohttp.WSMsgType.ERROR:
                             break
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -244,6 +331,20 @@ class ComfyEvents:
         if not isinstance(data, dict):
             return
         prompt_id = data.get("prompt_id")
+        kind = str(frame.get("type"))
+        if kind == "executing" and isinstance(prompt_id, str):
+            node = data.get("node")
+            self._executing = (prompt_id, str(node)) if node is not None else None
         queue = self._subscribers.get(prompt_id) if isinstance(prompt_id, str) else None
         if queue is not None:
-            queue.put_nowait((str(frame.get("type")), data))
+            queue.put_nowait((kind, data))
+
+    def _dispatch_binary(self, data: bytes) -> None:
+        """Image frames become IMAGE_FRAME events of their prompt: {node_id, image_type, data}."""
+        image = parse_image_frame(data, self._executing)
+        if image is None:
+            return
+        prompt_id, event = image
+        queue = self._subscribers.get(prompt_id)
+        if queue is not None:
+            queue.put_nowait((IMAGE_FRAME, event))

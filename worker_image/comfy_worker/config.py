@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from wgpu_protocol import worker_env as names
+from wgpu_protocol.output_chunks import DEFAULT_MAX_OUTPUT_BYTES
 from wgpu_protocol.ports import comfyui_port as comfyui_port_of
 from wgpu_protocol.ports import worker_id
 from wgpu_protocol.worker_env import (
@@ -57,6 +58,7 @@ class WorkerConfig:
     ack_timeout_s: float = names.DEFAULT_ACK_TIMEOUT_S
     progress_interval_s: float = 0.05  # at most ~20 progress messages a second
     heartbeat_s: float = 5.0  # used until the hub's welcome says otherwise
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES  # MAX_OUTPUT_BYTES: larger outputs fail
 
     @property
     def worker_id(self) -> str:
@@ -103,6 +105,9 @@ class WorkerConfig:
             "comfyui_lost_s": reader.seconds(names.COMFYUI_LOST_S, names.DEFAULT_COMFYUI_LOST_S),
             "reconnect_max_s": reader.seconds(names.RECONNECT_MAX_S, names.DEFAULT_RECONNECT_MAX_S),
             "ack_timeout_s": reader.seconds(names.ACK_TIMEOUT_S, names.DEFAULT_ACK_TIMEOUT_S),
+            "max_output_bytes": reader.integer(
+                names.MAX_OUTPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, minimum=1
+            ),
         }
         if gpu_id >= num_gpus and names.NUM_GPUS in env:
             raise ConfigError(

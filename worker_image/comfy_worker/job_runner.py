@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,16 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from wgpu_protocol.messages import (
-    MAX_BINARY_FRAME_BYTES,
     Completed,
     Failed,
     JobAssigned,
     JobError,
-    OutputFrame,
 )
 
 from .comfy_client import (
     DISCONNECTED,
+    IMAGE_FRAME,
     ComfyClient,
     ComfyError,
     ComfyEvents,
@@ -37,6 +38,9 @@ from .comfy_client import (
     PromptRejected,
 )
 from .config import WorkerConfig
+from .outputs import OutputSource, collect, unique_name
+
+__all__ = ["JobRunner", "Outcome", "unique_name"]
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +50,21 @@ PROGRESS_EVENTS = frozenset(
 )
 _POKE = "wgpu.poke"  # pseudo event: something changed outside (cancel, ComfyUI died); look now
 _OOM_MARKERS = ("outofmemory", "out of memory", "allocation on device")
-# Room for an output frame's header inside the protocol's binary frame limit.
-MAX_OUTPUT_BYTES = MAX_BINARY_FRAME_BYTES - 64 * 1024
+# The node whose images arrive only as binary WebSocket frames.
+WEBSOCKET_SAVER = "SaveImageWebsocket"
 # How long an interrupted (cancelled, timed out) run may take to stop before we report anyway.
 INTERRUPT_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What to tell the hub: output frames (sent first, in order) and the final message."""
+    """What to tell the hub: the outputs to relay first (streamed in chunks when delivered; a
+    Completed gets their refs then) and the final message. `spool_dir` holds SaveImageWebsocket
+    images until the hub has them."""
 
-    frames: tuple[OutputFrame, ...]
     final: Completed | Failed
+    sources: tuple[OutputSource, ...] = ()
+    spool_dir: str | None = None
 
 
 class _RunEnded(Exception):
@@ -96,6 +103,8 @@ class JobRunner:
         self._stop_reason: str | None = None  # "cancelled" or "timeout" once we interrupted
         self._stop_requested_at: float | None = None
         self._pending_stop: str | None = None
+        self._spool_dir: str | None = None
+        self._ws_images: list[tuple[str, str, str]] = []  # (node_id, image type, path)
 
     # -- control from outside ---------------------------------------------------------------
 
@@ -130,7 +139,9 @@ class JobRunner:
         await self._events.wait_connected(2.0)
         self._submitted = True  # from here on a cancellation must try to stop it in ComfyUI
         try:
-            actual = await self._client.submit(job.workflow, self._events.client_id, self.prompt_id)
+            submitted = await self._client.submit_prompt(
+                job.workflow, self._events.client_id, self.prompt_id
+            )
         except PromptRejected as rejected:
             message, node_id = describe_rejection(rejected.body)
             return self._fail("validation_error", message, False, node_id)
@@ -138,16 +149,28 @@ class JobRunner:
             return self._fail("comfyui_unavailable", f"ComfyUI did not answer: {exc}", True)
         except ComfyError as exc:
             return self._fail("comfyui_error", str(exc), True)
+        actual = submitted.prompt_id
         if actual != self.prompt_id:  # a ComfyUI that ignores client-chosen ids
             self._events.unsubscribe(self.prompt_id)
             self.prompt_id = actual
             self._queue = self._events.subscribe(actual)
+        if submitted.node_errors and not job.allow_partial:
+            # ComfyUI would run only the valid outputs: never a partial result unasked for.
+            await self._stop_in_comfyui()
+            message, node_id = describe_rejection(
+                {
+                    "error": {"type": "prompt_outputs_failed_validation"},
+                    "node_errors": submitted.node_errors,
+                }
+            )
+            message += ' (send "allow_partial": true to run the valid outputs anyway)'
+            return self._fail("validation_error", message, False, node_id)
         log.info("job %s (attempt %s) running as prompt %s", job.job_id, job.attempt, actual)
         await self._on_started(actual)
         try:
             entry = await self._wait_for_end()
         except _RunEnded as ended:
-            return Outcome((), Failed(job.job_id, job.token, ended.error))
+            return Outcome(Failed(job.job_id, job.token, ended.error))
         return await self._outcome_from_history(entry)
 
     def _fail(
@@ -155,7 +178,7 @@ class JobRunner:
     ) -> Outcome:
         log.info("job %s failed: %s: %s", self.job.job_id, kind, message)
         error = JobError(kind, message[:10_000], node_id, retryable)
-        return Outcome((), Failed(self.job.job_id, self.job.token, error))
+        return Outcome(Failed(self.job.job_id, self.job.token, error))
 
     async def _wait_for_end(self) -> dict[str, Any]:
         config = self._config
@@ -186,6 +209,8 @@ class JobRunner:
                 check_at = now
             elif kind in (DISCONNECTED, _POKE):
                 check_at = now
+            elif kind == IMAGE_FRAME:
+                await self._spool_image(data)
             if (pending := throttle.take_due(now)) is not None:
                 await self._on_progress(*pending)
             if self._pending_stop is not None:
@@ -269,7 +294,7 @@ class JobRunner:
     async def _outcome_from_history(self, entry: dict[str, Any]) -> Outcome:
         job = self.job
         if self._stop_reason is not None:
-            return Outcome((), Failed(job.job_id, job.token, self._stopped_error()))
+            return Outcome(Failed(job.job_id, job.token, self._stopped_error()))
         status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
         assert isinstance(status, dict)
         messages = _messages(status.get("messages"))
@@ -278,53 +303,34 @@ class JobRunner:
             if error.type == "out_of_memory":
                 await self._free_memory()
             log.info("job %s failed: %s", job.job_id, error.message)
-            return Outcome((), Failed(job.job_id, job.token, error))
+            return Outcome(Failed(job.job_id, job.token, error))
         if "execution_interrupted" in messages:
             return self._fail("interrupted", "the run was interrupted inside ComfyUI", True)
         status_str = status.get("status_str")
         if status_str not in (None, "success"):
             return self._fail("execution_error", f"ComfyUI reported status {status_str!r}", False)
-        try:
-            frames = await self._download_outputs(entry.get("outputs"))
-        except _RunEnded as ended:
-            return Outcome((), Failed(job.job_id, job.token, ended.error))
-        refs = tuple(frame.ref for frame in frames)
-        log.info("job %s succeeded with %d output(s)", job.job_id, len(frames))
-        return Outcome(frames, Completed(job.job_id, job.token, refs))
+        sources, results = collect(entry.get("outputs"), self._ws_images)
+        log.info("job %s succeeded with %d output(s)", job.job_id, len(sources))
+        return Outcome(
+            Completed(job.job_id, job.token, (), results=results),
+            tuple(sources),
+            self._spool_dir,
+        )
 
-    async def _download_outputs(self, outputs: Any) -> tuple[OutputFrame, ...]:
-        frames: list[OutputFrame] = []
-        names: set[str] = set()
-        for node_id, item in output_files(outputs):
-            filename = str(item["filename"])
-            try:
-                download = await self._client.view(
-                    filename, str(item.get("subfolder", "")), str(item.get("type", "output"))
-                )
-            except ComfyUnreachable as exc:
-                raise _RunEnded(
-                    JobError("comfyui_crashed", f"downloading {filename}: {exc}", node_id, True)
-                ) from None
-            except ComfyError as exc:
-                raise _RunEnded(JobError("output_missing", str(exc), node_id, True)) from None
-            if len(download.data) > MAX_OUTPUT_BYTES:
-                raise _RunEnded(
-                    JobError(
-                        "output_too_large",
-                        f"output {filename} is {len(download.data)} bytes; the limit is "
-                        f"{MAX_OUTPUT_BYTES}",
-                        node_id,
-                        False,
-                    )
-                )
-            name = unique_name(filename, node_id, names)
-            names.add(name)
-            frames.append(
-                OutputFrame(
-                    self.job.job_id, self.job.token, name, download.content_type, download.data
-                )
+    async def _spool_image(self, data: dict[str, Any]) -> None:
+        """Keep a SaveImageWebsocket image (its only copy) on local disk until it is relayed;
+        previews of other nodes (samplers) are not outputs."""
+        node_id = data.get("node_id")
+        node = self.job.workflow.get(str(node_id)) if node_id is not None else None
+        if not isinstance(node, dict) or node.get("class_type") != WEBSOCKET_SAVER:
+            return
+        if self._spool_dir is None:
+            self._spool_dir = await asyncio.to_thread(
+                tempfile.mkdtemp, prefix=f"wgpu-{self.job.job_id[:40]}-"
             )
-        return tuple(frames)
+        path = os.path.join(self._spool_dir, f"{len(self._ws_images):05}")
+        await asyncio.to_thread(_write, path, data["data"])
+        self._ws_images.append((str(node_id), str(data.get("image_type")), path))
 
     async def _free_memory(self) -> None:
         # After an OOM, later runs keep failing until models are unloaded.
@@ -344,6 +350,11 @@ def _messages(raw: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as out:
+        out.write(data)
+
+
 def output_files(outputs: Any) -> list[tuple[str, dict[str, Any]]]:
     """Every file in a history record's `outputs`: (node id, {filename, subfolder, type})."""
     files: list[tuple[str, dict[str, Any]]] = []
@@ -358,19 +369,6 @@ def output_files(outputs: Any) -> list[tuple[str, dict[str, Any]]]:
                     if isinstance(item, dict) and isinstance(item.get("filename"), str):
                         files.append((str(node_id), item))
     return files
-
-
-def unique_name(filename: str, node_id: str, taken: set[str]) -> str:
-    """A plain file name (no path) not yet used in this job."""
-    base = re.sub(r"[/\\]", "_", filename).strip() or "output"
-    if base in (".", ".."):
-        base = "output"
-    candidate = base[-180:]
-    counter = 1
-    while candidate in taken:
-        candidate = f"{node_id}-{counter}-{base}"[-180:]
-        counter += 1
-    return candidate
 
 
 def is_out_of_memory(exception_type: str, message: str) -> bool:

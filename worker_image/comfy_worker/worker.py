@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -41,15 +42,15 @@ from wgpu_protocol.messages import (
     RunningJob,
     Started,
     Unavailable,
-    encode_output_frame,
 )
 
-from .comfy_client import ComfyClient, ComfyEvents
+from .comfy_client import ComfyClient, ComfyError, ComfyEvents, ComfyUnreachable
 from .config import WorkerConfig
 from .gpu_stats import GpuProbe
 from .health import HealthState, write_health
 from .hub_link import HubLink, HubSession
 from .job_runner import JobRunner, Outcome
+from .outputs import OutputTooLarge, OutputUnavailable, stream_output
 from .supervisor import ComfySupervisor
 from .version import running_version
 
@@ -256,9 +257,12 @@ class Worker:
             except Exception as exc:  # a bug here must still end the job, not strand it
                 log.exception("job %s: the worker failed while running it", job.job_id)
                 error = JobError("worker_error", f"{type(exc).__name__}: {exc}", None, True)
-                held.outcome = Outcome((), Failed(job.job_id, job.token, error))
+                held.outcome = Outcome(Failed(job.job_id, job.token, error))
             await self._deliver(held)
         finally:
+            spool = held.outcome.spool_dir if held.outcome is not None else None
+            if spool is not None:
+                await asyncio.to_thread(shutil.rmtree, spool, True)
             if self._job is held:
                 self._job = None
             self._write_health()
@@ -328,12 +332,54 @@ class Worker:
                 await session.closed.wait()
         log.info("dropped the result of job %s: the hub gave it away", held.assignment.job_id)
 
+    async def _relay_outputs(self, session: HubSession, held: HeldJob) -> bool:
+        """Stream the outcome's outputs to the hub; afterwards its final message has their refs
+        (or is a failure saying which output could not be relayed). False: the socket closed
+        meanwhile."""
+        outcome = held.outcome
+        assert outcome is not None and self._client is not None
+        final = outcome.final
+        if not outcome.sources or not isinstance(final, Completed):
+            return True
+        job = held.assignment
+        refs = []
+        failure: JobError | None = None
+        for source in outcome.sources:
+            try:
+                ref = await stream_output(
+                    source,
+                    self._client,
+                    job.job_id,
+                    job.token,
+                    self.config.max_output_bytes,
+                    session.send_bytes,
+                )
+            except OutputTooLarge as exc:
+                failure = JobError("output_too_large", str(exc), source.node_id, False)
+            except ComfyUnreachable as exc:
+                failure = JobError("comfyui_crashed", f"relaying {source.name}: {exc}", None, True)
+            except (ComfyError, OutputUnavailable) as exc:
+                failure = JobError("output_missing", str(exc), source.node_id, True)
+            else:
+                if ref is None:
+                    return False
+                refs.append(ref)
+                continue
+            break
+        if failure is not None:
+            log.info("job %s failed: %s: %s", job.job_id, failure.type, failure.message)
+            held.outcome = Outcome(Failed(job.job_id, job.token, failure), (), outcome.spool_dir)
+        else:
+            # Sources stay: a resend (the hub could not record them) streams them again.
+            done = replace(final, outputs=tuple(refs))
+            held.outcome = Outcome(done, outcome.sources, outcome.spool_dir)
+        return True
+
     async def _send_outcome(self, session: HubSession, held: HeldJob) -> bool:
+        if not await self._relay_outputs(session, held):
+            return False
         outcome = held.outcome
         assert outcome is not None
-        for frame in outcome.frames:
-            if not await session.send_bytes(encode_output_frame(frame)):
-                return False
         final = outcome.final
         held.asked_next_on = None
         if (
