@@ -42,15 +42,23 @@ workflows = st.dictionaries(
 )
 
 
-@given(ids, tokens, workflows, st.integers(1, 100), st.floats(0.001, 7 * 86400))
+@given(ids, tokens, workflows, st.integers(1, 100), st.floats(0.001, 7 * 86400), st.booleans())
 def test_job_round_trips_to_the_protocol_message(
-    job_id: str, token: int, workflow: dict[str, Any], attempt: int, timeout_s: float
+    job_id: str,
+    token: int,
+    workflow: dict[str, Any],
+    attempt: int,
+    timeout_s: float,
+    allow_partial: bool,
 ) -> None:
     workflow_json = json.dumps(workflow, separators=(",", ":"))
-    text = encode_job(job_id, token, workflow_json, attempt, timeout_s)
-    expected = JobAssigned(job_id, token, workflow, attempt, timeout_s)
+    extras = json.dumps({"allow_partial": True}) if allow_partial else ""
+    text = encode_job(job_id, token, workflow_json, attempt, timeout_s, extras)
+    expected = JobAssigned(job_id, token, workflow, attempt, timeout_s, allow_partial)
     assert decode_hub_message(text) == expected
-    assert json.loads(text) == json.loads(encode(expected))
+    # Fields left at their defaults are left out of the fast encoding.
+    defaults = {"allow_partial": False, "inputs": {}}
+    assert {**defaults, **json.loads(text)} == json.loads(encode(expected))
 
 
 @given(
