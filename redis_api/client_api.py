@@ -18,6 +18,7 @@ from .runtime import HUB_KEY, Hub
 from .version import hub_version
 
 SSE_BLOCK_MS = 5000  # below the Redis socket timeout
+SSE_QUEUED_BLOCK_MS = 1000
 QUEUED_EVENT = '{"status":"queued"}'
 QUEUED_EVENT_ID = "0-1"
 _EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
@@ -96,16 +97,28 @@ async def submit(request: web.Request) -> web.Response:
         "idempotency_key": spec.idempotency_key,
         "webhook_url": spec.webhook_url,
         "wh_events": ",".join(spec.webhook_events),
+        "requires": json.dumps(spec.requires) if spec.requires else "",
+        "owner": spec.owner,
+        "sched_ms": str(int(spec.schedule_timeout_s * 1000)),
+        "queue_ms": str(int(spec.queue_timeout_s * 1000)) if spec.queue_timeout_s else "",
     }
     return _json(job_view(fields), 201)
 
 
+async def _reasons(hub: Hub, rows: list[dict[str, str]]) -> dict[str, str]:
+    """Why each queued job of `rows` waits, by pool (one script for all of them)."""
+    pools = [row.get("pool", "") for row in rows if row.get("status") == "queued"]
+    return await hub.store.waiting_reasons([p for p in pools if p], hub.config.stale_ms)
+
+
 async def get_job(request: web.Request) -> web.Response:
+    hub = _hub(request)
     job_id = await job_id_of(request)
-    fields = await _hub(request).store.get_job_with_workflow(job_id)
+    fields = await hub.store.get_job_with_workflow(job_id)
     if fields is None:
         raise web.HTTPNotFound(reason=f"no job {job_id!r}")
-    return _json(job_view(fields, with_workflow=True))
+    reasons = await _reasons(hub, [fields])
+    return _json(job_view(fields, True, reasons.get(fields.get("pool", ""))))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -121,7 +134,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     store = _hub(request).store
     ids = await store.list_job_ids(status, limit)
     rows = await store.get_jobs(ids)
-    return _json({"jobs": [job_view(row) for row in rows]})
+    reasons = await _reasons(_hub(request), rows)
+    return _json({"jobs": [job_view(row, False, reasons.get(row.get("pool", ""))) for row in rows]})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -199,12 +213,14 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     events = await hub.store.read_events(job_id, last, None)
+    reason = await _queued_reason(hub, job_id)
     try:
         if last == "0":
             # Every job was queued first; that event is not stored (see lua/enqueue.lua). Its
             # id sorts before any stored one, so a client resuming from it misses nothing.
+            opening = QUEUED_EVENT if not reason else _queued_event(reason)
             await response.write(
-                f"event: status\ndata: {QUEUED_EVENT}\nid: {QUEUED_EVENT_ID}\n\n".encode()
+                f"event: status\ndata: {opening}\nid: {QUEUED_EVENT_ID}\n\n".encode()
             )
             last = QUEUED_EVENT_ID
         while True:
@@ -217,17 +233,39 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 last = event_id
                 if kind == "done":
                     return response
-            events = await hub.store.read_events(job_id, last, SSE_BLOCK_MS)
+            # While the job is queued, look again every second for a change of why it waits.
+            block = SSE_QUEUED_BLOCK_MS if reason is not None else SSE_BLOCK_MS
+            events = await hub.store.read_events(job_id, last, block)
             if not events:
                 if await hub.store.get_job(job_id) is None:
                     return response  # expired: nothing more will come
-                await response.write(b": keep-alive\n\n")
+                now_reason = await _queued_reason(hub, job_id)
+                if now_reason is not None and now_reason != reason:
+                    # Not stored in the stream: it describes the queue, not the job's history.
+                    await response.write(
+                        f"event: status\ndata: {_queued_event(now_reason)}\n\n".encode()
+                    )
+                else:
+                    await response.write(b": keep-alive\n\n")
+                reason = now_reason
     except (ConnectionResetError, ConnectionError):
         return response  # the client went away
     except StoreUnavailable as exc:
         # Headers are sent: end the stream; the client resumes with Last-Event-ID.
         hub.redis_failed(exc)
         return response
+
+
+def _queued_event(reason: str) -> str:
+    return json.dumps({"status": "queued", "waiting_reason": reason or None})
+
+
+async def _queued_reason(hub: Hub, job_id: str) -> str | None:
+    """'' or why the job waits while it is queued; None once it is not queued."""
+    fields = await hub.store.get_job(job_id)
+    if fields is None or fields.get("status") != "queued":
+        return None
+    return (await _reasons(hub, [fields])).get(fields.get("pool", ""), "")
 
 
 async def list_workers(request: web.Request) -> web.Response:
@@ -237,8 +275,18 @@ async def list_workers(request: web.Request) -> web.Response:
     jobs = {row["id"]: row for row in await hub.store.get_jobs(current)} if current else {}
     now = await hub.store.now_ms()
     drains = await hub.store.drains()
-    stale_ms = int(max(3 * hub.config.heartbeat_s, hub.config.lease_s) * 1000) + 1000
-    views = [worker_view(row, now, stale_ms, jobs, drains.get(row.get("id", ""))) for row in rows]
+    files = await hub.store.worker_models([row.get("id", "") for row in rows])
+    views = [
+        worker_view(
+            row,
+            now,
+            hub.config.stale_ms,
+            jobs,
+            drains.get(row.get("id", "")),
+            files.get(row.get("id", "")),
+        )
+        for row in rows
+    ]
     return _json({"workers": views})
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from wgpu_protocol.output_chunks import DEFAULT_MAX_OUTPUT_BYTES
 from wgpu_protocol.ports import HUB_PORT, REDIS_PORT
 
+from .store import ClaimOptions
+
 MIB = 1024 * 1024
 # Seconds between webhook attempts: 8 attempts over ~11.7 h, each gap ~3x the last (plus jitter).
 WEBHOOK_RETRY_SCHEDULE = (30.0, 90.0, 300.0, 900.0, 2700.0, 8100.0, 30000.0)
@@ -32,8 +34,6 @@ class HubConfig:
     default_timeout_s: float = 600.0
     default_max_attempts: int = 3
     key_prefix: str = "wgpu:"
-    # How many queued jobs a claim looks at for one that fits the worker's constraints.
-    claim_scan_limit: int = 64
     # Webhooks (redis_api/webhooks.py): signing secrets, retry schedule, safety and limits.
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # per key name
@@ -51,6 +51,19 @@ class HubConfig:
     public_url: str = ""
     # Inputs and outputs (issue #11).
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    # Model-aware scheduling (docs/architecture.md "Scheduling"). affinity=False: plain
+    # priority/fair order among the jobs a worker may take (still routed by inventory).
+    affinity: bool = True
+    # How long a job may wait for a GPU that has its models loaded before a cold one takes it.
+    affinity_wait_ms: int = 1000
+    # A cold GPU joins a pool whose queue is longer than this many jobs per warm GPU serving it.
+    affinity_backlog: int = 8
+    max_running_per_key: int = 0  # GPUs one owner (API key name) may hold at once; 0 = no cap
+    schedule_timeout_s: float = 600.0  # a job no connected worker can take ends unschedulable
+    quarantine_after: int = 5  # consecutive execution/ComfyUI failures; 0 = never quarantine
+    # Custom-node loaders: `Class.input=folder;...` (wgpu_protocol.models.parse_loader_table).
+    model_loaders: str = ""
+    pool_idle_s: float = 60.0  # an empty pool is forgotten after this long
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
@@ -92,6 +105,19 @@ class HubConfig:
     def ttl_ms(self) -> int:
         return max(1, int(self.result_ttl_s * 1000))
 
+    @property
+    def claim_options(self) -> ClaimOptions:
+        return ClaimOptions(
+            self.affinity_wait_ms if self.affinity else -1,
+            self.affinity_backlog,
+            self.max_running_per_key,
+        )
+
+    @property
+    def stale_ms(self) -> int:
+        """A worker silent this long counts as gone (as `GET /workers` shows it)."""
+        return int(max(3 * self.heartbeat_s, self.lease_s) * 1000) + 1000
+
 
 def _keys(raw: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in raw.split(",") if key.strip())
@@ -117,6 +143,15 @@ def _named_secrets(raw: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(raw)
         pairs.append((name.strip(), secret.strip()))
     return tuple(pairs)
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 _ENV: dict[str, tuple[str, Any]] = {
@@ -148,4 +183,12 @@ _ENV: dict[str, tuple[str, Any]] = {
     "webhook_progress_interval_s": ("WEBHOOK_PROGRESS_INTERVAL_S", float),
     "public_url": ("PUBLIC_URL", str),
     "max_output_bytes": ("MAX_OUTPUT_BYTES", int),
+    "affinity": ("AFFINITY", _flag),
+    "affinity_wait_ms": ("AFFINITY_WAIT_MS", int),
+    "affinity_backlog": ("AFFINITY_BACKLOG", int),
+    "max_running_per_key": ("MAX_RUNNING_PER_KEY", int),
+    "schedule_timeout_s": ("SCHEDULE_TIMEOUT_S", float),
+    "quarantine_after": ("QUARANTINE_AFTER", int),
+    "model_loaders": ("MODEL_LOADERS", str),
+    "pool_idle_s": ("POOL_IDLE_S", float),
 }

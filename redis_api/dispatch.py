@@ -62,6 +62,8 @@ class Dispatcher:
         self._wake_task: asyncio.Task[None] | None = None
         self.on_redis_error: Callable[[BaseException], None] = lambda exc: None
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget sends, kept referenced
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._retry_at = 0.0
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -115,6 +117,8 @@ class Dispatcher:
             self.not_wanting(session)  # refused: the worker says `ready` itself
         elif session.reclaim:
             await self.try_dispatch(session)  # work was announced while the script ran
+        else:
+            self._retry_later(result)
 
     async def try_dispatch(self, session: Session) -> ClaimMiss | None:
         # One claim at a time per worker; a wake-up during a claim makes it claim once more, so
@@ -127,13 +131,14 @@ class Dispatcher:
             while self.wanting.get(session.worker_id) is session and session.is_open:
                 session.reclaim = False
                 result = await self.store.claim(
-                    session.worker_id, self.config.lease_ms, self.config.claim_scan_limit
+                    session.worker_id, self.config.lease_ms, self.config.claim_options
                 )
                 if isinstance(result, Claim):
                     self.not_wanting(session)
                     await self._deliver(session, result)
                     return None
                 if not session.reclaim:
+                    self._retry_later(result)
                     return result
             return None
         finally:
@@ -148,6 +153,23 @@ class Dispatcher:
         await self.store.release(
             claim.job_id, claim.token, session.worker_id, "worker disconnected"
         )
+
+    def _retry_later(self, miss: ClaimMiss) -> None:
+        """Jobs wait for a GPU with their models loaded: claim again when that wait ends."""
+        if miss.retry_ms <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + miss.retry_ms / 1000
+        if self._retry_handle is not None and self._retry_at <= due:
+            return  # an earlier wake-up is already set
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        self._retry_at = due
+        self._retry_handle = loop.call_at(due, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry_handle = None
+        self.wake()
 
     # -- wake-ups --------------------------------------------------------------------------
 
@@ -175,6 +197,8 @@ class Dispatcher:
                     break  # the queue is empty: nobody else here can get a job either
 
     async def stop(self) -> None:
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
         await stop_tasks([t for t in (self._wake_task,) if t is not None] + list(self._tasks))
 
     # -- pub/sub ---------------------------------------------------------------------------

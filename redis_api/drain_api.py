@@ -2,8 +2,8 @@
 
 `POST /workers/{id}/drain` body `{"timeout_s"?: number}`: its current job finishes (or, past
 `timeout_s`, is released to the queue without counting an attempt). `POST /workers/{id}/resume`
-puts it back in service. Drained state lives in Redis (store `drains`), so it holds for a worker
-that is not connected yet and across reconnects, on every hub.
+puts it back in service (and ends a quarantine). Drained state lives in Redis (store `drains`),
+so it holds for a worker that is not connected yet and across reconnects, on every hub.
 """
 
 from __future__ import annotations
@@ -78,8 +78,13 @@ async def drain(request: web.Request) -> web.Response:
 async def resume(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     worker_id = _worker_id(request)
-    was_drained = await hub.store.resume(worker_id)
-    body: dict[str, Any] = {"worker_id": worker_id, "drain": None, "was_drained": was_drained}
+    was_drained, was_quarantined = await hub.store.resume(worker_id)
+    body: dict[str, Any] = {
+        "worker_id": worker_id,
+        "drain": None,
+        "was_drained": was_drained,
+        "was_quarantined": was_quarantined,
+    }
     return web.json_response(body)
 
 

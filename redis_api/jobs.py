@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any, cast
 from urllib.parse import quote
 
+from wgpu_protocol import models
 from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES, ProtocolError, check_text, loads_strict
 from wgpu_protocol.rest import (
     WORKER_STATES,
@@ -51,6 +53,9 @@ _FIELDS = {
     "webhook_url",
     "webhook_events",
     "allow_partial",
+    "requires",
+    "schedule_timeout_s",
+    "queue_timeout_s",
 }
 _CONSTRAINTS = {"machine_id", "gpu", "min_vram_mb"}
 
@@ -70,7 +75,13 @@ def _text(value: str, field: str, name: bool = True) -> str:
         raise BadRequest(str(exc), field) from None
 
 
-def parse_submit(body: Any, config: HubConfig) -> JobSpec:
+@functools.lru_cache(maxsize=8)
+def loader_table(extra: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The loader table with the hub's configured custom-node loaders (MODEL_LOADERS)."""
+    return models.loader_table(models.parse_loader_table(extra))
+
+
+def parse_submit(body: Any, config: HubConfig, owner: str = "") -> JobSpec:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object with a 'workflow'")
     unknown = set(body) - _FIELDS
@@ -106,12 +117,36 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
         except TargetRefused as exc:
             raise BadRequest(f"webhook_url: {exc}", "webhook_url") from None
     events = _webhook_events(body.get("webhook_events"), bool(webhook))
+    try:
+        declared = models.check_requirements(body.get("requires") or {})
+    except models.ModelSpecError as exc:
+        raise BadRequest(str(exc), "requires") from None
+    requires = models.merge(
+        models.workflow_requirements(workflow or {}, loader_table(config.model_loaders)), declared
+    )
+    if len(models.flatten(requires)) > models.MAX_REQUIRED_FILES:
+        raise BadRequest(
+            f"the job needs more than {models.MAX_REQUIRED_FILES} model files", "requires"
+        )
+    schedule_timeout_s = _number(
+        body.get("schedule_timeout_s", config.schedule_timeout_s), "schedule_timeout_s"
+    )
+    if not 0 < schedule_timeout_s <= MAX_TIMEOUT_S:
+        raise BadRequest(
+            f"schedule_timeout_s must be > 0 and <= {MAX_TIMEOUT_S}", "schedule_timeout_s"
+        )
+    queue_timeout_s = _number(body.get("queue_timeout_s") or 0, "queue_timeout_s")
+    if not 0 <= queue_timeout_s <= MAX_TIMEOUT_S:
+        raise BadRequest(
+            f"queue_timeout_s must be >= 0 and <= {MAX_TIMEOUT_S} (0 = none)", "queue_timeout_s"
+        )
     workflow_json = json.dumps(workflow, separators=(",", ":"))
     if len(workflow_json.encode()) > MAX_WORKFLOW_BYTES:
         raise WorkflowTooLarge(
             f"the workflow is {len(workflow_json.encode())} bytes encoded; the limit is "
             f"{MAX_WORKFLOW_BYTES}: move large inputs (images) to files ComfyUI can load"
         )
+    constraints = _constraints(body.get("constraints"))
     allow_partial = body.get("allow_partial", False)
     if not isinstance(allow_partial, bool):
         raise BadRequest("allow_partial must be true or false", "allow_partial")
@@ -123,11 +158,16 @@ def parse_submit(body: Any, config: HubConfig) -> JobSpec:
         priority=priority,
         timeout_s=timeout_s,
         max_attempts=max_attempts,
-        constraints=_constraints(body.get("constraints")),
+        constraints=constraints,
         idempotency_key=key,
         webhook_url=webhook,
         webhook_events=events,
         extras=extras or None,
+        requires=requires,
+        pool=models.pool_id(requires, constraints),
+        owner=owner,
+        schedule_timeout_s=schedule_timeout_s,
+        queue_timeout_s=queue_timeout_s,
     )
 
 
@@ -221,8 +261,11 @@ def output_url(job_id: str, name: str) -> str:
     return f"/jobs/{quote(job_id, safe='')}/outputs/{quote(name, safe='')}"
 
 
-def job_view(fields: dict[str, str], with_workflow: bool = False) -> JobJson:
-    """The job JSON of docs/architecture.md from its Redis hash."""
+def job_view(
+    fields: dict[str, str], with_workflow: bool = False, waiting_reason: str | None = None
+) -> JobJson:
+    """The job JSON of docs/architecture.md from its Redis hash. `waiting_reason`: why a queued
+    job waits (no connected worker can take it), from Store.waiting_reasons."""
     status = fields.get("status", "")
     running = status == "running"
     error = _json(fields.get("error"), None)
@@ -248,6 +291,11 @@ def job_view(fields: dict[str, str], with_workflow: bool = False) -> JobJson:
         "webhook_url": fields.get("webhook_url") or None,
         "webhook": webhook_state(fields),
         "history": _json(fields.get("history"), []),
+        "requires": _json(fields.get("requires"), {}),
+        "owner": fields.get("owner") or None,
+        "queue_timeout_s": int(fields["queue_ms"]) / 1000.0 if fields.get("queue_ms") else None,
+        "schedule_timeout_s": int(fields["sched_ms"]) / 1000.0 if fields.get("sched_ms") else None,
+        "waiting_reason": (waiting_reason or None) if status == "queued" else None,
     }
     if with_workflow:
         view["workflow"] = _json(fields.get("workflow"), {})
@@ -291,8 +339,9 @@ def worker_view(
     stale_ms: int,
     jobs: dict[str, dict[str, str]],
     drain: Drain | None = None,
+    model_files: tuple[set[str], set[str]] | None = None,
 ) -> WorkerJson:
-    """One entry of `GET /workers`."""
+    """One entry of `GET /workers`; `model_files` = (on disk, loaded) as `folder/file`."""
     seen = int(fields.get("seen_ms") or 0)
     connected = fields.get("connected") == "1" and now_ms - seen <= stale_ms
     current = fields.get("current_job") or None
@@ -322,4 +371,18 @@ def worker_view(
         "jobs_failed": int(fields.get("jobs_failed") or 0),
         "version": fields.get("version", ""),
         "drain": drain_view(drain, running),
+        # None until the worker reported them (an old worker): it is then trusted with any job.
+        "models": models.unflatten(model_files[0])
+        if model_files and fields.get("inv_known") == "1"
+        else None,
+        "warm": models.unflatten(model_files[1]) if model_files else {},
+        "models_digest": fields.get("models_digest") or None,
+        "quarantined": (
+            {
+                "reason": fields["quarantined"],
+                "since": _seconds(fields.get("quarantined_ms")),
+            }
+            if fields.get("quarantined")
+            else None
+        ),
     }

@@ -60,13 +60,16 @@ class Maintenance:
             await asyncio.sleep(self.config.reap_interval_s)
 
     async def tick(self) -> None:
-        reaped = await self.store.reap(self.config.ttl_ms)
-        if reaped.requeued or reaped.dead or reaped.timed_out:
+        reaped = await self.store.reap(
+            self.config.ttl_ms, self.config.stale_ms, int(self.config.pool_idle_s * 1000)
+        )
+        if reaped.requeued or reaped.dead or reaped.timed_out or reaped.ended_in_queue:
             log.info(
-                "reaper: %d requeued, %d dead, %d timed out",
+                "reaper: %d requeued, %d dead, %d timed out, %d expired/unschedulable in queue",
                 reaped.requeued,
                 reaped.dead,
                 len(reaped.timed_out),
+                reaped.ended_in_queue,
             )
         for job_id in reaped.expired:
             await self.storage.delete_job(job_id)

@@ -6,11 +6,12 @@ Redis' TIME. Reads (job views, worker lists, counts) are plain commands.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
@@ -42,6 +43,13 @@ class JobSpec:
     webhook_events: tuple[str, ...] = ()  # empty: every final event
     # Sent to the worker with the job: {"allow_partial": true, "inputs": {...}} (only if set).
     extras: dict[str, Any] | None = None
+    # Placement (wgpu_protocol.models): the model files the job needs, the pool of jobs with
+    # equal needs, the owner (API key name) for fair share, and the queue deadlines.
+    requires: dict[str, list[str]] = field(default_factory=dict)
+    pool: str = ""
+    owner: str = ""
+    schedule_timeout_s: float = 0.0
+    queue_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,18 @@ class Due:
     attempts: int  # made before this one
     url: str
     owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOptions:
+    """How a claim chooses (see lua/common.lua claim_for): affinity_ms < 0 turns affinity off."""
+
+    affinity_ms: int = 1000
+    backlog: int = 8
+    max_running_per_owner: int = 0
+
+    def args(self) -> tuple[int, int, int]:
+        return (self.affinity_ms, self.backlog, self.max_running_per_owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +102,7 @@ class Reaped:
     dead: int
     timed_out: tuple[tuple[str, str, int], ...]  # (job_id, worker_id, token)
     expired: tuple[str, ...]
+    ended_in_queue: int = 0  # queued jobs that became expired or unschedulable
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +140,21 @@ class Drain:
 
 
 class ClaimMiss:
-    """No claim: `empty` says the whole queue is empty (no other idle worker can get one)."""
+    """No claim: `empty` says the whole queue is empty (no other idle worker can get one);
+    `retry_ms` > 0: jobs wait for a worker with their models loaded, ask again after that long;
+    `quarantined`: this worker takes nothing until resumed."""
 
-    __slots__ = ("empty",)
+    __slots__ = ("empty", "quarantined", "retry_ms")
 
-    def __init__(self, empty: bool) -> None:
+    def __init__(self, empty: bool, retry_ms: int = 0, quarantined: bool = False) -> None:
         self.empty = empty
+        self.retry_ms = retry_ms
+        self.quarantined = quarantined
 
 
 CLAIM_EMPTY = ClaimMiss(True)
 CLAIM_NONE_FIT = ClaimMiss(False)
+CLAIM_QUARANTINED = ClaimMiss(False, quarantined=True)
 
 
 _P = ParamSpec("_P")
@@ -188,6 +214,8 @@ def _load_scripts() -> dict[str, str]:
         "webhook_claim",
         "webhook_result",
         "webhook_progress",
+        "models",
+        "why",
     )
     return {name: common + "\n" + (folder / f"{name}.lua").read_text() for name in names}
 
@@ -250,6 +278,11 @@ class Store:
             "" if c.get("min_vram_mb") is None else str(c["min_vram_mb"]),
             spec.idempotency_key,
             spec.webhook_url,
+            spec.pool,
+            json.dumps(spec.requires, separators=(",", ":")) if spec.requires else "",
+            spec.owner,
+            int(spec.schedule_timeout_s * 1000),
+            int(spec.queue_timeout_s * 1000),
             json.dumps(spec.extras, separators=(",", ":")) if spec.extras else "",
         )
         return Enqueued(str(result[0]), bool(int(result[1])), int(result[2]))
@@ -261,6 +294,16 @@ class Store:
             self.key("ids"), f"[{prefix}", f"({prefix}~", start=0, num=limit
         )
         return sorted(await self.existing_jobs(found)) if found else []
+
+    async def enqueue_many(
+        self, jobs: Sequence[tuple[str, JobSpec]], chunk: int = 2000
+    ) -> list[Enqueued]:
+        """Enqueue many jobs, pipelined (`chunk` scripts per round trip)."""
+        done: list[Enqueued] = []
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            done += await asyncio.gather(*(self.enqueue(job_id, spec) for job_id, spec in part))
+        return done
 
     async def get_job(self, job_id: str) -> dict[str, str] | None:
         fields: dict[str, str] = await self.redis.hgetall(self.key(f"job:{job_id}"))
@@ -338,6 +381,7 @@ class Store:
         version: str,
         running: tuple[str, int] | None,
         lease_ms: int,
+        boot_id: str = "",
     ) -> bool:
         job_id, token = running if running else ("", 0)
         resumed = await self._run(
@@ -354,11 +398,53 @@ class Store:
             job_id,
             token if running else "",
             lease_ms,
+            boot_id,
         )
         return bool(int(resumed))
 
-    async def claim(self, worker_id: str, lease_ms: int, scan_limit: int) -> Claim | ClaimMiss:
-        return _claim_result(await self._run("claim", worker_id, lease_ms, scan_limit))
+    async def claim(
+        self, worker_id: str, lease_ms: int, options: ClaimOptions = ClaimOptions()
+    ) -> Claim | ClaimMiss:
+        return _claim_result(await self._run("claim", worker_id, lease_ms, *options.args()))
+
+    async def set_models(
+        self,
+        worker_id: str,
+        session: str,
+        digest: str,
+        files: Sequence[str],
+        warm: Sequence[str],
+    ) -> bool:
+        """Replace a worker's model inventory and warm set (`folder/file` strings)."""
+        return bool(
+            int(
+                await self._run(
+                    "models", worker_id, session, digest, "\n".join(files), "\n".join(warm)
+                )
+            )
+        )
+
+    async def worker_models(
+        self, worker_ids: Sequence[str]
+    ) -> dict[str, tuple[set[str], set[str]]]:
+        """Per worker: (files on disk, files loaded)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in worker_ids:
+                pipe.smembers(self.key(f"inv:{worker_id}"))
+                pipe.smembers(self.key(f"warm:{worker_id}"))
+            rows = await pipe.execute()
+        return {
+            worker_id: (set(rows[2 * i]), set(rows[2 * i + 1]))
+            for i, worker_id in enumerate(worker_ids)
+        }
+
+    async def waiting_reasons(self, pools: Sequence[str], stale_ms: int) -> dict[str, str]:
+        """Why jobs of each pool wait ('' when a connected worker can take them)."""
+        unique = sorted(set(pools))
+        if not unique:
+            return {}
+        reasons = await self._run("why", stale_ms, *unique)
+        return {pool: str(reason or "") for pool, reason in zip(unique, reasons, strict=True)}
 
     async def heartbeat(
         self,
@@ -368,7 +454,10 @@ class Store:
         lease_ms: int,
         gpu_stats_json: str,
         comfyui_ok: bool,
-    ) -> str:
+        models_digest: str = "",
+    ) -> tuple[str, bool]:
+        """Returns (why the named job is not the worker's or '', whether the hub's record of
+        its models differs from `models_digest`)."""
         job_id, token = running if running else ("", 0)
         result = await self._run(
             "heartbeat",
@@ -379,8 +468,9 @@ class Store:
             lease_ms,
             gpu_stats_json,
             int(comfyui_ok),
+            models_digest,
         )
-        return str(result or "")
+        return str(result[0] or ""), bool(int(result[1]))
 
     async def set_worker_state(self, worker_id: str, session: str, state: str) -> None:
         key = self.key(f"worker:{worker_id}")
@@ -417,9 +507,11 @@ class Store:
         since, deadline = await self._run("drain", worker_id, timeout_ms)
         return Drain(worker_id, int(since), int(deadline))
 
-    async def resume(self, worker_id: str) -> bool:
-        """Back in service; False if it was not drained."""
-        return bool(int(await self._run("resume", worker_id)))
+    async def resume(self, worker_id: str) -> tuple[bool, bool]:
+        """Back in service: ends a drain and a quarantine. Returns (was drained, was
+        quarantined)."""
+        was_drained, was_quarantined = await self._run("resume", worker_id)
+        return bool(int(was_drained)), bool(int(was_quarantined))
 
     async def drains(self) -> dict[str, Drain]:
         raw: dict[str, str] = await self.redis.hgetall(self.key("drains"))
@@ -484,13 +576,15 @@ class Store:
         outputs: list[dict[str, Any]],
         ttl_ms: int,
         prompt_id: str,
-        claim: tuple[int, int] | None,
+        claim: tuple[int, ClaimOptions] | None,
         results: dict[str, Any] | None = None,
     ) -> tuple[str, Claim | ClaimMiss | None]:
-        """Record a success; with `claim` = (lease_ms, scan_limit) also claim the worker's next
+        """Record a success; with `claim` = (lease_ms, options) also claim the worker's next
         job in the same script (`completed.ready_next`). Returns (refusal or '', claim result,
         None when refused or not asked)."""
-        lease_ms, scan_limit = claim if claim is not None else ("", "")
+        extra: tuple[Any, ...] = ("", "", "", "")
+        if claim is not None:
+            extra = (claim[0], *claim[1].args())
         r = await self._run(
             "complete",
             job_id,
@@ -499,8 +593,7 @@ class Store:
             json.dumps(outputs),
             ttl_ms,
             prompt_id,
-            lease_ms,
-            scan_limit,
+            *extra,
             json.dumps(results) if results else "",
         )
         refused = str(r[0] or "")
@@ -515,24 +608,38 @@ class Store:
         retryable: bool,
         ttl_ms: int,
         prompt_id: str = "",
-    ) -> tuple[str, str]:
-        refused, status = await self._run(
-            "fail", job_id, token, worker_id, json.dumps(error), int(retryable), ttl_ms, prompt_id
+        counts_against_worker: bool = False,
+        quarantine_after: int = 0,
+    ) -> tuple[str, str, bool]:
+        """Returns (refusal or '', the job's new status, whether the worker is now quarantined)."""
+        refused, status, quarantined = await self._run(
+            "fail",
+            job_id,
+            token,
+            worker_id,
+            json.dumps(error),
+            int(retryable),
+            ttl_ms,
+            prompt_id,
+            int(counts_against_worker),
+            quarantine_after,
         )
-        return str(refused or ""), str(status or "")
+        return str(refused or ""), str(status or ""), bool(int(quarantined or 0))
 
     async def release(self, job_id: str, token: int, worker_id: str, reason: str) -> str:
         return str(await self._run("release", job_id, token, worker_id, reason) or "")
 
     # -- maintenance -----------------------------------------------------------------------
 
-    async def reap(self, ttl_ms: int) -> Reaped:
-        requeued, dead, timed, expired = await self._run("reap", ttl_ms, REAP_BATCH)
+    async def reap(self, ttl_ms: int, stale_ms: int = 60_000, pool_idle_ms: int = 60_000) -> Reaped:
+        requeued, dead, timed, expired, ended = await self._run(
+            "reap", ttl_ms, REAP_BATCH, stale_ms, pool_idle_ms
+        )
         triples = tuple(
             (str(timed[i]), str(timed[i + 1]), int(timed[i + 2] or 0))
             for i in range(0, len(timed), 3)
         )
-        return Reaped(int(requeued), int(dead), triples, tuple(str(x) for x in expired))
+        return Reaped(int(requeued), int(dead), triples, tuple(str(x) for x in expired), int(ended))
 
     # -- webhook outbox (see redis_api/webhooks.py) ------------------------------------------
 
@@ -618,6 +725,10 @@ def _claim_result(r: Sequence[Any]) -> Claim | ClaimMiss:
         return Claim(
             str(r[1]), int(r[2]), int(r[3]), float(r[4]), str(r[5]), int(r[6]), int(r[7]), extras
         )
+    if code == 3:
+        return ClaimMiss(False, retry_ms=int(r[1]))
+    if code == 4:
+        return CLAIM_QUARANTINED
     return CLAIM_EMPTY if code == 0 else CLAIM_NONE_FIT
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from wgpu_protocol import models
 from wgpu_protocol.frames import encode_ack as ack_frame
 from wgpu_protocol.frames import encode_job
 from wgpu_protocol.messages import (
@@ -34,6 +35,7 @@ from wgpu_protocol.messages import (
     Heartbeat,
     Hello,
     HubMessage,
+    Models,
     Progress,
     ProtocolError,
     Ready,
@@ -62,6 +64,18 @@ HELLO_TIMEOUT_S = 10.0
 # Frames written together only while the socket has nothing buffered and they are this small:
 # bigger or backed-up writes go through aiohttp, which applies its flow control.
 COALESCE_MAX_BYTES = 64 * 1024
+# Failures that say something about the worker (its ComfyUI, GPU, custom nodes), not about the
+# workflow: K of them in a row quarantine the worker.
+WORKER_FAULTS = frozenset(
+    {
+        "execution_error",
+        "out_of_memory",
+        "comfyui_error",
+        "comfyui_crashed",
+        "output_missing",
+        "worker_error",
+    }
+)
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@")
 
 
@@ -299,6 +313,7 @@ class WorkerSession:
             hello.version,
             running,
             self.config.lease_ms,
+            hello.boot_id,
         )
         self.welcomed = True
         await self.send(
@@ -361,9 +376,19 @@ class WorkerSession:
         elif isinstance(message, Heartbeat):
             running = (message.running.job_id, message.running.token) if message.running else None
             stats = json.dumps({k: v for k, v in asdict(message.gpu).items() if v is not None})
-            refused = await store.heartbeat(
-                wid, self.session_id, running, cfg.lease_ms, stats, message.comfyui_ok
+            refused, models_stale = await store.heartbeat(
+                wid,
+                self.session_id,
+                running,
+                cfg.lease_ms,
+                stats,
+                message.comfyui_ok,
+                message.models_digest,
             )
+            if models_stale:
+                # The hub's record of this worker's models is not what it last sent (a lost
+                # message, a Redis without that data): ask for the full list again.
+                await self.send(ErrorReply("models_stale", "send your models again"))
             if refused and running:
                 # The worker runs a job that is no longer its own: stop it.
                 await self.send(Cancel(running[0], running[1], refused))
@@ -399,7 +424,7 @@ class WorkerSession:
                 "message": message.error.message,
                 "node_id": message.error.node_id,
             }
-            refused, status = await store.fail(
+            refused, status, quarantined = await store.fail(
                 message.job_id,
                 message.token,
                 wid,
@@ -407,7 +432,15 @@ class WorkerSession:
                 message.error.retryable,
                 cfg.ttl_ms,
                 self._take_prompt_id(message.job_id, message.token),
+                message.error.type in WORKER_FAULTS,
+                cfg.quarantine_after,
             )
+            if quarantined:
+                log.warning(
+                    "worker %s quarantined after %d failures in a row",
+                    wid,
+                    cfg.quarantine_after,
+                )
             self._report_ended(message.job_id, message.token)
             if not refused:
                 self.hub.metrics.failed += 1
@@ -423,6 +456,11 @@ class WorkerSession:
             refused = await store.release(message.job_id, message.token, wid, message.reason)
             self._report_ended(message.job_id, message.token)
             await self._ack(message.job_id, message.token, "released", refused)
+        elif isinstance(message, Models):
+            files = models.flatten(message.inventory)
+            await store.set_models(
+                wid, self.session_id, message.digest, files, models.flatten(message.warm)
+            )
         elif isinstance(message, Unavailable):
             self.hub.dispatcher.not_wanting(self)
             await store.set_worker_state(wid, self.session_id, "unavailable")
@@ -503,7 +541,7 @@ class WorkerSession:
                         outputs,
                         self.config.ttl_ms,
                         prompt_id,
-                        (self.config.lease_ms, self.config.claim_scan_limit),
+                        (self.config.lease_ms, self.config.claim_options),
                         message.results,
                     )
                     self._completed(message, refused)
@@ -656,7 +694,7 @@ class WorkerSession:
     async def _fail_output(self, job_id: str, token: int, kind: str, message: str) -> None:
         """End the attempt for good (not retried: the same run makes the same output)."""
         error = {"type": kind, "message": message, "node_id": None}
-        refused, _ = await self.store.fail(
+        refused, _, _ = await self.store.fail(
             job_id,
             token,
             self.worker_id,
@@ -675,7 +713,7 @@ class WorkerSession:
         """End the attempt with `storage_error` (retried while attempts remain) and tell the
         worker: an ack refusing its report `of` (if any), else a cancel of the job."""
         error = {"type": StorageError.error_type, "message": message, "node_id": None}
-        refused, status = await self.store.fail(
+        refused, status, _ = await self.store.fail(
             job_id,
             token,
             self.worker_id,

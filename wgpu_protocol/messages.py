@@ -13,6 +13,8 @@ import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
+from .models import ModelSpecError, check_inventory
+
 PROTOCOL_VERSION = 1
 
 # Limits a hub and a worker both enforce, so that neither can be made to buffer without bound.
@@ -98,6 +100,7 @@ class Hello:
     version: str
     running: RunningJob | None = None
     protocol: int = PROTOCOL_VERSION
+    boot_id: str = ""  # new per worker process: a changed one tells the hub the worker restarted
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,7 @@ class Heartbeat:
     comfyui_ok: bool
     gpu: GpuStats = field(default_factory=GpuStats)
     running: RunningJob | None = None
+    models_digest: str = ""  # digest of the last `models` sent; the hub asks again on mismatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,18 @@ class Released:
     job_id: str
     token: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    """The model files the worker's ComfyUI has (`{folder: [file, ...]}`, see
+    wgpu_protocol.models) and those it has loaded (warm, per loader folder). Sent after each
+    welcome and whenever it changes; `digest` = models.digest(inventory)."""
+
+    type: ClassVar[str] = "models"
+    digest: str
+    inventory: dict[str, list[str]] = field(default_factory=dict)
+    warm: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +261,7 @@ WorkerMessage: TypeAlias = (
     | Completed
     | Failed
     | Released
+    | Models
     | Bye
 )
 HubMessage: TypeAlias = Welcome | JobAssigned | Cancel | Ack | ErrorReply
@@ -262,6 +279,7 @@ WORKER_MESSAGES: dict[str, type[Any]] = {
         Completed,
         Failed,
         Released,
+        Models,
         Bye,
     )
 }
@@ -469,6 +487,13 @@ def _sha256(v: Any, where: str) -> str:
     return v
 
 
+def _models(v: Any, where: str) -> dict[str, list[str]]:
+    try:
+        return check_inventory(v, where)
+    except ModelSpecError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
 def _outputs(v: Any, where: str) -> tuple[OutputRef, ...]:
     if not isinstance(v, list) or len(v) > 1000:
         raise ProtocolError(f"{where} must be a list of at most 1000 outputs")
@@ -504,10 +529,15 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Hello, "version"): _str(),
     (Hello, "running"): _opt(_obj(RunningJob)),
     (Hello, "protocol"): _int,
+    (Hello, "boot_id"): _str(),
     (Heartbeat, "comfyui_ok"): _bool,
     (Heartbeat, "gpu"): _obj(GpuStats),
     (Heartbeat, "running"): _opt(_obj(RunningJob)),
     (Unavailable, "reason"): _str(1000, name=False),
+    (Heartbeat, "models_digest"): _str(),
+    (Models, "digest"): _str(),
+    (Models, "inventory"): _models,
+    (Models, "warm"): _models,
     (Started, "job_id"): _str(),
     (Started, "token"): _int,
     (Started, "prompt_id"): _str(),

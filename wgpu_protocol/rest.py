@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any, Literal, NotRequired, TypeAlias, TypedDict
 
 JobStatus: TypeAlias = Literal[
-    "queued", "running", "succeeded", "failed", "cancelled", "timed_out", "dead"
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "dead",
+    "unschedulable",
+    "expired",
 ]
 JOB_STATES: tuple[JobStatus, ...] = (
     "queued",
@@ -21,8 +29,10 @@ JOB_STATES: tuple[JobStatus, ...] = (
     "cancelled",
     "timed_out",
     "dead",
+    "unschedulable",  # no connected worker could take it for schedule_timeout_s
+    "expired",  # not started within queue_timeout_s
 )
-TERMINAL_STATES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled", "timed_out", "dead")
+TERMINAL_STATES: tuple[JobStatus, ...] = JOB_STATES[2:]
 
 WorkerStatus: TypeAlias = Literal["idle", "busy", "unavailable", "offline"]
 WORKER_STATES: tuple[WorkerStatus, ...] = ("idle", "busy", "unavailable", "offline")
@@ -100,6 +110,12 @@ class JobJson(TypedDict):
     webhook_url: str | None
     webhook: WebhookJson | None  # None without a webhook_url
     history: list[AttemptJson]
+    # Scheduling (docs/architecture.md "Scheduling"): model files {folder: [file, ...]}.
+    requires: dict[str, list[str]]
+    owner: str | None  # the API key name (fair share)
+    queue_timeout_s: float | None
+    schedule_timeout_s: float | None
+    waiting_reason: str | None  # queued and no connected worker can take it: why
     workflow: NotRequired[dict[str, Any]]  # only in `GET /jobs/{id}`
 
 
@@ -130,6 +146,11 @@ class DrainJson(TypedDict):
     deadline: float | None
 
 
+class QuarantineJson(TypedDict):
+    reason: str
+    since: float | None  # unix seconds
+
+
 class WorkerJson(TypedDict):
     """One entry of `GET /workers`."""
 
@@ -147,6 +168,10 @@ class WorkerJson(TypedDict):
     jobs_failed: int
     version: str
     drain: DrainJson | None
+    models: dict[str, list[str]] | None  # on disk; None: never reported (trusted with any job)
+    warm: dict[str, list[str]]  # loaded (the last jobs' models, per folder)
+    models_digest: str | None
+    quarantined: QuarantineJson | None
 
 
 class WorkerListJson(TypedDict):

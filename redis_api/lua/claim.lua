@@ -1,3 +1,4 @@
--- A ready worker asks for a job: ARGV prefix, worker_id, lease_ms, scan_limit.
+-- A ready worker asks for a job: ARGV prefix, worker_id, lease_ms, affinity_ms, backlog, cap.
 -- Returns what claim_for (common.lua) returns.
-return claim_for(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), now_ms())
+return claim_for(ARGV[2], tonumber(ARGV[3]), now_ms(),
+  {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])})

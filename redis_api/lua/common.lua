@@ -1,6 +1,13 @@
 -- Shared by every script (prepended when loading). ARGV[1] is always the key prefix.
 -- Invariants: a job is in exactly one state; every change happens in one script; time is
--- Redis' own TIME; terminal states are final.
+-- Redis' own TIME; terminal states are final (except a quarantine's one more attempt).
+--
+-- Placement (see docs/architecture.md "Scheduling"): a queued job waits in a lane, a sorted set
+-- per (pool, owner). A pool is the set of jobs with equal placement needs (required model files
+-- and constraints); each worker has the set of pools it is eligible for (wpools:W), kept when a
+-- pool appears or the worker's inventory changes. A claim looks only at the heads of the lanes
+-- of the worker's eligible pools: its cost depends on the number of kinds of job, never on how
+-- many jobs wait that this worker cannot take.
 local P = ARGV[1]
 
 local function now_ms()
@@ -13,9 +20,15 @@ local function wkey(id) return P .. 'worker:' .. id end
 local function ekey(id) return P .. 'events:' .. id end
 -- The workflow has its own key: the job hash stays small enough for Redis' compact encoding.
 local function wfkey(id) return P .. 'wf:' .. id end
+local function poolkey(pid) return P .. 'pool:' .. pid end
+local function lanekey(pid, owner) return P .. 'lane:' .. pid .. ':' .. owner end
 
-local TERMINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true, dead = true}
+local TERMINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true, dead = true,
+  unschedulable = true, expired = true}
 local EVENTS_MAXLEN = 1000
+-- A score is band * ROUND + round: higher priority first, then the fair-share round (each
+-- owner's jobs take consecutive rounds starting at the round being served), then job id.
+local ROUND = 4398046511104  -- 2^42
 
 local function event(id, kind, data)
   redis.call('XADD', ekey(id), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'k', kind, 'd', cjson.encode(data))
@@ -34,6 +47,172 @@ local function publish_cancel(worker, id, token, reason)
   if worker and worker ~= '' then
     redis.call('PUBLISH', P .. 'cancel', worker .. '\n' .. id .. '\n' .. token .. '\n' .. reason)
   end
+end
+
+local function split_lines(s)
+  local out = {}
+  if not s or s == '' then return out end
+  for line in string.gmatch(s, '[^\n]+') do out[#out + 1] = line end
+  return out
+end
+
+-- `folder/file` lines, sorted, from a requires JSON {folder: [file, ...]}.
+local function req_lines(requires_json)
+  if not requires_json or requires_json == '' then return '' end
+  local files = {}
+  for folder, names in pairs(cjson.decode(requires_json)) do
+    for _, name in ipairs(names) do files[#files + 1] = folder .. '/' .. name end
+  end
+  table.sort(files)
+  return table.concat(files, '\n')
+end
+
+-- Does a worker (its HMGET machine_id, gpu_index, gpu_uuid, gpu_name, vram_mb) meet a job's
+-- constraints (c_machine, c_gpu, c_vram)?
+local function fits(c_machine, c_gpu, c_vram, w)
+  if c_machine and c_machine ~= '' and c_machine ~= w[1] then return false end
+  if c_gpu and c_gpu ~= '' then
+    local g = string.lower(c_gpu)
+    local name = string.lower(w[4] or '')
+    if g ~= (w[2] or '') and g ~= string.lower(w[3] or '') and
+        not (name ~= '' and string.find(name, g, 1, true)) then
+      return false
+    end
+  end
+  if c_vram and c_vram ~= '' and tonumber(c_vram) > (tonumber(w[5]) or 0) then return false end
+  return true
+end
+
+-- What placement reads of a worker: its caps (fits), whether it reported an inventory (a worker
+-- that never did, such as an old one, is trusted with everything), whether it is connected.
+local WORKER_CAPS = {'machine_id', 'gpu_index', 'gpu_uuid', 'gpu_name', 'vram_mb', 'inv_known',
+  'connected'}
+
+local function has_all(setkey, lines)
+  if lines == '' then return true end
+  for _, h in ipairs(redis.call('SMISMEMBER', setkey, unpack(split_lines(lines)))) do
+    if h == 0 then return false end
+  end
+  return true
+end
+
+-- p = HMGET pool req, c_machine, c_gpu, c_vram; caps = HMGET worker WORKER_CAPS.
+local function pool_fits(p, worker, caps)
+  if not fits(p[2], p[3], p[4], caps) then return false end
+  if caps[6] ~= '1' then return true end
+  return has_all(P .. 'inv:' .. worker, p[1] or '')
+end
+
+-- Records whether `worker` may take pool `pid`'s jobs, and whether it has the pool's models
+-- loaded (pwarm: a pool without requirements is warm everywhere and has no such set).
+local function set_eligible(pid, worker, yes, req, connected)
+  if yes then
+    redis.call('SADD', P .. 'wpools:' .. worker, pid)
+    redis.call('SADD', P .. 'pworkers:' .. pid, worker)
+    if req ~= '' then
+      if connected and has_all(P .. 'warm:' .. worker, req) then
+        redis.call('SADD', P .. 'pwarm:' .. pid, worker)
+      else
+        redis.call('SREM', P .. 'pwarm:' .. pid, worker)
+      end
+    end
+  else
+    redis.call('SREM', P .. 'wpools:' .. worker, pid)
+    redis.call('SREM', P .. 'pworkers:' .. pid, worker)
+    redis.call('SREM', P .. 'pwarm:' .. pid, worker)
+  end
+end
+
+-- After hello or a models report: which pools may this worker take now? O(pools).
+local function refresh_worker(worker)
+  local caps = redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS))
+  for _, pid in ipairs(redis.call('SMEMBERS', P .. 'pools')) do
+    local p = redis.call('HMGET', poolkey(pid), 'req', 'c_machine', 'c_gpu', 'c_vram')
+    set_eligible(pid, worker, pool_fits(p, worker, caps), p[1] or '', caps[7] == '1')
+  end
+end
+
+-- After the worker's warm models changed: which of its pools are warm on it now?
+local function refresh_warm(worker)
+  local connected = redis.call('HGET', wkey(worker), 'connected') == '1'
+  for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. worker)) do
+    local req = redis.call('HGET', poolkey(pid), 'req') or ''
+    if req ~= '' then
+      if connected and has_all(P .. 'warm:' .. worker, req) then
+        redis.call('SADD', P .. 'pwarm:' .. pid, worker)
+      else
+        redis.call('SREM', P .. 'pwarm:' .. pid, worker)
+      end
+    end
+  end
+end
+
+-- A pool appears with its first job: find its eligible workers once. O(workers).
+local function ensure_pool(pid, req, c_machine, c_gpu, c_vram, now)
+  if redis.call('SADD', P .. 'pools', pid) == 0 then return end
+  redis.call('HSET', poolkey(pid), 'req', req, 'c_machine', c_machine or '', 'c_gpu', c_gpu or '',
+    'c_vram', c_vram or '', 'created_ms', now)
+  local p = {req, c_machine, c_gpu, c_vram}
+  for _, worker in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
+    local caps = redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS))
+    if caps[1] then set_eligible(pid, worker, pool_fits(p, worker, caps), req, caps[7] == '1') end
+  end
+end
+
+-- A pool empty for a while goes (the reaper calls this); a new job recreates it.
+local function drop_pool(pid)
+  for _, owner in ipairs(redis.call('SMEMBERS', P .. 'powners:' .. pid)) do
+    redis.call('HDEL', P .. 'lserved', pid .. ':' .. owner)
+  end
+  for _, worker in ipairs(redis.call('SMEMBERS', P .. 'pworkers:' .. pid)) do
+    redis.call('SREM', P .. 'wpools:' .. worker, pid)
+  end
+  redis.call('DEL', poolkey(pid), P .. 'pworkers:' .. pid, P .. 'pwarm:' .. pid,
+    P .. 'powners:' .. pid)
+  redis.call('SREM', P .. 'pools', pid)
+end
+
+-- Lanes stay listed in powners while empty (a claim meets an empty one as an empty ZRANGE);
+-- the reaper forgets lanes and pools that stayed empty for a while (gc_pools).
+local function lane_add(id, pid, owner, score, now)
+  redis.call('ZADD', lanekey(pid, owner), score, id)
+  if redis.call('SADD', P .. 'powners:' .. pid, owner) == 1 then
+    redis.call('HSET', P .. 'lserved', pid .. ':' .. owner, now)
+  end
+  redis.call('ZADD', P .. 'queue', score, id)
+end
+
+local function lane_remove(id, pid, owner)
+  redis.call('ZREM', lanekey(pid, owner), id)
+  redis.call('ZREM', P .. 'queue', id)
+end
+
+-- Forgets lanes empty and unserved for idle_ms, and pools without lanes. Looks at `count`
+-- random pools per call (the reaper calls it often; pools are few).
+local function gc_pools(now, idle_ms, count)
+  for _, pid in ipairs(redis.call('SRANDMEMBER', P .. 'pools', count)) do
+    for _, owner in ipairs(redis.call('SMEMBERS', P .. 'powners:' .. pid)) do
+      local served = tonumber(redis.call('HGET', P .. 'lserved', pid .. ':' .. owner)) or 0
+      if redis.call('EXISTS', lanekey(pid, owner)) == 0 and now - served >= idle_ms then
+        redis.call('SREM', P .. 'powners:' .. pid, owner)
+        redis.call('HDEL', P .. 'lserved', pid .. ':' .. owner)
+      end
+    end
+    if redis.call('SCARD', P .. 'powners:' .. pid) == 0 then
+      local created = tonumber(redis.call('HGET', poolkey(pid), 'created_ms')) or 0
+      if now - created >= idle_ms then drop_pool(pid) end
+    end
+  end
+end
+
+-- Puts a job (its hash already written) in its pool's lane, creating the pool if needed.
+-- `j` = {pool, owner, requires JSON, c_machine, c_gpu, c_vram} (read from the hash if nil).
+local function place(id, score, now, j)
+  j = j or redis.call('HMGET', jkey(id), 'pool', 'owner', 'requires', 'c_machine', 'c_gpu',
+    'c_vram')
+  local pid, owner = j[1] or '', j[2] or ''
+  ensure_pool(pid, req_lines(j[3]), j[4], j[5], j[6], now)
+  lane_add(id, pid, owner, score, now)
 end
 
 local function add_history(id, attempt, worker, outcome, err)
@@ -55,13 +234,17 @@ local function clear_worker_job(worker, id)
   end
 end
 
--- Ends an attempt's worker bookkeeping: off the running/deadline sets, history, worker cleared.
+-- Ends an attempt's worker bookkeeping: off the running/deadline sets, history, worker cleared,
+-- the owner's running count down.
 local function end_attempt(id, now, outcome, err)
-  local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id')
+  local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner')
   redis.call('ZREM', P .. 'running', id)
   redis.call('ZREM', P .. 'deadlines', id)
   add_history(id, j[1], j[2] or '', outcome, err)
   clear_worker_job(j[2], id)
+  if j[3] and j[3] ~= '' and tonumber(redis.call('HINCRBY', P .. 'orun', j[3], -1)) <= 0 then
+    redis.call('HDEL', P .. 'orun', j[3])
+  end
   return j[2] or ''
 end
 
@@ -83,7 +266,8 @@ end
 -- Moves a job to a terminal state and starts its result TTL.
 local function finish(id, status, now, ttl_ms, err)
   local key = jkey(id)
-  redis.call('ZREM', P .. 'queue', id)
+  local was = redis.call('HMGET', key, 'status', 'pool', 'owner')
+  if was[1] == 'queued' then lane_remove(id, was[2] or '', was[3] or '') end
   redis.call('ZREM', P .. 'running', id)
   redis.call('ZREM', P .. 'deadlines', id)
   local fields = {'status', status, 'finished_ms', now}
@@ -108,7 +292,7 @@ local function requeue(id, now, avoid)
   local key = jkey(id)
   redis.call('HSET', key, 'status', 'queued', 'worker_id', '', 'enqueued_ms', now,
     'avoid_worker', avoid or '', 'progress', '')
-  redis.call('ZADD', P .. 'queue', redis.call('HGET', key, 'score'), id)
+  place(id, tonumber(redis.call('HGET', key, 'score')), now)
   event(id, 'status', {status = 'queued'})
   publish_work(now)
 end
@@ -140,24 +324,6 @@ local function check_owner(id, token, worker)
   return nil
 end
 
--- Does a worker (its HMGET machine_id, gpu_index, gpu_uuid, gpu_name, vram_mb) meet a job's
--- constraints (c_machine, c_gpu, c_vram)?
-local function fits(c_machine, c_gpu, c_vram, w)
-  if c_machine and c_machine ~= '' and c_machine ~= w[1] then return false end
-  if c_gpu and c_gpu ~= '' then
-    local g = string.lower(c_gpu)
-    local name = string.lower(w[4] or '')
-    if g ~= (w[2] or '') and g ~= string.lower(w[3] or '') and
-        not (name ~= '' and string.find(name, g, 1, true)) then
-      return false
-    end
-  end
-  if c_vram and c_vram ~= '' and tonumber(c_vram) > (tonumber(w[5]) or 0) then return false end
-  return true
-end
-
-local WORKER_CAPS = {'machine_id', 'gpu_index', 'gpu_uuid', 'gpu_name', 'vram_mb'}
-
 -- A worker said `started`: its ComfyUI prompt id, and a status event for SSE. The hub may hold
 -- it back and pass it with the job's next fenced script (saves a script per job).
 local function record_started(id, worker, prompt_id)
@@ -165,18 +331,119 @@ local function record_started(id, worker, prompt_id)
   event(id, 'status', {status = 'running', worker_id = worker, prompt_id = prompt_id})
 end
 
-local WORKER_CAPS = {'machine_id', 'gpu_index', 'gpu_uuid', 'gpu_name', 'vram_mb'}
+-- The worker now has `req`'s files loaded: per folder they replace what it had loaded there
+-- (ComfyUI keeps the last-used model of each loader).
+local function set_warm(worker, req)
+  local wset = P .. 'warm:' .. worker
+  local lines = split_lines(req)
+  local folders, wanted = {}, {}
+  for _, line in ipairs(lines) do
+    folders[string.match(line, '^[^/]*')] = true
+    wanted[line] = true
+  end
+  for _, have in ipairs(redis.call('SMEMBERS', wset)) do
+    if folders[string.match(have, '^[^/]*')] and not wanted[have] then
+      redis.call('SREM', wset, have)
+    end
+  end
+  redis.call('SADD', wset, unpack(lines))
+  redis.call('PEXPIRE', wset, 86400000)
+  refresh_warm(worker)
+end
 
--- A worker asks for a job (after `ready`, or with `completed.ready_next`).
--- Returns {1, job_id, token, attempt, timeout_s, workflow, enqueued_ms, now_ms} on a claim,
--- {0} when the queue is empty, {2} when nothing queued fits this worker or it is drained.
--- Without a claim the worker is recorded as idle (until lease_ms from now; its hub refreshes that while it waits).
-local function claim_for(worker, lease_ms, scan, now)
+-- Is some connected, unquarantined worker eligible for the pool? If not, why (for people).
+-- `stale_ms`: a worker silent that long counts as gone (its hub may have died).
+local function why_waiting(pid, now, stale_ms)
+  local p = redis.call('HMGET', poolkey(pid), 'req', 'c_machine', 'c_gpu', 'c_vram')
+  if not p[1] then return '' end
+  local fitting, any = {}, false
+  for _, worker in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
+    local caps = redis.call('HMGET', wkey(worker), 'machine_id', 'gpu_index', 'gpu_uuid',
+      'gpu_name', 'vram_mb', 'inv_known', 'connected', 'seen_ms', 'quarantined')
+    if caps[7] == '1' and now - (tonumber(caps[8]) or 0) <= stale_ms then
+      any = true
+      if fits(p[2], p[3], p[4], caps) then fitting[#fitting + 1] = {worker, caps} end
+    end
+  end
+  if not any then return 'no worker is connected' end
+  if #fitting == 0 then
+    local parts = {}
+    if p[2] ~= '' then parts[#parts + 1] = 'machine_id=' .. p[2] end
+    if p[3] ~= '' then parts[#parts + 1] = 'gpu=' .. p[3] end
+    if p[4] ~= '' then parts[#parts + 1] = 'min_vram_mb=' .. p[4] end
+    return 'no connected worker matches ' .. table.concat(parts, ', ')
+  end
+  local files = split_lines(p[1])
+  local complete = {}
+  local found = {}
+  for _, f in ipairs(fitting) do
+    local worker, caps = f[1], f[2]
+    local all = true
+    if caps[6] == '1' and #files > 0 then
+      local have = redis.call('SMISMEMBER', P .. 'inv:' .. worker, unpack(files))
+      for i, h in ipairs(have) do
+        if h == 1 then found[i] = true else all = false end
+      end
+    else
+      for i = 1, #files do found[i] = true end
+    end
+    if all then complete[#complete + 1] = caps end
+  end
+  local missing = {}
+  for i, name in ipairs(files) do
+    if not found[i] and #missing < 3 then missing[#missing + 1] = name end
+  end
+  if #missing > 0 then return 'no connected worker has ' .. table.concat(missing, ', ') end
+  if #complete == 0 then return 'no connected worker has all of ' .. table.concat(files, ', ') end
+  for _, caps in ipairs(complete) do
+    if not caps[9] or caps[9] == '' then return '' end
+  end
+  return 'every connected worker that can run it is quarantined'
+end
+
+-- The head job of a lane, dropping entries that are not queued (defensive).
+local function lane_head(pid, owner)
+  local lane = lanekey(pid, owner)
+  for _ = 1, 8 do
+    local head = redis.call('ZRANGE', lane, 0, 0, 'WITHSCORES')
+    if not head[1] then return nil end
+    local j = redis.call('HMGET', jkey(head[1]), 'status', 'avoid_worker', 'enqueued_ms')
+    if j[1] == 'queued' then
+      return head[1], tonumber(head[2]), j[2] or '', tonumber(j[3]) or 0
+    end
+    redis.call('ZREM', lane, head[1])
+    redis.call('ZREM', P .. 'queue', head[1])
+  end
+  return nil
+end
+
+-- Is another idle worker, eligible for the pool, waiting now?
+local function other_idle(pid, worker, now)
+  for _, other in ipairs(redis.call('SMEMBERS', P .. 'pworkers:' .. pid)) do
+    if other ~= worker then
+      local until_ms = redis.call('ZSCORE', P .. 'idle', other)
+      if until_ms and tonumber(until_ms) >= now then return true end
+    end
+  end
+  return false
+end
+
+-- A worker asks for a job (after `ready`, or with `completed.ready_next`). `opts`:
+-- {affinity_ms (< 0: no affinity, plain priority/fair order), backlog, cap (max running per
+-- owner, 0 = none)}.
+-- Returns {1, job_id, token, attempt, timeout_s, workflow, enqueued_ms, now_ms, extras} on a claim,
+-- {0} when the queue is empty, {2} when nothing queued fits this worker or it is drained,
+-- {3, retry_ms} when
+-- jobs wait for a worker that has their models loaded (ask again then), {4} when the worker is
+-- quarantined. Without a claim the worker is recorded as idle (until lease_ms from now; its hub
+-- refreshes that while it waits).
+local function claim_for(worker, lease_ms, now, opts)
   local wk = wkey(worker)
-  local caps = redis.call('HMGET', wk, unpack(WORKER_CAPS))
+  local affinity_ms, backlog, cap = opts[1], opts[2], opts[3]
 
   -- A worker asking for work holds none: a job still recorded as its own was lost with it.
-  local held = redis.call('HGET', wk, 'current_job')
+  local w = redis.call('HMGET', wk, 'current_job', 'quarantined')
+  local held = w[1]
   if held and held ~= '' then
     local j = redis.call('HMGET', jkey(held), 'status', 'worker_id')
     if j[1] == 'running' and j[2] == worker then
@@ -184,51 +451,116 @@ local function claim_for(worker, lease_ms, scan, now)
     end
     redis.call('HSET', wk, 'current_job', '')
   end
-
+  if w[2] and w[2] ~= '' then
+    redis.call('ZREM', P .. 'idle', worker)
+    redis.call('HSET', wk, 'state', 'idle')
+    return {4}
+  end
   -- Drained (drain.lua): no new work. Idle in its own hash, but not offered to the queue.
   if redis.call('HEXISTS', P .. 'drains', worker) == 1 then
     redis.call('HSET', wk, 'state', 'idle')
     return {2}
   end
 
-  -- Is another idle worker able to run this job? (Then the worker it avoids leaves it alone.)
-  local function other_idle_fits(c_machine, c_gpu, c_vram)
-    for _, other in ipairs(redis.call('ZRANGEBYSCORE', P .. 'idle', now, '+inf', 'LIMIT', 0, 100)) do
-      if other ~= worker and fits(c_machine, c_gpu, c_vram, redis.call('HMGET', wkey(other), unpack(WORKER_CAPS))) then
-        return true
+  -- The heads of the lanes this worker may take, in the best priority band.
+  local best_band, cands = nil, {}
+  for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. worker)) do
+    for _, owner in ipairs(redis.call('SMEMBERS', P .. 'powners:' .. pid)) do
+      if cap <= 0 or owner == '' or (tonumber(redis.call('HGET', P .. 'orun', owner)) or 0) < cap then
+        local id, score, avoid, enqueued = lane_head(pid, owner)
+        if id and not (avoid == worker and other_idle(pid, worker, now)) then
+          local band = math.floor(score / ROUND)
+          if best_band == nil or band < best_band then
+            best_band = band
+            cands = {}
+          end
+          if band == best_band then
+            cands[#cands + 1] = {pid = pid, owner = owner, id = id, score = score,
+              enqueued = enqueued}
+          end
+        end
       end
     end
-    return false
   end
 
-  local ids = redis.call('ZRANGE', P .. 'queue', 0, scan - 1)
-  if #ids == 0 then
+  local function min_of(list)
+    local best = nil
+    for _, c in ipairs(list) do
+      if best == nil or c.score < best.score or (c.score == best.score and c.id < best.id) then
+        best = c
+      end
+    end
+    return best
+  end
+
+  local pick, retry_ms = nil, nil
+  if #cands > 0 and affinity_ms < 0 then
+    pick = min_of(cands)
+  elseif #cands > 0 then
+    -- Affinity: take a job whose models are loaded here; a job whose lane has waited longer
+    -- than affinity_ms competes with those by order (no starvation). Without such work, take a
+    -- job that needs another GPU (nobody has its models loaded, its lane is not being served,
+    -- or its backlog is long for the GPUs serving it); else wait a little for a warm one.
+    local first, helps = {}, {}
+    for _, c in ipairs(cands) do
+      local req = redis.call('HGET', poolkey(c.pid), 'req') or ''
+      c.req = req
+      if req == '' or redis.call('SISMEMBER', P .. 'pwarm:' .. c.pid, worker) == 1 then
+        c.warm = true
+        first[#first + 1] = c
+      else
+        -- How long the lane has gone unserved: since its last claim or its head's arrival.
+        local served = tonumber(redis.call('HGET', P .. 'lserved', c.pid .. ':' .. c.owner)) or now
+        local waited = now - math.max(served, c.enqueued)
+        local warm_elsewhere = redis.call('SCARD', P .. 'pwarm:' .. c.pid)
+        if waited >= affinity_ms then
+          first[#first + 1] = c
+        elseif warm_elsewhere == 0 or
+            redis.call('ZCARD', lanekey(c.pid, c.owner)) > backlog * warm_elsewhere then
+          helps[#helps + 1] = c
+        else
+          local left = affinity_ms - waited
+          if retry_ms == nil or left < retry_ms then retry_ms = left end
+        end
+      end
+    end
+    pick = min_of(first) or min_of(helps)
+  end
+
+  if pick == nil then
     redis.call('ZADD', P .. 'idle', now + lease_ms, worker)
     redis.call('HSET', wk, 'state', 'idle')
-    return {0}
+    if retry_ms then return {3, math.max(1, math.floor(retry_ms))} end
+    if #cands == 0 and redis.call('ZCARD', P .. 'queue') == 0 then return {0} end
+    return {2}
   end
-  for _, id in ipairs(ids) do
-    local j = redis.call('HMGET', jkey(id), 'c_machine', 'c_gpu', 'c_vram', 'avoid_worker', 'status')
-    if j[5] ~= 'queued' then
-      redis.call('ZREM', P .. 'queue', id)  -- defensive: only queued jobs belong here
-    elseif fits(j[1], j[2], j[3], caps) and not (j[4] == worker and other_idle_fits(j[1], j[2], j[3])) then
-      local key = jkey(id)
-      local token = redis.call('INCR', P .. 'seq')
-      local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-      local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras')
-      f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub
-      redis.call('HSET', key, 'status', 'running', 'token', token, 'worker_id', worker,
-        'started_ms', now, 'progress', '', 'prompt_id', '')
-      redis.call('ZREM', P .. 'queue', id)
-      redis.call('ZADD', P .. 'running', now + lease_ms, id)
-      redis.call('ZADD', P .. 'deadlines', now + math.floor(tonumber(f[1]) * 1000), id)
-      redis.call('ZREM', P .. 'idle', worker)
-      redis.call('HSET', wk, 'current_job', id, 'state', 'busy')
-      event(id, 'status', {status = 'running', worker_id = worker, attempt = attempt})
-      return {1, id, token, attempt, f[1], f[2], tonumber(f[3]), now, f[4] or ''}
-    end
+
+  local id = pick.id
+  local key = jkey(id)
+  local token = redis.call('INCR', P .. 'seq')
+  local attempt = redis.call('HINCRBY', key, 'attempts', 1)
+  local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras')
+  f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub
+  redis.call('HSET', key, 'status', 'running', 'token', token, 'worker_id', worker,
+    'started_ms', now, 'progress', '', 'prompt_id', '')
+  if pick.req == nil then pick.req = redis.call('HGET', poolkey(pick.pid), 'req') or '' end
+  -- When the lane was last served (affinity reads it; gc_pools forgets idle lanes by it).
+  if pick.req ~= '' then
+    redis.call('HSET', P .. 'lserved', pick.pid .. ':' .. pick.owner, now)
   end
-  redis.call('ZADD', P .. 'idle', now + lease_ms, worker)
-  redis.call('HSET', wk, 'state', 'idle')
-  return {2}
+  lane_remove(id, pick.pid, pick.owner)
+  if pick.owner ~= '' then redis.call('HINCRBY', P .. 'orun', pick.owner, 1) end
+  local round = pick.score % ROUND
+  if round > (tonumber(redis.call('HGET', P .. 'fair', 'v')) or 0) then
+    redis.call('HSET', P .. 'fair', 'v', round)
+  end
+  if pick.req ~= '' and not pick.warm and not has_all(P .. 'warm:' .. worker, pick.req) then
+    set_warm(worker, pick.req)
+  end
+  redis.call('ZADD', P .. 'running', now + lease_ms, id)
+  redis.call('ZADD', P .. 'deadlines', now + math.floor(tonumber(f[1]) * 1000), id)
+  redis.call('ZREM', P .. 'idle', worker)
+  redis.call('HSET', wk, 'current_job', id, 'state', 'busy')
+  event(id, 'status', {status = 'running', worker_id = worker, attempt = attempt})
+  return {1, id, token, attempt, f[1], f[2], tonumber(f[3]), now, f[4] or ''}
 end

@@ -1,6 +1,7 @@
 -- A worker finished a job: ARGV prefix, job_id, token, worker_id, outputs (JSON list), ttl_ms,
--- prompt_id held back from `started` ('' if none), then, for `completed.ready_next`, lease_ms and
--- scan_limit ('' for no claim), then the non-file UI results (JSON object, '' for none).
+-- prompt_id held back from `started` ('' if none), then, for `completed.ready_next`, lease_ms,
+-- affinity_ms, backlog and cap ('' for no claim), then the non-file UI results (JSON object, ''
+-- for none).
 -- Returns {''} when recorded, {''} followed by claim_for's reply when it also claimed the next
 -- job for the worker, or {why not}. Recorded once: a second report gets already_finished.
 local id, token, worker, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
@@ -10,11 +11,17 @@ local now = now_ms()
 if ARGV[7] ~= '' then record_started(id, worker, ARGV[7]) end
 end_attempt(id, now, 'succeeded', nil)
 redis.call('HSET', jkey(id), 'outputs', ARGV[5], 'error', '')
-if ARGV[10] and ARGV[10] ~= '' then redis.call('HSET', jkey(id), 'results', ARGV[10]) end
+if ARGV[12] and ARGV[12] ~= '' then redis.call('HSET', jkey(id), 'results', ARGV[12]) end
 for _, output in ipairs(cjson.decode(ARGV[5])) do event(id, 'output', output) end
-redis.call('HINCRBY', wkey(worker), 'jobs_done', 1)
+-- A success ends a run of failures (quarantine counts consecutive ones).
+if tonumber(redis.call('HINCRBY', wkey(worker), 'jobs_done', 1)) > 0 and
+    redis.call('HGET', wkey(worker), 'fail_streak') then
+  redis.call('HDEL', wkey(worker), 'fail_streak')
+  redis.call('DEL', P .. 'wfailed:' .. worker)
+end
 finish(id, 'succeeded', now, ttl_ms, nil)
 if ARGV[8] == '' then return {''} end
-local claimed = claim_for(worker, tonumber(ARGV[8]), tonumber(ARGV[9]), now)
+local claimed = claim_for(worker, tonumber(ARGV[8]), now,
+  {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])})
 table.insert(claimed, 1, '')
 return claimed

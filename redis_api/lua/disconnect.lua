@@ -9,6 +9,10 @@ local wk = wkey(worker)
 if redis.call('HGET', wk, 'session') ~= session then return 0 end
 redis.call('HSET', wk, 'connected', 0, 'state', 'offline', 'seen_ms', now)
 redis.call('ZREM', P .. 'idle', worker)
+-- Gone workers do not count as having models loaded (cold idle workers stop waiting for them).
+for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. worker)) do
+  redis.call('SREM', P .. 'pwarm:' .. pid, worker)
+end
 local held = redis.call('HGET', wk, 'current_job')
 if held and held ~= '' and grace_ms >= 0 then
   local lease = redis.call('ZSCORE', P .. 'running', held)

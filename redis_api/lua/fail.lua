@@ -1,11 +1,44 @@
 -- A worker failed a job: ARGV prefix, job_id, token, worker_id, error (JSON), retryable (1|0), ttl_ms,
--- prompt_id held back from `started` ('' if none).
--- Returns {'' | refusal, new status}.
+-- prompt_id held back from `started` ('' if none), counts_against_worker (1|0: an execution or
+-- ComfyUI error, not the workflow's fault), quarantine_after (0 = never).
+-- Returns {'' | refusal, new status, quarantined (1|0)}.
 local id, token, worker, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[7])
 local refused = check_owner(id, token, worker)
-if refused then return {refused, ''} end
+if refused then return {refused, '', 0} end
 local now = now_ms()
+local wk = wkey(worker)
 if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
-redis.call('HINCRBY', wkey(worker), 'jobs_failed', 1)
-local status = retry_or_end(id, now, ttl_ms, 'failed', cjson.decode(ARGV[5]), ARGV[6] == '1')
-return {'', status}
+redis.call('HINCRBY', wk, 'jobs_failed', 1)
+local err = cjson.decode(ARGV[5])
+local status = retry_or_end(id, now, ttl_ms, 'failed', err, ARGV[6] == '1')
+local limit = tonumber(ARGV[10]) or 0
+if ARGV[9] ~= '1' or limit <= 0 then
+  redis.call('HDEL', wk, 'fail_streak')
+  redis.call('DEL', P .. 'wfailed:' .. worker)
+  return {'', status, 0}
+end
+-- K failures in a row: the worker is quarantined (takes nothing until `wgpu resume` or a restart)
+-- and the jobs it failed get one more attempt on another worker.
+local streak = redis.call('HINCRBY', wk, 'fail_streak', 1)
+redis.call('RPUSH', P .. 'wfailed:' .. worker, id)
+redis.call('LTRIM', P .. 'wfailed:' .. worker, -limit, -1)
+redis.call('PEXPIRE', P .. 'wfailed:' .. worker, 86400000)
+if streak < limit or (redis.call('HGET', wk, 'quarantined') or '') ~= '' then return {'', status, 0} end
+local reason = streak .. ' jobs in a row failed here; last: ' .. tostring(err['type']) .. ': ' ..
+  string.sub(tostring(err['message']), 1, 300)
+redis.call('HSET', wk, 'quarantined', reason, 'quarantined_ms', now)
+redis.call('ZREM', P .. 'idle', worker)
+for _, failed in ipairs(redis.call('LRANGE', P .. 'wfailed:' .. worker, 0, -1)) do
+  local j = redis.call('HMGET', jkey(failed), 'status', 'worker_id', 'attempts', 'idempotency_key')
+  if (j[1] == 'failed' or j[1] == 'dead') and j[2] == worker then
+    redis.call('ZREM', P .. 'done:' .. j[1], failed)
+    redis.call('PERSIST', jkey(failed))
+    redis.call('PERSIST', wfkey(failed))
+    redis.call('PERSIST', ekey(failed))
+    if j[4] and j[4] ~= '' then redis.call('PERSIST', P .. 'idem:' .. j[4]) end
+    redis.call('HSET', jkey(failed), 'max_attempts', tonumber(j[3]) + 1, 'finished_ms', '')
+    requeue(failed, now, worker)
+  end
+end
+redis.call('DEL', P .. 'wfailed:' .. worker)
+return {'', status, 1}

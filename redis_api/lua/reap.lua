@@ -1,10 +1,45 @@
 -- Run by every hub every reap_interval_s; idempotent, so any number of hubs may run it at once.
--- ARGV prefix, ttl_ms, batch. Requeues (or kills) jobs whose lease expired, ends jobs past
--- their timeout, and drops expired finished jobs from the indexes.
--- Returns {requeued, dead, {timed-out job, worker, token, ...}, {expired job ids...}}.
+-- ARGV prefix, ttl_ms, batch, stale_ms, pool_idle_ms. Requeues (or kills) jobs whose lease
+-- expired, ends jobs past their timeout, queued jobs past their queue deadline (`expired`) or
+-- with no worker able to take them past their schedule timeout (`unschedulable`), drops pools
+-- empty for pool_idle_ms, and drops expired finished jobs from the indexes.
+-- Returns {requeued, dead, {timed-out job, worker, token, ...}, {expired job ids...},
+-- ended_in_queue}.
 local ttl_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])
+local stale_ms, pool_idle_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
-local requeued, dead, timed_out, expired = 0, 0, {}, {}
+local requeued, dead, timed_out, expired, ended = 0, 0, {}, {}, 0
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'qdeadlines', '-inf', now, 'LIMIT', 0, batch)) do
+  redis.call('ZREM', P .. 'qdeadlines', id)
+  local j = redis.call('HMGET', jkey(id), 'status', 'attempts', 'queue_ms')
+  if j[1] == 'queued' and tonumber(j[2]) == 0 then
+    finish(id, 'expired', now, ttl_ms, {type = 'expired',
+      message = 'the job did not start within its queue_timeout_s of ' .. (tonumber(j[3]) or 0) / 1000 .. ' s'})
+    ended = ended + 1
+  end
+end
+
+local reasons = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'schedcheck', '-inf', now, 'LIMIT', 0, batch)) do
+  local j = redis.call('HMGET', jkey(id), 'status', 'pool', 'sched_ms')
+  if j[1] ~= 'queued' then
+    redis.call('ZREM', P .. 'schedcheck', id)
+  else
+    local pid = j[2] or ''
+    if reasons[pid] == nil then reasons[pid] = why_waiting(pid, now, stale_ms) end
+    if reasons[pid] ~= '' then
+      redis.call('ZREM', P .. 'schedcheck', id)
+      finish(id, 'unschedulable', now, ttl_ms, {type = 'unschedulable', message = reasons[pid] ..
+        ' (waited its schedule_timeout_s of ' .. (tonumber(j[3]) or 0) / 1000 .. ' s)'})
+      ended = ended + 1
+    else
+      redis.call('ZADD', P .. 'schedcheck', now + (tonumber(j[3]) or 60000), id)  -- look again later
+    end
+  end
+end
+
+gc_pools(now, pool_idle_ms, 20)
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', now, 'LIMIT', 0, batch)) do
   local j = redis.call('HMGET', jkey(id), 'status', 'worker_id', 'token')
@@ -33,7 +68,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'deadlines', '-inf', now, '
   end
 end
 
-for _, status in ipairs({'succeeded', 'failed', 'cancelled', 'timed_out', 'dead'}) do
+for _, status in ipairs({'succeeded', 'failed', 'cancelled', 'timed_out', 'dead', 'unschedulable',
+    'expired'}) do
   local zkey = P .. 'done:' .. status
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, batch)) do
     redis.call('ZREM', zkey, id)
@@ -43,9 +79,11 @@ for _, status in ipairs({'succeeded', 'failed', 'cancelled', 'timed_out', 'dead'
     end
     redis.call('DEL', jkey(id), ekey(id), wfkey(id))
     redis.call('ZREM', P .. 'ids', id)
+    redis.call('ZREM', P .. 'schedcheck', id)
+    redis.call('ZREM', P .. 'qdeadlines', id)
     expired[#expired + 1] = id
   end
 end
 -- Idle entries of workers whose hub stopped refreshing them (the hub died) go too.
 redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
-return {requeued, dead, timed_out, expired}
+return {requeued, dead, timed_out, expired, ended}

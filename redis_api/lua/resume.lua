@@ -1,6 +1,11 @@
--- Put a drained worker back in service: ARGV prefix, worker_id. Returns 1 if it was drained.
+-- Put a worker back in service (`wgpu resume`): ARGV prefix, worker_id. Ends its drain and its
+-- quarantine. Returns {1 if it was drained, 1 if it was quarantined}.
 -- The work channel wakes its hub, whose next claim for it finds the queue.
 local worker = ARGV[2]
+local wk = wkey(worker)
 local was = redis.call('HDEL', P .. 'drains', worker)
+local quarantined = (redis.call('HGET', wk, 'quarantined') or '') ~= '' and 1 or 0
+redis.call('HDEL', wk, 'quarantined', 'quarantined_ms', 'fail_streak')
+redis.call('DEL', P .. 'wfailed:' .. worker)
 redis.call('PUBLISH', P .. 'work', '1')
-return was
+return {was, quarantined}

@@ -34,6 +34,10 @@ async def test_a_queued_job_is_a_compact_hash_and_its_workflow(
             http.get(f"{hub.url}/jobs/{job['id']}/events") as response,
         ):
             first = (await response.content.readuntil(b"\n\n")).decode()
-        assert first == 'event: status\ndata: {"status":"queued"}\nid: 0-1\n\n'
+        # No worker is connected: the opening event says why the job waits.
+        assert first == (
+            'event: status\ndata: {"status": "queued", "waiting_reason": "no worker is connected"}'
+            "\nid: 0-1\n\n"
+        )
     finally:
         client.close()

@@ -258,7 +258,7 @@ async def test_malformed_and_oversized_frames_change_nothing(hub_factory: HubFac
 async def test_after_ttl_no_job_keys_remain(
     hub_factory: HubFactory, redis_url: str, tmp_path: Path
 ) -> None:
-    hub = await hub_factory(result_ttl_s=0.5, outputs_dir=str(tmp_path / "out"))
+    hub = await hub_factory(result_ttl_s=0.5, pool_idle_s=0.5, outputs_dir=str(tmp_path / "out"))
     worker = ProtocolWorker(hub.url)
     await worker.connect()
     done = await submit(hub.url, idempotency_key="k-1")
@@ -275,7 +275,10 @@ async def test_after_ttl_no_job_keys_remain(
 
     async def job_keys() -> list[str]:
         keys = client.keys(hub.config.key_prefix + "*")
-        per_worker_or_counter = ("seq", "workers", "worker:", "idle")
+        per_worker_or_counter = (
+            *("seq", "fair", "workers", "worker:", "idle"),
+            *("wpools:", "inv:", "warm:", "wfailed:"),
+        )
         return sorted(
             k
             for k in keys

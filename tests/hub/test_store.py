@@ -34,7 +34,7 @@ async def test_concurrent_claims_give_each_job_to_one_worker(any_redis_url: str)
 
         async def drain(worker: str) -> None:
             while True:
-                result = await store.claim(worker, 10_000, 64)
+                result = await store.claim(worker, 10_000)
                 if not isinstance(result, Claim):
                     return
                 claimed.append((worker, result.job_id))
@@ -87,21 +87,21 @@ async def test_a_retry_skips_the_worker_that_failed_it_while_another_idle_one_fi
     try:
         for worker in ("a", "b"):
             await _register(store, worker)
-        assert not isinstance(await store.claim("b", 10_000, 64), Claim)  # b waits idle
+        assert not isinstance(await store.claim("b", 10_000), Claim)  # b waits idle
         await store.enqueue("j", SPEC)
-        first = await store.claim("a", 10_000, 64)
+        first = await store.claim("a", 10_000)
         assert isinstance(first, Claim)
         err = {"type": "x", "message": "y", "node_id": None}
-        assert await store.fail("j", first.token, "a", err, True, 60_000) == ("", "queued")
+        assert await store.fail("j", first.token, "a", err, True, 60_000) == ("", "queued", False)
 
-        skipped = await store.claim("a", 10_000, 64)  # b is idle and fits: a leaves it
+        skipped = await store.claim("a", 10_000)  # b is idle and fits: a leaves it
         assert not isinstance(skipped, Claim) and not skipped.empty
-        second = await store.claim("b", 10_000, 64)
+        second = await store.claim("b", 10_000)
         assert isinstance(second, Claim) and second.job_id == "j" and second.attempt == 2
 
-        assert await store.fail("j", second.token, "b", err, True, 60_000) == ("", "queued")
+        assert await store.fail("j", second.token, "b", err, True, 60_000) == ("", "queued", False)
         await store.redis.zrem("t:idle", "a")  # a is busy elsewhere now: b is the only one
-        third = await store.claim("b", 10_000, 64)
+        third = await store.claim("b", 10_000)
         assert isinstance(third, Claim) and third.attempt == 3
     finally:
         await store.close()
