@@ -1,6 +1,7 @@
 """Developer sessions: `nox` runs lint, typecheck and tests; bench and chaos run on demand.
 
 Extra arguments go to the tool: `nox -s tests -- tests/orchestrator/test_count.py -x`.
+`nox -s mutants` applies the curated mutations of mutants/mutations.toml (`-- -k fencing`).
 """
 
 from __future__ import annotations
@@ -47,3 +48,10 @@ def chaos(session: nox.Session) -> None:
     """Fault-injection runs against a live stack: `python -m bench.chaos`."""
     session.install("-e", ".[dev,bench]")
     session.run("python", "-m", "bench.chaos", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def mutants(session: nox.Session) -> None:
+    """Curated mutation testing (`python -m mutants`): every mutation must be killed."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "mutants", *session.posargs)

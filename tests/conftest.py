@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.hub",
     "tests.fixtures.sim",
     "tests.fixtures.images",
+    "tests.fixtures.gpu",
 ]

@@ -239,6 +239,15 @@ class DockerBackend:
             "stop_signal": "SIGTERM",
         }
 
+    def container_spec(
+        self, plan: SlotPlan, service: ServicePlan, config_hash: str
+    ) -> dict[str, Any]:
+        """The `containers.create` arguments for one service of a slot (pure: no daemon call)."""
+        return {
+            **self._create_kwargs(plan, service),
+            "labels": self._labels(plan, service, config_hash),
+        }
+
     def _labels(self, plan: SlotPlan, service: ServicePlan, config_hash: str) -> dict[str, str]:
         return {
             LABEL_MANAGED: "true",
@@ -307,7 +316,7 @@ class DockerBackend:
                 existing.remove(force=True)
                 outcome = Outcome.RECREATED
             container = _create_container(
-                self.client, labels=self._labels(plan, service, config_hash), detach=True, **kwargs
+                self.client, detach=True, **self.container_spec(plan, service, config_hash)
             )
         except docker.errors.ImageNotFound:
             detail = f"image {service.image} not found: run `wgpu setup` or pass --image"

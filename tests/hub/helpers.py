@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+import redis.asyncio as aioredis
 
 T = TypeVar("T")
 
@@ -74,3 +75,17 @@ async def job_status(
     return await eventually(
         lambda: get_job(base_url, job_id), lambda j: j["status"] == status, within
     )
+
+
+async def lease_left_s(redis_url: str, job_id: str, prefix: str = "wgpu:") -> float | None:
+    """Seconds of lease a running job has left, by Redis' own clock (the `running` zset of
+    redis_api/README.md), or None when it holds none. A state to assert instead of sleeping
+    past a deadline and hoping the reaper had its turn."""
+    client = aioredis.from_url(redis_url)
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zscore(f"{prefix}running", job_id).time()
+            score, (seconds, micros) = await pipe.execute()
+    finally:
+        await client.aclose()
+    return None if score is None else score / 1000 - (seconds + micros / 1e6)

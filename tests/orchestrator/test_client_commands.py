@@ -92,7 +92,9 @@ def test_a_failing_job_fails_the_command(hub_url: str, tmp_path: Path) -> None:
     result = wgpu("submit", str(broken), "--wait", "--json", "--hub-url", hub_url)
     assert result.exit_code == 1, result.output
     (job,) = json.loads(result.stdout)["jobs"]
-    assert job["status"] in ("failed", "dead") and job["error"]
+    # The simulator raises in the node like real ComfyUI: not retryable, so failed at once.
+    assert job["status"] == "failed"
+    assert job["error"].startswith("execution_error: ")  # "type: message", one line
 
 
 def test_cancel_interrupts_a_running_job(hub_url: str, tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""`wgpu count`: the GPU count from NVML, or 0 plus the reason when there is no driver."""
+"""`wgpu count`: the GPU count from NVML, or 0 plus the reason when there is no driver.
+
+The no-NVML branch runs where NVML cannot start; the GPU branch (marker `gpu`) where it can,
+against a count taken without NVML (nvidia-smi). Whichever branch cannot run here is reported
+as not run in the summary (tests/fixtures/gpu.py)."""
 
 from __future__ import annotations
 
@@ -10,18 +14,7 @@ import pynvml
 import pytest
 
 from orchestrator.gpus import nvml
-
-
-def _nvml_count() -> tuple[int, str | None]:
-    """Ask NVML directly, as the reference the command must agree with."""
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return 0, type(exc).__name__
-    try:
-        return int(pynvml.nvmlDeviceGetCount()), None
-    finally:
-        pynvml.nvmlShutdown()
+from tests.fixtures.gpu import nvml_error, reference_gpu_count
 
 
 def _wgpu(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,45 +27,64 @@ def _wgpu(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_count_prints_the_number_and_why_when_zero() -> None:
-    expected, nvml_error = _nvml_count()
+@pytest.mark.no_gpu
+def test_count_without_nvml_prints_0_and_one_line_why() -> None:
     done = _wgpu("count")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"{expected}\n"
-    if nvml_error == "NVMLError_LibraryNotFound":
-        assert done.stderr.strip() == "NVML library not found: no NVIDIA driver on this host"
-    elif nvml_error is None:
-        assert done.stderr == ""
-    else:
-        assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stdout == "0\n"
+    (line,) = done.stderr.strip().splitlines()
+    if nvml_error() == "NVMLError_LibraryNotFound":
+        assert line == "NVML library not found: no NVIDIA driver on this host"
 
 
-def test_count_json_lists_each_gpu() -> None:
-    expected, nvml_error = _nvml_count()
+@pytest.mark.no_gpu
+def test_count_json_without_nvml_says_why() -> None:
     done = _wgpu("count", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert set(report) == {"count", "gpus", "error"}
+    assert report["count"] == 0 and report["gpus"] == []
+    assert isinstance(report["error"], str) and report["error"]
+
+
+@pytest.mark.no_gpu
+def test_monitor_without_nvml_reports_nothing_and_does_not_raise() -> None:
+    with nvml.GpuMonitor() as monitor:
+        assert monitor.poll() == {} and monitor.poll([0, 5]) == {}
+        assert monitor.error is not None
+
+
+@pytest.mark.gpu
+def test_count_agrees_with_nvidia_smi() -> None:
+    expected = reference_gpu_count()
+    done = _wgpu("count")
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == f"{expected}\n" and expected > 0
+
+
+@pytest.mark.gpu
+def test_count_json_lists_each_gpu() -> None:
+    expected = reference_gpu_count()
+    done = _wgpu("count", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == {"count", "gpus", "error"} and report["error"] is None
     assert report["count"] == expected == len(report["gpus"])
     assert [g["index"] for g in report["gpus"]] == list(range(expected))
     for gpu in report["gpus"]:
         assert set(gpu) == {"index", "uuid", "name", "memory_total"}
         assert gpu["uuid"].startswith(("GPU-", "MIG-")) and gpu["memory_total"] > 0
-    if nvml_error is None:
-        assert report["error"] is None
-    else:
-        assert isinstance(report["error"], str) and report["error"]
 
 
-def test_monitor_without_nvml_reports_nothing_and_does_not_raise() -> None:
-    expected, nvml_error = _nvml_count()
+@pytest.mark.gpu
+def test_monitor_polls_every_gpu() -> None:
+    expected = reference_gpu_count()
     with nvml.GpuMonitor() as monitor:
         stats = monitor.poll()
         assert sorted(stats) == list(range(expected))
         assert monitor.poll([expected + 5]) == {}  # an unknown index is skipped, not an error
-        assert (monitor.error is None) == (nvml_error is None)
+        assert monitor.error is None
     for stat in stats.values():
-        assert stat.vram_total_mb is None or stat.vram_total_mb > 0
+        assert stat.vram_total_mb is not None and stat.vram_total_mb > 0
         assert stat.util_percent is None or 0 <= stat.util_percent <= 100
 
 

@@ -3,11 +3,10 @@ return a message or raise ProtocolError."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from wgpu_protocol.messages import (
@@ -180,7 +179,23 @@ def test_output_frames_round_trip_and_reject_path_names() -> None:
         decode_output_frame(encode_output_frame(evil))
 
 
-@given(st.binary(max_size=300))
-def test_random_binary_frames_never_crash_the_decoder(blob: bytes) -> None:
-    with contextlib.suppress(ProtocolError):
-        decode_output_frame(blob)
+VALID_FRAME = encode_output_frame(OutputFrame("j1", 9, "a.png", "image/png", b"\x89PNG"))
+
+
+@given(
+    st.binary(max_size=300)
+    | st.builds(
+        lambda cut, tail: VALID_FRAME[:cut] + tail, st.integers(0, 60), st.binary(max_size=40)
+    )
+)
+@example(VALID_FRAME)
+def test_random_binary_frames_decode_to_a_valid_frame_or_raise_protocol_error(blob: bytes) -> None:
+    """Anything else (IndexError, struct.error, a path as a name) would be a decoder bug."""
+    try:
+        frame = decode_output_frame(blob)
+    except ProtocolError as exc:
+        assert exc.code in ("bad_message", "too_large")
+        return
+    assert "/" not in frame.name and "\\" not in frame.name and frame.name not in ("", ".", "..")
+    assert decode_output_frame(encode_output_frame(frame)) == frame
+    assert blob.endswith(frame.data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -22,8 +23,29 @@ def test_defaults_follow_the_original_variables() -> None:
 
 
 def test_the_id_is_stable_across_restarts() -> None:
-    env = {"MACHINE_ID": "box1", "GPU_ID": "1", "NUM_GPUS": "2"}
-    assert WorkerConfig.from_env(env).worker_id == WorkerConfig.from_env(dict(env)).worker_id
+    """Two separate processes (a restart: new hash seed, new pid, new clock) derive the same
+    id from the same env, and it is the documented `{MACHINE_ID}-gpu{GPU_ID}`."""
+    probe = "from comfy_worker.config import WorkerConfig; import os; "
+    probe += "print(WorkerConfig.from_env(dict(os.environ)).worker_id)"
+    ids = set()
+    for seed in ("1", "2"):
+        env = {
+            **os.environ,
+            "MACHINE_ID": "box1",
+            "GPU_ID": "1",
+            "NUM_GPUS": "2",
+            "PYTHONHASHSEED": seed,
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        ids.add(done.stdout.strip())
+    assert ids == {"box1-gpu1"}
 
 
 def test_explicit_values_win() -> None:
