@@ -19,6 +19,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+from comfy_worker.config import WorkerConfig
 
 from orchestrator.backends.docker_backend import NVIDIA_HINT, parse_docker_time
 from orchestrator.console import ExitCode
@@ -134,8 +135,9 @@ def test_start_three_gpus_pins_each_to_its_own_gpu(host: str, client: docker.Doc
         assert host_config["RestartPolicy"]["Name"] == "unless-stopped"
         assert host_config["LogConfig"]["Type"] == "json-file"
         assert host_config["LogConfig"]["Config"]["max-size"] == "10m"
-        # `docker stop` (by hand, or a daemon shutdown) waits past the worker's 30 s grace.
-        assert container.attrs["Config"]["StopTimeout"] == 40
+        # `docker stop` (by hand, or a daemon shutdown) waits past the grace that the worker
+        # reads from the same environment: a stop never kills a job inside it.
+        assert container.attrs["Config"]["StopTimeout"] > WorkerConfig.from_env(env).grace_s
     assert len(hashes) == 3  # each GPU's env differs
 
 
