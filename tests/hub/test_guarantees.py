@@ -83,13 +83,15 @@ async def test_heartbeat_with_an_earlier_attempts_token_is_told_to_stop(
     await worker.close()
 
 
-async def test_fail_and_release_with_an_earlier_attempts_token_are_refused(
+async def test_complete_fail_and_release_with_an_earlier_attempts_token_are_refused(
     hub_factory: HubFactory,
 ) -> None:
     hub = await hub_factory()
     worker = ProtocolWorker(hub.url)
     await worker.connect()
     first, second = await _second_attempt(hub.url, worker)
+    late = await worker.complete(first)  # no outputs: only the script's own check can refuse
+    assert (late.ok, late.reason) == (False, "stale_token")
     await worker.send(Failed(first.job_id, first.token, JobError("execution_error", "late")))
     refused = await worker.expect(Ack, of="failed", job_id=first.job_id)
     assert (refused.ok, refused.reason) == (False, "stale_token")
