@@ -13,8 +13,9 @@ from aiohttp import web
 from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
 
 from .errors import BadRequest, StoreUnavailable
-from .jobs import job_view, parse_body, parse_submit, worker_view
+from .jobs import job_view, parse_body, parse_submit
 from .runtime import HUB_KEY, Hub
+from .snapshots import recent_jobs, waiting_reasons, worker_views
 from .version import hub_version
 
 SSE_BLOCK_MS = 5000  # below the Redis socket timeout
@@ -106,9 +107,7 @@ async def submit(request: web.Request) -> web.Response:
 
 
 async def _reasons(hub: Hub, rows: list[dict[str, str]]) -> dict[str, str]:
-    """Why each queued job of `rows` waits, by pool (one script for all of them)."""
-    pools = [row.get("pool", "") for row in rows if row.get("status") == "queued"]
-    return await hub.store.waiting_reasons([p for p in pools if p], hub.config.stale_ms)
+    return await waiting_reasons(hub.store, hub.config, rows)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -131,11 +130,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise BadRequest("limit must be an integer") from None
     if not 1 <= limit <= 1000:
         raise BadRequest("limit must be from 1 to 1000")
-    store = _hub(request).store
-    ids = await store.list_job_ids(status, limit)
-    rows = await store.get_jobs(ids)
-    reasons = await _reasons(_hub(request), rows)
-    return _json({"jobs": [job_view(row, False, reasons.get(row.get("pool", ""))) for row in rows]})
+    hub = _hub(request)
+    return _json({"jobs": await recent_jobs(hub.store, hub.config, status, limit)})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -270,24 +266,8 @@ async def _queued_reason(hub: Hub, job_id: str) -> str | None:
 
 async def list_workers(request: web.Request) -> web.Response:
     hub = _hub(request)
-    rows = await hub.store.workers()
-    current = [row["current_job"] for row in rows if row.get("current_job")]
-    jobs = {row["id"]: row for row in await hub.store.get_jobs(current)} if current else {}
-    now = await hub.store.now_ms()
-    drains = await hub.store.drains()
-    files = await hub.store.worker_models([row.get("id", "") for row in rows])
-    views = [
-        worker_view(
-            row,
-            now,
-            hub.config.stale_ms,
-            jobs,
-            drains.get(row.get("id", "")),
-            files.get(row.get("id", "")),
-        )
-        for row in rows
-    ]
-    return _json({"workers": views})
+    views = await worker_views(hub.store, hub.config)
+    return _json({"workers": [view for view, _owner in views]})
 
 
 async def health(request: web.Request) -> web.Response:

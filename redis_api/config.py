@@ -47,6 +47,9 @@ class HubConfig:
     webhook_breaker_cooldown_s: float = 30.0
     webhook_progress_interval_s: float = 5.0
     webhook_poll_s: float = 0.1
+    # The dashboard's live feed (`GET /events`): how often it reads, how many may watch.
+    live_interval_s: float = 1.0
+    max_live_feeds: int = 500
     # Where clients reach the hub (e.g. https://gpu.example.com): makes URLs in webhooks absolute.
     public_url: str = ""
     # Inputs and outputs (issue #11).
@@ -191,4 +194,6 @@ _ENV: dict[str, tuple[str, Any]] = {
     "quarantine_after": ("QUARANTINE_AFTER", int),
     "model_loaders": ("MODEL_LOADERS", str),
     "pool_idle_s": ("POOL_IDLE_S", float),
+    "live_interval_s": ("LIVE_INTERVAL_S", float),
+    "max_live_feeds": ("MAX_LIVE_FEEDS", int),
 }

@@ -19,6 +19,7 @@ from wgpu_protocol.ports import REDIS_PORT
 from .config import HubConfig
 from .dispatch import Dispatcher
 from .errors import RedisOutOfMemory
+from .live_feed import LiveFeed
 from .maintenance import Maintenance
 from .metrics import HubMetrics
 from .storage import LocalDirStorage, Storage
@@ -52,6 +53,8 @@ class Hub:
         self.dispatcher.on_redis_error = self.redis_failed
         self.webhooks = WebhookSender(self.store, config, self.metrics)
         self.webhooks.on_redis_error = self.redis_failed
+        self.live = LiveFeed(self.store, config, config.max_live_feeds)
+        self.live.on_redis_error = self.redis_failed
         self.maintenance = Maintenance(
             self.store,
             self.storage,
@@ -107,6 +110,7 @@ class Hub:
         await stop_tasks(self._tasks)
         await self.dispatcher.stop()
         await self.webhooks.close()
+        await self.live.close()
         # Closing worker sockets lets each session record its disconnect (with the grace lease,
         # so the worker resumes its job on another hub or on this one after a restart).
         sockets = dict(self.open_sockets)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import client_api, drain_api
+from . import client_api, dashboard, drain_api
 from .auth import bearer_ok
 from .errors import BadRequest, RedisOutOfMemory, Refused, StorageError, StoreUnavailable
 from .runtime import HUB_KEY, Hub
@@ -16,7 +16,8 @@ from .worker_ws import handle_worker_socket
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = ("/health", "/metrics", "/ws/")  # workers authenticate with their own token
+# Workers authenticate with their own token; the dashboard's static files hold no data.
+OPEN_PATHS = ("/health", "/metrics", "/ws/", "/dashboard/", "/openapi.json")
 
 
 @web.middleware
@@ -71,7 +72,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[HUB_KEY].config.api_keys
-    if keys and not request.path.startswith(OPEN_PATHS) and not bearer_ok(request, keys):
+    open_path = request.path == "/" or request.path.startswith(OPEN_PATHS)
+    if keys and not open_path and not bearer_ok(request, keys):
         raise web.HTTPUnauthorized(
             reason="a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
             headers={"WWW-Authenticate": "Bearer"},
@@ -83,6 +85,7 @@ def make_app(hub: Hub) -> web.Application:
     app = web.Application(client_max_size=hub.config.max_body_bytes, middlewares=[errors, api_keys])
     app[HUB_KEY] = hub
     client_api.add_routes(app)
+    dashboard.add_routes(app)
     drain_api.add_routes(app)
     app.router.add_get("/ws/worker/{worker_id}", handle_worker_socket)
     return app

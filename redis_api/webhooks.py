@@ -111,8 +111,7 @@ class WebhookSender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._progress_sent: dict[str, float] = {}
         self._stopping = False
-        if not self.signer.configured:
-            log.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned")
+        self._warned_unsigned = False
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -226,6 +225,9 @@ class WebhookSender:
         if fields is None:
             return None, "refused: the job's result expired"
         body = json.dumps(self.body(due, fields), separators=(",", ":"))
+        if not self.signer.configured and not self._warned_unsigned:
+            self._warned_unsigned = True
+            log.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned")
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "wgpu-hub",

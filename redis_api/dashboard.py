@@ -1,0 +1,114 @@
+"""The web dashboard: static files shipped in the package (redis_api/static, no CDN, works
+offline) at `/`, and its one live feed, `GET /events` (see live_feed.py).
+
+The page holds no secret: it is served without a key. When API keys are on, it asks for one
+and sends it as a bearer header on every call (kept in the tab's sessionStorage only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+
+from aiohttp import web
+
+from wgpu_protocol.rest import JOB_STATES
+
+from .errors import BadRequest
+from .live_feed import TOPICS
+from .runtime import HUB_KEY
+
+STATIC = resources.files("redis_api") / "static"
+CONTENT_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
+# Everything the page loads comes from this hub; outputs are shown through blob: URLs.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+        "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+KEEPALIVE_S = 15.0
+MAX_JOBS_LISTED = 500
+
+
+def _static(name: str) -> web.Response:
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    path = STATIC / name
+    if "/" in name or name.startswith(".") or suffix not in CONTENT_TYPES or not path.is_file():
+        raise web.HTTPNotFound(reason=f"no dashboard file {name!r}")
+    return web.Response(
+        body=path.read_bytes(),
+        content_type=CONTENT_TYPES[suffix],
+        charset="utf-8",
+        headers=SECURITY_HEADERS,
+    )
+
+
+async def index(request: web.Request) -> web.Response:
+    return _static("index.html")
+
+
+async def static_file(request: web.Request) -> web.Response:
+    return _static(request.match_info["name"])
+
+
+def _feed_query(request: web.Request) -> tuple[frozenset[str], str | None, int]:
+    raw = request.query.get("topics") or ",".join(TOPICS)
+    topics = frozenset(t.strip() for t in raw.split(",") if t.strip())
+    if not topics or not topics <= set(TOPICS):
+        raise BadRequest(f"topics must be a comma-separated subset of {','.join(TOPICS)}", "topics")
+    status = request.query.get("status") or None
+    if status is not None and status not in JOB_STATES:
+        raise BadRequest(f"status must be one of {', '.join(JOB_STATES)}", "status")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("limit must be an integer", "limit") from None
+    if not 1 <= limit <= MAX_JOBS_LISTED:
+        raise BadRequest(f"limit must be from 1 to {MAX_JOBS_LISTED}", "limit")
+    return topics, status, limit
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events of everything the caller may see: `workers`, `queue`, `jobs`
+    (filters: `topics`, `status` and `limit` of the job list)."""
+    hub = request.app[HUB_KEY]
+    topics, status, limit = _feed_query(request)
+    async with hub.live.watch(topics, status, limit) as viewer:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        try:
+            await response.write(b"retry: 2000\n\n")
+            while not hub.closing:
+                try:
+                    item = await viewer.next(KEEPALIVE_S)
+                except EOFError:
+                    break  # fell behind (or the hub stops): the page reconnects
+                if item is None:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                topic, data = item
+                await response.write(f"event: {topic}\ndata: {data}\n\n".encode())
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the viewer went away
+        return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/dashboard/{name}", static_file)
+    app.router.add_get("/events", events)

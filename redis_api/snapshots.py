@@ -1,0 +1,75 @@
+"""What the hub looks like right now, read from Redis: worker views, queue counts and recent
+jobs. Shared by the REST routes (`GET /workers`) and the dashboard's live feed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wgpu_protocol.rest import JobJson, WorkerJson
+
+from .config import HubConfig
+from .jobs import job_view, worker_view
+from .store import Store
+
+# How many queued jobs a breakdown by priority and tenant reads (in dispatch order). The totals
+# per state are always exact; the breakdown says how many it scanned.
+BREAKDOWN_SCAN = 10_000
+WAITING_SHOWN = 20
+
+
+async def worker_views(store: Store, config: HubConfig) -> list[tuple[WorkerJson, str | None]]:
+    """Each worker's view with the owner (API key name) of the job it runs, so that a viewer's
+    visibility can be applied."""
+    rows = await store.workers()
+    current = [row["current_job"] for row in rows if row.get("current_job")]
+    jobs = {row["id"]: row for row in await store.get_jobs(current)} if current else {}
+    now = await store.now_ms()
+    drains = await store.drains()
+    files = await store.worker_models([row.get("id", "") for row in rows])
+    views = [
+        worker_view(
+            row,
+            now,
+            config.stale_ms,
+            jobs,
+            drains.get(row.get("id", "")),
+            files.get(row.get("id", "")),
+        )
+        for row in rows
+    ]
+    return [(view, jobs.get(view["current_job"] or "", {}).get("owner") or None) for view in views]
+
+
+async def waiting_reasons(
+    store: Store, config: HubConfig, rows: list[dict[str, str]]
+) -> dict[str, str]:
+    """Why each queued job of `rows` waits, by pool (one script for all of them)."""
+    pools = [row.get("pool", "") for row in rows if row.get("status") == "queued"]
+    return await store.waiting_reasons([p for p in pools if p], config.stale_ms)
+
+
+async def queue_summary(store: Store) -> dict[str, Any]:
+    """Jobs per state (all), and the queued ones per priority and per tenant (API key name)."""
+    counts = await store.counts()
+    queued = await store.queued_breakdown(BREAKDOWN_SCAN)
+    by_priority: dict[str, int] = {}
+    by_tenant: dict[str, int] = {}
+    for priority, owner in queued:
+        by_priority[priority] = by_priority.get(priority, 0) + 1
+        by_tenant[owner] = by_tenant.get(owner, 0) + 1
+    return {
+        "counts": counts,
+        "queued_by_priority": by_priority,
+        "queued_by_tenant": by_tenant,
+        "queued_scanned": len(queued),
+    }
+
+
+async def recent_jobs(
+    store: Store, config: HubConfig, status: str | None, limit: int
+) -> list[JobJson]:
+    """Queued (in dispatch order, with why they wait), running, then finished newest first; as
+    `GET /jobs`."""
+    rows = await store.get_jobs(await store.list_job_ids(status, limit))
+    reasons = await waiting_reasons(store, config, rows)
+    return [job_view(row, False, reasons.get(row.get("pool", ""))) for row in rows]

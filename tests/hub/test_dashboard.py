@@ -1,0 +1,316 @@
+"""The dashboard in a real browser (Debian's chromium + chromium-driver, driven by selenium)
+against a real hub on real Redis with two workers relaying to two ComfyUI simulators.
+
+Selenium is blocking: its calls run in a thread while the hub, the workers and the simulators run
+on the test's event loop. Each test saves a screenshot under $WGPU_ARTIFACTS (default
+`artifacts/`, gitignored), which CI keeps as an artifact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from redis_api.server import RunningHub
+from tests.fixtures.hub import HubFactory
+from tests.fixtures.services import service_missing
+from tests.fixtures.sim import SimFactory
+from tests.hub.helpers import call
+from tests.paths import REPO
+from tests.worker.test_relay import running_worker, worker_config
+
+pytestmark = [pytest.mark.redis, pytest.mark.browser]
+
+T = TypeVar("T")
+DEADLINE_S = 30.0
+ARTIFACTS = Path(os.environ.get("WGPU_ARTIFACTS") or REPO / "artifacts")
+
+
+# Page probes (JavaScript run in the page).
+TILES_JS = (
+    "return [...document.querySelectorAll('.tile')]"
+    ".map(t => [t.closest('.machine').dataset.machine, t.dataset.status])"
+)
+IMAGE_WIDTH_JS = (
+    "const img = document.querySelector('#detail-outputs img');"
+    "return img && img.complete ? img.naturalWidth : 0"
+)
+TILE_PROGRESS_JS = (  # [the job's status in the list, its tile's progress bar value]
+    "const a = document.querySelector(`.tile a[data-job-id='${arguments[0]}']`);"
+    "const bar = a && a.parentElement.querySelector('progress');"
+    "const row = document.querySelector(`#jobs tr[data-job-id='${arguments[0]}']`);"
+    "return [row ? row.dataset.status : '', bar ? bar.value : null];"
+)
+
+
+def find_browser() -> tuple[str, str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        service_missing(
+            "Chromium",
+            "needs Debian's chromium and chromium-driver (scripts/install-system-deps.sh)",
+        )
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, chromedriver = find_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1100"):
+        options.add_argument(flag)
+    try:
+        chrome = webdriver.Chrome(service=Service(chromedriver), options=options)
+    except Exception as exc:  # the browser is installed but does not start
+        service_missing("Chromium", f"did not start: {exc}")
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+@pytest.fixture
+def page(driver: Any) -> Iterator[Any]:
+    yield driver
+    with contextlib.suppress(Exception):
+        driver.execute_script("sessionStorage.clear()")
+    driver.get("about:blank")  # stop the page's feed before the hub closes
+
+
+async def until(probe: Callable[[], T], ok: Callable[[T], bool], what: str) -> T:
+    """Poll `probe` (blocking: run in a thread) until `ok`; fail naming `what`."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        value = await asyncio.to_thread(probe)
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {DEADLINE_S}s; last: {value!r}")
+        await asyncio.sleep(0.05)
+
+
+def js(driver: Any, script: str, *args: Any) -> Any:
+    return driver.execute_script(script, *args)
+
+
+def screenshot(driver: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    assert driver.save_screenshot(str(path)), path
+    return path
+
+
+def sleepy_workflow(seconds: float, steps: int) -> dict[str, Any]:
+    """An image through a node that takes `seconds` and reports `steps` progress steps."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 96, "height": 64, "batch_size": 1, "color": 3381759},
+        },
+        "2": {
+            "class_type": "WgpuSimSleep",
+            "inputs": {"seconds": seconds, "steps": steps, "image": ["1", 0]},
+        },
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": "dash/test"},
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def two_workers(
+    hub: RunningHub, sim_factory: SimFactory, tmp_path: Path
+) -> AsyncIterator[None]:
+    """Two workers on two machines, each relaying to its own simulator."""
+    async with contextlib.AsyncExitStack() as stack:
+        for machine in ("rack-a", "rack-b"):
+            sim = await sim_factory()
+            config = worker_config(
+                hub.url, sim.url, tmp_path, machine_id=machine, health_file=tmp_path / machine
+            )
+            await stack.enter_async_context(running_worker(config))
+
+        async def idle() -> bool:
+            _, body = await call(hub.url, "GET", "/workers")
+            return sum(w["status"] == "idle" for w in body["workers"]) == 2
+
+        deadline = time.monotonic() + DEADLINE_S
+        while not await idle():
+            assert time.monotonic() < deadline, "the workers did not connect"
+            await asyncio.sleep(0.05)
+        yield
+
+
+async def test_submit_watch_progress_and_see_the_image(
+    hub_factory: HubFactory, sim_factory: SimFactory, page: Any, tmp_path: Path
+) -> None:
+    hub = await hub_factory(live_interval_s=0.1)
+    async with two_workers(hub, sim_factory, tmp_path):
+        await asyncio.to_thread(page.get, hub.url + "/")
+        tiles = await until(lambda: js(page, TILES_JS), lambda t: len(t) == 2, "two worker tiles")
+        assert sorted(tiles) == [["rack-a", "idle"], ["rack-b", "idle"]]  # grouped by machine
+        assert (
+            await asyncio.to_thread(
+                js, page, "return document.querySelector('#feed-state').textContent"
+            )
+            == "live"
+        )
+
+        workflow = tmp_path / "sleepy.json"
+        workflow.write_text(json.dumps(sleepy_workflow(seconds=2.5, steps=25)))
+        await asyncio.to_thread(
+            lambda: page.find_element("css selector", "#file-input").send_keys(str(workflow))
+        )
+        await until(
+            lambda: js(page, "return !document.querySelector('#submit-form').hidden"),
+            bool,
+            "the dropped workflow shown",
+        )
+        await asyncio.to_thread(lambda: page.find_element("css selector", "#submit-button").click())
+        job_id = await until(
+            lambda: js(page, "return document.querySelector('#submit-result').dataset.jobId || ''"),
+            bool,
+            "the submitted job's id",
+        )
+        assert len(job_id) == 32
+
+        # The tile of the worker running it: its progress bar moves while the job runs.
+        seen: list[float] = []
+
+        def progress() -> tuple[str, float | None]:
+            status, value = js(page, TILE_PROGRESS_JS, job_id)
+            if value is not None and (not seen or seen[-1] != value):
+                seen.append(value)
+            return status, value
+
+        await until(progress, lambda p: p[0] == "succeeded", "the job succeeded in the list")
+        moving = [v for v in seen if 0 < v < 100]
+        assert len(moving) >= 2 and moving == sorted(moving), seen  # it moved, forwards
+
+        # Open the finished job from the list: its image is rendered.
+        await asyncio.to_thread(
+            lambda: page.find_element("css selector", f"#jobs tr[data-job-id='{job_id}']").click()
+        )
+        width = await until(
+            lambda: js(page, IMAGE_WIDTH_JS), lambda w: w > 0, "the output image rendered"
+        )
+        assert width == 96
+        detail = await asyncio.to_thread(
+            js,
+            page,
+            "return [document.querySelector('#job-detail').dataset.status,"
+            " document.querySelector('#detail-workflow').textContent,"
+            " document.querySelector('#detail-outputs a[download]').getAttribute('download'),"
+            " document.querySelectorAll('#detail-history tbody tr').length]",
+        )
+        assert detail[0] == "succeeded" and "WgpuSimSleep" in detail[1]
+        assert detail[2].endswith(".png") and detail[3] == 1
+        # For the screenshot: another job running, its tile's bar part way.
+        status, busy = await call(
+            hub.url, "POST", "/jobs", {"workflow": sleepy_workflow(seconds=30, steps=100)}
+        )
+        assert status == 201
+        await until(
+            lambda: js(page, TILE_PROGRESS_JS, busy["id"])[1] or 0,
+            lambda v: v > 0,
+            "the second job's progress on its tile",
+        )
+        await asyncio.to_thread(js, page, "window.scrollTo(0, 0)")
+        path = await asyncio.to_thread(screenshot, page, "dashboard.png")
+        assert path.read_bytes().startswith(b"\x89PNG")
+        await call(hub.url, "DELETE", f"/jobs/{busy['id']}")
+
+        # Everything the page loaded came from the hub (no CDN): it works offline.
+        sources = await asyncio.to_thread(
+            js, page, "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert sources and all(s.startswith((hub.url, "blob:")) for s in sources), sources
+
+
+async def test_cancel_and_retry_buttons(
+    hub_factory: HubFactory, sim_factory: SimFactory, page: Any, tmp_path: Path
+) -> None:
+    hub = await hub_factory(live_interval_s=0.1)
+    async with two_workers(hub, sim_factory, tmp_path):
+        status, job = await call(
+            hub.url, "POST", "/jobs", {"workflow": sleepy_workflow(seconds=60, steps=60)}
+        )
+        assert status == 201
+        await asyncio.to_thread(page.get, f"{hub.url}/#job={job['id'][:12]}")
+
+        def detail() -> list[Any]:
+            return list(
+                js(
+                    page,
+                    "const d = document.querySelector('#job-detail');"
+                    "return [d.hidden, d.dataset.jobId || '', d.dataset.status || '',"
+                    " document.querySelector('#detail-cancel').disabled]",
+                )
+            )
+
+        await until(detail, lambda d: d[1] == job["id"] and d[2] == "running", "detail running")
+        await asyncio.to_thread(lambda: page.find_element("css selector", "#detail-cancel").click())
+        await until(detail, lambda d: d[2] == "cancelled", "the job cancelled")
+        _, after = await call(hub.url, "GET", f"/jobs/{job['id']}")
+        assert after["status"] == "cancelled"
+
+        await asyncio.to_thread(lambda: page.find_element("css selector", "#detail-retry").click())
+        retried = await until(
+            detail, lambda d: d[1] not in ("", job["id"]), "the retry opened a new job"
+        )
+        _, again = await call(hub.url, "GET", f"/jobs/{retried[1]}")
+        assert again["workflow"] == sleepy_workflow(seconds=60, steps=60)
+        assert again["status"] in ("queued", "running")
+        await call(hub.url, "DELETE", f"/jobs/{retried[1]}")
+        await asyncio.to_thread(screenshot, page, "dashboard-cancelled.png")
+
+
+async def test_with_api_keys_the_page_asks_once_and_keeps_the_key_for_the_tab(
+    hub_factory: HubFactory, page: Any
+) -> None:
+    hub = await hub_factory(api_keys=("s3cret-key",), worker_token="w-token", live_interval_s=0.1)
+    await asyncio.to_thread(page.get, hub.url + "/")
+    await until(
+        lambda: js(page, "return document.querySelector('#key-dialog').open"), bool, "key asked"
+    )
+
+    def enter(key: str) -> None:
+        field = page.find_element("css selector", "#key-input")
+        field.send_keys(key)
+        page.find_element("css selector", "#key-form button").click()
+
+    await asyncio.to_thread(enter, "wrong")
+    await until(
+        lambda: js(page, "return document.querySelector('#key-error').textContent"),
+        lambda text: "refused" in text,
+        "a wrong key refused",
+    )
+    await asyncio.to_thread(enter, "s3cret-key")
+    feed = "return document.querySelector('#feed-state').textContent"
+    await until(lambda: js(page, feed), lambda s: s == "live", "the feed live with the key")
+    stored = await asyncio.to_thread(
+        js,
+        page,
+        "return [sessionStorage.getItem('wgpu.apiKey'), localStorage.length, document.cookie]",
+    )
+    assert stored == ["s3cret-key", 0, ""]  # this tab only: not in localStorage, no cookie
+    await asyncio.to_thread(page.refresh)  # the same tab keeps it: no second question
+    await until(lambda: js(page, feed), lambda s: s == "live", "live again after a reload")
+    assert not await asyncio.to_thread(
+        js, page, "return document.querySelector('#key-dialog').open"
+    )
