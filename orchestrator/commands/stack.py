@@ -198,6 +198,7 @@ def up(
     if failed:
         fail(f"{len(failed)} service(s) did not become healthy: see `wgpu logs` or docker logs")
     out.print(f"hub: http://127.0.0.1:{hub_port}  ({len(results)} services healthy)")
+    out.print(f"dashboard: http://127.0.0.1:{hub_port}/")
 
 
 def up_processes(
@@ -240,6 +241,7 @@ def up_processes(
             stack.stop()
             fail(str(exc))
     out.print(f"hub: {config.hub_url}  (state in {directory}; stop with `wgpu down`)")
+    out.print(f"dashboard: {config.hub_url}/")
 
 
 def down(

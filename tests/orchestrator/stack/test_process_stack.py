@@ -41,7 +41,7 @@ def test_up_runs_detached_processes_and_down_stops_them(tmp_path: Path) -> None:
     )  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr
     hub_url = f"http://127.0.0.1:{base}"
-    assert f"hub: {hub_url}" in up.stdout
+    assert f"hub: {hub_url}" in up.stdout and f"dashboard: {hub_url}/" in up.stdout
     # The CLI has exited; the stack runs on.
     hub = HubClient(hub_url)
     workers = {w["id"] for w in hub.get_workers() if w["connected"]}
