@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.commands import client, compose, count, fleet, hub, sim, stack, workers
+from orchestrator.commands import (
+    client,
+    compose,
+    count,
+    fleet,
+    hub,
+    rollout,
+    sim,
+    stack,
+    workers,
+)
 
 app = typer.Typer(
     name="wgpu",
@@ -23,7 +33,7 @@ def _root() -> None:
     """Keeps `wgpu` a command group even while only one command is registered."""
 
 
-for module in (count, hub, sim, workers, stack, client, compose, fleet):
+for module in (count, hub, sim, workers, rollout, stack, client, compose, fleet):
     module.register(app)
 
 

@@ -57,6 +57,8 @@ class SlotStatus:
     progress_pct: float | None = None
     jobs_done: int | None = None
     jobs_failed: int | None = None
+    drain_state: str | None = None  # draining | drained (wgpu drain), None in service
+    worker_version: str | None = None  # what the worker said in hello
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ def build_snapshot(
                 progress_pct=None if hub is None else _progress_pct(hub.get("progress")),
                 jobs_done=None if hub is None else hub.get("jobs_done"),
                 jobs_failed=None if hub is None else hub.get("jobs_failed"),
+                drain_state=None if hub is None else (hub.get("drain") or {}).get("state"),
+                worker_version=None if hub is None else (hub.get("version") or None),
             )
         )
     return StatusSnapshot(
@@ -304,6 +308,8 @@ def _hub_cell(slot: SlotStatus) -> Text:
 
     if slot.hub_connected is None:
         return Text("")
+    if slot.drain_state:
+        return Text(slot.drain_state, style="yellow")
     if not slot.hub_connected:
         return Text(slot.hub_status or "offline", style="red")
     status = slot.hub_status or "connected"
@@ -380,6 +386,13 @@ def render_table(snapshot: StatusSnapshot) -> RenderableType:
             one_line(_done_cell(slot)),
         )
     notes = []
+    versions: dict[str, list[str]] = {}
+    for slot in snapshot.slots:
+        if slot.worker_version:
+            versions.setdefault(slot.worker_version, []).append(f"gpu{slot.index}")
+    if versions:
+        listed = "; ".join(f"{v} ({', '.join(gpus)})" for v, gpus in versions.items())
+        notes.append(Text(f"worker version: {listed}", style="dim"))
     if not snapshot.slots:
         notes.append(Text("no GPUs and no managed workers: run `wgpu start`", style="yellow"))
     if snapshot.hub_error:

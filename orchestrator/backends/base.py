@@ -13,14 +13,15 @@ import json
 import math
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from orchestrator.gpus.slots import Slot
 from wgpu_protocol import ports
 from wgpu_protocol import worker_env as names
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
+from orchestrator.rollout.worker_src import MOUNT_POINT, WorkerSource
 
 ROLE_WORKER = "worker"
 ROLE_COMFYUI = "comfyui"
@@ -97,6 +98,7 @@ class WorkerSettings:
     worker_token: str | None = None
     port_base: int = COMFYUI_PORT_BASE
     extra_env: tuple[tuple[str, str], ...] = ()
+    worker_src: WorkerSource | None = None  # run the worker from this tree, not the image's
 
 
 @dataclass(frozen=True)
@@ -108,19 +110,21 @@ class ServicePlan:
     command: tuple[str, ...] | None = None
     image: str = ""
     port: int | None = None  # the port it answers on (ComfyUI), to wait for after start
+    # (host path, container path), mounted read-only: the worker repository (--worker-src)
+    mounts: tuple[tuple[str, str], ...] = ()
 
     def config_hash(self, extra: Sequence[str] = ()) -> str:
         """Changes whenever anything that needs a recreate changes (image, env, command...)."""
-        payload = json.dumps(
-            {
-                "role": self.role,
-                "env": self.env,
-                "command": self.command,
-                "image": self.image,
-                "extra": list(extra),
-            },
-            sort_keys=True,
-        )
+        body: dict[str, object] = {
+            "role": self.role,
+            "env": self.env,
+            "command": self.command,
+            "image": self.image,
+            "extra": list(extra),
+        }
+        if self.mounts:  # only then: services without mounts keep the hash they had
+            body["mounts"] = [list(mount) for mount in self.mounts]
+        payload = json.dumps(body, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -130,6 +134,74 @@ class SlotPlan:
     machine_id: str
     worker: ServicePlan
     comfyui: ServicePlan | None = None  # started first, and waited on
+
+
+def _service_json(service: ServicePlan) -> dict[str, object]:
+    return {
+        "role": service.role,
+        "env": service.env,
+        "command": list(service.command) if service.command is not None else None,
+        "image": service.image,
+        "port": service.port,
+        "mounts": [list(mount) for mount in service.mounts],
+    }
+
+
+def _service_from(raw: dict[str, Any]) -> ServicePlan:
+    command = raw.get("command")
+    return ServicePlan(
+        role=str(raw["role"]),
+        env={str(k): str(v) for k, v in dict(raw.get("env") or {}).items()},
+        command=tuple(str(part) for part in command) if command is not None else None,
+        image=str(raw.get("image") or ""),
+        port=int(raw["port"]) if raw.get("port") is not None else None,
+        mounts=tuple((str(m[0]), str(m[1])) for m in raw.get("mounts") or ()),
+    )
+
+
+def slot_plan_json(plan: SlotPlan) -> str:
+    """The plan a slot was started with, kept beside it (a container label, the process
+    backend's meta file) so `wgpu update` can change one thing and keep the rest."""
+    slot = plan.slot
+    return json.dumps(
+        {
+            "slot": {
+                "index": slot.index,
+                "uuid": slot.uuid,
+                "name": slot.name,
+                "memory_total_mb": slot.memory_total_mb,
+                "simulated": slot.simulated,
+            },
+            "machine_id": plan.machine_id,
+            "worker": _service_json(plan.worker),
+            "comfyui": _service_json(plan.comfyui) if plan.comfyui is not None else None,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def slot_plan_from_json(text: str) -> SlotPlan:
+    """The inverse of slot_plan_json; raises ValueError for anything else."""
+    try:
+        raw = json.loads(text)
+        slot_raw = raw["slot"]
+        slot = Slot(
+            index=int(slot_raw["index"]),
+            uuid=slot_raw.get("uuid"),
+            name=str(slot_raw.get("name") or ""),
+            memory_total_mb=slot_raw.get("memory_total_mb"),
+            simulated=bool(slot_raw.get("simulated")),
+        )
+        comfyui = raw.get("comfyui")
+        return SlotPlan(
+            slot,
+            str(raw["machine_id"]),
+            _service_from(raw["worker"]),
+            _service_from(comfyui) if comfyui else None,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a slot plan: {exc}") from None
 
 
 def comfyui_port(slot: Slot, port_base: int = COMFYUI_PORT_BASE) -> int:
@@ -168,39 +240,65 @@ def simulator_command(port: int, python: str = "python") -> tuple[str, ...]:
 
 
 def plan_slots(
-    slots: Sequence[Slot], settings: WorkerSettings, num_gpus: int, python: str = "python"
+    slots: Sequence[Slot],
+    settings: WorkerSettings,
+    num_gpus: int,
+    python: str = "python",
+    containers: bool = True,
 ) -> list[SlotPlan]:
     """One plan per slot. Simulated slots get the simulator as their ComfyUI; others get
     `settings.comfyui_image` / `comfyui_cmd` when set, else none (the worker finds or
-    supervises one itself, see COMFYUI_CMD)."""
-    plans = []
-    for slot in slots:
-        port = comfyui_port(slot, settings.port_base)
-        comfyui: ServicePlan | None = None
-        if slot.simulated:
-            comfyui = ServicePlan(
-                ROLE_COMFYUI,
-                env={},
-                command=simulator_command(port, python),
-                image=settings.image,
-                port=port,
-            )
-        elif settings.comfyui_image or settings.comfyui_cmd:
-            command = None
-            if settings.comfyui_cmd:
-                command = tuple(shlex.split(settings.comfyui_cmd.format(port=port, gpu=slot.index)))
-            comfyui = ServicePlan(
-                ROLE_COMFYUI,
-                env={"PORT": str(port)},
-                command=command,
-                image=settings.comfyui_image or "",
-                port=port,
-            )
-        worker = ServicePlan(
-            ROLE_WORKER, env=worker_env(slot, settings, num_gpus), image=settings.image
+    supervises one itself, see COMFYUI_CMD). With `settings.worker_src` the worker (and a
+    simulator, when the tree has one) imports from that tree: mounted at MOUNT_POINT in
+    `containers`, else straight from its path."""
+    plans = [_plan_slot(slot, settings, num_gpus, python) for slot in slots]
+    src = settings.worker_src
+    if src is None:
+        return plans
+    root = MOUNT_POINT if containers else str(src.path)
+    mounts = ((str(src.path), MOUNT_POINT),) if containers else ()
+
+    def from_src(service: ServicePlan) -> ServicePlan:
+        return replace(service, env={**service.env, **src.env(root)}, mounts=mounts)
+
+    return [
+        replace(
+            plan,
+            worker=from_src(plan.worker),
+            comfyui=from_src(plan.comfyui)
+            if plan.comfyui is not None and plan.slot.simulated and src.has_simulator
+            else plan.comfyui,
         )
-        plans.append(SlotPlan(slot, settings.machine_id, worker, comfyui))
-    return plans
+        for plan in plans
+    ]
+
+
+def _plan_slot(slot: Slot, settings: WorkerSettings, num_gpus: int, python: str) -> SlotPlan:
+    port = comfyui_port(slot, settings.port_base)
+    comfyui: ServicePlan | None = None
+    if slot.simulated:
+        comfyui = ServicePlan(
+            ROLE_COMFYUI,
+            env={},
+            command=simulator_command(port, python),
+            image=settings.image,
+            port=port,
+        )
+    elif settings.comfyui_image or settings.comfyui_cmd:
+        command = None
+        if settings.comfyui_cmd:
+            command = tuple(shlex.split(settings.comfyui_cmd.format(port=port, gpu=slot.index)))
+        comfyui = ServicePlan(
+            ROLE_COMFYUI,
+            env={"PORT": str(port)},
+            command=command,
+            image=settings.comfyui_image or "",
+            port=port,
+        )
+    worker = ServicePlan(
+        ROLE_WORKER, env=worker_env(slot, settings, num_gpus), image=settings.image
+    )
+    return SlotPlan(slot, settings.machine_id, worker, comfyui)
 
 
 @dataclass(frozen=True)
@@ -220,6 +318,7 @@ class ServiceRecord:
     exit_code: int | None = None
     image: str | None = None
     ident: str = ""  # container id or PID
+    plan_json: str = ""  # the worker's: slot_plan_json of the plan the slot was started with
 
     @property
     def running(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import docker
 import docker.errors
 from docker.models.containers import Container, _create_container_args
-from docker.types import DeviceRequest, LogConfig
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from orchestrator.backends.base import (
     ROLE_COMFYUI,
@@ -34,6 +34,7 @@ from orchestrator.backends.base import (
     ServicePlan,
     ServiceRecord,
     SlotPlan,
+    slot_plan_json,
     worker_stop_timeout_s,
 )
 from orchestrator.backends.common import fan_out, parse_since, port_answers
@@ -45,6 +46,8 @@ LABEL_GPU_INDEX = "wgpu.gpu_index"
 LABEL_GPU_UUID = "wgpu.gpu_uuid"
 LABEL_CONFIG_HASH = "wgpu.config_hash"
 LABEL_SIMULATED = "wgpu.simulated"
+LABEL_SLOT_PLAN = "wgpu.slot_plan"  # on workers: the plan the slot was started with
+ASIDE_SUFFIX = "-prev"  # `wgpu update` keeps a slot's old containers under this name
 ROLES = (ROLE_WORKER, ROLE_COMFYUI)
 READY_PORT_POLL_S = 0.02  # how often a starting ComfyUI's port is tried
 READY_INSPECT_S = 0.5  # ... and its container inspected for a crash meanwhile
@@ -149,7 +152,11 @@ class DockerBackend:
         if self.machine_id:
             filters["label"].append(f"{LABEL_MACHINE}={self.machine_id}")
         found = self.client.containers.list(all=True, filters=filters)
-        return [c for c in found if c.labels.get(LABEL_ROLE) in ROLES]
+        return [
+            c
+            for c in found
+            if c.labels.get(LABEL_ROLE) in ROLES and not (c.name or "").endswith(ASIDE_SUFFIX)
+        ]
 
     def services(self) -> list[ServiceRecord]:
         records = [_record(c) for c in self._containers()]
@@ -224,6 +231,11 @@ class DockerBackend:
         if service.role == ROLE_WORKER:
             # Also for a plain `docker stop` or a daemon shutdown: never kill a job in its grace.
             kwargs["stop_timeout"] = worker_stop_timeout_s(env)
+        if service.mounts:
+            kwargs["mounts"] = [
+                Mount(target, source, type="bind", read_only=True)
+                for source, target in service.mounts
+            ]
         return {
             **kwargs,
             "image": service.image,
@@ -257,7 +269,7 @@ class DockerBackend:
             LABEL_GPU_UUID: plan.slot.uuid or "",
             LABEL_CONFIG_HASH: config_hash,
             LABEL_SIMULATED: "true" if plan.slot.simulated else "false",
-        }
+        } | ({LABEL_SLOT_PLAN: slot_plan_json(plan)} if service.role == ROLE_WORKER else {})
 
     def _ensure(
         self, plan: SlotPlan, service: ServicePlan, image_ids: dict[str, str | None]
@@ -445,6 +457,60 @@ class DockerBackend:
                 results.append(ActionResult(index, role, Outcome.STOPPED, "removed"))
         return results
 
+    # --- replacing a slot (wgpu update) ----------------------------------------------------
+
+    def set_aside(self, index: int, timeout_s: float) -> list[ActionResult]:
+        """Stop the slot's containers (worker first) and keep them under NAME-prev, so that
+        `start` creates the new ones and `restore` can bring these back unchanged."""
+        self.discard_aside(index)
+        results: list[ActionResult] = []
+        containers = self._by_slot([index]).get(index, {})
+        for role in ROLES:
+            container = containers.get(role)
+            if container is None:
+                continue
+            result = self._stop_one(index, role, container, timeout_s)
+            if not result.ok:
+                return [*results, result]
+            try:
+                container.rename(container_name(role, index) + ASIDE_SUFFIX)
+            except docker.errors.APIError as exc:
+                return [*results, ActionResult(index, role, Outcome.FAILED, _short(exc))]
+            results.append(result)
+        return results
+
+    def _aside(self, index: int) -> dict[str, Container]:
+        found: dict[str, Container] = {}
+        for role in ROLES:
+            with contextlib.suppress(docker.errors.NotFound):
+                found[role] = self.client.containers.get(container_name(role, index) + ASIDE_SUFFIX)
+        return found
+
+    def restore(self, index: int, timeout_s: float) -> list[ActionResult]:
+        """Remove the slot's new containers and start the ones set aside, ComfyUI first."""
+        aside = self._aside(index)
+        for container in self._by_slot([index]).get(index, {}).values():
+            with contextlib.suppress(docker.errors.APIError):
+                container.stop(timeout=max(0, int(timeout_s)))
+                container.remove(force=True)
+        results: list[ActionResult] = []
+        for role in (ROLE_COMFYUI, ROLE_WORKER):
+            container = aside.get(role)
+            if container is None:
+                continue
+            try:
+                container.rename(container_name(role, index))
+            except docker.errors.APIError as exc:
+                results.append(ActionResult(index, role, Outcome.FAILED, _short(exc)))
+                return results
+            results.append(self._start_container(container, index, role, Outcome.RESTARTED))
+        return results
+
+    def discard_aside(self, index: int) -> None:
+        for container in self._aside(index).values():
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+
     # --- logs ------------------------------------------------------------------------------
 
     def logs(self, request: LogRequest) -> Iterator[LogLine]:
@@ -540,6 +606,7 @@ def _record(container: Container) -> ServiceRecord:
         exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
         image=image,
         ident=container.short_id,
+        plan_json=labels.get(LABEL_SLOT_PLAN, ""),
     )
 
 

@@ -36,6 +36,7 @@ from orchestrator.backends.base import (
     ServicePlan,
     ServiceRecord,
     SlotPlan,
+    slot_plan_json,
 )
 from orchestrator.backends.common import fan_out, port_answers
 from wgpu_protocol import worker_env
@@ -217,6 +218,8 @@ class ProcessBackend:
             "simulated": plan.slot.simulated,
             "port": service.port,
         }
+        if role == ROLE_WORKER:
+            meta["slot_plan"] = slot_plan_json(plan)
         try:
             pid = self._spawn(files, role, meta)
         except OSError as exc:
@@ -343,6 +346,47 @@ class ProcessBackend:
             results.extend(slot_results)
         return sorted(results, key=lambda r: (r.index, r.role != ROLE_WORKER))
 
+    # --- replacing a slot (wgpu update) ----------------------------------------------------
+
+    def set_aside(self, index: int, timeout_s: float) -> list[ActionResult]:
+        """Stop the slot (worker first) and keep its meta files as ROLE.prev.json, so that
+        `start` spawns the new processes and `restore` can bring these back unchanged."""
+        self.discard_aside(index)
+        results = self._stop_slot(index, timeout_s)
+        files = self.files(index)
+        for role in ROLES:
+            meta = files.meta_file(role)
+            if meta.exists():
+                meta.replace(_aside_file(files, role))
+        return results
+
+    def restore(self, index: int, timeout_s: float) -> list[ActionResult]:
+        """Stop the slot's new processes and respawn the ones set aside, ComfyUI first."""
+        files = self.files(index)
+        self._stop_slot(index, timeout_s)
+        results = []
+        for role in (ROLE_COMFYUI, ROLE_WORKER):
+            aside = _aside_file(files, role)
+            files.meta_file(role).unlink(missing_ok=True)
+            if not aside.exists():
+                continue
+            try:
+                meta = json.loads(aside.read_text())
+                aside.unlink()
+                pid = self._spawn(files, role, meta)
+            except (OSError, ValueError) as exc:
+                results.append(ActionResult(index, role, Outcome.FAILED, str(exc)))
+                return results
+            result = ActionResult(index, role, Outcome.RESTARTED, f"pid {pid}")
+            if role == ROLE_COMFYUI and meta.get("port"):
+                result = self._wait_port(files, int(meta["port"]), result)
+            results.append(result)
+        return results
+
+    def discard_aside(self, index: int) -> None:
+        for role in ROLES:
+            _aside_file(self.files(index), role).unlink(missing_ok=True)
+
     # --- logs ------------------------------------------------------------------------------
 
     def logs(self, request: LogRequest) -> Iterator[LogLine]:
@@ -373,6 +417,10 @@ class ProcessBackend:
                     for raw in complete.split(b"\n"):
                         yield LogLine(index, request.role, raw.decode(errors="replace"))
             time.sleep(0.2)
+
+
+def _aside_file(files: SlotFiles, role: str) -> Path:
+    return files.directory / f"{role}.prev.json"
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -417,4 +465,5 @@ def _record(files: SlotFiles, role: str, state: ProcessState) -> ServiceRecord:
         simulated=bool(meta.get("simulated")),
         started_at=meta.get("started_at") if state.alive else None,
         ident=str(state.pid or ""),
+        plan_json=str(meta.get("slot_plan") or ""),
     )

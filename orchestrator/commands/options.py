@@ -143,3 +143,13 @@ RestartOption = Annotated[
     RestartPolicy,
     typer.Option("--restart", help="Docker restart policy of the containers."),
 ]
+
+WorkerSrcOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--worker-src",
+        envvar="WGPU_WORKER_SRC",
+        help="Run the worker from this checkout (worker_image/comfy_worker, wgpu_protocol), "
+        "mounted read-only into each worker container; the image then needs only the runtime.",
+    ),
+]

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -55,6 +56,7 @@ from orchestrator.commands.options import (
     SimulateOption,
     StopTimeoutOption,
     TargetArgument,
+    WorkerSrcOption,
     WorkerTokenOption,
     default_machine_id,
 )
@@ -63,6 +65,7 @@ from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 # Heavy dependencies (docker, rich's renderables, NVML, the hub client) are imported inside the
 # command that needs them, so `wgpu --help` and `wgpu status --json` start in tens of ms.
+from orchestrator.rollout.worker_src import WorkerSource, WorkerSrcError, resolve_worker_src
 
 PREFIX_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_red")
 
@@ -78,12 +81,17 @@ def setup(
     backend: BackendOption = BackendKind.DOCKER,
     docker_host: DockerHostOption = None,
     base_dir: BaseDirOption = None,
+    worker_src: WorkerSrcOption = None,
 ) -> None:
-    """Make sure the worker image exists (build it with progress), or the process layout."""
+    """Make sure the worker image exists (build it with progress), or the process layout.
+    With --worker-src the image holds only the runtime: the worker comes from DIR."""
     from orchestrator.backends.docker_backend import DockerBackend
     from orchestrator.backends.process_backend import ProcessBackend
     from orchestrator.images import worker as worker_images
 
+    source = resolve_src(worker_src)
+    if source is not None:
+        out.print(f"worker tree {source.path} is version {source.version}")
     if backend == BackendKind.PROCESS:
         if importlib.util.find_spec("comfy_worker") is None:
             fail("comfy_worker is not importable: pip install wgpu in this Python", ExitCode.FAILED)
@@ -106,14 +114,35 @@ def setup(
                 )
             out.print(f"worker image {image} is present")
             return
-        tag = worker_images.worker_image_tag(base_image)
+        target = worker_images.RUNTIME_TARGET if source is not None else None
+        tag = default_image(base_image, source)
         if worker_images.has_image(client, tag):
             out.print(f"worker image {tag} is present")
             return
-        build_with_progress(client, tag, base_image)
+        build_with_progress(client, tag, base_image, target)
 
 
-def build_with_progress(client: Any, tag: str, base_image: str | None) -> None:
+def resolve_src(worker_src: Path | None) -> WorkerSource | None:
+    if worker_src is None:
+        return None
+    try:
+        return resolve_worker_src(worker_src)
+    except WorkerSrcError as exc:
+        fail(str(exc), ExitCode.USAGE)
+
+
+def default_image(base_image: str | None, source: WorkerSource | None) -> str:
+    """The image `setup` builds: the runtime-only one when the worker comes from a tree."""
+    from orchestrator.images import worker as worker_images
+
+    if source is not None:
+        return worker_images.runtime_image_tag(base_image)
+    return worker_images.worker_image_tag(base_image)
+
+
+def build_with_progress(
+    client: Any, tag: str, base_image: str | None, target: str | None = None
+) -> None:
     """Build the worker image with a spinner showing the build's latest output line."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -130,7 +159,7 @@ def build_with_progress(client: Any, tag: str, base_image: str | None) -> None:
         error: str | None = None
         try:
             worker_images.build_worker_image(
-                client, tag, base_image=base_image, on_progress=on_progress
+                client, tag, base_image=base_image, on_progress=on_progress, target=target
             )
         except worker_images.ImageBuildError as exc:
             error = str(exc)
@@ -157,11 +186,12 @@ def start(
     port_base: PortBaseOption = COMFYUI_PORT_BASE,
     network: NetworkOption = "host",
     restart_policy: RestartOption = RestartPolicy.UNLESS_STOPPED,
+    worker_src: WorkerSrcOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Start each GPU's worker (and its ComfyUI); running ones with the same config are kept."""
-    from orchestrator.images import worker as worker_images
 
+    source = resolve_src(worker_src)
     indices = target_indices(target)
     selection = select(gpus_option, simulate)
     slots = [s for s in selection.slots if indices is None or s.index in indices]
@@ -175,14 +205,15 @@ def start(
     settings = WorkerSettings(
         machine_id=machine_id or default_machine_id(),
         hub=HubAddress(hub_url),
-        image=(image or worker_images.worker_image_tag(base_image)) if is_docker else "",
+        image=(image or default_image(base_image, source)) if is_docker else "",
         comfyui_image=comfyui_image,
         comfyui_cmd=comfyui_cmd,
         worker_token=worker_token,
         port_base=port_base,
+        worker_src=source,
     )
     python = "python3" if is_docker else sys.executable
-    plans = plan_slots(slots, settings, selection.num_gpus, python=python)
+    plans = plan_slots(slots, settings, selection.num_gpus, python=python, containers=is_docker)
     with backend_session(
         backend, docker_host, base_dir, network=network, restart_policy=str(restart_policy)
     ) as session:

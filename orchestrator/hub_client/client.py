@@ -167,6 +167,19 @@ class HubClient:
         job: JobJson = self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
 
+    def drain(self, worker_id: str, timeout_s: float | None = None) -> JsonObject:
+        """`POST /workers/{id}/drain`: no new jobs; past `timeout_s` its job is released."""
+        body: JsonObject = {} if timeout_s is None else {"timeout_s": timeout_s}
+        path = f"/workers/{urllib.parse.quote(worker_id, safe='')}/drain"
+        answer: JsonObject = self._json("POST", path, body)
+        return answer
+
+    def resume(self, worker_id: str) -> JsonObject:
+        """`POST /workers/{id}/resume`: back in service."""
+        path = f"/workers/{urllib.parse.quote(worker_id, safe='')}/resume"
+        answer: JsonObject = self._json("POST", path, {})
+        return answer
+
     def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobJson]:
         jobs: list[JobJson] = self._json("GET", _jobs_query(status, limit))["jobs"]
         return jobs

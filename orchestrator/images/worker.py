@@ -29,8 +29,16 @@ class ImageBuildError(RuntimeError):
     """The image did not build; the message is one line saying why and what to check."""
 
 
-def context_files(root: Path = REPO_ROOT) -> list[Path]:
-    """Files of the build context, relative to `root`, in a stable order."""
+RUNTIME_REPOSITORY = "wgpu-local/comfy-worker-runtime"
+RUNTIME_TARGET = "runtime"  # the Dockerfile stage without the worker code (--worker-src)
+RUNTIME_FILES = (Path(DOCKERFILE), Path("worker_image/requirements.txt"))
+
+
+def context_files(root: Path = REPO_ROOT, target: str | None = None) -> list[Path]:
+    """Files of the build context, relative to `root`, in a stable order. The runtime target
+    needs only the Dockerfile and the requirements: a code change does not change its tag."""
+    if target == RUNTIME_TARGET:
+        return sorted(RUNTIME_FILES)
     files: list[Path] = []
     for top in CONTEXT_DIRS:
         base = root / top
@@ -49,9 +57,13 @@ def _walk(directory: Path) -> Iterator[Path]:
             yield path
 
 
-def context_hash(root: Path = REPO_ROOT, base_image: str | None = None) -> str:
+def context_hash(
+    root: Path = REPO_ROOT, base_image: str | None = None, target: str | None = None
+) -> str:
     digest = hashlib.sha256(f"base={base_image or ''}\n".encode())
-    for relative in context_files(root):
+    if target:
+        digest.update(f"target={target}\n".encode())
+    for relative in context_files(root, target):
         digest.update(f"{relative.as_posix()}\n".encode())
         digest.update((root / relative).read_bytes())
         digest.update(b"\n")
@@ -63,9 +75,14 @@ def worker_image_tag(base_image: str | None = None, root: Path = REPO_ROOT) -> s
     return f"{IMAGE_REPOSITORY}:{context_hash(root, base_image)[:12]}"
 
 
-def context_tar(root: Path = REPO_ROOT) -> io.BytesIO:
+def runtime_image_tag(base_image: str | None = None, root: Path = REPO_ROOT) -> str:
+    """`wgpu-local/comfy-worker-runtime:<12 hex>`: Python and the worker's dependencies only."""
+    return f"{RUNTIME_REPOSITORY}:{context_hash(root, base_image, RUNTIME_TARGET)[:12]}"
+
+
+def context_tar(root: Path = REPO_ROOT, target: str | None = None) -> io.BytesIO:
     """The filtered build context as an uncompressed tar, with fixed owners and times."""
-    return reproducible_tar(context_files(root), root)
+    return reproducible_tar(context_files(root, target), root)
 
 
 def reproducible_tar(files: Sequence[Path], root: Path) -> io.BytesIO:
@@ -91,8 +108,10 @@ def build_worker_image(
     tag: str,
     base_image: str | None = None,
     on_progress: ProgressCallback | None = None,
+    target: str | None = None,
 ) -> str:
-    """Build worker_image/Dockerfile as `tag` (host network, so pip reaches its index).
+    """Build worker_image/Dockerfile as `tag` (host network, so pip reaches its index);
+    `target` RUNTIME_TARGET builds the image without the worker code.
 
     `client` is a docker.DockerClient; `base_image` overrides the Dockerfile's BASE_IMAGE;
     `on_progress` gets each line of build output. Returns `tag`; raises ImageBuildError.
@@ -100,11 +119,12 @@ def build_worker_image(
     import docker.errors
 
     buildargs = {"BASE_IMAGE": base_image} if base_image else {}
-    labels = {"wgpu.context_hash": context_hash(REPO_ROOT, base_image)}
+    labels = {"wgpu.context_hash": context_hash(REPO_ROOT, base_image, target)}
+    extra: dict[str, Any] = {"target": target} if target else {}
     last_lines: list[str] = []
     try:
         stream = client.api.build(
-            fileobj=context_tar(REPO_ROOT),
+            fileobj=context_tar(REPO_ROOT, target),
             custom_context=True,
             dockerfile=DOCKERFILE,
             tag=tag,
@@ -115,6 +135,7 @@ def build_worker_image(
             forcerm=True,
             pull=False,
             decode=True,
+            **extra,
         )
         for chunk in stream:
             if "error" in chunk:

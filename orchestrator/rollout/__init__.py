@@ -1,0 +1,1 @@
+"""Changing a running fleet: the worker repository (`--worker-src`), drain, rolling update."""
