@@ -459,14 +459,16 @@ class DockerBackend:
 
     # --- replacing a slot (wgpu update) ----------------------------------------------------
 
-    def set_aside(self, index: int, timeout_s: float) -> list[ActionResult]:
-        """Stop the slot's containers (worker first) and keep them under NAME-prev, so that
-        `start` creates the new ones and `restore` can bring these back unchanged."""
+    def set_aside(
+        self, index: int, timeout_s: float, roles: Sequence[str] = ROLES
+    ) -> list[ActionResult]:
+        """Stop the slot's containers of `roles` (worker first) and keep them under NAME-prev,
+        so that `start` creates new ones and `restore` can bring these back unchanged."""
         self.discard_aside(index)
         results: list[ActionResult] = []
         containers = self._by_slot([index]).get(index, {})
         for role in ROLES:
-            container = containers.get(role)
+            container = containers.get(role) if role in roles else None
             if container is None:
                 continue
             result = self._stop_one(index, role, container, timeout_s)
@@ -489,7 +491,8 @@ class DockerBackend:
     def restore(self, index: int, timeout_s: float) -> list[ActionResult]:
         """Remove the slot's new containers and start the ones set aside, ComfyUI first."""
         aside = self._aside(index)
-        for container in self._by_slot([index]).get(index, {}).values():
+        current = self._by_slot([index]).get(index, {})
+        for container in (current[role] for role in ROLES if role in aside and role in current):
             with contextlib.suppress(docker.errors.APIError):
                 container.stop(timeout=max(0, int(timeout_s)))
                 container.remove(force=True)

@@ -348,13 +348,20 @@ class ProcessBackend:
 
     # --- replacing a slot (wgpu update) ----------------------------------------------------
 
-    def set_aside(self, index: int, timeout_s: float) -> list[ActionResult]:
-        """Stop the slot (worker first) and keep its meta files as ROLE.prev.json, so that
-        `start` spawns the new processes and `restore` can bring these back unchanged."""
+    def set_aside(
+        self, index: int, timeout_s: float, roles: Sequence[str] = ROLES
+    ) -> list[ActionResult]:
+        """Stop the slot's processes of `roles` (worker first) and keep their meta files as
+        ROLE.prev.json, so that `start` spawns new ones and `restore` can bring these back."""
         self.discard_aside(index)
-        results = self._stop_slot(index, timeout_s)
         files = self.files(index)
-        for role in ROLES:
+        results = []
+        for role in (r for r in ROLES if r in roles):
+            state = self._state(files, role)
+            if state.alive:
+                self._stop_state(files, role, state, timeout_s)
+                results.append(ActionResult(index, role, Outcome.STOPPED, f"pid {state.pid}"))
+            files.pid_file(role).unlink(missing_ok=True)
             meta = files.meta_file(role)
             if meta.exists():
                 meta.replace(_aside_file(files, role))
@@ -363,13 +370,16 @@ class ProcessBackend:
     def restore(self, index: int, timeout_s: float) -> list[ActionResult]:
         """Stop the slot's new processes and respawn the ones set aside, ComfyUI first."""
         files = self.files(index)
-        self._stop_slot(index, timeout_s)
+        for role in ROLES:
+            state = self._state(files, role)
+            if _aside_file(files, role).exists() and state.alive:
+                self._stop_state(files, role, state, timeout_s)
         results = []
         for role in (ROLE_COMFYUI, ROLE_WORKER):
             aside = _aside_file(files, role)
-            files.meta_file(role).unlink(missing_ok=True)
             if not aside.exists():
-                continue
+                continue  # not replaced: it runs on as it is
+            files.meta_file(role).unlink(missing_ok=True)
             try:
                 meta = json.loads(aside.read_text())
                 aside.unlink()
