@@ -10,6 +10,7 @@ from orchestrator.commands import (
     count,
     fleet,
     hub,
+    k8s,
     rollout,
     sim,
     stack,
@@ -33,7 +34,7 @@ def _root() -> None:
     """Keeps `wgpu` a command group even while only one command is registered."""
 
 
-for module in (count, hub, sim, workers, rollout, stack, client, compose, fleet):
+for module in (count, hub, sim, workers, rollout, stack, client, compose, fleet, k8s):
     module.register(app)
 
 

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from orchestrator.gpus.slots import Slot
+from orchestrator.rollout.worker_src import MOUNT_POINT, WorkerSource
 from wgpu_protocol import ports
 from wgpu_protocol import worker_env as names
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
-from orchestrator.rollout.worker_src import MOUNT_POINT, WorkerSource
 
 ROLE_WORKER = "worker"
 ROLE_COMFYUI = "comfyui"

@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.commands.options import ImageOption, JsonOption
+from orchestrator.commands.options import (
+    ComfyuiImageOption,
+    ImageOption,
+    JsonOption,
+    WorkerSrcOption,
+)
 from orchestrator.console import ExitCode, err, fail, out
 
 if TYPE_CHECKING:  # the fleet module (docker-py) and Rich load when a fleet command runs
@@ -189,6 +194,58 @@ def status(inventory: InventoryOption = DEFAULT_INVENTORY, as_json: JsonOption =
         raise typer.Exit(int(exit_code(len(snapshot.hosts) - down_hosts, down_hosts)))
 
 
+@fleet_app.command("update")
+def update(
+    inventory: InventoryOption = DEFAULT_INVENTORY,
+    image: ImageOption = None,
+    comfyui_image: ComfyuiImageOption = None,
+    worker_src: WorkerSrcOption = None,
+    max_unavailable: Annotated[int, typer.Option("--max-unavailable", min=1)] = 1,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1)] = 120.0,
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", min=0.1)] = 600.0,
+    as_json: JsonOption = False,
+) -> None:
+    """`wgpu update` host by host, in inventory order: the first host that rolls a GPU back
+    stops the update (exit 5) and later hosts are left as they are. A --worker-src DIR must be
+    at the same path on every host."""
+    from rich.text import Text
+
+    from orchestrator.commands.workers import resolve_src
+    from orchestrator.fleet.inventory import connect
+    from orchestrator.hub_client.client import HubClient
+    from orchestrator.rollout.fleet_update import fleet_update, summary
+    from orchestrator.rollout.update import Change, UpdateSettings
+
+    if not (image or comfyui_image or worker_src):
+        fail("nothing to update: pass --image, --comfyui-image or --worker-src", ExitCode.USAGE)
+    spec = read(inventory)
+    change = Change(image=image, comfyui_image=comfyui_image, worker_src=resolve_src(worker_src))
+    settings = UpdateSettings(
+        drain_timeout_s=drain_timeout,
+        ready_timeout_s=ready_timeout,
+        max_unavailable=max_unavailable,
+    )
+
+    def on_change(host: Any, gpu: Any) -> None:
+        if not as_json:
+            err.print(f"{host.machine_id} gpu{gpu.index}: {gpu.step} {gpu.detail}", soft_wrap=True)
+
+    hosts = fleet_update(spec, change, settings, connect, HubClient, on_change)
+    if as_json:
+        typer.echo(json.dumps({"hosts": [h.to_json() for h in hosts]}))
+    else:
+        for host in hosts:
+            style = "green" if host.ok else ("dim" if host.outcome == "skipped" else "red")
+            line = Text(f"{host.machine_id}: ")
+            line.append(host.outcome, style=style)
+            if host.detail:
+                line.append(f" ({host.detail})", style="dim")
+            out.print(line, soft_wrap=True)
+    done, not_done = summary(hosts)
+    if not_done:
+        raise typer.Exit(int(ExitCode.PARTIAL if done else ExitCode.FAILED))
+
+
 def register(app: typer.Typer) -> None:
-    """Add `fleet up|down|status` to `app`."""
+    """Add `fleet up|down|status|update` to `app`."""
     app.add_typer(fleet_app, name="fleet")

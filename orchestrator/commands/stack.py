@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from orchestrator.commands.options import (
+    ComfyuiCmdOption,
     DockerHostOption,
     GpusOption,
     MachineIdOption,
+    WorkerSrcOption,
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out, warn
@@ -154,8 +156,11 @@ def up(
     name_prefix: Annotated[
         str, typer.Option("--name-prefix", envvar="WGPU_NAME_PREFIX", hidden=True)
     ] = "",
+    comfyui_cmd: ComfyuiCmdOption = None,
+    worker_src: WorkerSrcOption = None,
 ) -> None:
-    """Start Redis + hub + per GPU ComfyUI and worker (containers, or processes without Docker)."""
+    """Start Redis + hub + per GPU ComfyUI and worker (containers, or processes without Docker:
+    there, real GPUs need --comfyui-cmd)."""
     import docker.errors
 
     from orchestrator.stack.lifecycle import docker_up
@@ -165,9 +170,16 @@ def up(
     if backend != StackBackend.PROCESS:
         client = open_docker(docker_host, required=backend == StackBackend.DOCKER)
     if client is None:
-        if device_ids:
-            fail("without Docker only simulated slots run here: pass --simulate N", ExitCode.USAGE)
-        up_processes(simulated, machine_id, hub_port, hub_bind, port_base, sim_node_time, state_dir)
+        if device_ids and not comfyui_cmd:
+            fail(
+                "without Docker, GPUs need a ComfyUI to run: pass --comfyui-cmd "
+                '"python main.py --port {port}" (or --simulate N)',
+                ExitCode.USAGE,
+            )
+        up_processes(
+            simulated, machine_id, hub_port, hub_bind, port_base, sim_node_time, state_dir,
+            gpus=device_ids, comfyui_cmd=comfyui_cmd, worker_src=worker_src,
+        )  # fmt: skip
         return
     options = StackOptions(
         gpus=device_ids,
@@ -209,7 +221,12 @@ def up_processes(
     port_base: int,
     sim_node_time: float | None,
     state_dir: Path | None,
+    gpus: tuple[str, ...] = (),
+    comfyui_cmd: str | None = None,
+    worker_src: Path | None = None,
 ) -> None:
+    from orchestrator.commands.common import select
+    from orchestrator.commands.workers import resolve_src
     from orchestrator.stack.lifecycle import (
         ProcessStack,
         ProcessStackConfig,
@@ -230,6 +247,9 @@ def up_processes(
         port_base=port_base,
         machine_id=machine_id or default_machine_id(),
         sim_node_time_s=sim_node_time,
+        gpu_slots=tuple(select(",".join(gpus), None).slots) if gpus else (),
+        comfyui_cmd=comfyui_cmd if gpus else None,
+        worker_src=resolve_src(worker_src),
     )
     warn("no Docker engine: running the stack as local processes")
     with step_progress() as progress:

@@ -61,11 +61,11 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out
-from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 # Heavy dependencies (docker, rich's renderables, NVML, the hub client) are imported inside the
 # command that needs them, so `wgpu --help` and `wgpu status --json` start in tens of ms.
 from orchestrator.rollout.worker_src import WorkerSource, WorkerSrcError, resolve_worker_src
+from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 PREFIX_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_red")
 

@@ -32,8 +32,9 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.common import port_answers
 from orchestrator.backends.process_backend import ProcessBackend
-from orchestrator.gpus.slots import simulated_slots
+from orchestrator.gpus.slots import Selection, Slot, simulated_slots
 from orchestrator.hub_client.client import HubClient, HubError
+from orchestrator.rollout.worker_src import WorkerSource
 from orchestrator.stack.compose_render import StackOptions, render_stack
 from orchestrator.stack.compose_runner import ComposeRunner, ServiceResult
 from orchestrator.stack.local_redis import LocalRedis, RedisUnavailable, free_port
@@ -98,6 +99,11 @@ class ProcessStackConfig:
     sim_node_time_s: float | None = None
     hub_env: dict[str, str] = field(default_factory=dict)  # e.g. LEASE_S for tests
     ready_timeout_s: float = 60.0
+    # Real GPUs (no Docker): these slots, each with a ComfyUI process from `comfyui_cmd`
+    # ({port} and {gpu} filled in) pinned with CUDA_VISIBLE_DEVICES; empty: simulated slots.
+    gpu_slots: tuple[Slot, ...] = ()
+    comfyui_cmd: str | None = None
+    worker_src: WorkerSource | None = None  # run the workers from this tree (--worker-src)
 
     @property
     def worker_dir(self) -> Path:
@@ -222,13 +228,21 @@ class ProcessStack:
 
     def _start_slots(self) -> list[ActionResult]:
         count = self.config.slots
-        selection = simulated_slots(count)
+        selection = (
+            Selection(list(self.config.gpu_slots), len(self.config.gpu_slots))
+            if self.config.gpu_slots
+            else simulated_slots(count)
+        )
         settings = WorkerSettings(
             machine_id=self.config.machine_id,
             hub=HubAddress(self.config.hub_url),
             port_base=self.config.port_base,
+            comfyui_cmd=self.config.comfyui_cmd,
+            worker_src=self.config.worker_src,
         )
-        plans = plan_slots(selection.slots, settings, selection.num_gpus, python=sys.executable)
+        plans = plan_slots(
+            selection.slots, settings, selection.num_gpus, python=sys.executable, containers=False
+        )
         if self.config.sim_node_time_s is not None:
             extra = ("--node-time", f"{self.config.sim_node_time_s:g}")
             plans = [
@@ -258,7 +272,8 @@ class ProcessStack:
     def wait_workers(self, timeout_s: float = 60.0) -> list[WorkerJson]:
         """Until every slot's worker is connected to the hub; returns the hub's workers."""
         hub = HubClient(self.config.hub_url, timeout_s=1.0)
-        wanted = {ports.worker_id(self.config.machine_id, i) for i in range(self.config.slots)}
+        indices = [s.index for s in self.config.gpu_slots] or range(self.config.slots)
+        wanted = {ports.worker_id(self.config.machine_id, i) for i in indices}
         deadline = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(HubError):

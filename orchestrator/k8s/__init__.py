@@ -1,0 +1,1 @@
+"""Kubernetes manifests for fleets that outgrow hand-run hosts (rendered, not applied)."""
