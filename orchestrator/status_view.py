@@ -100,6 +100,11 @@ def _progress_pct(progress: Any) -> float | None:
     return None
 
 
+def _drain_state(hub: WorkerJson | None) -> str | None:
+    drain = hub.get("drain") if hub is not None else None
+    return drain["state"] if drain else None
+
+
 def _hub_worker_for(
     workers: Sequence[WorkerJson], machine_id: str | None, index: int
 ) -> WorkerJson | None:
@@ -166,7 +171,7 @@ def build_snapshot(
                 progress_pct=None if hub is None else _progress_pct(hub.get("progress")),
                 jobs_done=None if hub is None else hub.get("jobs_done"),
                 jobs_failed=None if hub is None else hub.get("jobs_failed"),
-                drain_state=None if hub is None else (hub.get("drain") or {}).get("state"),
+                drain_state=_drain_state(hub),
                 worker_version=None if hub is None else (hub.get("version") or None),
             )
         )

@@ -35,6 +35,9 @@ RECONNECT_MAX_S = "WORKER_RECONNECT_MAX_S"
 ACK_TIMEOUT_S = "WORKER_ACK_TIMEOUT_S"
 # Outputs larger than this fail as output_too_large (the hub has its own, same name).
 MAX_OUTPUT_BYTES = "MAX_OUTPUT_BYTES"
+# The worker tree it runs from (`--worker-src`): `git describe` of it, which the worker cannot
+# run itself (read-only mount, no git), prefixed to its version in `hello`.
+SRC_DESCRIBE = "WORKER_SRC_DESCRIBE"
 
 DEFAULT_HUB_HOST = "127.0.0.1"
 DEFAULT_HUB_PORT = HUB_PORT

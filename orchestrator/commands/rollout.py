@@ -68,7 +68,9 @@ def _hub_call(what: str, call: Any) -> Any:
 def _worker_ids(hub: HubClient, target: str, machine_id: str) -> list[str]:
     indices = target_indices(target)
     if indices is not None:
-        return [f"{machine_id}-gpu{i}" for i in indices]
+        from wgpu_protocol.ports import worker_id
+
+        return [worker_id(machine_id, i) for i in indices]
     workers = _hub_call("listing workers", hub.get_workers)
     ids = [str(w["id"]) for w in workers if w.get("machine_id") == machine_id]
     if not ids:

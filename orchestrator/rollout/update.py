@@ -33,8 +33,10 @@ from orchestrator.backends.base import (
 from orchestrator.backends.common import fan_out
 from orchestrator.hub_client.client import HubError
 from orchestrator.rollout.worker_src import MOUNT_POINT, VERSION_ENV, WorkerSource
+from wgpu_protocol import ports, worker_env
+from wgpu_protocol.rest import WorkerJson
 
-_SRC_ENV = ("PYTHONPATH", VERSION_ENV, "WORKER_SRC_DESCRIBE")
+_SRC_ENV = ("PYTHONPATH", VERSION_ENV, worker_env.SRC_DESCRIBE)
 
 
 class UpdateError(RuntimeError):
@@ -97,7 +99,7 @@ class SlotUpdate:
 
 
 def worker_id_of(plan: SlotPlan) -> str:
-    return f"{plan.machine_id}-gpu{plan.slot.index}"
+    return ports.worker_id(plan.machine_id, plan.slot.index)
 
 
 def version_of(plan: SlotPlan) -> str | None:
@@ -161,7 +163,7 @@ class Replaceable(Protocol):
 
 
 class DrainingHub(Protocol):
-    def get_workers(self) -> list[dict[str, Any]]: ...
+    def get_workers(self) -> list[WorkerJson]: ...
     def drain(self, worker_id: str, timeout_s: float | None = None) -> dict[str, Any]: ...
     def resume(self, worker_id: str) -> dict[str, Any]: ...
 
@@ -294,7 +296,7 @@ class RollingUpdate:
             return
         self._set(update, Step.ROLLED_BACK, why)
 
-    def _entry(self, worker_id: str) -> dict[str, Any] | None:
+    def _entry(self, worker_id: str) -> WorkerJson | None:
         return next((w for w in self.hub.get_workers() if w.get("id") == worker_id), None)
 
     def _wait_drained(self, worker_id: str) -> None:
@@ -304,7 +306,8 @@ class RollingUpdate:
             entry = self._entry(worker_id)
             if entry is None or not entry.get("connected"):
                 return
-            if (entry.get("drain") or {}).get("state") == "drained":
+            drain = entry.get("drain")
+            if drain is not None and drain["state"] == "drained":
                 return
             time.sleep(self.settings.poll_s)
 

@@ -15,7 +15,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-DESCRIBE_ENV = "WORKER_SRC_DESCRIBE"
+from wgpu_protocol import worker_env
+
+DESCRIBE_ENV = worker_env.SRC_DESCRIBE
 _SKIP_DIRS = {"__pycache__"}
 
 
