@@ -21,6 +21,7 @@ from orchestrator.images import worker as worker_images
 from orchestrator.rollout.worker_src import MOUNT_POINT
 from tests.fixtures.docker import DockerDaemon
 from tests.fixtures.hub import HubFactory
+from tests.hub.helpers import eventually
 from tests.orchestrator.backends.helpers import wgpu
 from tests.orchestrator.rollout.load import SteadyLoad, worker_tree, workers
 from tests.orchestrator.rollout.test_process_update import free_port_block
@@ -118,7 +119,9 @@ async def test_update_all_moves_every_worker_to_the_new_tree_under_load(
     assert done.samples > 20 and done.min_busy >= GPUS - 1
 
 
-async def test_a_broken_version_rolls_one_gpu_back_and_stops(fleet: dict[str, Any]) -> None:
+async def test_a_broken_version_rolls_one_gpu_back_and_a_drain_outlives_a_restart(
+    docker_client: docker.DockerClient, fleet: dict[str, Any]
+) -> None:
     hub_url = fleet["hub_url"]
     load = SteadyLoad(hub_url, NAMES)
     await load.start()
@@ -135,5 +138,23 @@ async def test_a_broken_version_rolls_one_gpu_back_and_stops(fleet: dict[str, An
     await load.wait_all_busy()  # the rolled-back GPU is back in service with the others
     entries = [w for w in await workers(hub_url) if w["id"] in NAMES]
     assert {w["version"] for w in entries} == {tree_version(fleet["old"])}
+
+    # A drain holds across the worker's container restart (a reconnect), until resumed.
+    hub_args = ["--hub-url", hub_url, "--machine-id", "dock"]
+    assert (await asyncio.to_thread(wgpu, "drain", "3", *hub_args)).exit_code == 0
+
+    async def gpu3() -> dict[str, Any]:
+        return next(w for w in await workers(hub_url) if w["id"] == "dock-gpu3")
+
+    await eventually(gpu3, lambda w: (w["drain"] or {}).get("state") == "drained", within=20)
+    worker = docker_client.containers.get("comfy-worker-gpu3")
+    await asyncio.to_thread(worker.restart, timeout=10)
+    await eventually(gpu3, lambda w: w["connected"] and w["status"] == "idle", within=30)
+    for _ in range(5):  # jobs are queued, yet it takes none
+        entry = await gpu3()
+        assert entry["status"] == "idle" and entry["drain"]["state"] == "drained"
+        await asyncio.sleep(0.2)
+    assert (await asyncio.to_thread(wgpu, "resume", "3", *hub_args)).exit_code == 0
+    await load.wait_all_busy()
     done = await load.check()
     assert done.statuses == {"succeeded": done.jobs}
