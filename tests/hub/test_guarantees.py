@@ -163,14 +163,18 @@ async def test_cancelling_a_finished_job_is_409_and_changes_nothing(
 
 
 # Paths the architecture leaves open: probes, and workers (who have their own token).
-OPEN_PREFIXES = ("/health", "/metrics", "/ws/")
+# The probes, the worker socket and the dashboard's static page (it holds no data: its feed and
+# every call it makes need the key).
+OPEN_PREFIXES = ("/health", "/metrics", "/ws/", "/dashboard/", "/openapi.json")
+OPEN_EXACT = ("/",)
 
 
 def _client_routes(app: web.Application) -> list[tuple[str, str]]:
     routes = []
     for route in app.router.routes():
         path = route.resource.canonical if route.resource else ""
-        if route.method not in ("HEAD", "*") and not path.startswith(OPEN_PREFIXES):
+        open_path = path in OPEN_EXACT or path.startswith(OPEN_PREFIXES)
+        if route.method not in ("HEAD", "*") and not open_path:
             routes.append((route.method, path))
     return routes
 
