@@ -1,6 +1,6 @@
-"""No-op jobs for the anchors (arq, rq, Dramatiq). Each records its start exactly as the fake
-hub worker does (bench.record). The Redis URL comes from BENCH_REDIS_URL, read at import time
-because Dramatiq binds its broker when an actor is declared."""
+"""No-op jobs for the anchors (arq, rq, Dramatiq, taskiq). Each records its start exactly as
+the fake hub worker does (bench.record). The Redis URL comes from BENCH_REDIS_URL, read at
+import time because Dramatiq binds its broker when an actor is declared."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from typing import Any
 
 import dramatiq
 import redis
+import redis.asyncio as aioredis
 from arq.connections import RedisSettings
 from dramatiq.brokers.redis import RedisBroker
+from taskiq_redis import RedisStreamBroker
 
 from bench.record import STARTS_KEY, start_record
 
@@ -68,3 +70,21 @@ dramatiq.set_broker(RedisBroker(url=REDIS_URL))  # type: ignore[no-untyped-call]
 def dramatiq_noop(index: int, t_submit: float) -> None:
     record = start_record(index, t_submit)
     _client().rpush(STARTS_KEY, record)
+
+
+# ----------------------------------------------------------------------------- taskiq
+
+# RedisStreamBroker: a consumer group on a Redis stream, acknowledged per task (taskiq's
+# at-least-once broker; ListQueueBroker would be the fire-and-forget one).
+taskiq_broker = RedisStreamBroker(url=REDIS_URL)
+
+
+_async_client: aioredis.Redis[bytes] | None = None
+
+
+@taskiq_broker.task
+async def taskiq_noop(index: int, t_submit: float) -> None:
+    global _async_client
+    if _async_client is None:  # made in the worker's own event loop
+        _async_client = aioredis.Redis.from_url(REDIS_URL)
+    await _async_client.rpush(STARTS_KEY, start_record(index, t_submit))

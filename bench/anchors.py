@@ -1,5 +1,5 @@
-"""The anchors: arq, rq and Dramatiq doing no-op jobs on the same Redis with the same number of
-worker processes, measured by bench.drive exactly as our hub is.
+"""The anchors: arq, rq, Dramatiq and taskiq doing no-op jobs on the same Redis with the same
+number of consumers, measured by bench.drive exactly as our hub is.
 
 `python -m bench.anchors [--quick] [--workers N]` runs them alone."""
 
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +19,42 @@ import redis
 from bench import procs
 from bench.drive import DispatchResult, measure
 from bench.report import Table, emit
+from bench.stats import percentile
 
-ANCHORS = ("arq", "arq-tuned", "rq", "dramatiq")
+ANCHORS = ("arq", "arq-tuned", "rq", "dramatiq", "taskiq")
 
 
 class AnchorSystem:
-    """N `bench.anchor_worker` processes plus this process as the submitter."""
+    """N `bench.anchor_worker` processes (each running `concurrency` jobs at a time) plus this
+    process as the submitter. `kind` is one of ANCHORS; `name` is what the tables show."""
 
-    def __init__(self, name: str, redis_url: str, workers: int, log_dir: Path) -> None:
-        self.name = name
+    def __init__(
+        self,
+        kind: str,
+        redis_url: str,
+        workers: int,
+        log_dir: Path,
+        concurrency: int = 1,
+        name: str = "",
+    ) -> None:
+        self.kind = kind
+        self.name = name or kind
         self.redis_url = redis_url
         self.workers = workers
+        self.concurrency = concurrency
         self.log_dir = log_dir
         self._procs: list[subprocess.Popen[bytes]] = []
         self._arq_pool: Any = None
         self._rq_queue: Any = None
+        self._taskiq_started = False
 
     async def start_workers(self) -> None:
         env = {"BENCH_REDIS_URL": self.redis_url}
+        args = (self.kind, str(self.concurrency))
         for i in range(self.workers):
-            log = self.log_dir / f"{self.name}-worker{i}.log"
+            log = self.log_dir / f"{self.kind}-worker{i}.log"
             self._procs.append(
-                procs.spawn(procs.module_cmd("bench.anchor_worker", self.name), log, env)
+                procs.spawn(procs.module_cmd("bench.anchor_worker", *args), log, env)
             )
 
     async def stop_workers(self) -> None:
@@ -46,14 +62,14 @@ class AnchorSystem:
         await asyncio.to_thread(procs.stop_all, stopping)
 
     async def submit(self, index: int, t_submit: float) -> None:
-        if self.name.startswith("arq"):
+        if self.kind.startswith("arq"):
             if self._arq_pool is None:
                 from arq import create_pool
                 from arq.connections import RedisSettings
 
                 self._arq_pool = await create_pool(RedisSettings.from_dsn(self.redis_url))
             await self._arq_pool.enqueue_job("arq_noop", index, t_submit)
-        elif self.name == "rq":
+        elif self.kind == "rq":
             if self._rq_queue is None:
                 from rq import Queue
 
@@ -63,6 +79,13 @@ class AnchorSystem:
             await asyncio.to_thread(
                 self._rq_queue.enqueue, "bench.anchor_jobs.rq_noop", index, t_submit
             )
+        elif self.kind == "taskiq":
+            from bench.anchor_jobs import taskiq_broker, taskiq_noop
+
+            if not self._taskiq_started:
+                await taskiq_broker.startup()
+                self._taskiq_started = True
+            await taskiq_noop.kiq(index, t_submit)
         else:
             from bench.anchor_jobs import dramatiq_noop
 
@@ -75,85 +98,120 @@ class AnchorSystem:
         if self._arq_pool is not None:
             await self._arq_pool.aclose()
             self._arq_pool = None
+        if self._taskiq_started:
+            from bench.anchor_jobs import taskiq_broker
+
+            await taskiq_broker.shutdown()
+            self._taskiq_started = False
 
 
-async def run_anchor(
-    name: str, redis_url: str, workers: int, count: int, latency_s: float, log_dir: Path
-) -> DispatchResult:
+async def run_anchor(system: AnchorSystem, count: int, latency_s: float) -> DispatchResult:
     # The anchors read BENCH_REDIS_URL when bench.anchor_jobs is first imported (Dramatiq binds
     # its broker at actor declaration): set it before any import of that module.
-    os.environ["BENCH_REDIS_URL"] = redis_url
-    client = redis.Redis.from_url(redis_url)
+    os.environ["BENCH_REDIS_URL"] = system.redis_url
+    client = redis.Redis.from_url(system.redis_url)
     client.flushdb()
     try:
-        return await measure(
-            AnchorSystem(name, redis_url, workers, log_dir), client, workers, count, latency_s
-        )
+        return await measure(system, client, system.workers, count, latency_s)
     finally:
         client.flushdb()
         client.close()
 
 
-def dispatch_table(results: list[DispatchResult], ours: str = "wgpu hub") -> Table:
+def _spread(values: list[float], digits: int = 0) -> str:
+    """median (min-max) of the runs that produced a figure."""
+    good = [v for v in values if not math.isnan(v)]
+    if not good:
+        return "-"
+    mid = percentile(good, 50)
+    if len(good) == 1:
+        return f"{mid:,.{digits}f}"
+    return f"{mid:,.{digits}f} ({min(good):,.{digits}f}-{max(good):,.{digits}f})"
+
+
+def median_of(runs: list[DispatchResult], pick: Callable[[DispatchResult], float]) -> float:
+    good = [v for v in (pick(r) for r in runs if not r.error) if not math.isnan(v)]
+    return percentile(good, 50) if good else math.nan
+
+
+def p99(r: DispatchResult) -> float:
+    return r.latency.get("p99_ms", math.nan)
+
+
+def p50(r: DispatchResult) -> float:
+    return r.latency.get("p50_ms", math.nan)
+
+
+def jobs_per_s(r: DispatchResult) -> float:
+    return r.jobs_per_s
+
+
+def drain(r: DispatchResult) -> float:
+    return r.drain_jobs_per_s
+
+
+def dispatch_table(runs: dict[str, list[DispatchResult]], consumers: int) -> Table:
     table = Table(
-        f"Dispatch: no-op jobs, {results[0].workers if results else '?'} worker processes,"
-        " one Redis",
+        f"Dispatch: no-op jobs, {consumers} consumers, one Redis",
         [
             "system",
             "jobs/s",
             "drain jobs/s",
             "p50 ms @half",
             "p99 ms @half",
-            "half-load rate",
             "x jobs/s",
             "x drain",
+            "p99 / ours",
         ],
     )
-    base = next((r for r in results if r.name == ours), None)
-    for r in results:
-        x = base.jobs_per_s / r.jobs_per_s if base and r.jobs_per_s else float("nan")
-        xd = (
-            base.drain_jobs_per_s / r.drain_jobs_per_s
-            if base and r.drain_jobs_per_s
-            else float("nan")
-        )
+    ours = next(iter(runs.values()), [])
+    for name, results in runs.items():
+        ok = [r for r in results if not r.error]
+        errors = {r.error for r in results if r.error}
+        label = name + (f" ({len(errors)} failed: {sorted(errors)[0][:80]})" if errors else "")
         table.add(
-            r.name + (f" (error: {r.error})" if r.error else ""),
-            r.jobs_per_s,
-            r.drain_jobs_per_s,
-            r.latency.get("p50_ms", float("nan")),
-            r.latency.get("p99_ms", float("nan")),
-            r.half_load_rate,
-            x if r.name != ours else 1.0,
-            xd if r.name != ours else 1.0,
+            label,
+            _spread([r.jobs_per_s for r in ok]),
+            _spread([r.drain_jobs_per_s for r in ok]),
+            _spread([p50(r) for r in ok], 2),
+            _spread([p99(r) for r in ok], 2),
+            median_of(ours, jobs_per_s) / median_of(results, jobs_per_s),
+            median_of(ours, drain) / median_of(results, drain),
+            median_of(results, p99) / median_of(ours, p99),
         )
     table.notes += [
+        f"median (min-max) of {max((len(r) for r in runs.values()), default=0)} runs,"
+        " the systems alternated within each round; x columns: ratios of the medians, this run",
         "jobs/s: one submitter process enqueueing concurrently while workers run (end to end)",
         "drain jobs/s: queue pre-filled, then workers started (dispatch alone)",
         "latency: enqueue call -> job start (time.time() on one host) at half the measured jobs/s",
-        "x columns: wgpu hub / that system (higher is better for wgpu)",
+        "x jobs/s, x drain: wgpu hub / that system (above 1: the hub is ahead);"
+        " p99 / ours: that system's p99 over the hub's (above 1: the hub's tail is shorter)",
         "arq 0.28 defaults (max_jobs=10, polls every 0.5 s); arq-tuned polls every 10 ms; "
-        "rq 3.0 SimpleWorker (no fork per job); dramatiq 2.2, 1 thread per process",
+        "rq 3.0 SimpleWorker (no fork per job); Dramatiq 2.2; taskiq 0.11 with taskiq-redis"
+        " 1.0 RedisStreamBroker (the last pair that runs on redis-py 5)",
     ]
     return table
 
 
-def cpu_table(results: list[DispatchResult]) -> Table:
+def cpu_table(runs: dict[str, list[DispatchResult]], consumers: int) -> Table:
     parts = ["hub", "workers", "redis", "submitter"]
     table = Table(
-        "Where the CPU went during the saturation phase (% of one core; the machine has "
+        f"Where the CPU went at {consumers} consumers, saturated (% of one core; the machine has "
         f"{os.cpu_count()})",
-        ["system", *parts, "total", "redis µs/job", "redis cmds/job"],
+        ["system", *parts, "redis µs/job", "redis cmds/job"],
     )
-    for r in results:
-        cpu = r.cpu_percent
+    for name, results in runs.items():
         table.add(
-            r.name,
-            *(cpu.get(p, float("nan")) for p in parts),
-            sum(cpu.values()),
-            r.redis_usec_per_job,
-            r.redis_calls_per_job,
+            name,
+            *(median_of(results, lambda r, p=p: r.cpu_percent.get(p, math.nan)) for p in parts),
+            _spread([r.redis_usec_per_job for r in results if not r.error], 1),
+            median_of(results, lambda r: r.redis_calls_per_job),
         )
+    table.notes.append(
+        "redis µs/job: INFO commandstats (time inside commands), per job, median (min-max);"
+        " includes the bench's own ~2 calls per job (start record, polling)"
+    )
     return table
 
 
@@ -165,16 +223,14 @@ def main() -> None:
     args = parser.parse_args()
     count = 1000 if args.quick else 5000
     latency_s = 3.0 if args.quick else 8.0
-    results = []
+    runs: dict[str, list[DispatchResult]] = {}
     with procs.scratch_dir() as tmp, procs.local_redis(tmp / "redis") as server:
         for name in args.only or ANCHORS:
             print(f"anchor {name} ...", flush=True)
-            results.append(
-                asyncio.run(
-                    run_anchor(name, server.url, args.workers, count, latency_s, tmp / "logs")
-                )
-            )
-    emit("anchors", [dispatch_table(results), cpu_table(results)], {"anchors": results})
+            system = AnchorSystem(name, server.url, args.workers, tmp / "logs")
+            runs[name] = [asyncio.run(run_anchor(system, count, latency_s))]
+    tables = [dispatch_table(runs, args.workers), cpu_table(runs, args.workers)]
+    emit("anchors", tables, {"anchors": runs})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Dispatch: our hub with N fake workers against arq, rq and Dramatiq with N workers, on the
-same Redis, in the same run. `python -m bench.dispatch [--quick] [--workers N] [--no-anchors]
+"""Dispatch: our hub with N fake workers against Dramatiq, taskiq, arq and rq with N consumers,
+on the same Redis, in the same run, at 4 and at 32 consumers, each system 3 times alternated.
+`python -m bench.dispatch [--quick] [--consumers 4,32] [--repeats 3] [--no-anchors]
 [--what-if] [--profile [html|prof]]` (profiles the hub: pyinstrument, or cProfile with call counts;
 written to bench/results/hub-profile.*)."""
 
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 from bench import procs
-from bench.anchors import ANCHORS, cpu_table, dispatch_table, run_anchor
+from bench.anchors import AnchorSystem, cpu_table, dispatch_table, run_anchor
 from bench.drive import DispatchResult, measure
 from bench.hub_system import HubProcess, HubSystem
 from bench.report import RESULTS_DIR, Table, emit
@@ -27,11 +30,14 @@ async def run_hub_dispatch(
     profile: Path | None = None,
     worker_args: tuple[str, ...] = (),
     name: str = "wgpu hub",
+    processes: int = 0,
 ) -> DispatchResult:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     hub = HubProcess(redis_url, log_dir, profile=profile).start()
-    system = HubSystem(hub, redis_url, workers, log_dir, worker_args=worker_args)
+    system = HubSystem(
+        hub, redis_url, workers, log_dir, worker_args=worker_args, processes=processes
+    )
     system.name = name
     try:
         return await measure(
@@ -56,42 +62,124 @@ WHAT_IFS: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class Contender:
+    """One system at one concurrency: `processes` worker processes, each taking `per_process`
+    jobs at a time (the hub: that many worker connections per process)."""
+
+    name: str
+    kind: str  # "hub", or one of bench.anchors.ANCHORS
+    processes: int
+    per_process: int = 1
+
+    @property
+    def consumers(self) -> int:
+        return self.processes * self.per_process
+
+
+def contenders(consumers: int) -> list[Contender]:
+    """Equal consumers: one job at a time per process up to 4 (like GPUs); above, as Dramatiq's
+    defaults do it (processes x threads), every system with the same split."""
+    if consumers <= 4:
+        return [
+            Contender("wgpu hub", "hub", consumers),
+            Contender(f"Dramatiq ({consumers} x 1 thread)", "dramatiq", consumers),
+            Contender(f"taskiq RedisStreamBroker ({consumers} x 1 task)", "taskiq", consumers),
+            Contender("arq defaults", "arq", consumers),
+            Contender("arq, polling 10 ms", "arq-tuned", consumers),
+            Contender("rq SimpleWorker", "rq", consumers),
+        ]
+    processes = 4
+    split = consumers // processes
+    return [
+        Contender(f"wgpu hub ({processes} x {split} workers)", "hub", processes, split),
+        Contender(f"Dramatiq ({processes} x {split} threads)", "dramatiq", processes, split),
+        Contender(f"taskiq ({processes} x {split} tasks)", "taskiq", processes, split),
+    ]
+
+
+async def run_contender(
+    contender: Contender,
+    redis_url: str,
+    count: int,
+    latency_s: float,
+    log_dir: Path,
+    profile: Path | None = None,
+    worker_args: tuple[str, ...] = (),
+) -> DispatchResult:
+    if contender.kind != "hub":
+        system = AnchorSystem(
+            contender.kind,
+            redis_url,
+            contender.processes,
+            log_dir,
+            contender.per_process,
+            contender.name,
+        )
+        return await run_anchor(system, count, latency_s)
+    return await run_hub_dispatch(
+        redis_url,
+        contender.consumers,
+        count,
+        latency_s,
+        log_dir,
+        profile,
+        worker_args,
+        contender.name,
+        contender.processes,
+    )
+
+
+Runs = dict[str, list[DispatchResult]]
+
+
 def run(
     quick: bool,
-    workers: int = 4,
+    consumers: Sequence[int] = (4, 32),
     anchors: bool = True,
     profile: str = "",
     what_if: bool = False,
-) -> tuple[list[Table], list[DispatchResult]]:
-    count = 1000 if quick else 10_000
-    latency_s = 3.0 if quick else 8.0
-    results = []
+    repeats: int = 3,
+) -> tuple[list[Table], dict[int, Runs]]:
+    """Every contender at each concurrency, `repeats` rounds with the systems alternated
+    within each round, so that load from elsewhere on the machine falls on all of them."""
+    count = 1000 if quick else 3000
+    latency_s = 2.0 if quick else 4.0
+    by_level: dict[int, Runs] = {}
+    profile_path = RESULTS_DIR / f"hub-profile.{profile}" if profile else None
+    if profile_path:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with procs.scratch_dir() as tmp, procs.local_redis(tmp / "redis") as server:
-        print("dispatch: wgpu hub ...", flush=True)
-        profile_path = RESULTS_DIR / f"hub-profile.{profile}" if profile else None
-        if profile_path:
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         logs = tmp / "logs"
-        results.append(
-            asyncio.run(run_hub_dispatch(server.url, workers, count, latency_s, logs, profile_path))
-        )
-        if results[0].error:
-            print(f"  hub failed: {results[0].error}", flush=True)
-            hub_log = logs / "hub.log"
-            print(hub_log.read_text()[-3000:] if hub_log.exists() else "", flush=True)
-        for name, flags in WHAT_IFS.items() if what_if else ():
-            print(f"dispatch: {name} ...", flush=True)
-            results.append(
-                asyncio.run(
-                    run_hub_dispatch(server.url, workers, count, latency_s, logs, None, flags, name)
-                )
-            )
-        for name in ANCHORS if anchors else ():
-            print(f"dispatch: {name} ...", flush=True)
-            results.append(
-                asyncio.run(run_anchor(name, server.url, workers, count, latency_s, logs))
-            )
-    return [dispatch_table(results), cpu_table(results)], results
+        for level in consumers:
+            field = contenders(level) if anchors else contenders(level)[:1]
+            if what_if and level == consumers[0]:
+                field += [Contender(name, "hub", level) for name in WHAT_IFS]
+            runs: Runs = {c.name: [] for c in field}
+            for rep in range(repeats):
+                for contender in field:
+                    print(f"dispatch: {contender.name} ({rep + 1}/{repeats}) ...", flush=True)
+                    result = asyncio.run(
+                        run_contender(
+                            contender,
+                            server.url,
+                            count,
+                            latency_s,
+                            logs,
+                            profile_path if rep == 0 and contender.kind == "hub" else None,
+                            WHAT_IFS.get(contender.name, ()),
+                        )
+                    )
+                    if result.error:
+                        print(f"  {contender.name} failed: {result.error}", flush=True)
+                    runs[contender.name].append(result)
+                    if contender.kind == "hub" and profile_path:
+                        profile_path = None  # one profile: the first hub run
+            by_level[level] = runs
+    tables = []
+    for level, runs in by_level.items():
+        tables += [dispatch_table(runs, level), cpu_table(runs, level)]
+    return tables, by_level
 
 
 def add_profile_option(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -104,7 +192,10 @@ def add_profile_option(parser: argparse.ArgumentParser, help_text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--consumers", default="4,32", help="comma-separated concurrencies (default 4,32)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="alternated rounds per system")
     parser.add_argument("--no-anchors", action="store_true")
     parser.add_argument(
         "--what-if",
@@ -115,7 +206,10 @@ def main() -> None:
         parser, "profile the hub: html = pyinstrument, prof = cProfile (call counts)"
     )
     args = parser.parse_args()
-    tables, results = run(args.quick, args.workers, not args.no_anchors, args.profile, args.what_if)
+    levels = [int(n) for n in args.consumers.split(",") if n.strip()]
+    tables, results = run(
+        args.quick, levels, not args.no_anchors, args.profile, args.what_if, args.repeats
+    )
     emit("dispatch", tables, {"dispatch": results})
 
 

@@ -111,8 +111,11 @@ class HubSystem:
         log_dir: Path,
         connections: int = 64,
         worker_args: tuple[str, ...] = (),
+        processes: int = 0,
     ) -> None:
         self.hub = hub
+        # Worker connections spread over this many processes (0: one process per worker).
+        self.processes = processes or workers
         self.redis_url = redis_url
         self.workers = workers
         self.log_dir = log_dir
@@ -129,14 +132,17 @@ class HubSystem:
         return self._session
 
     async def start_workers(self) -> None:
-        for i in range(self.workers):
+        per_process = -(-self.workers // self.processes)
+        for i, first in enumerate(range(0, self.workers, per_process)):
             args = [
                 "--hub",
                 self.hub.url,
                 "--machine",
                 "bench",
+                "--count",
+                str(min(per_process, self.workers - first)),
                 "--first-index",
-                str(i),
+                str(first),
                 "--record-redis",
                 self.redis_url,
                 *self.worker_args,

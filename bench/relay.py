@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -63,9 +67,13 @@ async def direct_once(session: aiohttp.ClientSession, sim_url: str) -> float:
     raise RuntimeError("simulator socket closed before the prompt finished")
 
 
-async def hub_once(session: aiohttp.ClientSession, hub_url: str) -> float:
+async def hub_once(
+    session: aiohttp.ClientSession, hub_url: str, workflow: dict[str, Any] | None = None
+) -> float:
+    """Submit `workflow` (default: WORKFLOW) and follow its SSE stream to `done`: seconds."""
     t0 = time.perf_counter()
-    async with session.post(hub_url + "/jobs", json={"workflow": WORKFLOW}) as resp:
+    body = {"workflow": workflow or WORKFLOW}
+    async with session.post(hub_url + "/jobs", json=body) as resp:
         job = await resp.json()
         if resp.status != 201:
             raise RuntimeError(f"hub refused the job: {job}")
@@ -97,30 +105,33 @@ async def measure(hub_url: str, sim_url: str, samples: int) -> dict[str, Any]:
     return {"direct": direct, "via_hub": via_hub}
 
 
-def run(quick: bool, samples: int | None = None) -> tuple[list[Table], dict[str, Any]]:
-    n = samples or (30 if quick else 150)
-    table = Table(
-        "Relay overhead: one job, hub + worker + simulator vs straight to the simulator",
-        ["path", "p50 ms", "p99 ms", "samples"],
-    )
-    raw: dict[str, Any] = {}
-    with procs.scratch_dir() as tmp, procs.local_redis(tmp / "redis") as server:
+@dataclass
+class RelayStack:
+    """Redis, the hub, one real worker (comfy_worker) and the simulator, each its own process."""
+
+    redis_url: str
+    redis_pid: int
+    hub: HubProcess
+    sim_url: str
+    sim: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def relay_stack(
+    tmp: Path, sim_args: tuple[str, ...] = (), worker_settings: dict[str, str] | None = None
+) -> Iterator[RelayStack]:
+    """The whole relay path on loopback; on failure the parts' logs are printed."""
+    with procs.local_redis(tmp / "redis") as server:
         sim_port = free_port()
         sim: subprocess.Popen[bytes] | None = None
         worker: subprocess.Popen[bytes] | None = None
         hub = HubProcess(server.url, tmp / "logs", outputs_dir=str(tmp / "outputs"))
+        client = redis.Redis.from_url(server.url)
         try:
+            sim_cmd = ("--port", str(sim_port), "--host", "127.0.0.1", "--node-time", "0")
             sim = procs.spawn(
-                procs.module_cmd(
-                    "comfyui_sim",
-                    "--port",
-                    str(sim_port),
-                    "--host",
-                    "127.0.0.1",
-                    "--node-time",
-                    "0",
-                ),
-                tmp / "logs" / "sim.log",
+                procs.module_cmd("comfyui_sim", *sim_cmd, *sim_args), tmp / "logs" / "sim.log"
             )
             sim_url = f"http://127.0.0.1:{sim_port}"
             procs.wait_http(sim_url + "/system_stats", 30, sim)
@@ -134,23 +145,41 @@ def run(quick: bool, samples: int | None = None) -> tuple[list[Table], dict[str,
                 "NUM_GPUS": "1",
                 "LOG_LEVEL": "WARNING",
                 "HEALTH_FILE": str(tmp / "health.json"),
+                **(worker_settings or {}),
             }
             worker = procs.spawn(
                 procs.module_cmd("comfy_worker"), tmp / "logs" / "worker.log", worker_env
             )
-            raw = asyncio.run(measure(hub.url, sim_url, n))
-        except Exception as exc:
+            redis_pid = int(client.info("server")["process_id"])
+            yield RelayStack(server.url, redis_pid, hub, sim_url, sim, worker)
+        except Exception:
             logs = "\n".join(
                 f"--- {p.name}\n{p.read_text()[-1500:]}"
                 for p in sorted((tmp / "logs").glob("*.log"))
             )
-            table.notes.append(f"failed: {type(exc).__name__}: {exc}")
             print(logs, flush=True)
+            raise
         finally:
             procs.stop(worker)
             hub.stop()
             procs.stop(sim)
-            redis.Redis.from_url(server.url).flushdb()
+            client.flushdb()
+            client.close()
+
+
+def run(quick: bool, samples: int | None = None) -> tuple[list[Table], dict[str, Any]]:
+    n = samples or (30 if quick else 150)
+    table = Table(
+        "Relay overhead: one job, hub + worker + simulator vs straight to the simulator",
+        ["path", "p50 ms", "p99 ms", "samples"],
+    )
+    raw: dict[str, Any] = {}
+    with procs.scratch_dir() as tmp:
+        try:
+            with relay_stack(tmp) as stack:
+                raw = asyncio.run(measure(stack.hub.url, stack.sim_url, n))
+        except Exception as exc:
+            table.notes.append(f"failed: {type(exc).__name__}: {exc}")
     if raw:
         d, h = latency_summary_ms(raw["direct"]), latency_summary_ms(raw["via_hub"])
         table.add("straight to the simulator", d["p50_ms"], d["p99_ms"], n)

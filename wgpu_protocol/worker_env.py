@@ -38,6 +38,7 @@ MAX_OUTPUT_BYTES = "MAX_OUTPUT_BYTES"
 # The worker tree it runs from (`--worker-src`): `git describe` of it, which the worker cannot
 # run itself (read-only mount, no git), prefixed to its version in `hello`.
 SRC_DESCRIBE = "WORKER_SRC_DESCRIBE"
+PROGRESS_INTERVAL_S = "WORKER_PROGRESS_INTERVAL_S"  # at most one progress message this often
 
 DEFAULT_HUB_HOST = "127.0.0.1"
 DEFAULT_HUB_PORT = HUB_PORT
@@ -54,6 +55,7 @@ DEFAULT_COMFYUI_CHECK_S = 1.0
 DEFAULT_COMFYUI_LOST_S = 3.0
 DEFAULT_RECONNECT_MAX_S = 5.0
 DEFAULT_ACK_TIMEOUT_S = 30.0
+DEFAULT_PROGRESS_INTERVAL_S = 0.05  # ~20 a second
 
 
 def worker_environment(

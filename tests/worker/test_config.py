@@ -63,6 +63,7 @@ def test_explicit_values_win() -> None:
             "COMFYUI_CMD": "python main.py --port $EXECUTION_SERVICE_PORT",
             "WORKER_GRACE_S": "2.5",
             "WORKER_WATCHDOG_S": "0.5",
+            "WORKER_PROGRESS_INTERVAL_S": "0.2",
         }
     )
     assert config.hub_ws_url == "ws://hub.internal:9001/ws/worker/m-gpu1"
@@ -71,6 +72,7 @@ def test_explicit_values_win() -> None:
     assert config.log_level == "DEBUG"
     assert config.comfyui_cmd == "python main.py --port $EXECUTION_SERVICE_PORT"
     assert (config.grace_s, config.watchdog_s) == (2.5, 0.5)
+    assert config.progress_interval_s == 0.2
 
 
 @pytest.mark.parametrize(
@@ -97,6 +99,7 @@ def test_hub_url_overrides_host_and_port(url: str, expected: str) -> None:
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"HUB_URL": "hub:8001"}, "HUB_URL"),
         ({"WORKER_GRACE_S": "-3"}, "WORKER_GRACE_S"),
+        ({"WORKER_PROGRESS_INTERVAL_S": "0"}, "WORKER_PROGRESS_INTERVAL_S"),
         ({"MACHINE_ID": "a b/c"}, "MACHINE_ID"),
     ],
 )

@@ -56,7 +56,7 @@ class WorkerConfig:
     reconnect_max_s: float = names.DEFAULT_RECONNECT_MAX_S  # cap of the hub reconnect backoff
     # no ack of a result this long: reconnect and resend
     ack_timeout_s: float = names.DEFAULT_ACK_TIMEOUT_S
-    progress_interval_s: float = 0.05  # at most ~20 progress messages a second
+    progress_interval_s: float = names.DEFAULT_PROGRESS_INTERVAL_S
     heartbeat_s: float = 5.0  # used until the hub's welcome says otherwise
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES  # MAX_OUTPUT_BYTES: larger outputs fail
 
@@ -107,6 +107,9 @@ class WorkerConfig:
             "ack_timeout_s": reader.seconds(names.ACK_TIMEOUT_S, names.DEFAULT_ACK_TIMEOUT_S),
             "max_output_bytes": reader.integer(
                 names.MAX_OUTPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, minimum=1
+            ),
+            "progress_interval_s": reader.seconds(
+                names.PROGRESS_INTERVAL_S, names.DEFAULT_PROGRESS_INTERVAL_S
             ),
         }
         if gpu_id >= num_gpus and names.NUM_GPUS in env:

@@ -1,0 +1,226 @@
+"""What one real job costs: 30 progress updates (a sampler's steps, 2 ms each) and two 1.5 MB
+outputs, through the hub, one real worker (comfy_worker) and the simulator (no other compute
+time; --node-time 0), against
+the smallest job through the same path (one node, one 64x64 PNG). A client follows every job on
+its SSE stream, as one watching a job does.
+
+`python -m bench.real_job [--quick] [--jobs N] [--rounds R]`
+
+Per job, from deltas over a batch of jobs run one at a time (one GPU's worth): Redis' own
+accounting (INFO commandstats: µs inside commands, and calls), the Redis process' CPU
+(commands plus networking), bytes the clients wrote to Redis (INFO stats
+total_net_input_bytes), and the hub's, worker's and simulator's CPU. "GPUs one Redis core can
+serve" is 10 s of GPU time per job divided by the Redis process' CPU per job: the fleet size at
+which Redis, shared by every hub replica, is the bound. The two kinds alternate, R rounds each;
+tables give the median with min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import redis
+
+from bench import procs
+from bench.hub_system import wait_workers
+from bench.relay import WORKFLOW as MINIMAL_WORKFLOW
+from bench.relay import RelayStack, hub_once, relay_stack
+from bench.report import Table, emit
+from bench.stats import percentile
+from wgpu_protocol.worker_env import PROGRESS_INTERVAL_S
+
+PROGRESS_STEPS = 30
+STEP_S = 0.002  # a step's length: long enough that every step is its own progress event
+OUTPUT_BYTES = 1_572_864  # 1.5 MiB each, two of them
+GPU_SECONDS_PER_JOB = 10.0
+
+
+def realistic_workflow(seed: int) -> dict[str, Any]:
+    """A sampler's 30 steps (WgpuSimSleep reports each as a progress event, in no time) and
+    two 1.5 MB output files. `seed` keeps ComfyUI's cache from answering for it."""
+    return {
+        "1": {
+            "class_type": "WgpuSimSleep",
+            "inputs": {"seconds": STEP_S * PROGRESS_STEPS, "steps": PROGRESS_STEPS},
+        },
+        "2": {
+            "class_type": "WgpuSimBlob",
+            "inputs": {
+                "size_bytes": OUTPUT_BYTES,
+                "filename_prefix": f"bench/a{seed}",
+                "extension": "png",
+            },
+        },
+        "3": {
+            "class_type": "WgpuSimBlob",
+            "inputs": {
+                "size_bytes": OUTPUT_BYTES,
+                "filename_prefix": f"bench/b{seed}",
+                "extension": "png",
+            },
+        },
+    }
+
+
+KINDS = {
+    "minimal job (1 node, one 64x64 PNG)": lambda _seed: MINIMAL_WORKFLOW,
+    f"realistic job ({PROGRESS_STEPS} progress steps, 2 x 1.5 MB outputs)": realistic_workflow,
+}
+
+
+def _redis_counters(client: redis.Redis[bytes]) -> dict[str, float]:
+    stats: Mapping[str, Any] = client.info("commandstats")
+    net: Mapping[str, Any] = client.info("stats")
+    return {
+        "usec": float(sum(s["usec"] for s in stats.values())),
+        "calls": float(sum(s["calls"] for s in stats.values())),
+        "bytes_in": float(net["total_net_input_bytes"]),
+    }
+
+
+def _commands(client: redis.Redis[bytes]) -> dict[str, float]:
+    stats: Mapping[str, Any] = client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): float(v["calls"]) for k, v in stats.items()}
+
+
+def _cpu(stack: RelayStack) -> dict[str, float]:
+    pids = {
+        "redis": stack.redis_pid,
+        "hub": stack.hub.pid,
+        "worker": stack.worker.pid,
+        "simulator": stack.sim.pid,
+    }
+    return {name: procs.cpu_seconds(pid) for name, pid in pids.items()}
+
+
+async def batch(stack: RelayStack, kind: str, jobs: int, first_seed: int) -> dict[str, Any]:
+    """`jobs` jobs of `kind` one after another; the per-job cost over the batch."""
+    client = redis.Redis.from_url(stack.redis_url)
+    make = KINDS[kind]
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_workers(session, stack.hub.url, 1, 60)
+            await hub_once(session, stack.hub.url, make(first_seed - 1))  # warm, not counted
+            before_redis, before_cpu = _redis_counters(client), _cpu(stack)
+            before_cmds = _commands(client)
+            latencies = []
+            for i in range(jobs):
+                latencies.append(await hub_once(session, stack.hub.url, make(first_seed + i)))
+            after_redis, after_cpu = _redis_counters(client), _cpu(stack)
+            after_cmds = _commands(client)
+    finally:
+        client.close()
+    per_job = {k: (after_redis[k] - before_redis[k]) / jobs for k in after_redis}
+    cpu_us = {k: (after_cpu[k] - before_cpu[k]) / jobs * 1e6 for k in after_cpu}
+    commands = {
+        k: (v - before_cmds.get(k, 0.0)) / jobs
+        for k, v in after_cmds.items()
+        if v - before_cmds.get(k, 0.0) > 0
+    }
+    return {
+        "redis_usec": per_job["usec"],
+        "redis_calls": per_job["calls"],
+        "redis_bytes_in": per_job["bytes_in"],
+        "redis_cpu_us": cpu_us["redis"],
+        "hub_cpu_us": cpu_us["hub"],
+        "worker_cpu_us": cpu_us["worker"],
+        "sim_cpu_us": cpu_us["simulator"],
+        "latency_p50_ms": percentile(latencies, 50) * 1000,
+        "commands": dict(sorted(commands.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> tuple[float, float, float]:
+    values = [float(r[key]) for r in runs]
+    return percentile(values, 50), min(values), max(values)
+
+
+def run(
+    quick: bool, jobs: int | None = None, rounds: int | None = None
+) -> tuple[list[Table], dict[str, Any]]:
+    jobs = jobs or (30 if quick else 100)
+    rounds = rounds or 3
+    results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    table = Table(
+        "Cost of one job: hub + real worker + simulator (no compute), a client on SSE",
+        [
+            "job",
+            "Redis µs (commandstats)",
+            "Redis cmds",
+            "Redis CPU µs",
+            "bytes to Redis",
+            "hub CPU µs",
+            "worker CPU µs",
+            "GPUs per Redis core @10 s/job",
+            "p50 ms",
+        ],
+    )
+    with procs.scratch_dir() as tmp:
+        try:
+            # Every step reaches the hub, as at a real sampler's pace (a step every ~0.3 s is
+            # above the worker's 50 ms progress throttle); with no compute time it would
+            # otherwise fold the 30 steps into one or two messages.
+            every_step = {PROGRESS_INTERVAL_S: "0.000001"}
+            sim_args = ("--cache-none",)
+            with relay_stack(tmp, sim_args, every_step) as stack:
+                seed = 1
+                for _ in range(rounds):  # alternated, so drift falls on both kinds
+                    for kind in KINDS:
+                        results[kind].append(asyncio.run(batch(stack, kind, jobs, seed)))
+                        seed += jobs + 1
+        except Exception as exc:
+            table.notes.append(f"failed: {type(exc).__name__}: {exc}")
+    for kind, runs in results.items():
+        if not runs:
+            continue
+
+        def cell(key: str, runs: list[dict[str, Any]] = runs) -> str:
+            mid, lo, hi = _median(runs, key)
+            return f"{mid:,.0f} ({lo:,.0f}-{hi:,.0f})"
+
+        redis_cpu = _median(runs, "redis_cpu_us")[0]
+        capacity = GPU_SECONDS_PER_JOB / (redis_cpu / 1e6) if redis_cpu > 0 else float("nan")
+        table.add(
+            kind,
+            cell("redis_usec"),
+            f"{_median(runs, 'redis_calls')[0]:.1f}",
+            cell("redis_cpu_us"),
+            cell("redis_bytes_in"),
+            cell("hub_cpu_us"),
+            cell("worker_cpu_us"),
+            capacity,
+            _median(runs, "latency_p50_ms")[0],
+        )
+    kinds = list(KINDS)
+    if all(results[k] for k in kinds):
+        minimal, realistic = (_median(results[k], "redis_usec")[0] for k in kinds)
+        table.notes.append(
+            f"realistic / minimal Redis µs per job: {realistic / minimal:.2f}x (goal <= 2x)"
+        )
+    table.notes += [
+        f"median (min-max) of {rounds} alternated batches of {jobs} jobs, one at a time",
+        f"process CPU comes from /proc in {1e6 / procs.CLOCK_TICKS:,.0f} µs ticks:"
+        f" +- {1e6 / procs.CLOCK_TICKS / jobs:,.0f} µs per job",
+        "the client's SSE stream is part of each job's cost (it is what a watching client costs)",
+        f"load average at the end: {os.getloadavg()[0]:.2f}",
+    ]
+    return [table], {"jobs_per_batch": jobs, "rounds": rounds, "runs": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--jobs", type=int)
+    parser.add_argument("--rounds", type=int)
+    args = parser.parse_args()
+    tables, raw = run(args.quick, args.jobs, args.rounds)
+    emit("real_job", tables, raw)
+
+
+if __name__ == "__main__":
+    main()
