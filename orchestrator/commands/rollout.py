@@ -121,7 +121,7 @@ def resume(
     machine_id: MachineIdOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Put drained GPUs' workers back in service."""
+    """Put GPUs' workers back in service: ends a drain and a quarantine."""
     from orchestrator.hub_client.client import HubClient
 
     hub = HubClient(hub_url, api_key=api_key)
@@ -134,8 +134,13 @@ def resume(
         typer.echo(json.dumps({"workers": answers}))
         return
     for answer in answers:
-        was = "resumed" if answer.get("was_drained") else "was not drained"
-        out.print(f"{answer['worker_id']}: {was}")
+        ended = [
+            word
+            for word, key in (("drain", "was_drained"), ("quarantine", "was_quarantined"))
+            if answer.get(key)
+        ]
+        what = f"resumed (ended its {' and '.join(ended)})" if ended else "was in service"
+        out.print(f"{answer['worker_id']}: {what}")
 
 
 def progress_table(updates: list[SlotUpdate]) -> Table:

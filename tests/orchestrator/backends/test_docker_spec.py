@@ -14,6 +14,7 @@ from orchestrator.backends.base import (
     HubAddress,
     WorkerSettings,
     plan_slots,
+    slot_plan_from_json,
 )
 from orchestrator.backends.docker_backend import DockerBackend
 from orchestrator.gpus.nvml import GpuDevice
@@ -58,7 +59,14 @@ def test_each_slot_is_pinned_to_its_own_gpu_with_its_env_and_labels(gpus: str) -
             assert request["Driver"] == "nvidia" and request["Capabilities"] == [["gpu"]]
             assert request["DeviceIDs"] == [device.uuid]  # by UUID: stable across reboots
             pinned.append((service.role, request["DeviceIDs"][0]))
-            assert spec["labels"] == {
+            labels = dict(spec["labels"])
+            # A worker also carries the plan its slot was started with (what `wgpu update`
+            # changes one thing of).
+            kept = labels.pop("wgpu.slot_plan", None)
+            assert (kept is not None) == (service.role == ROLE_WORKER)
+            if kept is not None:
+                assert slot_plan_from_json(kept) == plan
+            assert labels == {
                 "wgpu.managed": "true",
                 "wgpu.role": service.role,
                 "wgpu.machine_id": "box7",
