@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 import uuid
+from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp.http_exceptions
 from aiohttp import web
 
 from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
 
+from .auth import ApiKey
 from .errors import BadRequest, StoreUnavailable
+from .event_fanout import SubscriberDropped, Subscription
 from .jobs import job_view, parse_body, parse_submit
-from .runtime import HUB_KEY, Hub
+from .runtime import CALLER, HUB_KEY, Hub
 from .snapshots import recent_jobs, waiting_reasons, worker_views
+from .store import StreamEntry
 from .version import hub_version
 
-SSE_BLOCK_MS = 5000  # below the Redis socket timeout
-SSE_QUEUED_BLOCK_MS = 1000
+SSE_QUEUED_BLOCK_MS = 1000  # while queued, why it waits is looked at again this often
 QUEUED_EVENT = '{"status":"queued"}'
 QUEUED_EVENT_ID = "0-1"
-_EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_EVENT_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+LIST_OVERSCAN = 10
+MAX_LIST_SCAN = 10_000
 
 
 CLOSE_AFTER = web.RequestKey("close_after", bool)  # the connection cannot be reused
@@ -40,9 +49,14 @@ async def read_body(request: web.Request) -> bytes:
     """The body, bounded by client_max_size (413 above it); a body that cannot be decoded
     (a broken Content-Encoding) is a bad request, not an error of the hub."""
     try:
-        return await request.read()
+        async with asyncio.timeout(request.app[HUB_KEY].config.read_timeout_s):
+            return await request.read()
     except web.HTTPException:
         raise
+    except TimeoutError:
+        request.content.feed_eof()
+        request[CLOSE_AFTER] = True
+        raise BadRequest("the body did not arrive within READ_TIMEOUT_S", "body") from None
     except (web.RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
         # Nothing more of this body can be read: end it, so that the server does not try to
         # drain the rest after the answer, and close the connection after the 400.
@@ -74,14 +88,51 @@ async def job_id_of(request: web.Request) -> str:
     return found[0]
 
 
+def caller(request: web.Request) -> ApiKey | None:
+    """The API key of this request; None when auth is off (then everything is visible)."""
+    return request.get(CALLER)
+
+
+def _owner(request: web.Request) -> str:
+    key = caller(request)
+    return key.name if key is not None else ""
+
+
+def _visible(request: web.Request, fields: dict[str, str] | None) -> dict[str, str] | None:
+    """The job if this caller may see it; another key's job is reported as not found."""
+    key = caller(request)
+    if fields is None or key is None or key.may_see(fields.get("owner") or None):
+        return fields
+    return None
+
+
+async def _job_id(request: web.Request) -> str:
+    """The route's job id, checked before it reaches Redis (a lone surrogate there would fail
+    a whole batch), then resolved as job_id_of does."""
+    if not _JOB_ID.fullmatch(request.match_info["job_id"]):
+        raise web.HTTPNotFound(reason="no such job (job ids are 1-200 of [A-Za-z0-9_.:-])")
+    return await job_id_of(request)
+
+
+def _not_found(job_id: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(reason=f"no job {job_id!r}")
+
+
 async def submit(request: web.Request) -> web.Response:
     hub = _hub(request)
+    owner = _owner(request)
+    hub.limiter.check(owner)
     spec = parse_submit(parse_body(await read_body(request)), hub.config)
-    result = await hub.store.enqueue(uuid.uuid4().hex, spec)
+    idempotency_key = spec.idempotency_key
+    if owner:
+        # Idempotency keys are per API key: one key cannot find another's job by guessing.
+        scoped = f"{owner}:{idempotency_key}" if idempotency_key else ""
+        spec = replace(spec, owner=owner, idempotency_key=scoped)
+    result = await hub.store.enqueue(uuid.uuid4().hex, spec, hub.queue_limits)
     if spec.webhook_events and result.created:
         await hub.store.set_webhook_events(result.job_id, spec.webhook_events)
     if not result.created:
-        fields = await hub.store.get_job(result.job_id)
+        fields = _visible(request, await hub.store.get_job(result.job_id))
         if fields is None:  # expired between the two calls
             raise web.HTTPServiceUnavailable(reason="the job expired meanwhile; submit again")
         return _json(job_view(fields), 200)
@@ -95,7 +146,7 @@ async def submit(request: web.Request) -> web.Response:
         "attempts": "0",
         "created_ms": str(result.created_ms),
         "constraints": json.dumps(spec.constraints) if spec.constraints else "",
-        "idempotency_key": spec.idempotency_key,
+        "idempotency_key": idempotency_key,
         "webhook_url": spec.webhook_url,
         "wh_events": ",".join(spec.webhook_events),
         "requires": json.dumps(spec.requires) if spec.requires else "",
@@ -112,10 +163,10 @@ async def _reasons(hub: Hub, rows: list[dict[str, str]]) -> dict[str, str]:
 
 async def get_job(request: web.Request) -> web.Response:
     hub = _hub(request)
-    job_id = await job_id_of(request)
-    fields = await hub.store.get_job_with_workflow(job_id)
+    job_id = await _job_id(request)
+    fields = _visible(request, await hub.store.get_job_with_workflow(job_id))
     if fields is None:
-        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
+        raise _not_found(job_id)
     reasons = await _reasons(hub, [fields])
     return _json(job_view(fields, True, reasons.get(fields.get("pool", ""))))
 
@@ -123,23 +174,31 @@ async def get_job(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in JOB_STATES:
-        raise BadRequest(f"status must be one of {', '.join(JOB_STATES)}")
+        raise BadRequest(f"status must be one of {', '.join(JOB_STATES)}", "status")
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
-        raise BadRequest("limit must be an integer") from None
+        raise BadRequest("limit must be an integer", "limit") from None
     if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be from 1 to 1000")
+        raise BadRequest("limit must be from 1 to 1000", "limit")
     hub = _hub(request)
-    return _json({"jobs": await recent_jobs(hub.store, hub.config, status, limit)})
+    key = caller(request)
+    if key is None or key.admin:
+        return _json({"jobs": await recent_jobs(hub.store, hub.config, status, limit)})
+    # Jobs are indexed by state, not by key: look further and keep this key's own.
+    scan = min(limit * LIST_OVERSCAN, MAX_LIST_SCAN)
+    views = await recent_jobs(hub.store, hub.config, status, scan)
+    return _json({"jobs": [v for v in views if key.may_see(v["owner"])][:limit]})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    job_id = await job_id_of(request)
+    job_id = await _job_id(request)
     store = _hub(request).store
+    if caller(request) is not None and _visible(request, await store.get_job(job_id)) is None:
+        raise _not_found(job_id)
     result = await store.cancel(job_id, _hub(request).config.ttl_ms)
     if result.outcome == "unknown_job":
-        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
+        raise _not_found(job_id)
     fields = await store.get_job(job_id)
     view = job_view(fields) if fields else None
     if result.outcome in TERMINAL_STATES:
@@ -155,15 +214,14 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def get_output(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
-    job_id, name = await job_id_of(request), request.match_info["name"]
-    fields = await hub.store.get_job(job_id)
+    job_id, name = await _job_id(request), request.match_info["name"]
+    fields = _visible(request, await hub.store.get_job(job_id))
     if fields is None:
-        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
+        raise _not_found(job_id)
     outputs = json.loads(fields.get("outputs") or "[]")
     match = next((o for o in outputs if o.get("name") == name), None)
     if match is None:
         raise web.HTTPNotFound(reason=f"job {job_id} has no output {name!r}")
-    content_type = str(match.get("content_type") or "application/octet-stream")
     chunks = hub.storage.read_chunks(job_id, name)
     try:
         first = await anext(chunks)
@@ -174,7 +232,7 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     except StopAsyncIteration:
         first = b""
     # Streamed in chunks: memory stays bounded whatever the output's size.
-    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response = web.StreamResponse(headers=output_headers(name, match.get("content_type")))
     size = match.get("size")
     if isinstance(size, int):
         response.content_length = size
@@ -191,65 +249,152 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def job_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events of one job; resumes after `Last-Event-ID`; ends after `done`."""
-    hub = _hub(request)
-    job_id = await job_id_of(request)
-    if await hub.store.get_job(job_id) is None:
-        raise web.HTTPNotFound(reason=f"no job {job_id!r}")
+# Served as themselves; anything else (text/html above all: it would run in the hub's origin)
+# is served as application/octet-stream.
+SERVED_TYPES = re.compile(
+    r"(image/(png|jpeg|webp|gif|avif|bmp|tiff)|video/(mp4|webm|quicktime|x-matroska)"
+    r"|audio/(mpeg|wav|x-wav|ogg|flac|webm|mp4)|model/(gltf-binary|gltf\+json|obj|stl)"
+    r"|application/(octet-stream|json|x-safetensors|zip))"
+)
+
+
+def output_headers(name: str, content_type: Any) -> dict[str, str]:
+    served = str(content_type or "")
+    if not SERVED_TYPES.fullmatch(served):
+        served = "application/octet-stream"
+    return {
+        "Content-Type": served,
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+
+
+def _last_event_id(request: web.Request) -> str:
+    """The validated resume point (400 before any of the stream is sent)."""
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
-    if not _EVENT_ID.match(last):
-        raise BadRequest("Last-Event-ID must be a stream id like 1700000000000-0")
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
-    events = await hub.store.read_events(job_id, last, None)
-    reason = await _queued_reason(hub, job_id)
-    try:
-        if last == "0":
-            # Every job was queued first; that event is not stored (see lua/enqueue.lua). Its
-            # id sorts before any stored one, so a client resuming from it misses nothing.
-            opening = QUEUED_EVENT if not reason else _queued_event(reason)
-            await response.write(
-                f"event: status\ndata: {opening}\nid: {QUEUED_EVENT_ID}\n\n".encode()
-            )
-            last = QUEUED_EVENT_ID
-        while True:
-            for event_id, kind, data in events:
-                if kind == "done":
-                    fields = await hub.store.get_job(job_id)
-                    if fields is not None:
-                        data = json.dumps(job_view(fields))
-                await response.write(f"event: {kind}\ndata: {data}\nid: {event_id}\n\n".encode())
-                last = event_id
-                if kind == "done":
-                    return response
-            # While the job is queued, look again every second for a change of why it waits.
-            block = SSE_QUEUED_BLOCK_MS if reason is not None else SSE_BLOCK_MS
-            events = await hub.store.read_events(job_id, last, block)
-            if not events:
-                if await hub.store.get_job(job_id) is None:
-                    return response  # expired: nothing more will come
-                now_reason = await _queued_reason(hub, job_id)
-                if now_reason is not None and now_reason != reason:
-                    # Not stored in the stream: it describes the queue, not the job's history.
-                    await response.write(
-                        f"event: status\ndata: {_queued_event(now_reason)}\n\n".encode()
-                    )
-                else:
-                    await response.write(b": keep-alive\n\n")
-                reason = now_reason
-    except (ConnectionResetError, ConnectionError):
-        return response  # the client went away
-    except StoreUnavailable as exc:
-        # Headers are sent: end the stream; the client resumes with Last-Event-ID.
-        hub.redis_failed(exc)
-        return response
+    match = _EVENT_ID.fullmatch(last)
+    if match is None or any(int(part) >= 2**64 for part in match.groups(default="0")):
+        raise BadRequest(
+            "Last-Event-ID must be a stream id like 1700000000000-0 (two integers below 2**64)",
+            "Last-Event-ID",
+        )
+    return last
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events of one job; resumes after `Last-Event-ID`; ends after `done`.
+
+    Waiting is done by the hub's one event reader (event_fanout.py), never by a pooled Redis
+    connection per stream; the handler ends when its client goes away."""
+    hub = _hub(request)
+    job_id = await _job_id(request)
+    last = _last_event_id(request)
+    if _visible(request, await hub.store.get_job(job_id)) is None:
+        raise _not_found(job_id)
+    key = hub.store.events_key(job_id)
+    start = QUEUED_EVENT_ID if last == "0" else last
+    async with hub.events.subscribe(key, start) as sub:
+        # Subscribed first, then what is stored already: nothing falls in between. Read before
+        # the 200, so that a Redis error is still a 503.
+        backlog = await hub.store.read_stream(key, start)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        sent = start
+        reason = await _queued_reason(hub, job_id)
+        try:
+            await response.prepare(request)
+            if last == "0":
+                # Every job was queued first; that event is not stored (see lua/enqueue.lua).
+                # Its id sorts before any stored one, so a client resuming from it misses nothing.
+                opening = QUEUED_EVENT if not reason else _queued_event(reason)
+                await _send(response, "status", opening, QUEUED_EVENT_ID)
+            batch: list[StreamEntry] | None = backlog
+            while batch is not None:
+                for entry in batch:
+                    if not _after(entry.id, sent):
+                        continue  # the reader and the backlog may both have it
+                    data = entry.data
+                    if entry.kind == "done":
+                        fields = await hub.store.get_job(job_id)
+                        if fields is not None:
+                            data = json.dumps(job_view(fields))
+                    await _send(response, entry.kind, data, entry.id)
+                    sent = entry.id
+                    if entry.kind == "done":
+                        return response
+                if _after(sent, sub.last_id):
+                    sub.last_id = sent
+                # While the job is queued, look again every second for a change of why it waits.
+                wait_s = SSE_QUEUED_BLOCK_MS / 1000 if reason is not None else SSE_KEEPALIVE_S
+                batch = await _next_batch(request, sub, wait_s)
+                if batch == []:
+                    if not await hub.store.job_exists(job_id):
+                        return response  # expired: nothing more will come
+                    now_reason = await _queued_reason(hub, job_id) if reason is not None else None
+                    if now_reason is not None and now_reason != reason:
+                        # Not stored in the stream: it describes the queue, not the job's history.
+                        await _write(
+                            response,
+                            f"event: status\ndata: {_queued_event(now_reason)}\n\n".encode(),
+                        )
+                    else:
+                        await _write(response, b": keep-alive\n\n")
+                    reason = now_reason
+                elif batch and reason is not None:
+                    reason = await _queued_reason(hub, job_id)
+            return response  # the client went away
+        except (ConnectionResetError, ConnectionError, TimeoutError, SubscriberDropped):
+            return response  # the client went away, or is too slow: it resumes later
+        except StoreUnavailable as exc:
+            # Headers are sent: end the stream; the client resumes with Last-Event-ID.
+            hub.redis_failed(exc)
+            return response
+
+
+SSE_KEEPALIVE_S = 15.0
+SSE_WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long is dropped
+DISCONNECT_CHECK_S = 1.0
+
+
+async def _next_batch(
+    request: web.Request, sub: Subscription, wait_s: float
+) -> list[StreamEntry] | None:
+    """The next events, [] after wait_s without any, None once the client is gone."""
+    waited = 0.0
+    while waited < wait_s:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return None
+        step = min(DISCONNECT_CHECK_S, wait_s - waited)
+        batch = await sub.next(step)
+        if batch:
+            return batch
+        waited += step
+    return []
+
+
+async def _send(response: web.StreamResponse, kind: str, data: str, event_id: str) -> None:
+    await _write(response, f"event: {kind}\ndata: {data}\nid: {event_id}\n\n".encode())
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    async with asyncio.timeout(SSE_WRITE_TIMEOUT_S):
+        await response.write(data)
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _after(candidate: str, last: str) -> bool:
+    return _id_key(candidate) > _id_key(last)
 
 
 def _queued_event(reason: str) -> str:
@@ -270,11 +415,16 @@ async def list_workers(request: web.Request) -> web.Response:
     return _json({"workers": [view for view, _owner in views]})
 
 
+HEALTH_TIMEOUT_S = 1.5  # /health answers within 2 s, even when Redis hangs
+OOM_RECENT_S = 5.0
+
+
 async def health(request: web.Request) -> web.Response:
     hub = _hub(request)
     try:
-        await hub.store.ping()
-    except Exception as exc:  # any failure to reach Redis means "not healthy"
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            used, limit = await hub.store.memory()
+    except (StoreUnavailable, TimeoutError) as exc:
         hub.redis_failed(exc)
         return _json(
             {
@@ -285,6 +435,20 @@ async def health(request: web.Request) -> web.Response:
             503,
         )
     hub.redis_ok()
+    oom_at = hub.redis_oom_at
+    if (limit and used >= limit) or (
+        oom_at is not None and time.monotonic() - oom_at < OOM_RECENT_S
+    ):
+        return _json(
+            {
+                "status": "degraded",
+                "redis": "out of memory",
+                "error": "redis out of memory: raise maxmemory or let workers drain the queue",
+                "redis_used_memory": used,
+                "redis_maxmemory": limit,
+            },
+            503,
+        )
     return _json(
         {
             "status": "ok",
@@ -292,6 +456,7 @@ async def health(request: web.Request) -> web.Response:
             "hub_id": hub.hub_id,
             "version": hub_version(),
             "workers_connected": len(hub.dispatcher.sessions),
+            "event_streams": hub.events.open_streams,
         }
     )
 

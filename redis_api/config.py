@@ -67,6 +67,20 @@ class HubConfig:
     # Custom-node loaders: `Class.input=folder;...` (wgpu_protocol.models.parse_loader_table).
     model_loaders: str = ""
     pool_idle_s: float = 60.0  # an empty pool is forgotten after this long
+    # -- exposure limits (docs/operations: running the hub exposed) ---------------------
+    # Keys with full access (see every key's jobs); same `name:secret` form as api_keys.
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_event_streams: int = 2000  # open SSE streams per hub; 429 beyond
+    max_queued_jobs: int = 100_000  # whole queue; 429 + Retry-After beyond
+    max_queued_bytes: int = 2048 * MIB  # workflow bytes queued, whole queue
+    max_queued_jobs_per_key: int = 0  # 0: only the global limit
+    max_queued_bytes_per_key: int = 0
+    rate_limit_per_key: float = 0.0  # submissions per second per key; 0: off
+    redis_timeout_s: float = 2.0  # request-path Redis timeout; no retry on timeout
+    read_timeout_s: float = 10.0  # whole request head (and body) must arrive within this
+    max_connections_per_ip: int = 512
+    max_pending_sockets: int = 64  # worker sockets that have not said hello yet
+    nofile_limit: int = 65536  # RLIMIT_NOFILE raised towards this at start
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
@@ -85,9 +99,9 @@ class HubConfig:
         unknown = set(values) - known
         if unknown:
             raise TypeError(f"unknown hub settings: {', '.join(sorted(unknown))}")
-        if isinstance(values.get("api_keys"), str):
-            values["api_keys"] = _keys(values["api_keys"])
         for name, parse in (
+            ("api_keys", _keys),
+            ("admin_api_keys", _keys),
             ("webhook_allowed_hosts", _keys),
             ("webhook_retry_schedule", _schedule),
             ("webhook_secrets", _named_secrets),
@@ -196,4 +210,16 @@ _ENV: dict[str, tuple[str, Any]] = {
     "pool_idle_s": ("POOL_IDLE_S", float),
     "live_interval_s": ("LIVE_INTERVAL_S", float),
     "max_live_feeds": ("MAX_LIVE_FEEDS", int),
+    "admin_api_keys": ("ADMIN_API_KEYS", _keys),
+    "max_event_streams": ("MAX_EVENT_STREAMS", int),
+    "max_queued_jobs": ("MAX_QUEUED_JOBS", int),
+    "max_queued_bytes": ("MAX_QUEUED_BYTES", int),
+    "max_queued_jobs_per_key": ("MAX_QUEUED_JOBS_PER_KEY", int),
+    "max_queued_bytes_per_key": ("MAX_QUEUED_BYTES_PER_KEY", int),
+    "rate_limit_per_key": ("RATE_LIMIT_PER_KEY", float),
+    "redis_timeout_s": ("REDIS_TIMEOUT_S", float),
+    "read_timeout_s": ("READ_TIMEOUT_S", float),
+    "max_connections_per_ip": ("MAX_CONNECTIONS_PER_IP", int),
+    "max_pending_sockets": ("MAX_PENDING_SOCKETS", int),
+    "nofile_limit": ("NOFILE_LIMIT", int),
 }

@@ -261,11 +261,19 @@ def output_url(job_id: str, name: str) -> str:
     return f"/jobs/{quote(job_id, safe='')}/outputs/{quote(name, safe='')}"
 
 
+def _unscoped(key: str | None, owner: str) -> str:
+    """The idempotency key as its client gave it (stored prefixed with the owner's name)."""
+    if key and owner and key.startswith(owner + ":"):
+        return key[len(owner) + 1 :]
+    return key or ""
+
+
 def job_view(
     fields: dict[str, str], with_workflow: bool = False, waiting_reason: str | None = None
 ) -> JobJson:
     """The job JSON of docs/architecture.md from its Redis hash. `waiting_reason`: why a queued
     job waits (no connected worker can take it), from Store.waiting_reasons."""
+    owner = fields.get("owner") or ""
     status = fields.get("status", "")
     running = status == "running"
     error = _json(fields.get("error"), None)
@@ -287,12 +295,12 @@ def job_view(
         "outputs": _json(fields.get("outputs"), []),
         "results": _json(fields.get("results"), {}),
         "constraints": _json(fields.get("constraints"), None),
-        "idempotency_key": fields.get("idempotency_key") or None,
+        "idempotency_key": _unscoped(fields.get("idempotency_key"), owner) or None,
+        "owner": owner or None,
         "webhook_url": fields.get("webhook_url") or None,
         "webhook": webhook_state(fields),
         "history": _json(fields.get("history"), []),
         "requires": _json(fields.get("requires"), {}),
-        "owner": fields.get("owner") or None,
         "queue_timeout_s": int(fields["queue_ms"]) / 1000.0 if fields.get("queue_ms") else None,
         "schedule_timeout_s": int(fields["sched_ms"]) / 1000.0 if fields.get("sched_ms") else None,
         "waiting_reason": (waiting_reason or None) if status == "queued" else None,

@@ -16,14 +16,18 @@ from aiohttp import web
 
 from wgpu_protocol.ports import REDIS_PORT
 
+from . import event_fanout
+from .auth import ApiKey, KeyRing
 from .config import HubConfig
 from .dispatch import Dispatcher
-from .errors import RedisOutOfMemory
+from .errors import ConfigError, RedisOutOfMemory
+from .event_fanout import EventFanout
+from .limits import ConnectionCounter, SubmitRateLimiter
 from .live_feed import LiveFeed
 from .maintenance import Maintenance
 from .metrics import HubMetrics
 from .storage import LocalDirStorage, Storage
-from .store import Store
+from .store import QueueLimits, Store
 from .tasks import stop_tasks
 from .webhooks import WebhookSender
 
@@ -42,7 +46,27 @@ class Hub:
     def __init__(self, config: HubConfig, storage: Storage | None = None) -> None:
         self.config = config
         self.hub_id = uuid.uuid4().hex[:12]
-        self.store = Store.from_url(config.redis_url, config.key_prefix)
+        try:
+            self.keyring = KeyRing(config.api_keys, config.admin_api_keys)
+        except ValueError as exc:
+            raise ConfigError(f"API_KEYS/ADMIN_API_KEYS: {exc}") from None
+        if self.keyring.enabled and not config.worker_token:
+            raise ConfigError(
+                "API_KEYS is set but WORKER_TOKEN is not: anyone could connect as a worker and "
+                "read every workflow; set WORKER_TOKEN too"
+            )
+        self.store = Store.from_url(config.redis_url, config.key_prefix, config.redis_timeout_s)
+        self.events = EventFanout(
+            self.store.stream_reader(event_fanout.BLOCK_MS / 1000), config.max_event_streams
+        )
+        self.limiter = SubmitRateLimiter(config.rate_limit_per_key)
+        self.connections = ConnectionCounter(config.max_connections_per_ip)
+        self.queue_limits = QueueLimits(
+            config.max_queued_jobs,
+            config.max_queued_bytes,
+            config.max_queued_jobs_per_key,
+            config.max_queued_bytes_per_key,
+        )
         if storage is None:
             local = LocalDirStorage(config.outputs_dir)
             local.claim_root(f"{redis_display(config.redis_url)} prefix={config.key_prefix}")
@@ -65,6 +89,7 @@ class Hub:
         )
         # Each worker socket, with an event set once its session has recorded the disconnect.
         self.open_sockets: dict[web.WebSocketResponse, asyncio.Event] = {}
+        self.pending_sockets = 0  # worker sockets not yet welcomed
         self.redis_down_since: float | None = None
         self.redis_oom_at: float | None = None  # monotonic time of the last "out of memory"
         self.closing = False
@@ -108,6 +133,7 @@ class Hub:
     async def close(self) -> None:
         self.closing = True
         await stop_tasks(self._tasks)
+        await self.events.close()
         await self.dispatcher.stop()
         await self.webhooks.close()
         await self.live.close()
@@ -124,3 +150,5 @@ class Hub:
 
 
 HUB_KEY = web.AppKey("hub", Hub)
+# The API key a request was made with (absent when auth is off).
+CALLER = web.RequestKey("caller", ApiKey)

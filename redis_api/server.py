@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from dataclasses import dataclass
 
@@ -56,8 +57,16 @@ async def start_hub(config: HubConfig, storage: Storage | None = None) -> Runnin
     answers 503 until it is reachable."""
     hub_version()  # read once here (~0.1 s), not in the first /health
     hub = Hub(config, storage)
+    raise_nofile_limit(config.nofile_limit)
+    warn_if_exposed(config)
     runner = web.AppRunner(
-        make_app(hub), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        make_app(hub),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        # A connection that has not sent a whole request head within read_timeout_s is closed
+        # (slowloris): aiohttp's keep-alive timer runs until a request has arrived.
+        keepalive_timeout=config.read_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
@@ -68,6 +77,30 @@ async def start_hub(config: HubConfig, storage: Storage | None = None) -> Runnin
     hub.start()
     log.info("hub %s listening on %s:%d, Redis %s", hub.hub_id, config.host, port, hub.redis_where)
     return RunningHub(config, hub, runner, port)
+
+
+def raise_nofile_limit(wanted: int) -> None:
+    """Raise the soft open-file limit towards `wanted` (bounded by the hard limit): each client,
+    stream and worker socket is a file descriptor."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("could not raise the open-file limit to %d: %s", wanted, exc)
+
+
+def warn_if_exposed(config: HubConfig) -> None:
+    loopback = config.host in ("127.0.0.1", "::1", "localhost")
+    if not loopback and not (config.api_keys or config.admin_api_keys):
+        log.warning(
+            "AUTH IS OFF on %s: anyone who can reach port %d can submit, read and cancel jobs%s."
+            " Set API_KEYS and WORKER_TOKEN (see redis_api/README.md: running the hub exposed)",
+            config.host or "all interfaces",
+            config.port,
+            "" if config.worker_token else " and connect as a worker",
+        )
 
 
 def run_hub(config: HubConfig) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
 
 from .batching import ScriptBatcher
-from .errors import RedisOutOfMemory, StoreUnavailable
+from .errors import QueueFull, RedisOutOfMemory, StoreUnavailable
 from .redis_conn import HiredisPackConnection
 
 REAP_BATCH = 500
@@ -77,6 +78,19 @@ class ClaimOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Backpressure: enqueue refuses beyond these (0: no limit). See enqueue.lua."""
+
+    max_jobs: int = 0
+    max_bytes: int = 0
+    max_jobs_per_owner: int = 0
+    max_bytes_per_owner: int = 0
+
+
+NO_LIMITS = QueueLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class Enqueued:
     job_id: str
     created: bool  # False: an existing job with the same idempotency key
@@ -110,6 +124,15 @@ class Cancelled:
     outcome: str  # was_queued | was_running | unknown_job | the terminal status it had
     worker_id: str
     token: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One event: its stream id, kind (status/progress/output/done) and data JSON."""
+
+    id: str
+    kind: str
+    data: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +188,7 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
     """The hub's exception for a Redis failure (see errors.py)."""
     # redis-py raises OutOfMemoryError (a ResponseError its stubs do not list), or, from a
     # script or a pipeline, a plain ResponseError with Redis' own "OOM ..." message.
-    if isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc):
+    if isinstance(exc, ResponseError) and "command not allowed when used memory" in str(exc):
         return RedisOutOfMemory("redis out of memory")
     return StoreUnavailable(f"{type(exc).__name__}: {exc}")
 
@@ -193,6 +216,48 @@ def _redis_calls(cls: type[_T]) -> type[_T]:
     return cls
 
 
+class StreamReader:
+    """Blocking reads of many streams on one connection of its own (the event fan-out's), so
+    that waiting for events never holds a connection of the shared pool."""
+
+    def __init__(self, pool_client: aioredis.Redis[str], timeout_s: float) -> None:
+        base = pool_client.connection_pool
+        kwargs = dict(base.connection_kwargs)
+        kwargs["socket_timeout"] = timeout_s
+        self._shared = pool_client
+        pool = aioredis.ConnectionPool(
+            connection_class=base.connection_class, max_connections=1, **kwargs
+        )
+        self._client: aioredis.Redis[str] = aioredis.Redis(connection_pool=pool)  # type: ignore[assignment]  # decode_responses is in kwargs
+        self._client_id: int | None = None
+
+    async def read(self, positions: dict[str, str], block_ms: int) -> dict[str, list[StreamEntry]]:
+        """Entries after each stream's position; waits up to block_ms for the first."""
+        try:
+            if self._client_id is None:
+                self._client_id = int(await self._client.client_id())
+            reply = await self._client.xread(positions, count=100, block=block_ms)
+        except (RedisError, OSError) as exc:
+            self._client_id = None  # a new connection has a new id
+            raise unavailable(exc) from exc
+        return {
+            str(key): [StreamEntry(eid, f.get("k", ""), f.get("d", "null")) for eid, f in entries]
+            for key, entries in reply or ()
+        }
+
+    async def interrupt(self) -> None:
+        """End a read in flight at once (as if it timed out)."""
+        if self._client_id is None:
+            return
+        try:
+            await self._shared.client_unblock(self._client_id)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()  # type: ignore[attr-defined]
+
+
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("redis_api") / "lua"
     common = (folder / "common.lua").read_text()
@@ -217,7 +282,17 @@ def _load_scripts() -> dict[str, str]:
         "models",
         "why",
     )
-    return {name: common + "\n" + (folder / f"{name}.lua").read_text() for name in names}
+
+    # Under Redis OOM (maxmemory, noeviction) every script but enqueue runs (allow-oom): they
+    # end or rewrite jobs, so the queue drains. Without the flag a script could stop half way,
+    # at its first growing write. enqueue is flagged without it: refused whole, before it runs.
+    def shebang(name: str) -> str:
+        return "#!lua" if name == "enqueue" else "#!lua flags=allow-oom"
+
+    return {
+        name: shebang(name) + "\n" + common + "\n" + (folder / f"{name}.lua").read_text()
+        for name in names
+    }
 
 
 _SOURCES = _load_scripts()
@@ -232,6 +307,9 @@ class Store:
             name: client.register_script(source) for name, source in _SOURCES.items()
         }
         self._batcher = ScriptBatcher(client)
+        self.timeout_s = float(
+            client.connection_pool.connection_kwargs.get("socket_timeout") or 2.0
+        )
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "wgpu:", timeout_s: float = 2.0) -> Store:
@@ -257,12 +335,20 @@ class Store:
     async def _run(self, name: str, *args: Any) -> Any:
         return await self._batcher.call(self._scripts[name], (self.prefix, *args))
 
+    async def memory(self) -> tuple[int, int]:
+        """Redis' used_memory and maxmemory (0: no limit), in bytes."""
+        info = await self.redis.info("memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
     # -- jobs ------------------------------------------------------------------------------
 
-    async def enqueue(self, job_id: str, spec: JobSpec) -> Enqueued:
+    async def enqueue(
+        self, job_id: str, spec: JobSpec, limits: QueueLimits = NO_LIMITS
+    ) -> Enqueued:
+        """Store a queued job. Raises QueueFull (naming the limit) when the queue is full."""
         c = spec.constraints or {}
         gpu = c.get("gpu")
         result = await self._run(
@@ -284,7 +370,14 @@ class Store:
             int(spec.schedule_timeout_s * 1000),
             int(spec.queue_timeout_s * 1000),
             json.dumps(spec.extras, separators=(",", ":")) if spec.extras else "",
+            limits.max_jobs,
+            limits.max_bytes,
+            limits.max_jobs_per_owner,
+            limits.max_bytes_per_owner,
         )
+        if not result[0]:
+            limit = str(result[3])
+            raise QueueFull(f"the queue is full ({limit.upper()}); retry later", retry_after_s=5)
         return Enqueued(str(result[0]), bool(int(result[1])), int(result[2]))
 
     async def jobs_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
@@ -414,7 +507,9 @@ class Store:
     async def claim(
         self, worker_id: str, lease_ms: int, options: ClaimOptions = ClaimOptions()
     ) -> Claim | ClaimMiss:
-        return _claim_result(await self._run("claim", worker_id, lease_ms, *options.args()))
+        return _claim_result(
+            await self._run("claim", worker_id, lease_ms, *options.args(), fencing_token())
+        )
 
     async def set_models(
         self,
@@ -604,6 +699,7 @@ class Store:
             prompt_id,
             *extra,
             json.dumps(results) if results else "",
+            fencing_token(),
         )
         refused = str(r[0] or "")
         return refused, (_claim_result(r[1:]) if len(r) > 1 else None)
@@ -683,6 +779,21 @@ class Store:
 
     # -- events and notifications ----------------------------------------------------------
 
+    def events_key(self, job_id: str) -> str:
+        return self.key(f"events:{job_id}")
+
+    def stream_reader(self, block_s: float) -> StreamReader:
+        """A reader for the event fan-out, on a connection of its own."""
+        return StreamReader(self.redis, block_s + self.timeout_s)
+
+    async def read_stream(self, key: str, after: str, count: int = 1000) -> list[StreamEntry]:
+        """Entries of stream `key` after id `after` (exclusive), oldest first, no waiting."""
+        entries = await self.redis.xrange(key, min=f"({after}", count=count)
+        return [StreamEntry(eid, f.get("k", ""), f.get("d", "null")) for eid, f in entries]
+
+    async def job_exists(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(self.key(f"job:{job_id}")))
+
     async def read_events(
         self, job_id: str, after: str, block_ms: int | None
     ) -> list[tuple[str, str, str]]:
@@ -725,6 +836,15 @@ class Store:
                 yield key
         except (RedisError, OSError) as exc:
             raise unavailable(exc) from exc
+
+
+def fencing_token() -> int:
+    """A random fencing token: unguessable, above any sequential one an older hub handed out,
+    and below 2**53 so that every JSON reader keeps it exact."""
+    return _TOKEN_FLOOR + secrets.randbelow(2**53 - _TOKEN_FLOOR)
+
+
+_TOKEN_FLOOR = 2**32
 
 
 def _claim_result(r: Sequence[Any]) -> Claim | ClaimMiss:

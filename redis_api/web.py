@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from . import client_api, dashboard, drain_api
-from .auth import bearer_ok
+from .auth import presented_secret
 from .errors import BadRequest, RedisOutOfMemory, Refused, StorageError, StoreUnavailable
-from .runtime import HUB_KEY, Hub
+from .runtime import CALLER, HUB_KEY, Hub
 from .worker_ws import handle_worker_socket
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,36 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[HUB_KEY].config.api_keys
+    keyring = request.app[HUB_KEY].keyring
     open_path = request.path == "/" or request.path.startswith(OPEN_PATHS)
-    if keys and not open_path and not bearer_ok(request, keys):
-        raise web.HTTPUnauthorized(
-            reason="a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if keyring.enabled and not open_path:
+        key = keyring.match(presented_secret(request))
+        if key is None:
+            raise web.HTTPUnauthorized(
+                reason="a valid API key is required (Authorization: Bearer KEY or X-API-Key)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        request[CALLER] = key
     return await handler(request)
 
 
+@web.middleware
+async def per_ip(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """At most max_connections_per_ip requests in flight per peer (streams and sockets count
+    for as long as they are open). Behind a reverse proxy every peer is the proxy: raise it."""
+    peer = request.remote or ""
+    counter = request.app[HUB_KEY].connections
+    counter.opened(peer)
+    try:
+        return await handler(request)
+    finally:
+        counter.closed(peer)
+
+
 def make_app(hub: Hub) -> web.Application:
-    app = web.Application(client_max_size=hub.config.max_body_bytes, middlewares=[errors, api_keys])
+    app = web.Application(
+        client_max_size=hub.config.max_body_bytes, middlewares=[errors, per_ip, api_keys]
+    )
     app[HUB_KEY] = hub
     client_api.add_routes(app)
     dashboard.add_routes(app)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -50,8 +51,14 @@ from wgpu_protocol.messages import (
 )
 from wgpu_protocol.output_chunks import decode_chunk, is_chunk_frame
 
-from .auth import bearer_ok
-from .errors import BadRequest, RedisOutOfMemory, StorageError, StoreUnavailable
+from .auth import worker_ok
+from .errors import (
+    BadRequest,
+    RedisOutOfMemory,
+    StorageError,
+    StoreUnavailable,
+    TooManyStreams,
+)
 from .jobs import output_url, progress_json
 from .runtime import HUB_KEY, Hub
 from .storage import OutputWriter
@@ -121,20 +128,47 @@ def _unavailable(exc: StoreUnavailable) -> str:
 async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     worker_id = request.match_info["worker_id"]
-    if hub.config.worker_token and not bearer_ok(request, (hub.config.worker_token,)):
-        raise web.HTTPUnauthorized(reason="a valid worker token is required (WORKER_TOKEN)")
     if not worker_id or len(worker_id) > MAX_ID_LENGTH or not set(worker_id) <= _ID_CHARS:
         raise web.HTTPBadRequest(reason="worker id must be 1-200 of [A-Za-z0-9-_.:@]")
+    if hub.config.worker_token and not worker_ok(request, hub.config.worker_token, worker_id):
+        raise web.HTTPUnauthorized(
+            reason="a valid credential for this worker id is required (WORKER_CREDENTIAL, or "
+            "WORKER_TOKEN to derive it)"
+        )
+    live = hub.dispatcher.sessions.get(worker_id)
+    if isinstance(live, WorkerSession) and live.is_open:
+        if live.heard_within(2 * hub.config.heartbeat_s):
+            # A live socket keeps its worker id: a second one is refused, not allowed to
+            # displace it (and take over its job).
+            raise web.HTTPConflict(reason=f"worker {worker_id} is connected already")
+        # Silent past two heartbeats: the old socket is dead but not yet closed.
+        await live.ws.close(code=4000, message=b"replaced by a newer connection")
+    if hub.pending_sockets >= hub.config.max_pending_sockets:
+        raise TooManyStreams(
+            f"{hub.pending_sockets} worker sockets are waiting to say hello; retry later"
+        )
     ws = web.WebSocketResponse(
         max_msg_size=MAX_BINARY_FRAME_BYTES, compress=False, autoping=True, heartbeat=None
     )
-    await ws.prepare(request)
+    hub.pending_sockets += 1
+    pending = True
     session = WorkerSession(hub, worker_id, ws, request.transport)
     done = asyncio.Event()
-    hub.open_sockets[ws] = done
     try:
+        await ws.prepare(request)
+        hub.open_sockets[ws] = done
+
+        def welcomed() -> None:
+            nonlocal pending
+            if pending:
+                pending = False
+                hub.pending_sockets -= 1
+
+        session.on_welcome = welcomed
         await session.run()
     finally:
+        if pending:
+            hub.pending_sockets -= 1
         done.set()
         hub.open_sockets.pop(ws, None)
     return ws
@@ -159,6 +193,8 @@ class WorkerSession:
         self.reclaim = False
         self.said_bye = False
         self.welcomed = False
+        self.on_welcome: Any = None  # called once, at welcome
+        self.last_heard = time.monotonic()
         # Output files received per (job_id, token): name -> size.
         self._received: dict[tuple[str, int], dict[str, Received]] = {}
         # Outputs arriving in chunks: (job_id, token, name) -> the transfer so far.
@@ -173,6 +209,9 @@ class WorkerSession:
     @property
     def is_open(self) -> bool:
         return not self.ws.closed
+
+    def heard_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_heard <= seconds
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -238,6 +277,7 @@ class WorkerSession:
             if not await self._greet():
                 return
             async for frame in self.ws:
+                self.last_heard = time.monotonic()
                 if frame.type == WSMsgType.TEXT:
                     await self._on_text(frame.data)
                 elif frame.type == WSMsgType.BINARY:
@@ -316,6 +356,8 @@ class WorkerSession:
             hello.boot_id,
         )
         self.welcomed = True
+        if self.on_welcome is not None:
+            self.on_welcome()
         await self.send(
             Welcome(
                 self.worker_id,

@@ -156,6 +156,17 @@ def _gpu_reservation(slot: Slot) -> dict[str, Any]:
     return {"resources": {"reservations": {"devices": [device]}}}
 
 
+def _redis_script(port: str) -> str:
+    # `$$` is a literal `$` for compose (it interpolates `${...}` itself).
+    return (
+        'while read key value unit; do [ "$$key" = MemTotal: ] && kb=$$value; done'
+        " < /proc/meminfo; "
+        f"exec redis-server --port {port} --bind 127.0.0.1 --appendonly yes"
+        " --appendfsync everysec --maxmemory-policy noeviction"
+        ' --maxmemory "$${REDIS_MAXMEMORY:-$$((kb * 512))}" --dir /data'
+    )
+
+
 def _redis_service(options: StackOptions) -> dict[str, Any]:
     port = str(options.redis_port)
     return {
@@ -163,22 +174,12 @@ def _redis_service(options: StackOptions) -> dict[str, Any]:
         "container_name": options.name_prefix + REDIS_CONTAINER,
         "network_mode": "host",
         "restart": "unless-stopped",
-        # AOF on: accepted jobs survive a crash; noeviction: Redis never drops a job for memory.
-        "command": [
-            "redis-server",
-            "--port",
-            port,
-            "--bind",
-            "127.0.0.1",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--maxmemory-policy",
-            "noeviction",
-            "--dir",
-            "/data",
-        ],
+        # AOF on: accepted jobs survive a crash; noeviction: Redis never drops a job for memory;
+        # maxmemory: REDIS_MAXMEMORY at `up` time, else half of the host's memory (read from
+        # /proc/meminfo when the container starts), so that the queue, not the OOM killer,
+        # hits the limit.
+        "command": ["sh", "-c", _redis_script(port)],
+        "environment": {"REDIS_MAXMEMORY": "${REDIS_MAXMEMORY:-}"},
         "volumes": ["redis-data:/data"],
         "healthcheck": _healthcheck(["CMD", "redis-cli", "-p", port, "ping"], options, 5),
         "labels": _labels(ROLE_REDIS, options),

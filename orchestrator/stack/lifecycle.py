@@ -37,7 +37,12 @@ from orchestrator.hub_client.client import HubClient, HubError
 from orchestrator.rollout.worker_src import WorkerSource
 from orchestrator.stack.compose_render import StackOptions, render_stack
 from orchestrator.stack.compose_runner import ComposeRunner, ServiceResult
-from orchestrator.stack.local_redis import LocalRedis, RedisUnavailable, free_port
+from orchestrator.stack.local_redis import (
+    LocalRedis,
+    RedisUnavailable,
+    default_maxmemory,
+    free_port,
+)
 from wgpu_protocol import ports
 from wgpu_protocol.rest import WorkerJson
 
@@ -173,6 +178,7 @@ class ProcessStack:
             aof=True,
             prefer=self.config.redis_prefer,
             new_session=True,
+            maxmemory=default_maxmemory(),
         )
         try:
             self.redis.start()

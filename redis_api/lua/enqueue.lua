@@ -1,8 +1,10 @@
 -- Accept a job: ARGV prefix, id, priority, timeout_s, max_attempts, workflow, constraints,
 -- c_machine, c_gpu, c_vram, idempotency_key, webhook_url, pool, requires (JSON or ''), owner,
 -- schedule_timeout_ms, queue_timeout_ms (0 = none), extras (JSON object members sent to the
--- worker with the job, e.g. allow_partial and inputs; '' for none).
--- Returns {job_id, created (1|0), created_ms}. A repeated idempotency key returns the first job.
+-- worker with the job, e.g. allow_partial and inputs; '' for none), then the limits max_jobs,
+-- max_bytes, max_jobs_per_owner, max_bytes_per_owner (0: none).
+-- Returns {job_id, created (1|0), created_ms}, or {'', 0, 0, which limit} when the queue is full.
+-- A repeated idempotency key returns the first job (even when the queue is full).
 local id, priority, idem = ARGV[2], tonumber(ARGV[3]), ARGV[11]
 local pid, requires, owner = ARGV[13], ARGV[14], ARGV[15]
 local sched_ms, queue_ms = tonumber(ARGV[16]), tonumber(ARGV[17])
@@ -12,8 +14,25 @@ if idem ~= '' then
   if existing and redis.call('EXISTS', jkey(existing)) == 1 then
     return {existing, 0, tonumber(redis.call('HGET', jkey(existing), 'created_ms')) or now}
   end
-  redis.call('SET', P .. 'idem:' .. idem, id)
 end
+local bytes = #ARGV[6]
+local function over(limit, current, add)
+  limit = tonumber(limit) or 0
+  return limit > 0 and (tonumber(current) or 0) + add > limit
+end
+if over(ARGV[19], redis.call('ZCARD', P .. 'queue'), 1) then return {'', 0, 0, 'max_queued_jobs'} end
+if over(ARGV[20], redis.call('GET', P .. 'queued_bytes'), bytes) then
+  return {'', 0, 0, 'max_queued_bytes'}
+end
+if owner ~= '' then
+  if over(ARGV[21], redis.call('HGET', P .. 'queued_jobs_by', owner), 1) then
+    return {'', 0, 0, 'max_queued_jobs_per_key'}
+  end
+  if over(ARGV[22], redis.call('HGET', P .. 'queued_bytes_by', owner), bytes) then
+    return {'', 0, 0, 'max_queued_bytes_per_key'}
+  end
+end
+if idem ~= '' then redis.call('SET', P .. 'idem:' .. idem, id) end
 -- Fair share: an owner's jobs take consecutive rounds, starting after the round being served,
 -- so a newcomer's job is next to run whatever another owner has queued. Higher priority first;
 -- priority is bounded to +-1000 and rounds to 2^42 so the score stays exact.
@@ -26,7 +45,7 @@ local fields = {'id', id, 'status', 'queued', 'priority', priority, 'timeout_s',
   'constraints', ARGV[7], 'c_machine', ARGV[8], 'c_gpu', ARGV[9], 'c_vram', ARGV[10],
   'idempotency_key', idem, 'webhook_url', ARGV[12], 'created_ms', now, 'enqueued_ms', now,
   'token', 0, 'worker_id', '', 'avoid_worker', '', 'pool', pid, 'owner', owner,
-  'sched_ms', sched_ms}
+  'sched_ms', sched_ms, 'wf_bytes', bytes}
 -- Only jobs that need models carry them: the others keep the hash small.
 if requires ~= '' then
   fields[#fields + 1] = 'requires'

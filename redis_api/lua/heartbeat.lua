@@ -8,7 +8,7 @@ local now = now_ms()
 local wk = wkey(worker)
 redis.call('HSET', wk, 'seen_ms', now, 'gpu_stats', ARGV[7], 'comfyui_ok', ARGV[8])
 if redis.call('HGET', wk, 'session') == ARGV[3] then redis.call('HSET', wk, 'connected', 1) end
-redis.call('PEXPIRE', wk, 86400000)
+expire_worker(wk)
 local stale = 0
 if ARGV[9] and ARGV[9] ~= '' then
   if redis.call('HGET', wk, 'models_digest') ~= ARGV[9] then stale = 1 end

@@ -16,7 +16,7 @@ end
 redis.call('HSET', wk, 'id', worker, 'session', ARGV[3], 'hub', ARGV[4], 'machine_id', ARGV[5],
   'gpu_index', ARGV[6], 'gpu_uuid', ARGV[7], 'gpu_name', ARGV[8], 'vram_mb', ARGV[9],
   'version', ARGV[10], 'connected', 1, 'seen_ms', now, 'state', 'unavailable', 'boot_id', boot)
-redis.call('PEXPIRE', wk, 86400000)
+expire_worker(wk)
 redis.call('ZREM', P .. 'idle', worker)
 refresh_worker(worker)
 

@@ -78,7 +78,7 @@ async def test_cut_socket_requeues_to_another_worker_within_2s(
     await first.cut()
     again = await second.expect(JobAssigned, within=2.0)
     assert time.monotonic() - cut_at < 2.0
-    assert again.job_id == job["id"] and again.attempt == 2 and again.token > assigned.token
+    assert again.job_id == job["id"] and again.attempt == 2 and again.token != assigned.token
     assert (await second.complete(again)).ok
     final = await get_job(hub.url, job["id"])
     assert final["status"] == "succeeded" and final["worker_id"] == "m1-gpu1"

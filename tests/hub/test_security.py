@@ -56,8 +56,11 @@ async def test_auth_on(hub_factory: HubFactory, caplog: pytest.LogCaptureFixture
         headers={"Authorization": f"Bearer {API_KEYS[1]}"},
     )
     assert status == 201
-    status, _ = await call(hub.url, "GET", f"/jobs/{job['id']}", headers={"X-API-Key": API_KEYS[0]})
+    status, _ = await call(hub.url, "GET", f"/jobs/{job['id']}", headers={"X-API-Key": API_KEYS[1]})
     assert status == 200
+    # Another key does not see it (tenancy: tests/hub/test_tenancy.py).
+    status, _ = await call(hub.url, "GET", f"/jobs/{job['id']}", headers={"X-API-Key": API_KEYS[0]})
+    assert status == 404
     assert (await call(hub.url, "GET", "/health"))[0] == 200  # probes need no key
     assert (await call(hub.url, "GET", "/metrics"))[0] == 200
 
@@ -66,6 +69,8 @@ async def test_auth_on(hub_factory: HubFactory, caplog: pytest.LogCaptureFixture
         {},
         {"Authorization": "Bearer nope"},
         {"Authorization": f"Bearer {API_KEYS[0]}"},
+        # The fleet token itself is no worker's credential: each worker shows its own.
+        {"Authorization": f"Bearer {WORKER_TOKEN}"},
     ):
         with pytest.raises(InvalidStatus) as refused:
             async with connect(ws_url, additional_headers=headers, proxy=None):

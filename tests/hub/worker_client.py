@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from wgpu_protocol.credentials import worker_credential
 from wgpu_protocol.messages import (
     MAX_BINARY_FRAME_BYTES,
     Ack,
@@ -42,12 +43,16 @@ class ProtocolWorker:
         machine_id: str = "m1",
         gpu: GpuInfo | None = None,
         token: str | None = None,
+        credential: str | None = None,
     ) -> None:
+        """`token`: the fleet WORKER_TOKEN (the credential for `worker_id` is derived from it);
+        `credential`: exactly what to show instead (a wrong one, in tests of refusals)."""
         self.ws_url = "ws" + hub_url.removeprefix("http") + f"/ws/worker/{worker_id}"
         self.worker_id = worker_id
         self.machine_id = machine_id
         self.gpu = gpu or GpuInfo(0, f"GPU-{worker_id}", "Test GPU 24GB", 24_000)
         self.token = token
+        self.credential = credential or (worker_credential(token, worker_id) if token else None)
         self.ws: ClientConnection | None = None
         self.welcome: Welcome | None = None
         self._inbox: asyncio.Queue[HubMessage | None] = asyncio.Queue()
@@ -55,7 +60,7 @@ class ProtocolWorker:
         self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> ClientConnection:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers = {"Authorization": f"Bearer {self.credential}"} if self.credential else {}
         self.ws = await connect(
             self.ws_url,
             additional_headers=headers,

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from wgpu_protocol import worker_env as names
+from wgpu_protocol.credentials import worker_credential
 from wgpu_protocol.output_chunks import DEFAULT_MAX_OUTPUT_BYTES
 from wgpu_protocol.ports import comfyui_port as comfyui_port_of
 from wgpu_protocol.ports import worker_id
@@ -43,6 +44,9 @@ class WorkerConfig:
     comfyui_url: str = f"http://127.0.0.1:{DEFAULT_COMFYUI_PORT_BASE}"  # http:// base, no path
     comfyui_port: int = DEFAULT_COMFYUI_PORT_BASE
     worker_token: str | None = None
+    # This worker's own credential, as `wgpu` hands it out (see wgpu_protocol.credentials);
+    # derived from worker_token when only that is set.
+    worker_credential: str | None = None
     log_level: str = names.DEFAULT_LOG_LEVEL
     comfyui_cmd: str | None = None
     health_file: Path = Path(DEFAULT_HEALTH_FILE)
@@ -64,6 +68,15 @@ class WorkerConfig:
     def worker_id(self) -> str:
         """Stable across restarts, so the hub recognises the worker and its running job."""
         return worker_id(self.machine_id, self.gpu_id)
+
+    @property
+    def credential(self) -> str | None:
+        """What this worker shows the hub: its own credential, never the fleet token itself."""
+        if self.worker_credential:
+            return self.worker_credential
+        if self.worker_token:
+            return worker_credential(self.worker_token, self.worker_id)
+        return None
 
     @property
     def hub_ws_url(self) -> str:
@@ -96,6 +109,7 @@ class WorkerConfig:
             "comfyui_url": f"http://{_host_for_url(comfyui_host)}:{comfyui_port}",
             "comfyui_port": comfyui_port,
             "worker_token": reader.optional(names.WORKER_TOKEN),
+            "worker_credential": reader.optional(names.WORKER_CREDENTIAL),
             "log_level": log_level,
             "comfyui_cmd": reader.optional(names.COMFYUI_CMD),
             "health_file": Path(reader.text(names.HEALTH_FILE, DEFAULT_HEALTH_FILE)),

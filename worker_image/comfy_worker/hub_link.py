@@ -128,8 +128,9 @@ class HubLink:
         url = self._config.hub_ws_url
         self.attempts += 1
         headers = {}
-        if self._config.worker_token:
-            headers["Authorization"] = f"Bearer {self._config.worker_token}"
+        credential = self._config.credential
+        if credential:
+            headers["Authorization"] = f"Bearer {credential}"
         try:
             ws = await connect(
                 url,

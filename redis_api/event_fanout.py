@@ -1,0 +1,173 @@
+"""One Redis reader per hub for every event stream its clients follow.
+
+Each open SSE stream used to hold a pooled Redis connection in a blocking XREAD, so a few hundred
+streams exhausted the pool and took submissions and workers down with them. Here one task reads
+all followed streams with one XREAD on a connection of its own, and hands each entry to every
+subscriber of that stream through a bounded queue.
+
+    async with hub.events.subscribe(store.events_key(job_id), after="0-0") as sub:
+        while True:
+            batch = await sub.next(timeout_s=15)   # [] after timeout_s without events
+            for entry in batch: ...                # StreamEntry(id, kind, data)
+
+`subscribe` raises TooManyStreams past `max_streams`. A subscriber that falls `QUEUE_LIMIT`
+batches behind is dropped (`next` raises SubscriberDropped): its client resumes with
+Last-Event-ID. Any stream key works (a job's events, or a hub-wide stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from .errors import HubError, StoreUnavailable, TooManyStreams
+from .store import StreamEntry, StreamReader
+from .tasks import cancel_requested, stop_tasks
+
+log = logging.getLogger(__name__)
+
+# One XREAD waits at most this long. A new subscription interrupts it (CLIENT UNBLOCK) so that
+# the next read includes its stream; should the interrupt miss (it raced the read), the
+# subscription's entries come with the next read: late by at most this, never lost.
+BLOCK_MS = 1_000
+QUEUE_LIMIT = 256  # batches a subscriber may fall behind before it is dropped
+RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class SubscriberDropped(HubError):
+    """The subscriber fell too far behind (or the fan-out stopped): end its stream."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    key: str
+    last_id: str  # entries up to this id were delivered (or skipped by the caller)
+    queue: asyncio.Queue[list[StreamEntry] | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_LIMIT)
+    )
+    dropped: bool = False
+
+    async def next(self, timeout_s: float) -> list[StreamEntry]:
+        """The next batch of entries after `last_id`, or [] after timeout_s without any."""
+        if self.dropped and self.queue.empty():
+            raise SubscriberDropped("the event stream fell behind")
+        try:
+            batch = await asyncio.wait_for(self.queue.get(), timeout_s)
+        except TimeoutError:
+            return []
+        if batch is None:
+            raise SubscriberDropped("the event stream fell behind")
+        return batch
+
+    def offer(self, entries: list[StreamEntry]) -> None:
+        fresh = [e for e in entries if _id_after(e.id, self.last_id)]
+        if not fresh or self.dropped:
+            return
+        self.last_id = fresh[-1].id
+        try:
+            self.queue.put_nowait(fresh)
+        except asyncio.QueueFull:
+            self.dropped = True
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()  # make room for the end marker
+            self.queue.put_nowait(None)
+
+
+def _id_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _id_after(candidate: str, last: str) -> bool:
+    return _id_tuple(candidate) > _id_tuple(last)
+
+
+class EventFanout:
+    def __init__(self, reader: StreamReader, max_streams: int) -> None:
+        self.reader = reader
+        self.max_streams = max_streams
+        self._subs: dict[str, set[Subscription]] = {}
+        self._count = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._reading = False
+        self._interrupting = False
+
+    @property
+    def open_streams(self) -> int:
+        return self._count
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, key: str, after: str) -> AsyncIterator[Subscription]:
+        """Follow stream `key` from after id `after` (exclusive). Raises TooManyStreams."""
+        if self._count >= self.max_streams:
+            raise TooManyStreams(
+                f"this hub serves {self.max_streams} event streams already (MAX_EVENT_STREAMS);"
+                " retry later or poll GET /jobs/{id}",
+                retry_after_s=5,
+            )
+        sub = Subscription(key, after)
+        self._count += 1
+        self._subs.setdefault(key, set()).add(sub)
+        self._start()
+        await self._interrupt()
+        try:
+            yield sub
+        finally:
+            self._count -= 1
+            subs = self._subs.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[key]
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="hub-event-fanout")
+        self._changed.set()
+
+    async def _interrupt(self) -> None:
+        """A new subscriber: end the XREAD in flight so the next one reads from its position
+        (one interrupt at a time; those arriving meanwhile ride on it)."""
+        if self._reading and not self._interrupting:
+            self._interrupting = True
+            try:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.reader.interrupt()
+            finally:
+                self._interrupting = False
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._subs:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            positions = {
+                key: min((s.last_id for s in subs), key=_id_tuple)
+                for key, subs in self._subs.items()
+            }
+            self._reading = True
+            try:
+                entries = await self.reader.read(positions, BLOCK_MS)
+                failures = 0
+            except StoreUnavailable as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
+                log.warning("event fan-out: %s; retrying", exc)
+                await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
+                failures += 1
+                continue
+            finally:
+                self._reading = False
+            for key, batch in entries.items():
+                for sub in list(self._subs.get(key, ())):
+                    sub.offer(batch)
+
+    async def close(self) -> None:
+        await stop_tasks([self._task] if self._task is not None else [])
+        await self.reader.close()
