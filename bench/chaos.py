@@ -62,6 +62,7 @@ class ChaosReport:
     over_cap: list[str] = field(default_factory=list)
     max_attempts_seen: int = 0
     retried_jobs: int = 0
+    expired_before_read: int = 0  # succeeded (acked to its worker), result gone before the check
     submit_retries: int = 0
     faults: list[str] = field(default_factory=list)
     keys_baseline: int = 0
@@ -290,6 +291,15 @@ async def run_chaos(cfg: ChaosConfig, server: LocalRedis, work_dir: Path) -> Cha
                     await asyncio.sleep(0.2)
             report.seconds_to_settle = time.monotonic() - t_settle
 
+            # A job's end is recorded as it happens, by the worker whose completion the hub
+            # acknowledged (its completions file): a success whose result expired before this
+            # check read it (a slow machine, a short TTL) is a success, not a loss. Only a job
+            # gone without such a record is lost, so the verdict does not depend on speed.
+            acked = pool.acked_completions()
+            for job_id, job in final.items():
+                if job["status"] == "missing" and acked.get(job_id):
+                    final[job_id] = {"id": job_id, "status": "succeeded", "expired": True}
+                    report.expired_before_read += 1
             statuses: Counter[str] = Counter(job["status"] for job in final.values())
             statuses["not finished"] = len(pending)
             report.statuses = {k: v for k, v in statuses.items() if v}
@@ -300,6 +310,8 @@ async def run_chaos(cfg: ChaosConfig, server: LocalRedis, work_dir: Path) -> Cha
                 _job_summary(last_seen.get(j, {"id": j})) for j in report.lost[:5]
             ]
             for job_id, job in final.items():
+                if job.get("expired"):
+                    continue  # only its end is known
                 attempts = int(job.get("attempts") or 0)
                 report.max_attempts_seen = max(report.max_attempts_seen, attempts)
                 if attempts > int(job.get("max_attempts") or cfg.max_attempts):
@@ -309,7 +321,6 @@ async def run_chaos(cfg: ChaosConfig, server: LocalRedis, work_dir: Path) -> Cha
                 history = job.get("history") or []
                 if sum(1 for h in history if h.get("outcome") == "succeeded") > 1:
                     report.history_double_success.append(job_id)
-            acked = pool.acked_completions()
             report.double_completions = sorted(j for j, n in acked.items() if n > 1)
 
             # Per-job keys must go once the result TTL has passed (Redis expires them itself).
@@ -355,6 +366,7 @@ def chaos_table(cfg: ChaosConfig, report: ChaosReport) -> Table:
     table.add("jobs submitted / accepted", f"{report.submitted} / {report.accepted}")
     table.add("final states", ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())))
     table.add("lost", len(report.lost))
+    table.add("succeeded, result expired before the check read it", report.expired_before_read)
     table.add("duplicate jobs for one idempotency key", len(report.duplicate_jobs))
     table.add("double completions acked to workers", len(report.double_completions))
     table.add("jobs with two successes in history", len(report.history_double_success))
