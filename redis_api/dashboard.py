@@ -16,7 +16,7 @@ from wgpu_protocol.rest import JOB_STATES
 
 from .errors import BadRequest
 from .live_feed import TOPICS
-from .runtime import HUB_KEY
+from .runtime import CALLER, HUB_KEY
 
 STATIC = resources.files("redis_api") / "static"
 CONTENT_TYPES = {
@@ -82,7 +82,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     (filters: `topics`, `status` and `limit` of the job list)."""
     hub = request.app[HUB_KEY]
     topics, status, limit = _feed_query(request)
-    async with hub.live.watch(topics, status, limit) as viewer:
+    key = request.get(CALLER)  # tenancy: a key sees its own jobs (all of them when admin)
+    may_see = key.may_see if key is not None else (lambda owner: True)
+    async with hub.live.watch(topics, status, limit, may_see) as viewer:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",

@@ -183,7 +183,7 @@ async def test_every_client_route_refuses_a_missing_or_wrong_key(hub_factory: Hu
     """With API_KEYS set, every route but the probes answers 401 without a valid key, DELETE
     included, before it does anything; the same request with a key is let through."""
     key = "ak-only-7Qx"
-    hub = await hub_factory(api_keys=(key,))
+    hub = await hub_factory(api_keys=(key,), worker_token="wt-guarantees")  # both, or no start
     status, job = await call(
         hub.url, "POST", "/jobs", {"workflow": {"1": {"class_type": "X"}}}, {"X-API-Key": key}
     )
