@@ -199,19 +199,23 @@ def cpu_table(runs: dict[str, list[DispatchResult]], consumers: int) -> Table:
     table = Table(
         f"Where the CPU went at {consumers} consumers, saturated (% of one core; the machine has "
         f"{os.cpu_count()})",
-        ["system", *parts, "redis µs/job", "redis cmds/job"],
+        ["system", *parts, "redis CPU µs/job", "redis µs/job (cmdstats)", "redis cmds/job"],
     )
     for name, results in runs.items():
         table.add(
             name,
             *(median_of(results, lambda r, p=p: r.cpu_percent.get(p, math.nan)) for p in parts),
+            _spread([r.redis_cpu_us_per_job for r in results if not r.error], 1),
             _spread([r.redis_usec_per_job for r in results if not r.error], 1),
             median_of(results, lambda r: r.redis_calls_per_job),
         )
-    table.notes.append(
-        "redis µs/job: INFO commandstats (time inside commands), per job, median (min-max);"
-        " includes the bench's own ~2 calls per job (start record, polling)"
-    )
+    table.notes += [
+        "redis CPU µs/job: the Redis process' CPU (/proc, 10 ms ticks) over the saturated phase"
+        " per job, median (min-max): what bounds a shared Redis",
+        "redis µs/job (cmdstats): INFO commandstats usec summed over commands; a Lua script's"
+        " inner commands count twice (in EVALSHA and on their own), as do cmds/job",
+        "both include the bench's own ~2 calls per job (the start record, polling)",
+    ]
     return table
 
 

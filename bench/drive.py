@@ -45,6 +45,9 @@ class DispatchResult:
     # Redis' own accounting (INFO commandstats) over the saturation phase, per job.
     redis_usec_per_job: float = math.nan
     redis_calls_per_job: float = math.nan
+    # The Redis process' own CPU per job (/proc): commands, scripts and networking, each once
+    # (commandstats counts a script's inner commands both inside EVALSHA and on their own).
+    redis_cpu_us_per_job: float = math.nan
     redis_top_commands: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
@@ -138,6 +141,7 @@ async def measure(
         result.cpu_percent = {
             name: 100.0 * (cpu_after[name] - cpu_before[name]) / elapsed for name in cpu_after
         }
+        result.redis_cpu_us_per_job = (cpu_after["redis"] - cpu_before["redis"]) / count * 1e6
         _redis_cost(client, count, result)
         records = read_records(client)
         span = max(r[2] for r in records) - min(r[1] for r in records)

@@ -2,7 +2,9 @@
 channels through which every hub hears "work is available" and "cancel job X on worker W".
 
 No job state lives here: a claim is decided by the claim script in Redis. What this module keeps
-is which sockets are connected to this hub and which of them said `ready`.
+is which sockets are connected to this hub, which of them said `ready`, and which have a claim in
+flight. It owns that claim state; a session only sends what it is handed (`deliver`: the job,
+with the ack of the report that claimed it in the same write).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from redis.exceptions import RedisError
@@ -30,25 +32,22 @@ class Session(Protocol):
     """What the dispatcher needs of a worker's socket (see worker_ws.WorkerSession)."""
 
     worker_id: str
-    claiming: bool
-    reclaim: bool
 
     @property
     def is_open(self) -> bool: ...
 
-    async def deliver(self, claim: Claim) -> bool:
-        """Send the job; False if the socket is gone."""
+    async def deliver(self, claim: Claim, ack: str = "") -> bool:
+        """Send the job, after `ack` (a ready frame) in the same write; False if the socket is
+        gone."""
+
+    async def send_frame(self, text: str) -> bool: ...
 
     async def send_cancel(self, notice: CancelNotice) -> None: ...
 
 
-class ReportClaim:
-    """What a report's script claimed for its worker: None when the report was refused."""
-
-    __slots__ = ("result",)
-
-    def __init__(self) -> None:
-        self.result: Claim | ClaimMiss | None = None
+# A report's script that also claims (completed.ready_next): why the report was refused ('' if
+# recorded), and the claim (None when refused: the worker says `ready` itself).
+ReportAndClaim = Callable[[], Awaitable[tuple[str, Claim | ClaimMiss | None]]]
 
 
 class Dispatcher:
@@ -58,6 +57,10 @@ class Dispatcher:
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         self.wanting: dict[str, Session] = {}  # said `ready` and got nothing yet; in order
+        # One claim at a time per session; a wake-up during one marks it to claim once more,
+        # so a job enqueued while the claim was in flight is never missed.
+        self._claiming: set[Session] = set()
+        self._reclaim: set[Session] = set()
         self._wake_pending = False
         self._wake_task: asyncio.Task[None] | None = None
         self.on_redis_error: Callable[[BaseException], None] = lambda exc: None
@@ -91,45 +94,48 @@ class Dispatcher:
 
     def may_claim_with_report(self, session: Session) -> bool:
         """Whether a report's script may claim for this worker (no claim of its own in flight)."""
-        return not session.claiming and session.is_open
+        return session not in self._claiming and session.is_open
 
-    @contextlib.asynccontextmanager
-    async def claiming_with_report(self, session: Session) -> AsyncIterator[ReportClaim]:
-        """A claim made by a report's script (`completed.ready_next`), counted as this worker's
-        claim: wake-ups meanwhile make it claim again, as in try_dispatch. The job, if any, is
-        delivered when the block ends (after the block's ack)."""
-        claimed = ReportClaim()
+    async def report_and_claim(
+        self, session: Session, report: ReportAndClaim, ack: Callable[[str], str]
+    ) -> str:
+        """The fast path of a completion with `ready_next`: run `report` (one script records
+        the result and claims the next job), counted as this worker's claim, then send
+        `ack(refused)` with the job claimed in one write, or alone. Wake-ups meanwhile make it
+        claim again after the ack, as in try_dispatch. Returns why the report was refused."""
         self.wanting[session.worker_id] = session
-        session.claiming = True
-        session.reclaim = False
+        self._claiming.add(session)
+        self._reclaim.discard(session)
         try:
-            yield claimed
+            refused, result = await report()
         except BaseException:
             self.not_wanting(session)
             raise
         finally:
-            session.claiming = False
-        result = claimed.result
+            self._claiming.discard(session)
+        announced = session in self._reclaim
+        self._reclaim.discard(session)
         if isinstance(result, Claim):
             self.not_wanting(session)
-            await self._deliver(session, result)
-        elif result is None:
+            await self._deliver(session, result, ack(refused))
+            return refused
+        await session.send_frame(ack(refused))
+        if result is None:
             self.not_wanting(session)  # refused: the worker says `ready` itself
-        elif session.reclaim:
+        elif announced:
             await self.try_dispatch(session)  # work was announced while the script ran
         else:
             self._retry_later(result)
+        return refused
 
     async def try_dispatch(self, session: Session) -> ClaimMiss | None:
-        # One claim at a time per worker; a wake-up during a claim makes it claim once more, so
-        # a job enqueued while the claim was in flight is never missed.
-        if session.claiming:
-            session.reclaim = True
+        if session in self._claiming:
+            self._reclaim.add(session)
             return None
-        session.claiming = True
+        self._claiming.add(session)
         try:
             while self.wanting.get(session.worker_id) is session and session.is_open:
-                session.reclaim = False
+                self._reclaim.discard(session)
                 result = await self.store.claim(
                     session.worker_id, self.config.lease_ms, self.config.claim_options
                 )
@@ -137,17 +143,18 @@ class Dispatcher:
                     self.not_wanting(session)
                     await self._deliver(session, result)
                     return None
-                if not session.reclaim:
+                if session not in self._reclaim:
                     self._retry_later(result)
                     return result
             return None
         finally:
-            session.claiming = False
+            self._claiming.discard(session)
+            self._reclaim.discard(session)
 
-    async def _deliver(self, session: Session, claim: Claim) -> None:
+    async def _deliver(self, session: Session, claim: Claim, ack: str = "") -> None:
         self.metrics.dispatch_latency.observe(max(0, claim.claimed_ms - claim.enqueued_ms) / 1000)
         self.metrics.dispatched += 1
-        if await session.deliver(claim):
+        if await session.deliver(claim, ack):
             return
         # The socket closed while the claim was in flight: give the job straight back.
         await self.store.release(

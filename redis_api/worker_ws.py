@@ -62,7 +62,7 @@ from .errors import (
 from .jobs import output_url, progress_json
 from .runtime import HUB_KEY, Hub
 from .storage import OutputWriter
-from .store import CancelNotice, Claim
+from .store import CancelNotice, Claim, ClaimMiss
 from .ws_frames import text_frames
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,6 @@ class WorkerSession:
         self.worker_id = worker_id
         self.session_id = uuid.uuid4().hex
         self.ws = ws
-        self.claiming = False
-        self.reclaim = False
         self.said_bye = False
         self.welcomed = False
         self.on_welcome: Any = None  # called once, at welcome
@@ -203,8 +201,6 @@ class WorkerSession:
         # with that job's next script (progress/completed/failed): one script per job fewer.
         self._delivered: tuple[str, int] | None = None
         self._held_prompt_id = ""
-        # An ack held back while a claim for this worker is in flight, to go out with the job.
-        self._ack_before_job = ""
 
     @property
     def is_open(self) -> bool:
@@ -216,9 +212,9 @@ class WorkerSession:
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, message: HubMessage) -> bool:
-        return await self._send_text(encode(message))
+        return await self.send_frame(encode(message))
 
-    async def _send_text(self, text: str) -> bool:
+    async def send_frame(self, text: str) -> bool:
         if self.ws.closed:
             return False
         try:
@@ -238,18 +234,18 @@ class WorkerSession:
             or transport.get_write_buffer_size() > 0
             or len(data) > COALESCE_MAX_BYTES
         ):
-            return await self._send_text(first) and await self._send_text(second)
+            return await self.send_frame(first) and await self.send_frame(second)
         transport.write(data)
         return True
 
-    async def deliver(self, claim: Claim) -> bool:
+    async def deliver(self, claim: Claim, ack: str = "") -> bool:
+        """The job frame, after `ack` (the report that claimed it) in one write when given."""
         self._received.clear()
         self._delivered = (claim.job_id, claim.token)
         self._held_prompt_id = ""
-        ack, self._ack_before_job = self._ack_before_job, ""
         if ack:
             return await self._send_texts(ack, job_frame(claim))
-        return await self._send_text(job_frame(claim))
+        return await self.send_frame(job_frame(claim))
 
     def _report_ended(self, job_id: str, token: int) -> None:
         """A final report was handled: later `started` for that job go through Redis again."""
@@ -412,105 +408,125 @@ class WorkerSession:
             await self.send(ErrorReply("internal", "the hub could not handle this message"))
 
     async def _handle(self, message: WorkerMessage) -> None:
-        store, cfg, wid = self.store, self.config, self.worker_id
-        if isinstance(message, Ready):
-            await self.hub.dispatcher.want_work(self)
-        elif isinstance(message, Heartbeat):
-            running = (message.running.job_id, message.running.token) if message.running else None
-            stats = json.dumps({k: v for k, v in asdict(message.gpu).items() if v is not None})
-            refused, models_stale = await store.heartbeat(
-                wid,
-                self.session_id,
-                running,
-                cfg.lease_ms,
-                stats,
-                message.comfyui_ok,
-                message.models_digest,
+        match message:
+            case Ready():
+                await self.hub.dispatcher.want_work(self)
+            case Heartbeat():
+                await self._on_heartbeat(message)
+            case Started():
+                await self._on_started(message)
+            case Progress():
+                await self._on_progress(message)
+            case Completed():
+                await self._on_completed(message)
+            case Failed():
+                await self._on_failed(message)
+            case Released():
+                await self._on_released(message)
+            case Models():
+                await self._on_models(message)
+            case Unavailable():
+                self.hub.dispatcher.not_wanting(self)
+                await self.store.set_worker_state(self.worker_id, self.session_id, "unavailable")
+            case Bye():
+                self.said_bye = True
+                self.hub.dispatcher.not_wanting(self)
+            case Hello():
+                await self._error("already_welcomed", "hello was already answered on this socket")
+
+    async def _on_heartbeat(self, message: Heartbeat) -> None:
+        running = (message.running.job_id, message.running.token) if message.running else None
+        stats = json.dumps({k: v for k, v in asdict(message.gpu).items() if v is not None})
+        refused, models_stale = await self.store.heartbeat(
+            self.worker_id,
+            self.session_id,
+            running,
+            self.config.lease_ms,
+            stats,
+            message.comfyui_ok,
+            message.models_digest,
+        )
+        if models_stale:
+            # The hub's record of this worker's models is not what it last sent (a lost
+            # message, a Redis without that data): ask for the full list again.
+            await self.send(ErrorReply("models_stale", "send your models again"))
+        if refused and running:
+            # The worker runs a job that is no longer its own: stop it.
+            await self.send(Cancel(running[0], running[1], refused))
+
+    async def _on_started(self, message: Started) -> None:
+        if self._delivered == (message.job_id, message.token):
+            # This socket's own job, claimed moments ago (so its lease is fresh): record the
+            # prompt id with the job's next script, which checks the token then.
+            self._held_prompt_id = message.prompt_id
+            return
+        refused = await self.store.started(
+            message.job_id, message.token, self.worker_id, message.prompt_id, self.config.lease_ms
+        )
+        await self._refuse_report(message.job_id, message.token, "started", refused)
+
+    async def _on_progress(self, message: Progress) -> None:
+        payload = progress_json(message.node, message.value, message.max)
+        refused = await self.store.progress(
+            message.job_id,
+            message.token,
+            self.worker_id,
+            payload,
+            self.config.lease_ms,
+            self._take_prompt_id(message.job_id, message.token),
+        )
+        await self._refuse_report(message.job_id, message.token, "progress", refused)
+        if not refused:
+            self.hub.webhooks.progress(message.job_id)
+
+    async def _on_failed(self, message: Failed) -> None:
+        await self._drop_incoming(message.job_id, message.token)
+        error = {
+            "type": message.error.type,
+            "message": message.error.message,
+            "node_id": message.error.node_id,
+        }
+        refused, status, quarantined = await self.store.fail(
+            message.job_id,
+            message.token,
+            self.worker_id,
+            error,
+            message.error.retryable,
+            self.config.ttl_ms,
+            self._take_prompt_id(message.job_id, message.token),
+            message.error.type in WORKER_FAULTS,
+            self.config.quarantine_after,
+        )
+        if quarantined:
+            log.warning(
+                "worker %s quarantined after %d failures in a row",
+                self.worker_id,
+                self.config.quarantine_after,
             )
-            if models_stale:
-                # The hub's record of this worker's models is not what it last sent (a lost
-                # message, a Redis without that data): ask for the full list again.
-                await self.send(ErrorReply("models_stale", "send your models again"))
-            if refused and running:
-                # The worker runs a job that is no longer its own: stop it.
-                await self.send(Cancel(running[0], running[1], refused))
-        elif isinstance(message, Started):
-            if self._delivered == (message.job_id, message.token):
-                # This socket's own job, claimed moments ago (so its lease is fresh): record the
-                # prompt id with the job's next script, which checks the token then.
-                self._held_prompt_id = message.prompt_id
-                return
-            refused = await store.started(
-                message.job_id, message.token, wid, message.prompt_id, cfg.lease_ms
-            )
-            await self._refuse_report(message.job_id, message.token, "started", refused)
-        elif isinstance(message, Progress):
-            payload = progress_json(message.node, message.value, message.max)
-            refused = await store.progress(
+        self._report_ended(message.job_id, message.token)
+        if not refused:
+            self.hub.metrics.failed += 1
+            log.info(
+                "job %s failed on %s: %s (now %s)",
                 message.job_id,
-                message.token,
-                wid,
-                payload,
-                cfg.lease_ms,
-                self._take_prompt_id(message.job_id, message.token),
+                self.worker_id,
+                message.error.type,
+                status,
             )
-            await self._refuse_report(message.job_id, message.token, "progress", refused)
-            if not refused:
-                self.hub.webhooks.progress(message.job_id)
-        elif isinstance(message, Completed):
-            await self._on_completed(message)
-        elif isinstance(message, Failed):
-            await self._drop_incoming(message.job_id, message.token)
-            error = {
-                "type": message.error.type,
-                "message": message.error.message,
-                "node_id": message.error.node_id,
-            }
-            refused, status, quarantined = await store.fail(
-                message.job_id,
-                message.token,
-                wid,
-                error,
-                message.error.retryable,
-                cfg.ttl_ms,
-                self._take_prompt_id(message.job_id, message.token),
-                message.error.type in WORKER_FAULTS,
-                cfg.quarantine_after,
-            )
-            if quarantined:
-                log.warning(
-                    "worker %s quarantined after %d failures in a row",
-                    wid,
-                    cfg.quarantine_after,
-                )
-            self._report_ended(message.job_id, message.token)
-            if not refused:
-                self.hub.metrics.failed += 1
-                log.info(
-                    "job %s failed on %s: %s (now %s)",
-                    message.job_id,
-                    wid,
-                    message.error.type,
-                    status,
-                )
-            await self._ack(message.job_id, message.token, "failed", refused)
-        elif isinstance(message, Released):
-            refused = await store.release(message.job_id, message.token, wid, message.reason)
-            self._report_ended(message.job_id, message.token)
-            await self._ack(message.job_id, message.token, "released", refused)
-        elif isinstance(message, Models):
-            files = models.flatten(message.inventory)
-            await store.set_models(
-                wid, self.session_id, message.digest, files, models.flatten(message.warm)
-            )
-        elif isinstance(message, Unavailable):
-            self.hub.dispatcher.not_wanting(self)
-            await store.set_worker_state(wid, self.session_id, "unavailable")
-        elif isinstance(message, Bye):
-            self.said_bye = True
-            self.hub.dispatcher.not_wanting(self)
-        elif isinstance(message, Hello):
-            await self._error("already_welcomed", "hello was already answered on this socket")
+        await self._ack(message.job_id, message.token, "failed", refused)
+
+    async def _on_released(self, message: Released) -> None:
+        refused = await self.store.release(
+            message.job_id, message.token, self.worker_id, message.reason
+        )
+        self._report_ended(message.job_id, message.token)
+        await self._ack(message.job_id, message.token, "released", refused)
+
+    async def _on_models(self, message: Models) -> None:
+        files = models.flatten(message.inventory)
+        await self.store.set_models(
+            self.worker_id, self.session_id, message.digest, files, models.flatten(message.warm)
+        )
 
     async def _refuse_report(self, job_id: str, token: int, of: str, refused: str) -> None:
         if not refused:
@@ -523,7 +539,7 @@ class WorkerSession:
     async def _ack(self, job_id: str, token: int, of: str, refused: str) -> None:
         if refused:
             self.hub.metrics.refused_reports += 1
-        await self._send_text(ack_frame(job_id, token, of, refused))
+        await self.send_frame(ack_frame(job_id, token, of, refused))
 
     async def _on_completed(self, message: Completed) -> None:
         received = self._received.get((message.job_id, message.token), {})
@@ -572,30 +588,28 @@ class WorkerSession:
         prompt_id = self._take_prompt_id(message.job_id, message.token)
         dispatcher = self.hub.dispatcher
         if message.ready_next and dispatcher.may_claim_with_report(self):
-            # One script records the result and claims the next job; the ack waits for that
-            # job (deliver sends both in one write) and goes alone if none is claimed.
-            try:
-                async with dispatcher.claiming_with_report(self) as claimed:
-                    refused, claimed.result = await self.store.complete_and_claim(
-                        message.job_id,
-                        message.token,
-                        self.worker_id,
-                        outputs,
-                        self.config.ttl_ms,
-                        prompt_id,
-                        (self.config.lease_ms, self.config.claim_options),
-                        message.results,
-                    )
-                    self._completed(message, refused)
-                    if refused:
-                        self.hub.metrics.refused_reports += 1
-                    self._ack_before_job = ack_frame(
-                        message.job_id, message.token, "completed", refused
-                    )
-            finally:
-                ack, self._ack_before_job = self._ack_before_job, ""
-                if ack:
-                    await self._send_text(ack)
+            # One script records the result and claims the next job; the dispatcher sends the
+            # ack with that job in one write (deliver), or alone when none is claimed.
+            async def report() -> tuple[str, Claim | ClaimMiss | None]:
+                refused, claimed = await self.store.complete_and_claim(
+                    message.job_id,
+                    message.token,
+                    self.worker_id,
+                    outputs,
+                    self.config.ttl_ms,
+                    prompt_id,
+                    (self.config.lease_ms, self.config.claim_options),
+                    message.results,
+                )
+                self._completed(message, refused)
+                if refused:
+                    self.hub.metrics.refused_reports += 1
+                return refused, claimed
+
+            def ack(refused: str) -> str:
+                return ack_frame(message.job_id, message.token, "completed", refused)
+
+            await dispatcher.report_and_claim(self, report, ack)
             return
         refused = await self.store.complete(
             message.job_id,
