@@ -277,3 +277,21 @@ def test_collect_snapshot_from_a_real_process_backend(tmp_path: Path) -> None:
         assert snap.elapsed_ms is not None and snap.hub_error is None
     finally:
         backend.stop(None, timeout_s=2)
+
+
+def test_a_drained_worker_and_the_worker_versions_show() -> None:
+    drained = [
+        {**HUB_WORKERS[0], "drain": {"state": "draining", "since": NOW, "deadline": None}},
+        {**HUB_WORKERS[2], "connected": True, "status": "idle", "version": "src-bbb"},
+    ]
+    drained[0]["version"] = "src-aaa"
+    snap = build_snapshot(RECORDS, DEVICES, STATS, drained, now=NOW, backend="docker")  # type: ignore[arg-type]
+    by_index = {slot.index: slot for slot in snap.slots}
+    assert by_index[0].drain_state == "draining" and by_index[1].drain_state is None
+    assert by_index[0].worker_version == "src-aaa"
+    console = Console(width=120, record=True)
+    console.print(render_table(snap))
+    text = console.export_text()
+    row = next(line for line in text.splitlines() if line.strip().startswith("gpu0"))
+    assert "draining" in row
+    assert "src-aaa (gpu0)" in text and "src-bbb (gpu1)" in text

@@ -152,3 +152,37 @@ async def test_drain_and_resume_survive_a_worker_restart(fleet: dict[str, object
     await load.wait_all_busy()
     done = await load.check()
     assert done.statuses == {"succeeded": done.jobs}
+
+
+async def test_max_unavailable_replaces_that_many_gpus_at_once(fleet: dict[str, Any]) -> None:
+    from orchestrator.backends.process_backend import ProcessBackend
+    from orchestrator.hub_client.client import HubClient
+    from orchestrator.rollout.update import (
+        Change,
+        RollingUpdate,
+        SlotUpdate,
+        UpdateSettings,
+        prepare_update,
+    )
+    from orchestrator.rollout.worker_src import resolve_worker_src
+
+    common, tmp = fleet["common"], fleet["tmp"]
+    backend = ProcessBackend(Path(common[common.index("--base-dir") + 1]), machine_id="pod")
+    new = resolve_worker_src(worker_tree(tmp / "new", marker="new"))
+    settings = UpdateSettings(max_unavailable=2, ready_timeout_s=30.0, containers=False)
+    pairs = prepare_update(backend, Change(worker_src=new), None, containers=False)
+    events: list[tuple[int, str]] = []
+
+    def record(update: SlotUpdate) -> None:
+        events.append((update.index, str(update.step)))
+
+    engine = RollingUpdate(backend, HubClient(fleet["hub"].url), settings, on_change=record)
+    updates = await asyncio.to_thread(engine.run, pairs)
+    assert [str(u.step) for u in updates] == ["updated"] * GPUS
+    order = [event for event in events if event[1] in ("draining", "updated")]
+    first = order.index((0, "updated"))
+    second_wave = order.index((2, "draining"))
+    # GPUs 0 and 1 were out together; 2 and 3 waited until both were back.
+    assert order.index((1, "draining")) < first
+    assert second_wave > max(order.index((0, "updated")), order.index((1, "updated")))
+    assert order.index((3, "draining")) < order.index((2, "updated"))
