@@ -19,12 +19,12 @@ from comfy_worker.version import tree_version
 from orchestrator.console import ExitCode
 from orchestrator.images import worker as worker_images
 from orchestrator.rollout.worker_src import MOUNT_POINT
+from orchestrator.stack.lifecycle import free_port_block
 from tests.fixtures.docker import DockerDaemon
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import eventually
 from tests.orchestrator.backends.helpers import wgpu
 from tests.orchestrator.rollout.load import SteadyLoad, worker_tree, workers
-from tests.orchestrator.rollout.test_process_update import free_port_block
 
 pytestmark = pytest.mark.docker
 

@@ -15,10 +15,10 @@ from orchestrator.hub_client.client import HubClient
 from orchestrator.rollout.fleet_update import fleet_update
 from orchestrator.rollout.update import Change, UpdateSettings
 from orchestrator.rollout.worker_src import resolve_worker_src
+from orchestrator.stack.lifecycle import free_port_block
 from tests.fixtures.hub import HubFactory
 from tests.orchestrator.backends.helpers import wgpu
 from tests.orchestrator.rollout.load import worker_tree, workers
-from tests.orchestrator.rollout.test_process_update import free_port_block
 
 
 async def test_hosts_update_in_order_and_a_rollback_stops_the_rest(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,30 +14,13 @@ import pytest
 from comfy_worker.version import tree_version
 
 from orchestrator.console import ExitCode
+from orchestrator.stack.lifecycle import free_port_block
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import eventually
 from tests.orchestrator.backends.helpers import wgpu
 from tests.orchestrator.rollout.load import SteadyLoad, worker_tree, workers
 
 GPUS = 4
-
-
-def free_port_block(count: int) -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count < 65000 and all(_free(base + i) for i in range(count)):
-            return base
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture
