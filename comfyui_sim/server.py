@@ -75,6 +75,10 @@ class RunningSim:
         return self.server.store.dirs["output"]
 
     @property
+    def input_dir(self) -> Path:
+        return self.server.store.dirs["input"]
+
+    @property
     def crashed(self) -> bool:
         return self.server.crashed.is_set()
 

@@ -11,11 +11,13 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
 from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
 
+from . import inputs
 from .auth import ApiKey
 from .errors import BadRequest, StoreUnavailable
 from .event_fanout import SubscriberDropped, Subscription
@@ -118,17 +120,58 @@ def _not_found(job_id: str) -> web.HTTPNotFound:
     return web.HTTPNotFound(reason=f"no job {job_id!r}")
 
 
+async def _submitted_body(request: web.Request, hub: Hub) -> tuple[Any, dict[str, Any]]:
+    """(job body, inputs from file parts). Multipart: a `job` part with the JSON body and one
+    file part per input, streamed to storage as it comes (bounded by MAX_INPUT_BYTES, not by
+    the body limit)."""
+    if not request.content_type.startswith("multipart/"):
+        return parse_body(await read_body(request)), {}
+    body: Any = None
+    files: dict[str, Any] = {}
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, aiohttp.BodyPartReader):
+            raise BadRequest("nested multipart bodies are not accepted", "body")
+        name = part.name or ""
+        if name == "job":
+            raw = await part.read(decode=False)
+            if len(raw) > hub.config.max_body_bytes:
+                raise BadRequest(f"the job part exceeds {hub.config.max_body_bytes} bytes", "job")
+            body = parse_body(bytes(raw))
+        elif part.filename is not None:
+            if not inputs.input_name_ok(name):
+                raise BadRequest(f"file part {name!r} needs a plain input name", "inputs")
+            content_type = part.headers.get("Content-Type", "")
+            files[name] = await inputs.store_input(
+                hub, inputs.part_chunks(part), part.filename or name, content_type
+            )
+        else:
+            raise BadRequest(f"unexpected form field {name!r}: send 'job' and file parts", name)
+    if body is None:
+        raise BadRequest("a multipart job needs a 'job' part with the JSON body", "job")
+    return body, files
+
+
 async def submit(request: web.Request) -> web.Response:
     hub = _hub(request)
     owner = _owner(request)
     hub.limiter.check(owner)
-    spec = parse_submit(parse_body(await read_body(request)), hub.config)
+    wait_s = _wait_seconds(request)
+    body, files = await _submitted_body(request, hub)
+    spec = parse_submit(body, hub.config)
+    if isinstance(body, dict) and (body.get("inputs") is not None or files):
+        resolved = await inputs.resolve_inputs(hub, body.get("inputs"), body.get("workflow"), files)
+        spec = replace(spec, extras={**(spec.extras or {}), "inputs": resolved})
     idempotency_key = spec.idempotency_key
     if owner:
         # Idempotency keys are per API key: one key cannot find another's job by guessing.
         scoped = f"{owner}:{idempotency_key}" if idempotency_key else ""
         spec = replace(spec, owner=owner, idempotency_key=scoped)
     result = await hub.store.enqueue(uuid.uuid4().hex, spec, hub.queue_limits)
+    if wait_s and result.created:
+        if spec.webhook_events:
+            await hub.store.set_webhook_events(result.job_id, spec.webhook_events)
+        return await _wait_for_end(hub, result.job_id, wait_s)
     if spec.webhook_events and result.created:
         await hub.store.set_webhook_events(result.job_id, spec.webhook_events)
     if not result.created:
@@ -159,6 +202,44 @@ async def submit(request: web.Request) -> web.Response:
 
 async def _reasons(hub: Hub, rows: list[dict[str, str]]) -> dict[str, str]:
     return await waiting_reasons(hub.store, hub.config, rows)
+
+
+MAX_WAIT_S = 300.0
+
+
+def _wait_seconds(request: web.Request) -> float:
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait_s = float(raw)
+    except ValueError:
+        raise BadRequest(f"wait must be a number of seconds up to {MAX_WAIT_S:g}", "wait") from None
+    if not 0 <= wait_s <= MAX_WAIT_S:
+        raise BadRequest(f"wait must be from 0 to {MAX_WAIT_S:g} seconds", "wait")
+    return wait_s
+
+
+async def _wait_for_end(hub: Hub, job_id: str, wait_s: float) -> web.Response:
+    """`POST /jobs?wait=S`: the finished job (200) if it ends within S seconds, else the job
+    as it stands (202). Waits on the hub's one event reader (event_fanout), not by polling."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    # Subscribed before the first look, so an end between the look and the wait is seen.
+    async with hub.events.subscribe(hub.store.events_key(job_id), "0") as sub:
+        while True:
+            fields = await hub.store.get_job(job_id)
+            if fields is None:
+                raise web.HTTPServiceUnavailable(reason="the job expired meanwhile; submit again")
+            if fields.get("status") in TERMINAL_STATES:
+                return _json(job_view(fields), 200)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return _json(job_view(fields), 202)
+            try:
+                await sub.next(min(remaining, 5.0))
+            except SubscriberDropped:
+                continue  # fell behind: the next look at the job decides
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -475,6 +556,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/jobs", submit)
+    app.router.add_post("/uploads", inputs.post_upload)
+    app.router.add_get("/worker/inputs/{sha256}", inputs.get_worker_input)
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{job_id}", get_job)
     app.router.add_delete("/jobs/{job_id}", cancel_job)

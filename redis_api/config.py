@@ -81,6 +81,9 @@ class HubConfig:
     max_connections_per_ip: int = 512
     max_pending_sockets: int = 64  # worker sockets that have not said hello yet
     nofile_limit: int = 65536  # RLIMIT_NOFILE raised towards this at start
+    max_input_bytes: int = 200 * 1000 * 1000  # per input file, and per job
+    fetch_allowed_hosts: tuple[str, ...] = ()  # URL inputs: hosts allowed despite private IPs
+    fetch_timeout_s: float = 60.0  # URL inputs: the whole download
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
@@ -105,6 +108,7 @@ class HubConfig:
             ("webhook_allowed_hosts", _keys),
             ("webhook_retry_schedule", _schedule),
             ("webhook_secrets", _named_secrets),
+            ("fetch_allowed_hosts", _keys),
         ):
             if isinstance(values.get(name), str):
                 values[name] = parse(values[name])
@@ -222,4 +226,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "max_connections_per_ip": ("MAX_CONNECTIONS_PER_IP", int),
     "max_pending_sockets": ("MAX_PENDING_SOCKETS", int),
     "nofile_limit": ("NOFILE_LIMIT", int),
+    "max_input_bytes": ("MAX_INPUT_BYTES", int),
+    "fetch_allowed_hosts": ("FETCH_ALLOWED_HOSTS", _keys),
+    "fetch_timeout_s": ("FETCH_TIMEOUT_S", float),
 }

@@ -56,6 +56,7 @@ _FIELDS = {
     "requires",
     "schedule_timeout_s",
     "queue_timeout_s",
+    "inputs",  # resolved by redis_api.inputs (it needs storage and Redis)
 }
 _CONSTRAINTS = {"machine_id", "gpu", "min_vram_mb"}
 

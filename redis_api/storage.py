@@ -30,8 +30,9 @@ class OutputWriter(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def commit(self) -> None:
-        """Make the file visible under its name (atomically)."""
+    async def commit(self, name: str | None = None) -> None:
+        """Make the file visible under its name, or under `name` in the same job (atomically;
+        content-addressed inputs learn their name, the hash, only at the end)."""
 
     async def abort(self) -> None:
         """Drop what was written (idempotent, never raises)."""
@@ -207,10 +208,12 @@ class _LocalWriter:
             await self.abort()  # a full disk keeps no half-written file
             raise StorageError(_describe(exc)) from exc
 
-    async def commit(self) -> None:
+    async def commit(self, name: str | None = None) -> None:
+        target = self._path if name is None else self._path.with_name(_safe(name))
+
         def finish() -> None:
             self._handle.close()
-            os.replace(self._tmp, self._path)  # a reader never sees half a file
+            os.replace(self._tmp, target)  # a reader never sees half a file
 
         try:
             await asyncio.to_thread(finish)

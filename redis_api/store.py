@@ -767,6 +767,20 @@ class Store:
     async def webhook_progress(self, job_id: str) -> bool:
         return bool(int(await self._run("webhook_progress", job_id)))
 
+    # -- inputs (content-addressed uploads, issue #11) -------------------------------------
+
+    async def put_input(self, sha256: str, meta: dict[str, Any], ttl_ms: int) -> None:
+        """Describe a stored input blob; a repeated upload refreshes its expiry."""
+        key = self.key(f"input:{sha256}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
+            pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+
+    async def get_input(self, sha256: str) -> dict[str, Any] | None:
+        raw: dict[str, str] = await self.redis.hgetall(self.key(f"input:{sha256}"))
+        return {k: json.loads(v) for k, v in raw.items()} if raw else None
+
     async def set_webhook_events(self, job_id: str, events: Sequence[str]) -> None:
         await self.redis.hset(self.key(f"job:{job_id}"), "wh_events", ",".join(events))
 

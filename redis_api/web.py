@@ -16,8 +16,9 @@ from .worker_ws import handle_worker_socket
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Workers authenticate with their own token; the dashboard's static files hold no data.
-OPEN_PATHS = ("/health", "/metrics", "/ws/", "/dashboard/", "/openapi.json")
+# Workers authenticate with their own token (/ws/, /worker/); the dashboard's static files
+# hold no data.
+OPEN_PATHS = ("/health", "/metrics", "/ws/", "/worker/", "/dashboard/", "/openapi.json")
 
 
 @web.middleware

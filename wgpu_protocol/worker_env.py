@@ -40,6 +40,8 @@ MAX_OUTPUT_BYTES = "MAX_OUTPUT_BYTES"
 # run itself (read-only mount, no git), prefixed to its version in `hello`.
 SRC_DESCRIBE = "WORKER_SRC_DESCRIBE"
 PROGRESS_INTERVAL_S = "WORKER_PROGRESS_INTERVAL_S"  # at most one progress message this often
+# ComfyUI's input directory, if the worker can reach it (inputs are deleted there after a job).
+COMFYUI_INPUT_DIR = "COMFYUI_INPUT_DIR"
 
 DEFAULT_HUB_HOST = "127.0.0.1"
 DEFAULT_HUB_PORT = HUB_PORT

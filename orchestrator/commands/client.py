@@ -69,6 +69,16 @@ def submit(
     count: int = typer.Option(1, "--count", "-n", min=1, help="Submit each workflow K times."),
     timeout: float | None = typer.Option(None, "--timeout", help="A job's time limit (s)."),
     wait_timeout: float = typer.Option(3600.0, "--wait-timeout", help="Stop waiting after (s)."),
+    input_files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="[NAME=]FILE",
+            help="A file the workflow loads (LoadImage's image NAME; default the file's name). "
+            "Repeatable; uploaded once for all jobs.",
+        ),
+    ] = None,
     hub_url: HubUrlOption = DEFAULT_HUB_URL,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -78,12 +88,14 @@ def submit(
         loaded = [(path, load_workflow(path)) for path in workflows]
     except WorkflowFileError as exc:
         fail(str(exc), ExitCode.USAGE)
+    named = [parse_input_option(option) for option in input_files or []]
     hub = HubClient(hub_url, api_key=api_key)
     board = JobBoard()
     with hub_errors(hub_url):
+        inputs = {name: {"ref": hub.upload(path)["ref"]} for name, path in named}
         for path, workflow in loaded:
             for _ in range(count):
-                job = hub.submit(workflow, priority=priority, timeout_s=timeout)
+                job = hub.submit(workflow, priority=priority, timeout_s=timeout, inputs=inputs)
                 board.add(str(job["id"]), path.name)
     if not (wait or out_dir):
         if as_json:
@@ -96,6 +108,19 @@ def submit(
     code = finish(hub, board, out_dir, as_json)
     if code != ExitCode.OK:
         raise typer.Exit(int(code))
+
+
+def parse_input_option(option: str) -> tuple[str, Path]:
+    """`--input mask=mask.png` -> ("mask", mask.png); `--input in.png` -> ("in.png", in.png)."""
+    name, sep, file = option.partition("=")
+    path = Path(file if sep else option)
+    if not sep:
+        name = path.name
+    if not name or "/" in name:
+        fail(f"--input {option!r}: give NAME=FILE with a plain NAME", ExitCode.USAGE)
+    if not path.is_file():
+        fail(f"--input {option!r}: no file {path}", ExitCode.USAGE)
+    return name, path
 
 
 def follow_with_progress(hub: HubClient, board: JobBoard, timeout_s: float, quiet: bool) -> None:

@@ -8,11 +8,13 @@ error response (with its HTTP status and the hub's `error` text).
 from __future__ import annotations
 
 import json
+import mimetypes
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,7 @@ def submit_body(
     idempotency_key: str | None = None,
     constraints: JsonObject | None = None,
     webhook_url: str | None = None,
+    inputs: JsonObject | None = None,
 ) -> JsonObject:
     """The `POST /jobs` body; unset options are left out so the hub's defaults apply."""
     body: JsonObject = {"workflow": workflow}
@@ -64,6 +67,7 @@ def submit_body(
         "idempotency_key": idempotency_key,
         "constraints": constraints,
         "webhook_url": webhook_url,
+        "inputs": inputs or None,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     return body
@@ -192,6 +196,32 @@ class HubClient:
     def cancel(self, job_id: str) -> JobJson:
         job: JobJson = self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
+
+    def upload(self, path: Path, name: str | None = None) -> JsonObject:
+        """`POST /uploads` of a file (streamed from disk): `{"ref", "name", "size",
+        "content_type"}`; jobs then name it as `{"ref": ...}`."""
+        query = urllib.parse.urlencode({"name": name or path.name})
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with open(path, "rb") as handle:
+            request = urllib.request.Request(
+                f"{self.base_url}/uploads?{query}",
+                method="POST",
+                data=handle,
+                headers={
+                    **self._headers(None, json_body=False),
+                    "Content-Type": content_type,
+                    "Content-Length": str(path.stat().st_size),
+                },
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    answer: JsonObject = json.loads(response.read())
+                    return answer
+            except urllib.error.HTTPError as exc:
+                raise HubError(_error_text(exc.read(), exc.code), exc.code) from None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise HubUnreachable(f"hub at {self.base_url} does not answer ({reason})") from None
 
     def get_output(self, job_id: str, name: str) -> bytes:
         path = f"/jobs/{urllib.parse.quote(job_id)}/outputs/{urllib.parse.quote(name)}"

@@ -146,3 +146,35 @@ def test_the_hub_refusing_a_workflow_says_why(hub_url: str, tmp_path: Path) -> N
     )
     assert result.exit_code == 2, result.output
     assert "refused" in result.stderr
+
+
+def test_submit_with_input_files_uploads_them_once(hub_url: str, tmp_path: Path) -> None:
+    """`wgpu submit wf.json --input photo=in.png`: uploaded, named, inverted pixel by pixel."""
+    from comfyui_sim.media_nodes import INVERT_TABLE
+    from comfyui_sim.png import decode_png
+    from tests.fixtures.sim_traffic import RECORDED
+
+    png = tmp_path / "in.png"
+    png.write_bytes((RECORDED / "upload_image_in.png").read_bytes())
+    workflow = tmp_path / "invert.json"
+    nodes = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "i"}},
+    }
+    workflow.write_text(json.dumps(nodes))
+    out = tmp_path / "out"
+    result = wgpu(
+        "submit", str(workflow), "--input", f"photo={png}", "-n", "2", "--out", str(out),
+        "--hub-url", hub_url, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    files = sorted(out.rglob("*.png"))
+    assert len(files) == 2
+    _, _, original, _ = decode_png(png.read_bytes())
+    for path in files:
+        assert decode_png(path.read_bytes())[2] == original.translate(INVERT_TABLE)
+    missing = wgpu("submit", str(workflow), "--input", "nope.png", "--hub-url", hub_url)
+    assert missing.exit_code != 0 and "no file nope.png" in missing.output
+    unnamed = wgpu("submit", str(workflow), "--input", str(png), "--hub-url", hub_url)
+    assert unnamed.exit_code != 0 and "not named by any node" in unnamed.output

@@ -114,6 +114,11 @@ class ComfyClient:
         self._session = session
         self.base_url = base_url.rstrip("/")
 
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The worker's HTTP session (also used to reach the hub's input route)."""
+        return self._session
+
     async def _request(
         self,
         method: str,
@@ -235,6 +240,31 @@ class ComfyClient:
             OSError,
         ) as exc:
             raise ComfyUnreachable(f"GET /view of {filename}: {exc or type(exc).__name__}") from exc
+
+    async def upload_input(self, path: str, filename: str, subfolder: str) -> str:
+        """POST /upload/image (type input, overwrite): streams the file; returns the name
+        ComfyUI stored it under (inside `subfolder`)."""
+        try:
+            with open(path, "rb") as handle:  # noqa: ASYNC230 (aiohttp reads it in chunks)
+                form = aiohttp.FormData()
+                form.add_field("image", handle, filename=filename)
+                form.add_field("type", "input")
+                form.add_field("subfolder", subfolder)
+                form.add_field("overwrite", "true")
+                async with self._session.post(
+                    self.base_url + "/upload/image", data=form, timeout=STREAM_TIMEOUT
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ComfyUnreachable(f"POST /upload/image: {exc or type(exc).__name__}") from exc
+        if status != 200:
+            raise ComfyError(f"POST /upload/image of {filename} answered HTTP {status}")
+        try:
+            answer = json.loads(body)
+            return str(answer["name"])
+        except (ValueError, KeyError, TypeError):
+            raise ComfyError(f"POST /upload/image answered {body[:200]!r}") from None
 
     async def interrupt(self, prompt_id: str) -> None:
         # Always name the prompt: a bare interrupt can hit whatever runs now.

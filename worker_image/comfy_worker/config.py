@@ -63,6 +63,9 @@ class WorkerConfig:
     progress_interval_s: float = names.DEFAULT_PROGRESS_INTERVAL_S
     heartbeat_s: float = 5.0  # used until the hub's welcome says otherwise
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES  # MAX_OUTPUT_BYTES: larger outputs fail
+    # COMFYUI_INPUT_DIR: ComfyUI's input directory, when this worker can reach it: a job's
+    # uploaded inputs are deleted there after the job (ComfyUI has no route for that).
+    comfyui_input_dir: Path | None = None
 
     @property
     def worker_id(self) -> str:
@@ -119,6 +122,9 @@ class WorkerConfig:
             "comfyui_lost_s": reader.seconds(names.COMFYUI_LOST_S, names.DEFAULT_COMFYUI_LOST_S),
             "reconnect_max_s": reader.seconds(names.RECONNECT_MAX_S, names.DEFAULT_RECONNECT_MAX_S),
             "ack_timeout_s": reader.seconds(names.ACK_TIMEOUT_S, names.DEFAULT_ACK_TIMEOUT_S),
+            "comfyui_input_dir": (
+                Path(d) if (d := reader.optional(names.COMFYUI_INPUT_DIR)) else None
+            ),
             "max_output_bytes": reader.integer(
                 names.MAX_OUTPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, minimum=1
             ),

@@ -38,6 +38,7 @@ from .comfy_client import (
     PromptRejected,
 )
 from .config import WorkerConfig
+from .inputs import InputUnavailable, place_inputs, remove_inputs, rewrite
 from .outputs import OutputSource, collect, unique_name
 
 __all__ = ["JobRunner", "Outcome", "unique_name"]
@@ -130,17 +131,32 @@ class JobRunner:
             raise
         finally:
             self._events.unsubscribe(self.prompt_id)
+            if self.job.inputs:
+                await asyncio.shield(remove_inputs(self._config, self.job.job_id))
 
     async def _run(self) -> Outcome:
         job = self.job
         if self._pending_stop is not None:
             return self._fail(self._pending_stop, "the job was cancelled before it started", False)
+        workflow = job.workflow
+        if job.inputs:
+            try:
+                placed = await place_inputs(
+                    self._client.http, self._client, self._config, job.job_id, job.inputs
+                )
+            except InputUnavailable as exc:
+                return self._fail("input_unavailable", str(exc), True)
+            except ComfyUnreachable as exc:
+                return self._fail("comfyui_unavailable", f"uploading inputs: {exc}", True)
+            except ComfyError as exc:
+                return self._fail("input_unavailable", f"uploading inputs: {exc}", True)
+            workflow = rewrite(workflow, placed)
         # Events go only to a connected socket: give it a moment, the watchdog covers the rest.
         await self._events.wait_connected(2.0)
         self._submitted = True  # from here on a cancellation must try to stop it in ComfyUI
         try:
             submitted = await self._client.submit_prompt(
-                job.workflow, self._events.client_id, self.prompt_id
+                workflow, self._events.client_id, self.prompt_id
             )
         except PromptRejected as rejected:
             message, node_id = describe_rejection(rejected.body)

@@ -1,0 +1,302 @@
+"""Job inputs: files a workflow loads (LoadImage's `image`, video and audio loaders).
+
+An input is a content-addressed blob in storage (`inputs/<sha256>`), described in Redis
+(`input:<sha256>`, expiring like results): uploaded once with `POST /uploads`, referenced by any
+number of jobs as `{"ref": "sha256:<hex>"}`, or given inline (`{"data": base64}`), as a URL the hub
+fetches (`{"url"}`, http(s) only, private addresses refused unless allowed), or as a file part of
+a multipart `POST /jobs`. The worker fetches each from `GET /worker/inputs/<hex>`, uploads it to
+its ComfyUI and rewrites the workflow's file names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import ipaddress
+import mimetypes
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from .errors import BadRequest
+from .runtime import Hub
+
+INPUTS_DIR = "inputs"  # the storage "job" holding input blobs
+MAX_INPUTS = 32
+MAX_REDIRECTS = 3
+_REF = re.compile(r"^sha256:([0-9a-f]{64})$")
+_NAME = re.compile(r"^[^/\\\0]{1,200}$")
+_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
+
+
+def input_name_ok(name: str) -> bool:
+    return bool(_NAME.match(name)) and name not in (".", "..")
+
+
+async def store_input(
+    hub: Hub, chunks: AsyncIterator[bytes], name: str, content_type: str
+) -> dict[str, Any]:
+    """Stream an input into storage under its sha256; returns its description."""
+    limit = hub.config.max_input_bytes
+    writer = await hub.storage.open_writer(INPUTS_DIR, f".upload-{uuid.uuid4().hex}")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(
+                    f"input {name!r} is larger than MAX_INPUT_BYTES ({limit} bytes)", "inputs"
+                )
+            digest.update(chunk)
+            await writer.write(chunk)
+    except BaseException:
+        await writer.abort()
+        raise
+    sha256 = digest.hexdigest()
+    await writer.commit(sha256)
+    guessed = mimetypes.guess_type(name)[0]
+    if not content_type or content_type == "application/octet-stream":
+        content_type = guessed or "application/octet-stream"
+    meta = {
+        "ref": f"sha256:{sha256}",
+        "name": name,
+        "size": size,
+        "content_type": content_type,
+        "created_at": time.time(),
+    }
+    await hub.store.put_input(sha256, meta, hub.config.ttl_ms)
+    return meta
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def from_base64(hub: Hub, name: str, data: Any) -> dict[str, Any]:
+    if not isinstance(data, str):
+        raise BadRequest(f"inputs.{name}.data must be a base64 string", f"inputs.{name}")
+    if len(data) > hub.config.max_input_bytes * 4 // 3 + 4:
+        raise BadRequest(f"input {name!r} is larger than MAX_INPUT_BYTES", f"inputs.{name}")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"inputs.{name}.data is not valid base64", f"inputs.{name}") from None
+    return await store_input(hub, _one(raw), name, "")
+
+
+async def from_ref(hub: Hub, name: str, ref: Any) -> dict[str, Any]:
+    match = _REF.match(ref) if isinstance(ref, str) else None
+    if match is None:
+        raise BadRequest(f"inputs.{name}.ref must be 'sha256:<64 hex>'", f"inputs.{name}")
+    meta = await hub.store.get_input(match.group(1))
+    if meta is None:
+        raise BadRequest(
+            f"inputs.{name}.ref {ref} is unknown (never uploaded, or expired): POST /uploads",
+            f"inputs.{name}",
+        )
+    return meta
+
+
+def _private(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+async def check_fetchable(hub: Hub, url: str, field: str) -> None:
+    """Refuse URLs that would make the hub reach inside its own network (SSRF)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest(f"{field}: only http:// and https:// URLs can be fetched", field)
+    host = parts.hostname.lower().rstrip(".")
+    if host in hub.config.fetch_allowed_hosts:
+        return
+    if host in _METADATA_HOSTS:
+        raise BadRequest(f"{field}: {host} is a metadata service; not fetched", field)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise BadRequest(f"{field}: cannot resolve {host}: {exc}", field) from None
+    for info in infos:
+        if _private(str(info[4][0])):
+            raise BadRequest(
+                f"{field}: {host} resolves to a private, loopback or link-local address; "
+                "add it to FETCH_ALLOWED_HOSTS to allow it",
+                field,
+            )
+
+
+async def from_url(hub: Hub, name: str, url: Any) -> dict[str, Any]:
+    field = f"inputs.{name}.url"
+    if not isinstance(url, str) or len(url) > 4000:
+        raise BadRequest(f"{field} must be a URL string", field)
+    timeout = aiohttp.ClientTimeout(total=hub.config.fetch_timeout_s, connect=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for _ in range(MAX_REDIRECTS + 1):
+            await check_fetchable(hub, url, field)  # every hop, redirects included
+            try:
+                async with session.get(url, allow_redirects=False) as response:
+                    if response.status in (301, 302, 303, 307, 308):
+                        location = response.headers.get("Location", "")
+                        url = str(response.url.join(URL(location)))
+                        continue
+                    if response.status != 200:
+                        raise BadRequest(f"{field} answered HTTP {response.status}", field)
+                    length = response.content_length
+                    if length is not None and length > hub.config.max_input_bytes:
+                        raise BadRequest(
+                            f"input {name!r} is larger than MAX_INPUT_BYTES", f"inputs.{name}"
+                        )
+                    filename = urlsplit(url).path.rsplit("/", 1)[-1] or name
+                    return await store_input(
+                        hub, response.content.iter_chunked(1 << 20), filename, response.content_type
+                    )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise BadRequest(
+                    f"{field} could not be fetched: {exc or type(exc).__name__}", field
+                ) from None
+    raise BadRequest(f"{field}: more than {MAX_REDIRECTS} redirects", field)
+
+
+def names_in_workflow(workflow: dict[str, Any]) -> set[str]:
+    """Every string literal among the workflow's node inputs (where file names appear)."""
+    found: set[str] = set()
+    for node in workflow.values():
+        if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
+            found.update(v for v in node["inputs"].values() if isinstance(v, str))
+    return found
+
+
+async def resolve_inputs(
+    hub: Hub, raw: Any, workflow: Any, files: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """`inputs` of a job body (plus multipart file parts) -> {name: description}; 400 for an
+    input no node names, undecodable base64, an unknown ref, a refused URL or too many bytes."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadRequest("inputs must be an object {name: {ref}|{data}|{url}}", "inputs")
+    if len(raw) + len(files) > MAX_INPUTS:
+        raise BadRequest(f"a job takes at most {MAX_INPUTS} inputs", "inputs")
+    named = names_in_workflow(workflow) if isinstance(workflow, dict) else set()
+    resolved: dict[str, dict[str, Any]] = {}
+    for name in list(raw) + list(files):
+        if not isinstance(name, str) or not input_name_ok(name):
+            raise BadRequest(f"input name {name!r} must be a plain file name", "inputs")
+        if name not in named:
+            raise BadRequest(
+                f"input {name!r} is not named by any node of the workflow (e.g. LoadImage's image)",
+                f"inputs.{name}",
+            )
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or len(spec.keys() & {"ref", "data", "url"}) != 1:
+            raise BadRequest(
+                f"inputs.{name} must be one of {{ref}}, {{data}} or {{url}}", f"inputs.{name}"
+            )
+        if "ref" in spec:
+            resolved[name] = await from_ref(hub, name, spec["ref"])
+        elif "data" in spec:
+            resolved[name] = await from_base64(hub, name, spec["data"])
+        else:
+            resolved[name] = await from_url(hub, name, spec["url"])
+    resolved.update(files)
+    total = sum(int(meta["size"]) for meta in resolved.values())
+    if total > hub.config.max_input_bytes:
+        raise BadRequest(
+            f"the job's inputs add up to {total} bytes; MAX_INPUT_BYTES is "
+            f"{hub.config.max_input_bytes}",
+            "inputs",
+        )
+    return {
+        name: {k: meta[k] for k in ("ref", "name", "size", "content_type")}
+        for name, meta in resolved.items()
+    }
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+async def part_chunks(part: Any) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(1 << 20):
+        yield chunk
+
+
+async def post_upload(request: web.Request) -> web.Response:
+    """`POST /uploads`: multipart field `file`, or a raw body with `?name=`."""
+    from .runtime import HUB_KEY
+
+    hub = request.app[HUB_KEY]
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        async for part in reader:
+            if isinstance(part, aiohttp.BodyPartReader) and part.name == "file":
+                name = part.filename or "upload"
+                if not input_name_ok(name):
+                    raise BadRequest("the file name must be a plain file name", "file")
+                content_type = part.headers.get("Content-Type", "")
+                meta = await store_input(hub, part_chunks(part), name, content_type)
+                return web.json_response(_public(meta), status=201)
+        raise BadRequest("a multipart upload needs a 'file' field", "file")
+    name = request.query.get("name", "")
+    if not input_name_ok(name):
+        raise BadRequest("a raw upload needs ?name=<file name> (a plain file name)", "name")
+    meta = await store_input(
+        hub, request.content.iter_chunked(1 << 20), name, request.headers.get("Content-Type", "")
+    )
+    return web.json_response(_public(meta), status=201)
+
+
+def _public(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in ("ref", "name", "size", "content_type")}
+
+
+async def get_worker_input(request: web.Request) -> web.StreamResponse:
+    """`GET /worker/inputs/<hex>`: an input's bytes, for workers (WORKER_TOKEN when set)."""
+    from .auth import bearer_ok
+    from .runtime import HUB_KEY
+
+    hub = request.app[HUB_KEY]
+    if hub.config.worker_token and not bearer_ok(request, (hub.config.worker_token,)):
+        raise web.HTTPUnauthorized(reason="a valid worker token is required (WORKER_TOKEN)")
+    sha256 = request.match_info["sha256"]
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise web.HTTPNotFound(reason="no such input")
+    meta = await hub.store.get_input(sha256)
+    if meta is None:
+        raise web.HTTPNotFound(reason=f"input sha256:{sha256} is unknown or expired")
+    chunks = hub.storage.read_chunks(INPUTS_DIR, sha256)
+    response = web.StreamResponse(headers={"Content-Type": str(meta["content_type"])})
+    response.content_length = int(meta["size"])
+    try:
+        first = await anext(chunks)
+    except FileNotFoundError:
+        raise web.HTTPNotFound(reason=f"input sha256:{sha256} is no longer stored") from None
+    except StopAsyncIteration:
+        first = b""
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response

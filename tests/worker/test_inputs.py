@@ -1,0 +1,176 @@
+"""Input files through hub + worker + simulator: LoadImage -> ImageInvert -> SaveImage with an
+uploaded PNG returns the inverted image, pixel by pixel, whichever way the input was sent."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from comfyui_sim.media_nodes import INVERT_TABLE
+from comfyui_sim.png import decode_png
+from tests.fixtures.hub import HubFactory
+from tests.fixtures.sim import SimFactory
+from tests.fixtures.sim_traffic import RECORDED
+from tests.worker.test_relay import HubClient, http, running_worker, worker_config
+
+__all__ = ["http"]
+
+PNG = (RECORDED / "upload_image_in.png").read_bytes()  # real, with PNG row filters
+# What real ComfyUI made of it (LoadImage -> ImageInvert -> SaveImage), recorded.
+REAL_INVERTED = decode_png((RECORDED / "upload_image_uploaded_00001_.png").read_bytes())
+
+
+def invert_workflow(name: str = "in.png") -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+    }
+
+
+@pytest.fixture
+async def file_server() -> AsyncIterator[str]:
+    """A loopback HTTP server: /in.png, /redirect (to /in.png), /big (never ends quickly)."""
+
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query.get("to", "/in.png"))
+
+    app = web.Application()
+    app.router.add_get("/in.png", image)
+    app.router.add_get("/redirect", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def upload(client: HubClient, multipart: bool) -> dict[str, Any]:
+    if multipart:
+        form = aiohttp.FormData()
+        form.add_field("file", PNG, filename="in.png", content_type="image/png")
+        async with client.http.post(f"{client.url}/uploads", data=form) as r:
+            assert r.status == 201, await r.text()
+            return await r.json()  # type: ignore[no-any-return]
+    async with client.http.post(f"{client.url}/uploads?name=in.png", data=PNG) as r:
+        assert r.status == 201, await r.text()
+        return await r.json()  # type: ignore[no-any-return]
+
+
+async def submit(client: HubClient, form: str, server: str) -> str:
+    workflow = invert_workflow()
+    if form == "multipart":
+        data = aiohttp.FormData()
+        data.add_field("job", json.dumps({"workflow": workflow}), content_type="application/json")
+        data.add_field("in.png", PNG, filename="photo.png", content_type="image/png")
+        async with client.http.post(f"{client.url}/jobs", data=data) as r:
+            body = await r.json()
+            assert r.status == 201, body
+            return str(body["id"])
+    if form == "base64":
+        spec: dict[str, Any] = {"data": base64.b64encode(PNG).decode()}
+    elif form == "ref":
+        spec = {"ref": (await upload(client, multipart=True))["ref"]}
+    else:
+        spec = {"url": f"{server}/redirect"}  # followed, and checked at every hop
+    return await client.submit(workflow, inputs={"in.png": spec})
+
+
+@pytest.mark.parametrize("form", ["multipart", "base64", "ref", "url"])
+async def test_load_image_invert_returns_the_inverted_upload(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    file_server: str,
+    form: str,
+) -> None:
+    hub = await hub_factory(fetch_allowed_hosts=("127.0.0.1",))
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    config = worker_config(hub.url, sim.url, tmp_path, comfyui_input_dir=sim.input_dir)
+    async with running_worker(config):
+        job_id = await submit(client, form, file_server)
+        job = await client.wait_for(job_id)
+    assert job["status"] == "succeeded", job
+    (output,) = job["outputs"]
+    data, _ = await client.output(job_id, output["name"])
+    width, height, pixels, _ = decode_png(data)
+    in_width, in_height, in_pixels, _ = decode_png(PNG)
+    assert (width, height) == (in_width, in_height) == (32, 24)
+    assert pixels == in_pixels.translate(INVERT_TABLE)  # every pixel
+    assert (width, height, pixels) == REAL_INVERTED[:3]  # as real ComfyUI made it
+    # ComfyUI loaded it from the job's own folder; that folder is gone after the job.
+    (entry,) = (await (await http.get(f"{sim.url}/history")).json()).values()
+    assert entry["prompt"][2]["1"]["inputs"]["image"].startswith(f"wgpu/{job_id}/")
+    assert not (sim.input_dir / "wgpu" / job_id).exists()
+
+
+async def test_uploads_are_content_addressed(
+    hub_factory: HubFactory, http: aiohttp.ClientSession
+) -> None:
+    hub = await hub_factory()
+    client = HubClient(http, hub.url)
+    first = await upload(client, multipart=True)
+    second = await upload(client, multipart=False)
+    assert first == second
+    assert first["ref"].startswith("sha256:") and len(first["ref"]) == 71
+    assert first["size"] == len(PNG) and first["content_type"] == "image/png"
+    assert first["name"] == "in.png"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "says"),
+    [
+        ({"other.png": {"data": base64.b64encode(PNG).decode()}}, "not named by any node"),
+        ({"in.png": {"data": "not base64!"}}, "not valid base64"),
+        ({"in.png": {"ref": "sha256:" + "0" * 64}}, "unknown"),
+        ({"in.png": {"ref": "md5:abc"}}, "sha256:"),
+        ({"in.png": {"url": "file:///etc/passwd"}}, "http"),
+        ({"in.png": {"url": "http://169.254.169.254/latest/meta-data"}}, "private"),
+        ({"in.png": {"url": "http://metadata.google.internal/x"}}, "metadata"),
+        ({"in.png": {"data": "", "url": "http://example.com/"}}, "one of"),
+    ],
+)
+async def test_bad_inputs_are_refused_at_submit(
+    hub_factory: HubFactory, http: aiohttp.ClientSession, inputs: dict[str, Any], says: str
+) -> None:
+    hub = await hub_factory()
+    async with http.post(
+        f"{hub.url}/jobs", json={"workflow": invert_workflow(), "inputs": inputs}
+    ) as r:
+        body = await r.json()
+    assert r.status == 400, body
+    assert says in body["error"]
+
+
+async def test_loopback_urls_and_redirects_to_them_need_fetch_allowed_hosts(
+    hub_factory: HubFactory, http: aiohttp.ClientSession, file_server: str
+) -> None:
+    hub = await hub_factory()  # FETCH_ALLOWED_HOSTS empty
+    for url in (f"{file_server}/in.png", f"{file_server}/redirect"):
+        body = {"workflow": invert_workflow(), "inputs": {"in.png": {"url": url}}}
+        async with http.post(f"{hub.url}/jobs", json=body) as r:
+            answer = await r.json()
+        assert r.status == 400 and "FETCH_ALLOWED_HOSTS" in answer["error"], answer
+
+
+async def test_an_input_over_max_input_bytes_is_refused(
+    hub_factory: HubFactory, http: aiohttp.ClientSession
+) -> None:
+    hub = await hub_factory(max_input_bytes=1000)
+    async with http.post(f"{hub.url}/uploads?name=in.png", data=PNG) as r:
+        answer = await r.json()
+    assert r.status == 400 and "MAX_INPUT_BYTES" in answer["error"]
