@@ -163,9 +163,9 @@ async def test_cancelling_a_finished_job_is_409_and_changes_nothing(
 
 
 # Paths the architecture leaves open: probes, and workers (who have their own token).
-# The probes, the worker socket and the dashboard's static page (it holds no data: its feed and
-# every call it makes need the key).
-OPEN_PREFIXES = ("/health", "/metrics", "/ws/", "/dashboard/", "/openapi.json")
+# The probes, the worker socket and input route (they take WORKER_TOKEN, tested with them) and
+# the dashboard's static page (it holds no data: its feed and every call it makes need the key).
+OPEN_PREFIXES = ("/health", "/metrics", "/ws/", "/worker/", "/dashboard/", "/openapi.json")
 OPEN_EXACT = ("/",)
 
 

@@ -174,3 +174,19 @@ async def test_an_input_over_max_input_bytes_is_refused(
     async with http.post(f"{hub.url}/uploads?name=in.png", data=PNG) as r:
         answer = await r.json()
     assert r.status == 400 and "MAX_INPUT_BYTES" in answer["error"]
+
+
+async def test_the_worker_input_route_takes_the_worker_token(
+    hub_factory: HubFactory, http: aiohttp.ClientSession
+) -> None:
+    hub = await hub_factory(worker_token="wt-secret", api_keys=("ak-1",))
+    async with http.post(
+        f"{hub.url}/uploads?name=in.png", data=PNG, headers={"X-API-Key": "ak-1"}
+    ) as r:
+        ref = (await r.json())["ref"]
+    url = f"{hub.url}/worker/inputs/{ref.removeprefix('sha256:')}"
+    for headers in ({}, {"Authorization": "Bearer ak-1"}, {"Authorization": "Bearer wrong"}):
+        async with http.get(url, headers=headers) as r:
+            assert r.status == 401, headers
+    async with http.get(url, headers={"Authorization": "Bearer wt-secret"}) as r:
+        assert r.status == 200 and await r.read() == PNG
