@@ -4,6 +4,7 @@ job is final, and every client route needs a key when keys are on. Real hub, rea
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -15,15 +16,19 @@ from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.messages import (
     Ack,
     Cancel,
+    Completed,
     Failed,
     GpuInfo,
     Heartbeat,
     JobAssigned,
     JobError,
+    OutputFrame,
+    OutputRef,
     Progress,
     Released,
     RunningJob,
     Started,
+    encode_output_frame,
 )
 
 pytestmark = pytest.mark.redis
@@ -264,4 +269,29 @@ async def test_work_is_pushed_to_idle_workers_on_every_hub_without_polling(
         assigned = await worker.expect(JobAssigned, within=5.0)
         assert assigned.job_id == job["id"] and (await worker.complete(assigned)).ok
         await worker.ready()
+    await worker.close()
+
+
+async def test_an_output_whose_bytes_differ_from_its_announced_sha256_never_succeeds(
+    hub_factory: HubFactory,
+) -> None:
+    """'succeeded only when every output ComfyUI produced is stored and described': an output
+    stored with other bytes than the worker hashed is a storage error, retried, not a success."""
+    hub = await hub_factory()
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    job = await submit(hub.url, max_attempts=2)
+    assigned = await worker.take_job()
+    stored = b"what arrived"
+    await worker.send_raw(
+        encode_output_frame(OutputFrame(job["id"], assigned.token, "a.png", "image/png", stored))
+    )
+    announced = hashlib.sha256(b"what the worker read").hexdigest()
+    ref = OutputRef("a.png", "image/png", len(stored), announced)
+    await worker.send(Completed(job["id"], assigned.token, (ref,)))
+    ack = await worker.expect(Ack, job_id=job["id"], of="completed")
+    assert (ack.ok, ack.reason) == (False, "storage_error")
+    view = await job_status(hub.url, job["id"], "queued")
+    assert view["outputs"] == [] and view["history"][-1]["error"]["type"] == "storage_error"
+    assert announced in view["history"][-1]["error"]["message"]
     await worker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import tomllib
 
 import aiohttp
@@ -231,6 +232,15 @@ async def test_limits_and_lookups(hub_factory: HubFactory) -> None:
     assert status == 404
 
 
+def documented_metrics() -> dict[str, str]:
+    """Metric families and types as docs/architecture.md promises them."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    start = text.index("- Metrics (`GET /metrics`")
+    paragraph = text[start : text.index("\n\n", start)]
+    typed = dict(re.findall(r"`(wgpu_\w+)[^`]*` (gauge|histogram)", paragraph))
+    return {name: typed.get(name, "counter") for name in re.findall(r"`(wgpu_\w+)", paragraph)}
+
+
 async def test_workers_health_and_metrics(hub_factory: HubFactory) -> None:
     hub = await hub_factory()
     status, health = await call(hub.url, "GET", "/health")
@@ -266,6 +276,8 @@ async def test_workers_health_and_metrics(hub_factory: HubFactory) -> None:
         text = await r.text()
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
+    assert types == documented_metrics()  # exactly the documented families, with their types
     assert samples['wgpu_jobs{state="succeeded"}'] == "1"
     assert samples['wgpu_jobs{state="queued"}'] == "1"
     assert samples["wgpu_workers_connected"] == "1"
