@@ -31,6 +31,7 @@ from orchestrator.stack.compose_render import (
     StackOptions,
     comfyui_service_name,
     interpolate_all,
+    redis_server_args,
     render_stack,
     worker_service_name,
 )
@@ -70,6 +71,8 @@ class K8sOptions:
     nodes: tuple[str, ...] = ()  # schedule GPU pods only on these nodes
     redis_url: str | None = None  # external Redis: no StatefulSet rendered
     redis_storage: str = "10Gi"
+    redis_maxmemory: str = "1gb"  # Redis' own limit (noeviction): the queue refuses, not OOM
+    redis_memory_limit: str = "1536Mi"  # the pod's: maxmemory plus room for AOF rewrites
     outputs_storage: str = "50Gi"
     storage_class: str | None = None
     worker_token: str = ""
@@ -187,17 +190,21 @@ def _redis(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, A
     service = services["redis"]
     port = options.stack.redis_port
     container = _container("redis", service)
-    args = list(container["args"])
-    # The compose stack binds Redis to the host's loopback; in the cluster the hub comes over
-    # the Service (keep the namespace's network closed to Redis: see the README).
-    args[args.index("--bind") + 1] = "0.0.0.0"
-    args += ["--protected-mode", "no"]
+    # The compose stack binds Redis to the host's loopback and sizes maxmemory from the host;
+    # in the cluster the hub comes over the Service (keep the namespace's network closed to
+    # Redis: see the README) and maxmemory stays inside the pod's memory limit.
+    args = redis_server_args(str(port), bind="0.0.0.0", maxmemory=options.redis_maxmemory)
+    container.pop("args", None)
     container.update(
         {
-            "args": args,
+            "command": args[:1],
+            "args": [*args[1:], "--protected-mode", "no"],
             "ports": [{"name": "redis", "containerPort": port}],
             "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "256Mi"},
+                "limits": {"memory": options.redis_memory_limit},
+            },
         }
     )
     claim: dict[str, Any] = {

@@ -156,14 +156,27 @@ def _gpu_reservation(slot: Slot) -> dict[str, Any]:
     return {"resources": {"reservations": {"devices": [device]}}}
 
 
+def redis_server_args(port: str, *, bind: str, maxmemory: str) -> list[str]:
+    """The Redis of every rendered stack: AOF on (accepted jobs survive a crash), noeviction
+    (Redis never drops a job for memory) and a maxmemory, so the queue, not the OOM killer,
+    hits the limit. Compose and Kubernetes rendering both start Redis with these arguments."""
+    return [
+        "redis-server",
+        *("--port", port, "--bind", bind),
+        *("--appendonly", "yes", "--appendfsync", "everysec"),
+        *("--maxmemory-policy", "noeviction", "--maxmemory", maxmemory),
+        *("--dir", "/data"),
+    ]
+
+
 def _redis_script(port: str) -> str:
-    # `$$` is a literal `$` for compose (it interpolates `${...}` itself).
+    # `$$` is a literal `$` for compose (it interpolates `${...}` itself); maxmemory is
+    # REDIS_MAXMEMORY, else half of the host's memory read when the container starts.
+    maxmemory = '"$${REDIS_MAXMEMORY:-$$((kb * 512))}"'
+    args = " ".join(redis_server_args(port, bind="127.0.0.1", maxmemory=maxmemory))
     return (
         'while read key value unit; do [ "$$key" = MemTotal: ] && kb=$$value; done'
-        " < /proc/meminfo; "
-        f"exec redis-server --port {port} --bind 127.0.0.1 --appendonly yes"
-        " --appendfsync everysec --maxmemory-policy noeviction"
-        ' --maxmemory "$${REDIS_MAXMEMORY:-$$((kb * 512))}" --dir /data'
+        f" < /proc/meminfo; exec {args}"
     )
 
 

@@ -103,6 +103,10 @@ def test_redis_keeps_an_append_only_file_on_a_claim_or_is_external() -> None:
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert container["command"] == ["redis-server"]
+    assert args[args.index("--maxmemory") + 1] == OPTIONS.redis_maxmemory
+    assert args[args.index("--bind") + 1] == "0.0.0.0"  # the hub comes over the Service
+    assert container["resources"]["limits"]["memory"] == OPTIONS.redis_memory_limit
     assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
     [claim] = redis["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
