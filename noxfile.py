@@ -55,3 +55,10 @@ def mutants(session: nox.Session) -> None:
     """Curated mutation testing (`python -m mutants`): every mutation must be killed."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "mutants", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def abuse(session: nox.Session) -> None:
+    """A hostile mix and faults next to a normal load, on loopback: `python -m bench.abuse`."""
+    session.install("-e", ".[dev,bench]")
+    session.run("python", "-m", "bench.abuse", *session.posargs)

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from bench.record import STARTS_KEY, start_record
+from wgpu_protocol.credentials import worker_credential
 from wgpu_protocol.messages import (
     Ack,
     Bye,
@@ -34,12 +35,15 @@ from wgpu_protocol.messages import (
     Heartbeat,
     Hello,
     JobAssigned,
+    OutputFrame,
+    OutputRef,
     Ready,
     RunningJob,
     Started,
     Welcome,
     decode_hub_message,
     encode,
+    encode_output_frame,
 )
 
 
@@ -86,7 +90,18 @@ class FakeWorker:
                 delay = min(delay * 2, 0.5)
 
     async def session(self) -> None:
-        async with connect(self.ws_url, open_timeout=10, max_size=None, compression=None) as ws:
+        headers = {}
+        if self.args.worker_token:
+            credential = worker_credential(self.args.worker_token, self.worker_id)
+            headers["Authorization"] = f"Bearer {credential}"
+        async with connect(
+            self.ws_url,
+            open_timeout=10,
+            max_size=None,
+            compression=None,
+            additional_headers=headers,
+            proxy=None,
+        ) as ws:
             self.ws = ws
             hello = Hello(
                 worker_id=self.worker_id,
@@ -162,8 +177,21 @@ class FakeWorker:
             await ws.send(encode(Started(job.job_id, job.token, prompt_id=job.job_id)))
         if self.args.job_time > 0:
             await asyncio.sleep(self.args.job_time)
+        refs: tuple[OutputRef, ...] = ()
+        if self.args.output_bytes > 0:
+            frame = OutputFrame(
+                job.job_id,
+                job.token,
+                "out.png",
+                "image/png",
+                b"\x89PNG" * (self.args.output_bytes // 4),
+            )
+            await ws.send(encode_output_frame(frame))
+            refs = (frame.ref,)
         self.sent_ready_next = self.ready_next and not self.args.eager_ready
-        await ws.send(encode(Completed(job.job_id, job.token, ready_next=self.sent_ready_next)))
+        await ws.send(
+            encode(Completed(job.job_id, job.token, refs, ready_next=self.sent_ready_next))
+        )
         if self.args.eager_ready:
             await ws.send(encode(Ready()))
         asyncio.get_running_loop().call_later(
@@ -238,6 +266,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--completions-file", default="")
     parser.add_argument("--job-time", type=float, default=0.0, help="seconds each job takes")
+    parser.add_argument("--worker-token", default="", help="the hub's WORKER_TOKEN")
+    parser.add_argument(
+        "--output-bytes", type=int, default=0, help="send one output file of this size per job"
+    )
     parser.add_argument("--ack-timeout", type=float, default=2.0)
     parser.add_argument(
         "--ignore-unavailable",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -388,6 +389,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         )
         sent = start
         reason = await _queued_reason(hub, job_id)
+        # The fan-out's tick (one task for every stream) notices a client gone and, while the
+        # job is queued, a change of why it waits (_reason_tick): a stream that waits costs no
+        # timer and no Redis call of its own.
+        transport = request.transport
+        sub.alive = lambda: transport is not None and not transport.is_closing()
+        sub.watch = _ReasonWatch(job_id, reason) if reason is not None else None
+        hub.events.on_tick = functools.partial(_reason_tick, hub)
         try:
             await response.prepare(request)
             if last == "0":
@@ -395,9 +403,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 # Its id sorts before any stored one, so a client resuming from it misses nothing.
                 opening = QUEUED_EVENT if not reason else _queued_event(reason)
                 await _send(response, "status", opening, QUEUED_EVENT_ID)
-            batch: list[StreamEntry] | None = backlog
-            while batch is not None:
+            batch = backlog
+            while True:
                 for entry in batch:
+                    if entry.kind == REASON_KIND:
+                        # Not stored in the stream: it describes the queue, not the job's history.
+                        await _write(response, f"event: status\ndata: {entry.data}\n\n".encode())
+                        continue
                     if not _after(entry.id, sent):
                         continue  # the reader and the backlog may both have it
                     data = entry.data
@@ -411,25 +423,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                         return response
                 if _after(sent, sub.last_id):
                     sub.last_id = sent
-                # While the job is queued, look again every second for a change of why it waits.
-                wait_s = SSE_QUEUED_BLOCK_MS / 1000 if reason is not None else SSE_KEEPALIVE_S
-                batch = await _next_batch(request, sub, wait_s)
-                if batch == []:
+                batch = await sub.next(SSE_KEEPALIVE_S)
+                if not batch:
                     if not await hub.store.job_exists(job_id):
                         return response  # expired: nothing more will come
-                    now_reason = await _queued_reason(hub, job_id) if reason is not None else None
-                    if now_reason is not None and now_reason != reason:
-                        # Not stored in the stream: it describes the queue, not the job's history.
-                        await _write(
-                            response,
-                            f"event: status\ndata: {_queued_event(now_reason)}\n\n".encode(),
-                        )
-                    else:
-                        await _write(response, b": keep-alive\n\n")
-                    reason = now_reason
-                elif batch and reason is not None:
-                    reason = await _queued_reason(hub, job_id)
-            return response  # the client went away
+                    await _write(response, b": keep-alive\n\n")
         except (ConnectionResetError, ConnectionError, TimeoutError, SubscriberDropped):
             return response  # the client went away, or is too slow: it resumes later
         except StoreUnavailable as exc:
@@ -440,24 +438,31 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 SSE_KEEPALIVE_S = 15.0
 SSE_WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long is dropped
-DISCONNECT_CHECK_S = 1.0
+REASON_KIND = "_reason"  # an entry the tick pushes: a queued job's new waiting reason
 
 
-async def _next_batch(
-    request: web.Request, sub: Subscription, wait_s: float
-) -> list[StreamEntry] | None:
-    """The next events, [] after wait_s without any, None once the client is gone."""
-    waited = 0.0
-    while waited < wait_s:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return None
-        step = min(DISCONNECT_CHECK_S, wait_s - waited)
-        batch = await sub.next(step)
-        if batch:
-            return batch
-        waited += step
-    return []
+@dataclass
+class _ReasonWatch:
+    job_id: str
+    reason: str | None
+
+
+async def _reason_tick(hub: Hub, subs: list[Subscription]) -> None:
+    """Once a second, for every stream of a queued job on this hub: why does it wait now?
+    One read of all those jobs and one reasons script, whatever the number of streams."""
+    watches = [(sub, sub.watch) for sub in subs if isinstance(sub.watch, _ReasonWatch)]
+    job_ids = sorted({watch.job_id for _, watch in watches})
+    rows = {row["id"]: row for row in await hub.store.get_jobs(job_ids) if row.get("id")}
+    reasons = await _reasons(hub, list(rows.values()))
+    for sub, watch in watches:
+        row = rows.get(watch.job_id)
+        if row is None or row.get("status") != "queued":
+            sub.watch = None  # running or gone: its own events tell the rest
+            continue
+        now = reasons.get(row.get("pool", ""), "")
+        if now != watch.reason:
+            watch.reason = now
+            sub.push([StreamEntry("", REASON_KIND, _queued_event(now))])
 
 
 async def _send(response: web.StreamResponse, kind: str, data: str, event_id: str) -> None:
@@ -482,8 +487,27 @@ def _queued_event(reason: str) -> str:
     return json.dumps({"status": "queued", "waiting_reason": reason or None})
 
 
+# Why a queued job waits, shared by every stream of that job on this hub for a second: many
+# streams on one job cost one look a second, not one each.
+_REASON_TTL_S = 1.0
+_reason_cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
 async def _queued_reason(hub: Hub, job_id: str) -> str | None:
     """'' or why the job waits while it is queued; None once it is not queued."""
+    key = (hub.hub_id, job_id)
+    now = time.monotonic()
+    cached = _reason_cache.get(key)
+    if cached is not None and now - cached[0] < _REASON_TTL_S:
+        return cached[1]
+    reason = await _look_up_reason(hub, job_id)
+    if len(_reason_cache) > 10_000:
+        _reason_cache.clear()
+    _reason_cache[key] = (now, reason)
+    return reason
+
+
+async def _look_up_reason(hub: Hub, job_id: str) -> str | None:
     fields = await hub.store.get_job(job_id)
     if fields is None or fields.get("status") != "queued":
         return None

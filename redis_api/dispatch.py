@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -61,6 +62,8 @@ class Dispatcher:
         # so a job enqueued while the claim was in flight is never missed.
         self._claiming: set[Session] = set()
         self._reclaim: set[Session] = set()
+        self.paused_until = 0.0  # no claims before this (monotonic): outputs cannot be stored
+        self._storage_backoff_s = 0.0
         self._wake_pending = False
         self._wake_task: asyncio.Task[None] | None = None
         self.on_redis_error: Callable[[BaseException], None] = lambda exc: None
@@ -92,9 +95,27 @@ class Dispatcher:
         self.wanting[session.worker_id] = session
         await self.try_dispatch(session)
 
+    # -- a pause while this hub cannot store outputs ---------------------------------------
+
+    def storage_failed(self) -> None:
+        """An output could not be stored: claim nothing for this hub's workers for a while
+        (0.5 s, doubling to 10 s while failures go on), so that a full disk does not burn every
+        queued job's attempts in a second. Jobs wait in the queue meanwhile."""
+        self._storage_backoff_s = min(10.0, max(0.5, self._storage_backoff_s * 2))
+        self.paused_until = time.monotonic() + self._storage_backoff_s
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._storage_backoff_s, self.wake)
+
+    def storage_ok(self) -> None:
+        self._storage_backoff_s = 0.0
+
+    @property
+    def paused(self) -> bool:
+        return time.monotonic() < self.paused_until
+
     def may_claim_with_report(self, session: Session) -> bool:
         """Whether a report's script may claim for this worker (no claim of its own in flight)."""
-        return session not in self._claiming and session.is_open
+        return session not in self._claiming and session.is_open and not self.paused
 
     async def report_and_claim(
         self, session: Session, report: ReportAndClaim, ack: Callable[[str], str]
@@ -132,6 +153,8 @@ class Dispatcher:
         if session in self._claiming:
             self._reclaim.add(session)
             return None
+        if self.paused:
+            return None  # storage_failed schedules a wake-up for when the pause ends
         self._claiming.add(session)
         try:
             while self.wanting.get(session.worker_id) is session and session.is_open:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import HubError, StoreUnavailable, TooManyStreams
 from .store import StreamEntry, StreamReader
@@ -49,6 +50,23 @@ class Subscription:
         default_factory=lambda: asyncio.Queue(QUEUE_LIMIT)
     )
     dropped: bool = False
+    # Looked at by the fan-out's once-a-second tick (one task for all subscriptions, so that an
+    # idle subscription costs no timer of its own): `alive` says whether its client is still
+    # there (else the subscription ends); `watch` is for the subscriber's own tick handler.
+    alive: Callable[[], bool] | None = None
+    watch: Any = None
+
+    def end(self) -> None:
+        """End the subscription: its next() raises SubscriberDropped."""
+        self.dropped = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+    def push(self, entries: list[StreamEntry]) -> None:
+        """Entries that are not in the stream (ids ''), such as a changed waiting reason."""
+        if not self.dropped:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(entries)
 
     async def next(self, timeout_s: float) -> list[StreamEntry]:
         """The next batch of entries after `last_id`, or [] after timeout_s without any."""
@@ -85,10 +103,17 @@ def _id_after(candidate: str, last: str) -> bool:
     return _id_tuple(candidate) > _id_tuple(last)
 
 
+TICK_S = 1.0
+OnTick = Callable[[list[Subscription]], Awaitable[None]]
+
+
 class EventFanout:
     def __init__(self, reader: StreamReader, max_streams: int) -> None:
         self.reader = reader
         self.max_streams = max_streams
+        # Called once a second with every subscription that has a `watch` (see Subscription).
+        self.on_tick: OnTick | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._subs: dict[str, set[Subscription]] = {}
         self._count = 0
         self._changed = asyncio.Event()
@@ -127,7 +152,23 @@ class EventFanout:
     def _start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="hub-event-fanout")
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="hub-event-tick")
         self._changed.set()
+
+    async def _tick(self) -> None:
+        while self._subs:
+            await asyncio.sleep(TICK_S)
+            subs = [sub for subs in self._subs.values() for sub in subs]
+            for sub in subs:
+                if sub.alive is not None and not sub.alive():
+                    sub.end()  # its client went away: the handler ends now, not at a write
+            watched = [sub for sub in subs if sub.watch is not None and not sub.dropped]
+            if watched and self.on_tick is not None:
+                try:
+                    await self.on_tick(watched)
+                except StoreUnavailable as exc:
+                    log.debug("event tick: %s", exc)
 
     async def _interrupt(self) -> None:
         """A new subscriber: end the XREAD in flight so the next one reads from its position
@@ -169,5 +210,5 @@ class EventFanout:
                     sub.offer(batch)
 
     async def close(self) -> None:
-        await stop_tasks([self._task] if self._task is not None else [])
+        await stop_tasks([t for t in (self._task, self._ticker) if t is not None])
         await self.reader.close()

@@ -137,11 +137,11 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
         )
     live = hub.dispatcher.sessions.get(worker_id)
     if isinstance(live, WorkerSession) and live.is_open:
-        if live.heard_within(2 * hub.config.heartbeat_s):
+        if live.heard_within(hub.config.lease_s):
             # A live socket keeps its worker id: a second one is refused, not allowed to
             # displace it (and take over its job).
             raise web.HTTPConflict(reason=f"worker {worker_id} is connected already")
-        # Silent past two heartbeats: the old socket is dead but not yet closed.
+        # Silent past its lease: the old socket is dead but not yet closed.
         await live.ws.close(code=4000, message=b"replaced by a newer connection")
     if hub.pending_sockets >= hub.config.max_pending_sockets:
         raise TooManyStreams(
@@ -655,6 +655,7 @@ class WorkerSession:
                 frame.job_id, frame.token, f"storing output {frame.name!r} failed: {exc}", ""
             )
             return
+        self.hub.dispatcher.storage_ok()
         digest = hashlib.sha256(frame.data).hexdigest()
         self._received.setdefault((frame.job_id, frame.token), {})[frame.name] = Received(
             size, digest
@@ -768,6 +769,7 @@ class WorkerSession:
     async def _fail_storage(self, job_id: str, token: int, message: str, of: str) -> None:
         """End the attempt with `storage_error` (retried while attempts remain) and tell the
         worker: an ack refusing its report `of` (if any), else a cancel of the job."""
+        self.hub.dispatcher.storage_failed()
         error = {"type": StorageError.error_type, "message": message, "node_id": None}
         refused, status, _ = await self.store.fail(
             job_id,

@@ -19,6 +19,7 @@ from wgpu_protocol.messages import (
     Cancel,
     Completed,
     ErrorReply,
+    JobAssigned,
     OutputFrame,
     OutputRef,
     encode_output_frame,
@@ -144,3 +145,29 @@ async def test_storage_errors_are_not_store_errors(tmp_path: Path) -> None:
     storage = LocalDirStorage(blocker)
     with pytest.raises(StorageError):
         await storage.put("0123456789abcdef0123456789abcdef", "a.png", b"1")
+
+
+async def test_a_storage_failure_pauses_claims_on_that_hub(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    """A full disk must not burn every queued job's attempts in a second: after a storage
+    failure the hub claims nothing for its workers for a while, then carries on."""
+    outputs = tmp_path / "out"
+    hub = await hub_factory(outputs_dir=str(outputs))
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    job = await submit(hub.url, max_attempts=3)
+    assigned = await worker.take_job()
+    (outputs / job["id"]).write_bytes(b"in the way")
+    frame = OutputFrame(job["id"], assigned.token, "a.png", "image/png", b"png")
+    await worker.send_raw(encode_output_frame(frame))
+    await worker.expect(Cancel, job_id=job["id"])
+    assert hub.hub.dispatcher.paused
+    await worker.ready()
+    await worker.nothing_of(JobAssigned, within=0.3)  # paused: the job waits in the queue
+    (outputs / job["id"]).unlink()
+    again = await worker.expect(JobAssigned, within=5.0)
+    assert again.job_id == job["id"] and again.attempt == 2
+    assert (await worker.complete(again, {"a.png": ("image/png", b"png")})).ok
+    assert (await get_job(hub.url, job["id"]))["status"] == "succeeded"
+    await worker.close()

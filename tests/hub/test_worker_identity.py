@@ -52,10 +52,10 @@ async def test_one_workers_credential_cannot_act_as_another(hub_factory: HubFact
 
 
 async def test_a_silent_socket_is_replaced(hub_factory: HubFactory) -> None:
-    hub = await hub_factory(worker_token=TOKEN, heartbeat_s=0.2)
+    hub = await hub_factory(worker_token=TOKEN, heartbeat_s=0.2, lease_s=1.0)
     first = ProtocolWorker(hub.url, worker_id="m1-gpu0", token=TOKEN)
     await first.connect()
-    # The first socket says nothing for over two heartbeats (a half-open connection).
+    # The first socket says nothing for over its lease (a half-open connection).
     second = ProtocolWorker(hub.url, worker_id="m1-gpu0", token=TOKEN)
     for _ in range(100):
         try:
@@ -63,7 +63,7 @@ async def test_a_silent_socket_is_replaced(hub_factory: HubFactory) -> None:
             break
         except InvalidStatus as exc:
             assert exc.response.status_code == 409
-            await asyncio.sleep(0.05)  # retried as a worker does, until 2 heartbeats pass
+            await asyncio.sleep(0.05)  # retried as a worker does, until the lease has passed
     assert second.welcome is not None
     job = await submit(hub.url)
     assigned = await second.take_job()
