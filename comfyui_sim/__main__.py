@@ -6,6 +6,7 @@ import logging
 import sys
 
 from comfyui_sim.cli_args import config_from_args, parser
+from comfyui_sim.model_store import ModelStoreError
 from comfyui_sim.server import run_sim
 
 
@@ -14,7 +15,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s wgpu-sim %(message)s")
     try:
-        run_sim(config_from_args(args, argv))
+        config = config_from_args(args, argv)
+    except ModelStoreError as exc:
+        parser().error(str(exc))
+    try:
+        run_sim(config)
     except OSError as exc:
         print(f"wgpu-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -46,6 +46,8 @@ class Behaviour(enum.Enum):
     TILED_UPSCALE = "tiled_upscale"  # ImageUpscaleWithModel: one progress step per tile
     BUSY = "busy"  # WgpuSimBusy: a long node without progress callbacks (ignores interrupts)
     BLOB = "blob"  # WgpuSimBlob: an output file of exactly `size_bytes`
+    # Model loaders (catalog_models.py): a file not loaded costs the load time.
+    LOAD_MODEL = "load_model"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class NodeClass:
     # Inputs naming a file in one of ComfyUI's directories ("input"): validation checks that the
     # file exists instead of checking the combo list (stock LoadImage's VALIDATE_INPUTS).
     file_inputs: dict[str, str] = field(default_factory=dict)
+    # Model loaders (catalog_models.py): input name -> model folder. Their choices are the files
+    # of that folder, filled in per instance (model_store.py).
+    model_inputs: dict[str, str] = field(default_factory=dict)
 
     def input_spec(self, name: str) -> tuple[str, InputSpec] | None:
         """('required'|'optional', spec) for a declared input, else None."""
@@ -239,18 +244,6 @@ _CLASSES = [
         python_module="custom_nodes.websocket_image_save",
     ),
     NodeClass(
-        "CheckpointLoaderSimple",
-        {
-            "ckpt_name": [
-                SIM_CHECKPOINTS,
-                {"tooltip": "The name of the checkpoint (model) to load."},
-            ]
-        },
-        ["MODEL", "CLIP", "VAE"],
-        display_name="Load Checkpoint",
-        category="loaders",
-    ),
-    NodeClass(
         "CLIPTextEncode",
         {"text": ["STRING", {"multiline": True, "dynamicPrompts": True}], "clip": ["CLIP", {}]},
         ["CONDITIONING"],
@@ -322,6 +315,17 @@ _CLASSES = [
 ]
 
 CATALOG: dict[str, NodeClass] = {cls.name: cls for cls in _CLASSES}
+
+
+def _add_model_classes() -> None:
+    # Model loaders live in their own module and replace any placeholder of the same name.
+    from comfyui_sim.catalog_models import MODEL_CLASSES
+
+    for cls in MODEL_CLASSES:
+        CATALOG[cls.name] = cls
+
+
+_add_model_classes()
 
 
 def _add_media_classes() -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from comfyui_sim.config import SimConfig
+from comfyui_sim.model_store import parse_models_option
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +24,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-none", action="store_true", help="never serve nodes from cache")
     p.add_argument("--device-name", default=None, help="device name in /system_stats")
     p.add_argument("--vram-mb", type=int, default=None, help="VRAM in /system_stats (MiB)")
+    p.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        metavar="FOLDER=FILE[,FILE...]",
+        help="model files this instance has (repeatable), e.g. checkpoints=a.safetensors",
+    )
+    p.add_argument("--models-dir", type=Path, default=None, help="model folders (default: temp)")
+    p.add_argument("--load-time", type=float, default=2.0, help="seconds per model load")
+    p.add_argument("--vram-models", type=int, default=1, help="models kept loaded per loader kind")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -38,6 +49,10 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> SimConfig:
         input_dir=args.input_dir,
         cache_enabled=not args.cache_none,
         argv=["main.py", *argv],
+        models=parse_models_option(args.models),
+        models_dir=args.models_dir,
+        load_time_s=args.load_time,
+        vram_models=args.vram_models,
     )
     if args.device_name:
         config.device_name = args.device_name

@@ -42,6 +42,13 @@ class SimConfig:
     # Called instead of the default crash behaviour when set (tests).
     crash_hook: Callable[[], None] | None = None
     argv: list[str] = field(default_factory=lambda: ["main.py", "--wgpu-sim"])
+    # Model files (model_store.py): created at start in `models_dir` (default <base_dir>/models,
+    # else a temp dir) per folder; a folder not named here keeps the defaults below.
+    models: dict[str, list[str]] = field(default_factory=dict)
+    models_dir: Path | None = None
+    # A loader whose file is not among the last `vram_models` loaded of its folder takes this.
+    load_time_s: float = 2.0
+    vram_models: int = 1
 
     def directories(self) -> dict[str, Path]:
         """Absolute `output`, `temp` and `input` directories of one instance."""
@@ -53,3 +60,8 @@ class SimConfig:
             kind: Path(path if path is not None else Path(str(base)) / kind).resolve()
             for kind, path in explicit.items()
         }
+
+    def models_root(self) -> Path | None:
+        if self.models_dir is not None:
+            return self.models_dir
+        return Path(self.base_dir) / "models" if self.base_dir is not None else None

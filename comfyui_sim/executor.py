@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyui_sim import nodes
-from comfyui_sim.catalog import NodeClass
+from comfyui_sim.catalog import SIM_CHECKPOINTS, NodeClass
 from comfyui_sim.config import SimConfig
 from comfyui_sim.faults import Fault, Interrupted, NodeFailure
 from comfyui_sim.graph import execution_order, signatures
+from comfyui_sim.model_store import ModelStore
 from comfyui_sim.nodes import NodeResult
 from comfyui_sim.outputs import OutputStore
 from comfyui_sim.validation import is_link
@@ -97,6 +98,11 @@ class Executor:
         self.node_time_s = config.node_time_s
         self.step_time_s = config.step_time_s
         self.max_image_side = config.max_image_side
+        # Without --models for a folder, a simulator has stock-looking defaults (checkpoints).
+        models = {"checkpoints": list(SIM_CHECKPOINTS), **config.models}
+        self.models = ModelStore(
+            config.models_root(), models, config.load_time_s, config.vram_models
+        )
 
     # ---- queue -------------------------------------------------------------------------------
     def next_number(self, front: bool) -> int:

@@ -121,3 +121,17 @@ def load_image_error(exception_type: str, message: str) -> NodeFailure:
             f'  File "{pil}", line 3730, in open\n    raise UnidentifiedImageError(msg)\n',
         ],
     )
+
+
+def missing_model(folder: str, name: str) -> NodeFailure:
+    """A loader naming a file its folder lacks (stock folder_paths.get_full_path_or_raise)."""
+    return NodeFailure(
+        "FileNotFoundError",
+        f"Model in folder '{folder}' with filename '{name}' not found.",
+        _stock_frames(
+            "folder_paths.py",
+            "get_full_path_or_raise",
+            "raise FileNotFoundError(f\"Model in folder '{folder_name}' with filename "
+            "'{filename}' not found.\")",
+        ),
+    )

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from comfyui_sim import faults
 from comfyui_sim.catalog import Behaviour, NodeClass
 from comfyui_sim.faults import Fault, NodeFailure
+from comfyui_sim.model_store import ModelStore
 from comfyui_sim.outputs import OutputStore
 from comfyui_sim.png import encode_png, make_png, rgb_of
 
@@ -62,6 +63,7 @@ class RunContext(Protocol):
     node_time_s: float
     step_time_s: float
     max_image_side: int
+    models: ModelStore
 
     def check_interrupt(self) -> None: ...
 
@@ -134,6 +136,11 @@ async def run(
     media = media_nodes.RUNNERS.get(behaviour)
     if media is not None:
         return await media(ctx, node_id, inputs)
+    if behaviour is Behaviour.LOAD_MODEL:
+        from comfyui_sim.model_nodes import load_models
+
+        await asyncio.sleep(ctx.node_time_s)
+        return await load_models(ctx.models, node_class, inputs)
     if behaviour not in (Behaviour.SLEEP, Behaviour.SAMPLER):
         await asyncio.sleep(ctx.node_time_s)
     cap = ctx.max_image_side

@@ -20,6 +20,7 @@ from comfyui_sim.catalog_media import with_file_lists
 from comfyui_sim.config import SimConfig
 from comfyui_sim.executor import Executor, QueueItem, new_prompt_id
 from comfyui_sim.faults import parse_fault_request
+from comfyui_sim.model_routes import ModelRoutes
 from comfyui_sim.outputs import OutputStore
 from comfyui_sim.uploads import (
     Upload,
@@ -47,6 +48,8 @@ class SimServer:
         self.store = OutputStore(config)
         self.crashed = asyncio.Event()
         self.executor = Executor(config, self.catalog, self.ws, self.store, self._crash)
+        self.models = ModelRoutes(self.executor.models, self.catalog)
+        self.models.refresh()
         self._on_crash: list[Callable[[], Awaitable[None]]] = []
 
     async def _crash(self) -> None:
@@ -75,7 +78,7 @@ class SimServer:
             ("GET", "/object_info/{node_class}", self.get_object_info_class),
             ("POST", "/free", self.post_free),
             ("GET", "/features", self.features),
-            ("GET", "/embeddings", self.empty_list),
+            *self.models.routes(),
             ("GET", "/extensions", self.empty_list),
         ]
 
@@ -133,6 +136,7 @@ class SimServer:
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id") or new_prompt_id())
         targets = body.get("partial_execution_targets")
+        self.models.refresh()
         result = validate_prompt(prompt, self.catalog, targets, self._file_exists)
         extra_data = dict(body.get("extra_data") or {})
         if "client_id" in body:
@@ -317,6 +321,7 @@ class SimServer:
         )
 
     def _object_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        self.models.refresh()
         files = {"input": sorted(self._top_level_files("input"))}
         return with_file_lists(copy.deepcopy(info), self.catalog, files)
 
@@ -331,7 +336,12 @@ class SimServer:
         return web.json_response(self._object_info({name: node_class.object_info()}))
 
     async def post_free(self, request: web.Request) -> web.Response:
-        await request.read()
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            body = {}
+        if isinstance(body, dict) and body.get("unload_models"):
+            self.executor.models.unload_all()
         return web.Response(status=200)
 
     async def features(self, request: web.Request) -> web.Response:

@@ -34,6 +34,8 @@ def build_app(server: SimServer) -> web.Application:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)
     app.router.add_route("POST", "/wgpu-sim/faults", server.post_faults)
+    for method, path, handler in server.models.control_routes():
+        app.router.add_route(method, path, handler)
     executor_task: dict[str, asyncio.Task[None]] = {}
 
     async def start_executor(app: web.Application) -> None:

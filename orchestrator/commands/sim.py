@@ -29,15 +29,34 @@ def sim(
     ),
     device_name: str | None = typer.Option(None, "--device-name", help="Name in /system_stats."),
     vram_mb: int | None = typer.Option(None, "--vram-mb", help="VRAM in /system_stats (MiB)."),
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models",
+            help="Model files it has, per folder (repeatable): checkpoints=a.ckpt,b.ckpt",
+        ),
+    ] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option("--models-dir", help="Model folders (default: a temp dir).")
+    ] = None,
+    load_time: float = typer.Option(2.0, "--load-time", min=0, help="Seconds per model load."),
+    vram_models: int = typer.Option(
+        1, "--vram-models", min=1, help="Models kept loaded per loader kind."
+    ),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
 ) -> None:
     """Run the ComfyUI simulator until Ctrl-C / SIGTERM."""
     from comfyui_sim.config import SimConfig
+    from comfyui_sim.model_store import ModelStoreError, parse_models_option
     from comfyui_sim.server import run_sim
 
     if node_time < 0 or step_time < 0:
         fail("--node-time and --step-time must be >= 0", ExitCode.USAGE)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s wgpu-sim %(message)s")
+    try:
+        files = parse_models_option(models or [])
+    except ModelStoreError as exc:
+        fail(str(exc), ExitCode.USAGE)
     config = SimConfig(
         host=host,
         port=port,
@@ -47,6 +66,10 @@ def sim(
         temp_dir=temp_dir,
         cache_enabled=cache,
         argv=["main.py", *sys.argv[1:]],
+        models=files,
+        models_dir=models_dir,
+        load_time_s=load_time,
+        vram_models=vram_models,
     )
     if device_name:
         config.device_name = device_name
