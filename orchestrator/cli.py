@@ -12,6 +12,7 @@ from orchestrator.commands import (
     hub,
     k8s,
     rollout,
+    scheduling,
     sim,
     stack,
     workers,
@@ -34,7 +35,7 @@ def _root() -> None:
     """Keeps `wgpu` a command group even while only one command is registered."""
 
 
-for module in (count, hub, sim, workers, rollout, stack, client, compose, fleet, k8s):
+for module in (count, hub, sim, workers, rollout, stack, client, compose, fleet, k8s, scheduling):
     module.register(app)
 
 

@@ -59,6 +59,8 @@ class SlotStatus:
     jobs_failed: int | None = None
     drain_state: str | None = None  # draining | drained (wgpu drain), None in service
     worker_version: str | None = None  # what the worker said in hello
+    worker_id: str | None = None  # the hub's id for this slot's worker
+    quarantined: str | None = None  # why the hub gives this worker no jobs (`wgpu resume`)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ def build_snapshot(
                 jobs_failed=None if hub is None else hub.get("jobs_failed"),
                 drain_state=_drain_state(hub),
                 worker_version=None if hub is None else (hub.get("version") or None),
+                worker_id=None if hub is None else hub.get("id"),
+                quarantined=_quarantine_reason(hub),
             )
         )
     return StatusSnapshot(
@@ -308,11 +312,18 @@ def _vram(slot: SlotStatus) -> str:
     return f"{used}/{_gib(slot.memory_total_mb)}"
 
 
+def _quarantine_reason(hub: WorkerJson | None) -> str | None:
+    quarantine = hub.get("quarantined") if hub is not None else None
+    return str(quarantine.get("reason") or "quarantined") if quarantine else None
+
+
 def _hub_cell(slot: SlotStatus) -> Text:
     from rich.text import Text
 
     if slot.hub_connected is None:
         return Text("")
+    if slot.quarantined:
+        return Text("quarantined", style="red")
     if slot.drain_state:
         return Text(slot.drain_state, style="yellow")
     if not slot.hub_connected:
@@ -400,6 +411,15 @@ def render_table(snapshot: StatusSnapshot) -> RenderableType:
         notes.append(Text(f"worker version: {listed}", style="dim"))
     if not snapshot.slots:
         notes.append(Text("no GPUs and no managed workers: run `wgpu start`", style="yellow"))
+    for slot in snapshot.slots:
+        if slot.quarantined:
+            notes.append(
+                Text(
+                    f"gpu {slot.index} quarantined: {slot.quarantined} "
+                    f"(`wgpu resume {slot.index}` takes it back)",
+                    style="red",
+                )
+            )
     if snapshot.hub_error:
         notes.append(Text(f"hub: {snapshot.hub_error}", style="dim"))
     if snapshot.gpu_error:

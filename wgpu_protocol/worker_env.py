@@ -42,6 +42,10 @@ SRC_DESCRIBE = "WORKER_SRC_DESCRIBE"
 PROGRESS_INTERVAL_S = "WORKER_PROGRESS_INTERVAL_S"  # at most one progress message this often
 # ComfyUI's input directory, if the worker can reach it (inputs are deleted there after a job).
 COMFYUI_INPUT_DIR = "COMFYUI_INPUT_DIR"
+# Models (wgpu_protocol.models): how often ComfyUI's model files are read again; custom-node
+# loaders `Class.input=folder;...` (the hub reads the same variable).
+MODEL_SCAN_S = "MODEL_SCAN_S"
+MODEL_LOADERS = "MODEL_LOADERS"
 
 DEFAULT_HUB_HOST = "127.0.0.1"
 DEFAULT_HUB_PORT = HUB_PORT
@@ -59,6 +63,7 @@ DEFAULT_COMFYUI_LOST_S = 3.0
 DEFAULT_RECONNECT_MAX_S = 5.0
 DEFAULT_ACK_TIMEOUT_S = 30.0
 DEFAULT_PROGRESS_INTERVAL_S = 0.05  # ~20 a second
+DEFAULT_MODEL_SCAN_S = 60.0
 
 
 def worker_environment(

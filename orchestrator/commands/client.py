@@ -37,6 +37,8 @@ STATUS_STYLE = {
     "dead": "red",
     "timed_out": "red",
     "cancelled": "magenta",
+    "unschedulable": "red",
+    "expired": "red",
 }
 
 
@@ -238,7 +240,6 @@ def jobs(
         status_text = str(job.get("status", ""))
         progress = job.get("progress")
         percent = progress.get("percent") if progress else None
-        error = job.get("error")
         table.add_row(
             str(job.get("id", ""))[:SHORT_ID],
             f"[{STATUS_STYLE.get(status_text, 'white')}]{status_text}[/]",
@@ -247,11 +248,20 @@ def jobs(
             f"{percent:.0f}%" if isinstance(percent, int | float) else "",
             _when(job.get("created_at")),
             _took(job),
-            one_line(str(error.get("message", "")) if error else ""),
+            one_line(_error_or_wait(job)),
         )
     out.print(table)
     if not found:
         out.print("no jobs" + (f" with status {status}" if status else ""))
+
+
+def _error_or_wait(job: JobJson) -> str:
+    """The error of an ended job, or why a queued one waits (no worker can take it)."""
+    error = job.get("error")
+    if error:
+        return str(error.get("message", ""))
+    reason = job.get("waiting_reason")
+    return f"waiting: {reason}" if reason else ""
 
 
 def cancel(

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -273,8 +274,40 @@ class ComfyClient:
     async def delete_pending(self, prompt_id: str) -> None:
         await self._request("POST", "/queue", json_body={"delete": [prompt_id]})
 
+    async def model_folders(self) -> list[str] | None:
+        """GET /models: ComfyUI's model folder names; None when it has no such route."""
+        status, body, _ = await self._request("GET", "/models")
+        if status == 404:
+            return None
+        return _string_list(status, body, "/models")
+
+    async def model_files(self, folder: str) -> list[str]:
+        """GET /models/{folder}: relative paths of its files ([] for an unknown folder)."""
+        status, body, _ = await self._request("GET", f"/models/{quote(folder, safe='')}")
+        if status == 404:
+            return []
+        return _string_list(status, body, f"/models/{folder}")
+
+    async def object_info(self) -> dict[str, Any]:
+        answer = await self._json("GET", "/object_info")
+        if not isinstance(answer, dict):
+            raise ComfyError("GET /object_info answered something that is not an object")
+        return answer
+
     async def free_memory(self) -> None:
         await self._request("POST", "/free", json_body={"unload_models": True, "free_memory": True})
+
+
+def _string_list(status: int, body: bytes, path: str) -> list[str]:
+    if status != 200:
+        raise ComfyError(f"GET {path} answered HTTP {status}")
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise ComfyError(f"GET {path} answered non-JSON") from None
+    if not isinstance(answer, list) or not all(isinstance(v, str) for v in answer):
+        raise ComfyError(f"GET {path} answered something that is not a list of names")
+    return answer
 
 
 def _ids(items: Any) -> frozenset[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from wgpu_protocol import models
 from wgpu_protocol import worker_env as names
 from wgpu_protocol.credentials import worker_credential
 from wgpu_protocol.output_chunks import DEFAULT_MAX_OUTPUT_BYTES
@@ -66,6 +67,8 @@ class WorkerConfig:
     # COMFYUI_INPUT_DIR: ComfyUI's input directory, when this worker can reach it: a job's
     # uploaded inputs are deleted there after the job (ComfyUI has no route for that).
     comfyui_input_dir: Path | None = None
+    model_scan_s: float = names.DEFAULT_MODEL_SCAN_S  # MODEL_SCAN_S: re-read ComfyUI's models
+    model_loaders: str = ""  # MODEL_LOADERS: custom-node loaders, `Class.input=folder;...`
 
     @property
     def worker_id(self) -> str:
@@ -131,6 +134,8 @@ class WorkerConfig:
             "progress_interval_s": reader.seconds(
                 names.PROGRESS_INTERVAL_S, names.DEFAULT_PROGRESS_INTERVAL_S
             ),
+            "model_scan_s": reader.seconds(names.MODEL_SCAN_S, names.DEFAULT_MODEL_SCAN_S),
+            "model_loaders": _loaders(reader.text(names.MODEL_LOADERS, "")),
         }
         if gpu_id >= num_gpus and names.NUM_GPUS in env:
             raise ConfigError(
@@ -148,6 +153,14 @@ class WorkerConfig:
     @property
     def logging_level(self) -> int:
         return int(getattr(logging, self.log_level))
+
+
+def _loaders(raw: str) -> str:
+    try:
+        models.parse_loader_table(raw)
+    except models.ModelSpecError as exc:
+        raise ConfigError(f"{names.MODEL_LOADERS}: {exc}") from None
+    return raw
 
 
 def _is_valid_id(value: str) -> bool:

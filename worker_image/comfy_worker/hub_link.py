@@ -47,6 +47,7 @@ class HubSession:
         self.hello = hello
         self.closed = asyncio.Event()
         self.announced: str | None = None  # last availability told to the hub on this socket
+        self.models_sent: str | None = None  # digest of the models this hub connection has
 
     @property
     def is_open(self) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from wgpu_protocol import models
 from wgpu_protocol.messages import (
     Ack,
     Bye,
@@ -36,6 +37,7 @@ from wgpu_protocol.messages import (
     HubMessage,
     JobAssigned,
     JobError,
+    Models,
     Progress,
     Ready,
     Released,
@@ -49,6 +51,7 @@ from .config import WorkerConfig
 from .gpu_stats import GpuProbe
 from .health import HealthState, write_health
 from .hub_link import HubLink, HubSession
+from .inventory import ModelInventory
 from .job_runner import JobRunner, Outcome
 from .outputs import OutputTooLarge, OutputUnavailable, stream_output
 from .supervisor import ComfySupervisor
@@ -90,6 +93,9 @@ class Worker:
         self.config = config
         self.client_id = f"wgpu-{config.worker_id}-{uuid.uuid4().hex[:8]}"
         self._version = running_version()  # once: the code this process loaded
+        self._boot_id = uuid.uuid4().hex  # tells the hub a restart from a reconnect
+        self._inventory: ModelInventory | None = None
+        self._rescan = asyncio.Event()
         self._gpu = GpuProbe(config.gpu_id)
         self._link = HubLink(
             config, self._hello, self._on_session, self._on_message, self._on_link_closed
@@ -139,6 +145,8 @@ class Worker:
         ) as http:
             self._client = ComfyClient(http, cfg.comfyui_url)
             self._events = ComfyEvents(http, cfg.comfyui_url, self.client_id)
+            loaders = models.loader_table(models.parse_loader_table(cfg.model_loaders))
+            self._inventory = ModelInventory(self._client, loaders)
             if cfg.comfyui_cmd:
                 env = dict(os.environ, EXECUTION_SERVICE_PORT=str(cfg.comfyui_port))
                 self._supervisor = ComfySupervisor(cfg.comfyui_cmd, env, self._on_comfy_exit)
@@ -147,6 +155,7 @@ class Worker:
             self._spawn(_forever("comfyui probe", self._watch_comfyui))
             self._spawn(_forever("hub link", self._link.run))
             self._spawn(_forever("heartbeats", self._heartbeats))
+            self._spawn(_forever("model scans", self._model_scans))
             self._spawn(_forever("health file", self._health_loop))
             try:
                 await self._stop_requested.wait()
@@ -171,9 +180,11 @@ class Worker:
             gpu=self._gpu.info(),
             version=self._version,
             running=held.ref if held is not None and not held.given_away else None,
+            boot_id=self._boot_id,
         )
 
     def _on_session(self, session: HubSession) -> None:
+        session.models_sent = None  # this hub connection has not heard our models yet
         held = self._job
         named = session.hello.running
         if held is not None and named == held.ref and not session.welcome.resumed:
@@ -191,6 +202,8 @@ class Worker:
     async def _on_message(self, session: HubSession, message: HubMessage) -> None:
         if isinstance(message, JobAssigned):
             await self._take_job(session, message)
+            if self._inventory is not None:
+                self._inventory.note_job(message.workflow)
         elif isinstance(message, Cancel):
             held = self._job
             if held is not None and held.ref == RunningJob(message.job_id, message.token):
@@ -210,6 +223,9 @@ class Worker:
                     self._job = None
                     session.announced = "ready"
                 held.ack.set_result(message)
+        elif isinstance(message, ErrorReply) and message.code == "models_stale":
+            session.models_sent = None  # the hub lost what we told it: tell it again
+            self._spawn(self._send_models())
         elif isinstance(message, ErrorReply):
             log.warning("hub error: %s: %s", message.code, message.message)
             held = self._job
@@ -413,9 +429,40 @@ class Worker:
                 message = Unavailable(f"ComfyUI at {self.config.comfyui_url} is not answering")
             else:
                 message = Ready()
+                # The hub places jobs by our models: it hears them before the first `ready`.
+                await self._send_models_on(session)
             if session.announced != message.type:
                 session.announced = message.type
                 await session.send(message)
+
+    async def _send_models(self) -> None:
+        session = self._link.session
+        if session is not None:
+            async with self._announce_lock:
+                await self._send_models_on(session)
+
+    async def _send_models_on(self, session: HubSession) -> None:
+        """Send our models to this hub connection unless it has them already."""
+        inventory = self._inventory
+        if inventory is None:
+            return
+        if inventory.files is None:
+            await inventory.scan()
+        if inventory.files is None or session.models_sent == inventory.digest:
+            return
+        message = Models(inventory.digest, inventory.files, inventory.warm)
+        if await session.send(message):
+            session.models_sent = inventory.digest
+
+    async def _model_scans(self) -> None:
+        """Re-read ComfyUI's models every model_scan_s (and after a restart, see
+        _set_comfy_ok); the hub hears them only when they changed."""
+        assert self._inventory is not None
+        while True:
+            await _wait_event(self._rescan, self.config.model_scan_s)
+            self._rescan.clear()
+            if self._comfy_ok and await self._inventory.scan():
+                await self._send_models()
 
     async def _heartbeats(self) -> None:
         while True:
@@ -426,7 +473,10 @@ class Worker:
                     break
                 held = self._job
                 running = held.ref if held is not None and not held.given_away else None
-                await session.send(Heartbeat(self._comfy_ok, self._gpu.stats(), running))
+                digest = session.models_sent or ""
+                await session.send(
+                    Heartbeat(self._comfy_ok, self._gpu.stats(), running, models_digest=digest)
+                )
 
     async def _watch_comfyui(self) -> None:
         assert self._client is not None
@@ -442,6 +492,10 @@ class Worker:
             return
         self._comfy_ok = ok
         log.info("ComfyUI at %s is %s", self.config.comfyui_url, "up" if ok else "DOWN")
+        if self._inventory is not None and ok:
+            # A (re)started ComfyUI has nothing loaded and may have other files.
+            self._inventory.forget_loaded()
+            self._rescan.set()
         held = self._job
         if not ok and held is not None:
             held.runner.poke()
