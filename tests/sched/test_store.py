@@ -92,20 +92,20 @@ async def test_an_inventory_change_makes_a_worker_eligible(store: Store) -> None
     assert await claim(store, "w") == "j"
 
 
-async def test_100000_jobs_nobody_can_take_do_not_block_one_that_can_run(store: Store) -> None:
+async def test_jobs_nobody_can_take_do_not_block_one_that_can_run(store: Store) -> None:
     await register(store, "w", [])
     blocker = spec(constraints={"machine_id": "offline-machine"})
     started = time.monotonic()
-    await store.enqueue_many([(f"b{i}", blocker) for i in range(100_000)])
+    await store.enqueue_many([(f"b{i}", blocker) for i in range(10_000)])
     enqueue_s = time.monotonic() - started
     await store.enqueue("runnable", spec())
     # A bounded scan of the queue's head would find only blockers; the pools make the claim
     # look at the heads of this worker's pools alone.
     assert await claim(store, "w") == "runnable"
-    assert await store.redis.zcard("s:queue") == 100_000
+    assert await store.redis.zcard("s:queue") == 10_000
     reason = await store.waiting_reasons([blocker.pool], 60_000)
     assert reason[blocker.pool] == "no connected worker matches machine_id=offline-machine"
-    print(f"100,000 blockers enqueued in {enqueue_s:.1f}s")
+    print(f"10,000 blockers enqueued in {enqueue_s:.1f}s (100,000: tests/sched/test_system.py)")
 
 
 async def test_one_owner_with_many_jobs_does_not_delay_another_owners_job(store: Store) -> None:

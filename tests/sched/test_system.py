@@ -1,0 +1,383 @@
+"""Model-aware scheduling end to end: a real hub on real Redis, real workers (in process) and
+ComfyUI simulators with different model folders, driven through the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from typer.testing import CliRunner
+
+from comfyui_sim.server import RunningSim
+from orchestrator.cli import app
+from redis_api.server import RunningHub
+from redis_api.store import JobSpec, Store
+from tests.fixtures.hub import HubFactory
+from tests.fixtures.sim import SimFactory
+from tests.paths import REPO
+from tests.worker.test_relay import HubClient, running_worker, worker_config
+from wgpu_protocol import models
+
+pytestmark = pytest.mark.redis
+
+TXT2IMG: dict[str, Any] = json.loads((REPO / "examples" / "txt2img.json").read_text())
+ENDED = {"succeeded", "failed", "cancelled", "timed_out", "dead", "unschedulable", "expired"}
+
+
+def txt2img(ckpt: str, seed: int = 1, steps: int = 2) -> dict[str, Any]:
+    """ComfyUI's default text-to-image graph naming `ckpt`."""
+    graph = copy.deepcopy(TXT2IMG)
+    graph["4"]["inputs"]["ckpt_name"] = ckpt
+    graph["3"]["inputs"].update(seed=seed, steps=steps)
+    return graph
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    hub: RunningHub, sims: Sequence[RunningSim], tmp_path: Path, **overrides: Any
+) -> AsyncIterator[None]:
+    """One worker per simulator, GPU ids 0..N-1 on machine `m`, all connected and ready."""
+    async with contextlib.AsyncExitStack() as stack:
+        for index, sim in enumerate(sims):
+            config = worker_config(
+                hub.url,
+                sim.url,
+                tmp_path / f"w{index}",
+                machine_id="m",
+                gpu_id=index,
+                num_gpus=len(sims),
+                **overrides,
+            )
+            (tmp_path / f"w{index}").mkdir(exist_ok=True)
+            await stack.enter_async_context(running_worker(config))
+        async with aiohttp.ClientSession() as http:
+            client = HubClient(http, hub.url)
+            await eventually(
+                client.workers,
+                lambda ws: (
+                    len(ws) == len(sims)
+                    and all(w["status"] == "idle" and w["models"] is not None for w in ws)
+                ),
+            )
+        yield
+
+
+async def eventually(probe: Any, ok: Any, within: float = 15.0, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s; last: {value!r}")
+        await asyncio.sleep(every)
+
+
+async def sim_loads(http: aiohttp.ClientSession, sim: RunningSim) -> int:
+    async with http.get(f"{sim.url}/wgpu-sim/models") as response:
+        return int((await response.json())["loads"])
+
+
+async def test_jobs_go_to_the_gpu_that_has_their_checkpoint(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim_a = await sim_factory(models={"checkpoints": ["a.safetensors"]})
+    sim_b = await sim_factory(models={"checkpoints": ["b.safetensors"]})
+    client = HubClient(http, hub.url)
+    async with fleet(hub, [sim_a, sim_b], tmp_path):
+        ids = [
+            (ckpt, await client.submit(txt2img(ckpt, seed=i)))
+            for i, ckpt in enumerate(["a.safetensors", "b.safetensors"] * 4)
+        ]
+        for ckpt, job_id in ids:
+            job = await client.wait_for(job_id, ENDED)
+            assert job["status"] == "succeeded", job
+            assert job["requires"] == {"checkpoints": [ckpt]}
+            assert job["worker_id"] == ("m-gpu0" if ckpt == "a.safetensors" else "m-gpu1")
+            assert [h["outcome"] for h in job["history"]] == ["succeeded"]  # no failed attempt
+        workers = {w["id"]: w for w in await client.workers()}
+        assert workers["m-gpu0"]["models"]["checkpoints"] == ["a.safetensors"]
+        assert workers["m-gpu1"]["warm"] == {"checkpoints": ["b.safetensors"]}
+
+
+async def test_a_model_added_to_a_simulator_is_used_without_a_restart(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory(models={"checkpoints": ["a.safetensors"]})
+    client = HubClient(http, hub.url)
+    async with fleet(hub, [sim], tmp_path, model_scan_s=0.2):
+        job_id = await client.submit(txt2img("new.safetensors"))
+        job = await eventually(lambda: client.job(job_id), lambda j: j["waiting_reason"])
+        assert job["status"] == "queued"
+        assert job["waiting_reason"] == "no connected worker has checkpoints/new.safetensors"
+        async with http.post(
+            f"{sim.url}/wgpu-sim/models", json={"add": {"checkpoints": ["new.safetensors"]}}
+        ) as response:
+            assert response.status == 200
+        job = await client.wait_for(job_id, ENDED)
+        assert job["status"] == "succeeded" and job["worker_id"] == "m-gpu0"
+
+
+async def test_a_job_no_worker_can_take_says_why_and_ends_unschedulable(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory(models={"checkpoints": ["a.safetensors"]})
+    client = HubClient(http, hub.url)
+    async with fleet(hub, [sim], tmp_path):
+        job_id = await client.submit(
+            txt2img("sdxl_base.safetensors"),
+            requires={"loras": ["x.safetensors"]},
+            schedule_timeout_s=1.5,
+        )
+        why = "no connected worker has checkpoints/sdxl_base.safetensors, loras/x.safetensors"
+        # In the job's JSON, in `wgpu jobs` and on its event stream.
+        job = await client.job(job_id)
+        assert job["status"] == "queued" and job["waiting_reason"] == why
+        assert job["requires"] == {
+            "checkpoints": ["sdxl_base.safetensors"],
+            "loras": ["x.safetensors"],
+        }
+        listed = await asyncio.to_thread(
+            CliRunner().invoke, app, ["jobs", "--hub-url", hub.url, "--json"]
+        )
+        assert listed.exit_code == 0, listed.output
+        assert json.loads(listed.output)["jobs"][0]["waiting_reason"] == why
+        events = await client.events(job_id)
+        assert events[0] == ("status", {"status": "queued", "waiting_reason": why})
+        assert events[-1][0] == "done" and events[-1][1]["status"] == "unschedulable"
+        job = await client.job(job_id)
+        assert job["error"]["type"] == "unschedulable"
+        assert job["error"]["message"].startswith(why)
+
+
+async def test_a_job_not_started_within_its_queue_timeout_expires(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    busy = {
+        "1": {"class_type": "WgpuSimSleep", "inputs": {"seconds": 3.0, "steps": 3}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "b"}},
+    }
+    async with fleet(hub, [sim], tmp_path):
+        long_job = await client.submit(busy)
+        await client.wait_for(long_job, {"running"})
+        waiting = await client.submit(
+            txt2img("v1-5-pruned-emaonly.safetensors"), queue_timeout_s=0.5
+        )
+        job = await client.wait_for(waiting, ENDED)
+        assert job["status"] == "expired" and job["attempts"] == 0
+        assert job["queue_timeout_s"] == 0.5
+        assert (await client.wait_for(long_job, ENDED))["status"] == "succeeded"
+
+
+async def test_affinity_sends_each_job_to_the_gpu_that_has_its_model_loaded(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory(affinity_wait_ms=2000)
+    both = {"checkpoints": ["a.safetensors", "b.safetensors"]}
+    sims = [await sim_factory(models=both), await sim_factory(models=both)]
+    client = HubClient(http, hub.url)
+    async with fleet(hub, sims, tmp_path):
+        # Warm GPU 0 with a and GPU 1 with b.
+        for gpu, ckpt in ((0, "a.safetensors"), (1, "b.safetensors")):
+            job_id = await client.submit(txt2img(ckpt), constraints={"gpu": gpu})
+            assert (await client.wait_for(job_id, ENDED))["status"] == "succeeded"
+        assert [await sim_loads(http, s) for s in sims] == [1, 1]
+        # Both GPUs idle: each unpinned job goes where its model is loaded, no reload.
+        for i, ckpt in enumerate(["b.safetensors", "a.safetensors"] * 3):
+            job = await client.wait_for(await client.submit(txt2img(ckpt, seed=10 + i)), ENDED)
+            assert job["worker_id"] == ("m-gpu0" if ckpt == "a.safetensors" else "m-gpu1")
+        assert [await sim_loads(http, s) for s in sims] == [1, 1]
+
+
+async def test_a_job_whose_model_nobody_has_loaded_does_not_starve(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory(affinity_wait_ms=2000)
+    sim = await sim_factory(
+        models={"checkpoints": ["a.safetensors", "b.safetensors"]}, node_time_s=0.02
+    )
+    client = HubClient(http, hub.url)
+    async with fleet(hub, [sim], tmp_path):
+        # `a` is loaded and the GPU busy when a job for `b` and many for `a` arrive.
+        first = await client.submit(txt2img("a.safetensors", steps=100))
+        await client.wait_for(first, {"running"})
+        cold = await client.submit(txt2img("b.safetensors", seed=99))
+        warm = [await client.submit(txt2img("a.safetensors", seed=i)) for i in range(40)]
+        assert (await client.job(cold))["status"] == "queued"
+        cold_job = await client.wait_for(cold, ENDED, timeout_s=60)
+        assert cold_job["status"] == "succeeded"
+        ahead = 0
+        for job_id in warm:
+            job = await client.job(job_id)
+            if job["started_at"] is not None and job["started_at"] < cold_job["started_at"]:
+                ahead += 1
+        # Warm jobs go first, but only for about affinity_wait_ms; then the older cold job runs.
+        assert 0 < ahead < len(warm), ahead
+        for job_id in warm:
+            await client.wait_for(job_id, ENDED, timeout_s=60)
+
+
+async def test_one_key_with_many_jobs_does_not_delay_another_keys_job(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    hub = await hub_factory()
+    sims = [await sim_factory(node_time_s=0.01), await sim_factory(node_time_s=0.01)]
+    client = HubClient(http, hub.url)
+    store = Store.from_url(redis_url, hub.config.key_prefix)
+    quick = json.dumps(
+        {
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+            },
+            "2": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["1", 0], "filename_prefix": "f"},
+            },
+        }
+    )
+
+    def spec(owner: str) -> JobSpec:
+        return JobSpec(
+            quick, 0, 60, 3, pool=models.pool_id({}, None), owner=owner, schedule_timeout_s=600
+        )
+
+    try:
+        # Owners come from API key names (hardening issue); the store takes them as given.
+        await store.enqueue_many([(f"alice{i:03}", spec("alice")) for i in range(300)])
+        async with fleet(hub, sims, tmp_path):
+            await client.wait_for("alice010", ENDED)
+            await store.enqueue("bob000", spec("bob"))
+            bob = await client.wait_for("bob000", ENDED)
+            assert bob["status"] == "succeeded"
+            started_after = 0
+            for i in range(300):
+                job = await client.job(f"alice{i:03}")
+                after = job["created_at"] is not None and job["started_at"] is not None
+                if after and bob["created_at"] < job["started_at"] < bob["started_at"]:
+                    started_after += 1
+            # At most one job per GPU started between bob's submit and bob's start.
+            assert started_after <= len(sims), started_after
+    finally:
+        await store.close()
+
+
+async def test_100000_blocked_jobs_do_not_delay_a_job_a_worker_can_take(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    store = Store.from_url(redis_url, hub.config.key_prefix)
+    blocker_constraints = {"machine_id": "offline-machine"}
+    blocker = JobSpec(
+        json.dumps(txt2img("v1-5-pruned-emaonly.safetensors")),
+        0,
+        60,
+        3,
+        constraints=blocker_constraints,
+        pool=models.pool_id({}, blocker_constraints),
+        schedule_timeout_s=600,
+    )
+    try:
+        await store.enqueue_many([(f"blocker{i}", blocker) for i in range(100_000)])
+        async with fleet(hub, [sim], tmp_path):
+            started = time.monotonic()
+            job = await client.wait_for(
+                await client.submit(txt2img("v1-5-pruned-emaonly.safetensors")), ENDED
+            )
+            took = time.monotonic() - started
+            assert job["status"] == "succeeded", job
+            queued = await client.job("blocker99999")
+            assert queued["status"] == "queued"
+            assert (
+                queued["waiting_reason"] == "no connected worker matches machine_id=offline-machine"
+            )
+        print(f"runnable job behind 100,000 blockers: {took:.2f}s")
+    finally:
+        await store.close()
+
+
+async def test_a_worker_failing_five_in_a_row_is_quarantined_and_its_jobs_run_elsewhere(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    bad, good = await sim_factory(), await sim_factory()
+    for _ in range(20):
+        bad.inject_fault("execution_error")  # every prompt on GPU 0 fails (a broken node)
+    client = HubClient(http, hub.url)
+    async with fleet(hub, [bad, good], tmp_path):
+        ids = [
+            await client.submit(txt2img("v1-5-pruned-emaonly.safetensors", seed=i), max_attempts=1)
+            for i in range(10)
+        ]
+        jobs = [await client.wait_for(job_id, {"succeeded"}, timeout_s=30) for job_id in ids]
+        failed_on_bad = [j for j in jobs if any(h["worker_id"] == "m-gpu0" for h in j["history"])]
+        assert len(failed_on_bad) == 5  # the five it failed, each with one more attempt
+        for job in failed_on_bad:
+            assert [h["outcome"] for h in job["history"]] == ["failed", "succeeded"]
+            assert job["history"][1]["worker_id"] == "m-gpu1"
+        workers = {w["id"]: w for w in await client.workers()}
+        assert workers["m-gpu0"]["quarantined"]["reason"].startswith("5 jobs in a row failed here")
+        status = await asyncio.to_thread(
+            CliRunner().invoke, app, ["resume", "m-gpu0", "--hub-url", hub.url]
+        )
+        assert status.exit_code == 0 and "was quarantined" in status.output, status.output
+        workers = {w["id"]: w for w in await client.workers()}
+        assert workers["m-gpu0"]["quarantined"] is None
+
+
+async def test_wgpu_models_against_a_running_stack(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    hub = await hub_factory()
+    sims = [
+        await sim_factory(models={"checkpoints": ["a.safetensors"], "loras": ["x.safetensors"]}),
+        await sim_factory(models={"checkpoints": ["a.safetensors", "b.safetensors"]}),
+    ]
+    client = HubClient(http, hub.url)
+    async with fleet(hub, sims, tmp_path):
+        job = await client.submit(txt2img("b.safetensors"))
+        await client.wait_for(job, ENDED)
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, ["models", "--hub-url", hub.url, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        rows = {r["model"]: r for r in json.loads(result.output)["models"]}
+        assert rows["checkpoints/a.safetensors"]["on_disk"] == ["m-gpu0", "m-gpu1"]
+        assert rows["checkpoints/b.safetensors"] == {
+            "model": "checkpoints/b.safetensors",
+            "on_disk": ["m-gpu1"],
+            "warm": ["m-gpu1"],
+        }
+        assert rows["loras/x.safetensors"]["on_disk"] == ["m-gpu0"]
+        table = await asyncio.to_thread(CliRunner().invoke, app, ["models", "--hub-url", hub.url])
+        assert table.exit_code == 0 and "checkpoints/b.safetensors" in table.output
