@@ -348,7 +348,7 @@ async def test_a_worker_failing_five_in_a_row_is_quarantined_and_its_jobs_run_el
         workers = {w["id"]: w for w in await client.workers()}
         assert workers["m-gpu0"]["quarantined"]["reason"].startswith("5 jobs in a row failed here")
         status = await asyncio.to_thread(
-            CliRunner().invoke, app, ["resume", "m-gpu0", "--hub-url", hub.url]
+            CliRunner().invoke, app, ["resume", "0", "--machine-id", "m", "--hub-url", hub.url]
         )
         assert status.exit_code == 0 and "was quarantined" in status.output, status.output
         workers = {w["id"]: w for w in await client.workers()}
