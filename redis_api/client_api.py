@@ -304,6 +304,9 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     match = next((o for o in outputs if o.get("name") == name), None)
     if match is None:
         raise web.HTTPNotFound(reason=f"job {job_id} has no output {name!r}")
+    presign = getattr(hub.storage, "presigned_url", None)
+    if hub.config.output_redirect == "presigned" and presign is not None:
+        raise web.HTTPTemporaryRedirect(await presign(job_id, name))
     chunks = hub.storage.read_chunks(job_id, name)
     try:
         first = await anext(chunks)

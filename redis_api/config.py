@@ -82,6 +82,11 @@ class HubConfig:
     max_pending_sockets: int = 64  # worker sockets that have not said hello yet
     nofile_limit: int = 65536  # RLIMIT_NOFILE raised towards this at start
     max_input_bytes: int = 200 * 1000 * 1000  # per input file, and per job
+    # Where outputs and inputs live: "" = outputs_dir on local disk; s3://bucket/prefix = an
+    # S3-compatible store (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...).
+    storage_url: str = ""
+    # "presigned": GET /jobs/{id}/outputs/{name} redirects to a presigned URL (S3 only).
+    output_redirect: str = ""
     fetch_allowed_hosts: tuple[str, ...] = ()  # URL inputs: hosts allowed despite private IPs
     fetch_timeout_s: float = 60.0  # URL inputs: the whole download
 
@@ -227,6 +232,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "max_pending_sockets": ("MAX_PENDING_SOCKETS", int),
     "nofile_limit": ("NOFILE_LIMIT", int),
     "max_input_bytes": ("MAX_INPUT_BYTES", int),
+    "storage_url": ("STORAGE_URL", str),
+    "output_redirect": ("OUTPUT_REDIRECT", str),
     "fetch_allowed_hosts": ("FETCH_ALLOWED_HOSTS", _keys),
     "fetch_timeout_s": ("FETCH_TIMEOUT_S", float),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -67,9 +68,18 @@ class Hub:
             config.max_queued_jobs_per_key,
             config.max_queued_bytes_per_key,
         )
+        self.storage_owner = f"{redis_display(config.redis_url)} prefix={config.key_prefix}"
+        if storage is None and config.storage_url:
+            from .storage_s3 import S3Storage  # claimed at start (it needs the event loop)
+
+            storage = S3Storage(
+                config.storage_url,
+                os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            )
         if storage is None:
             local = LocalDirStorage(config.outputs_dir)
-            local.claim_root(f"{redis_display(config.redis_url)} prefix={config.key_prefix}")
+            local.claim_root(self.storage_owner)
             storage = local
         self.storage: Storage = storage
         self.metrics = HubMetrics()
@@ -147,6 +157,9 @@ class Hub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(done.wait() for done in sockets.values())), 2.0)
         await self.store.close()
+        closer = getattr(self.storage, "close", None)  # S3Storage holds a client session
+        if closer is not None:
+            await closer()
 
 
 HUB_KEY = web.AppKey("hub", Hub)

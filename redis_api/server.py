@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import resource
 import signal
@@ -57,6 +58,9 @@ async def start_hub(config: HubConfig, storage: Storage | None = None) -> Runnin
     answers 503 until it is reachable."""
     hub_version()  # read once here (~0.1 s), not in the first /health
     hub = Hub(config, storage)
+    claim = getattr(hub.storage, "claim_root", None)
+    if storage is None and claim is not None and inspect.iscoroutinefunction(claim):
+        await claim(hub.storage_owner)  # S3: the prefix must be ours before the sweeper runs
     raise_nofile_limit(config.nofile_limit)
     warn_if_exposed(config)
     runner = web.AppRunner(

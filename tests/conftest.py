@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.sim",
     "tests.fixtures.images",
     "tests.fixtures.gpu",
+    "tests.fixtures.s3",
 ]
