@@ -65,6 +65,14 @@ def render(
     hub_image: Annotated[str | None, typer.Option("--hub-image")] = None,
     redis_image: Annotated[str | None, typer.Option("--redis-image")] = None,
     storage_class: Annotated[str | None, typer.Option("--storage-class")] = None,
+    storage_url: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-url",
+            help="Outputs in S3 (s3://bucket/prefix; AWS_* keys from the Secret wgpu-s3) "
+            "instead of a ReadWriteMany claim.",
+        ),
+    ] = None,
     min_gpus: Annotated[
         int, typer.Option("--min-gpus", min=0, help="KEDA: GPU pods with an empty queue.")
     ] = 0,
@@ -97,6 +105,7 @@ def render(
         worker_token=token,
         api_keys=api_keys,
         storage_class=storage_class,
+        storage_url=storage_url,
         min_gpus=min_gpus,
         jobs_per_gpu=jobs_per_gpu,
         stack=stack,

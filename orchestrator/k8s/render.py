@@ -51,6 +51,7 @@ HUB = "wgpu-hub"
 GPU = "wgpu-gpu"
 SECRET = "wgpu-tokens"
 OUTPUTS_CLAIM = "wgpu-hub-outputs"
+S3_SECRET = "wgpu-s3"
 HUB_REPLICAS = 2
 GPU_RESOURCE = "nvidia.com/gpu"
 QUEUE_METRIC = 'wgpu_jobs{state="queued"}'  # redis_api.metrics: queued jobs, all hubs
@@ -74,6 +75,9 @@ class K8sOptions:
     redis_maxmemory: str = "1gb"  # Redis' own limit (noeviction): the queue refuses, not OOM
     redis_memory_limit: str = "1536Mi"  # the pod's: maxmemory plus room for AOF rewrites
     outputs_storage: str = "50Gi"
+    # Outputs in an S3-compatible store (STORAGE_URL=s3://bucket/prefix) instead of a
+    # ReadWriteMany claim; credentials from the Secret wgpu-s3 (AWS_* keys) when it exists.
+    storage_url: str | None = None
     storage_class: str | None = None
     worker_token: str = ""
     api_keys: str = ""
@@ -263,14 +267,13 @@ def _hub(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any
     env = dict(service["environment"])
     env["REDIS_API_HOST_BIND"] = "0.0.0.0"
     secret_keys = ["REDIS_URL", "WORKER_TOKEN", "API_KEYS"]
+    if options.storage_url:
+        env["STORAGE_URL"] = options.storage_url
     container = _container("hub", service, http_probe=True)
     container.update(
         {
             "env": _env(env, secret_keys),
             "ports": [{"name": "http", "containerPort": port}],
-            "volumeMounts": [
-                {"name": "outputs", "mountPath": env.get("OUTPUTS_DIR", "/var/lib/wgpu")}
-            ],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
             "livenessProbe": {
                 "httpGet": {"path": "/health", "port": port},
@@ -280,14 +283,25 @@ def _hub(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any
         }
     )
     selector = _labels("hub")
-    claim: dict[str, Any] = {
-        "accessModes": ["ReadWriteMany"],  # both hub replicas serve every job's outputs
-        "resources": {"requests": {"storage": options.outputs_storage}},
-    }
-    if options.storage_class:
-        claim["storageClassName"] = options.storage_class
+    pod: dict[str, Any] = {"containers": [container], "terminationGracePeriodSeconds": 30}
+    storage: list[dict[str, Any]] = []
+    if options.storage_url:
+        container["envFrom"] = [{"secretRef": {"name": S3_SECRET, "optional": True}}]
+    else:
+        claim: dict[str, Any] = {
+            "accessModes": ["ReadWriteMany"],  # both hub replicas serve every job's outputs
+            "resources": {"requests": {"storage": options.outputs_storage}},
+        }
+        if options.storage_class:
+            claim["storageClassName"] = options.storage_class
+        storage.append(_object("PersistentVolumeClaim", OUTPUTS_CLAIM, "hub", options, spec=claim))
+        outputs_dir = env.get("OUTPUTS_DIR", "/var/lib/wgpu")
+        container["volumeMounts"] = [{"name": "outputs", "mountPath": outputs_dir}]
+        pod["volumes"] = [
+            {"name": "outputs", "persistentVolumeClaim": {"claimName": OUTPUTS_CLAIM}}
+        ]
     return [
-        _object("PersistentVolumeClaim", OUTPUTS_CLAIM, "hub", options, spec=claim),
+        *storage,
         _object(
             "Service",
             HUB,
@@ -310,19 +324,7 @@ def _hub(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any
                     "type": "RollingUpdate",
                     "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
                 },
-                "template": {
-                    "metadata": {"labels": selector},
-                    "spec": {
-                        "containers": [container],
-                        "volumes": [
-                            {
-                                "name": "outputs",
-                                "persistentVolumeClaim": {"claimName": OUTPUTS_CLAIM},
-                            }
-                        ],
-                        "terminationGracePeriodSeconds": 30,
-                    },
-                },
+                "template": {"metadata": {"labels": selector}, "spec": pod},
             },
         ),
         _object(

@@ -44,8 +44,12 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize(
     "options",
-    [OPTIONS, replace(OPTIONS, redis_url="redis://redis.example:6379/0", nodes=(), gpus=1)],
-    ids=["bundled-redis", "external-redis"],
+    [
+        OPTIONS,
+        replace(OPTIONS, redis_url="redis://redis.example:6379/0", nodes=(), gpus=1),
+        replace(OPTIONS, storage_url="s3://bucket/outputs"),
+    ],
+    ids=["bundled-redis", "external-redis", "s3-outputs"],
 )
 def test_every_manifest_validates_strictly(version: str, options: K8sOptions) -> None:
     objects = list(yaml.safe_load_all(to_yaml_stream(render_manifests(options))))
@@ -207,3 +211,18 @@ def test_the_command_prints_the_stream() -> None:
     )
     both = wgpu("k8s", "render", "--gpus", "0", "--count", "2")
     assert both.exit_code == ExitCode.USAGE and "either --gpus or --count" in both.stderr
+
+
+def test_outputs_on_a_shared_claim_or_in_s3() -> None:
+    objects = render_manifests(OPTIONS)
+    claim = by_kind(objects, "PersistentVolumeClaim", "wgpu-hub-outputs")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # both hub replicas read it
+    pod = by_kind(objects, "Deployment", "wgpu-hub")["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "wgpu-hub-outputs"
+
+    s3 = render_manifests(replace(OPTIONS, storage_url="s3://bucket/outputs"))
+    assert not [o for o in s3 if o["kind"] == "PersistentVolumeClaim"]
+    [hub] = by_kind(s3, "Deployment", "wgpu-hub")["spec"]["template"]["spec"]["containers"]
+    assert env_of(hub)["STORAGE_URL"] == "s3://bucket/outputs"
+    assert hub["envFrom"] == [{"secretRef": {"name": "wgpu-s3", "optional": True}}]
+    assert "volumeMounts" not in hub
