@@ -29,8 +29,8 @@ from orchestrator.gpus.slots import (
     GpuNotFound,
     Selection,
     SlotError,
-    parse_target,
     select_slots,
+    slot_indices,
 )
 
 
@@ -78,21 +78,22 @@ def is_docker_error(exc: BaseException) -> bool:
     return errors is not None and isinstance(exc, errors.DockerException)
 
 
-def target_indices(target: str) -> list[int] | None:
+def target_indices(target: str, gpus_option: str | None = None) -> list[int] | None:
+    """The slots stop/restart/status/logs act on: GPU_ID|all, or --gpus (indices or UUIDs)."""
+    selection = select(gpus_option, None) if gpus_option else None
     try:
-        index = parse_target(target)
+        return slot_indices(target, selection)
     except SlotError as exc:
         fail(str(exc), ExitCode.USAGE)
-    return None if index is None else [index]
 
 
-def select(gpus_option: str | None, simulate: int | None) -> Selection:
-    """The slots to manage: --simulate, --gpus, or every GPU NVML sees."""
+def select(gpus_option: str | None, simulate: int | None, count: int | None = None) -> Selection:
+    """The slots to manage: --simulate, --gpus, --count, or every GPU NVML sees."""
     from orchestrator.gpus import nvml
 
     inventory = nvml.GpuInventory() if simulate is not None else nvml.discover()
     try:
-        selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error)
+        selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error, count)
     except GpuNotFound as exc:
         fail(str(exc), ExitCode.NOT_FOUND)
     except SlotError as exc:

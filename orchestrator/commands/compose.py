@@ -1,4 +1,4 @@
-"""`wgpu compose render --gpus N | --simulate N [-o FILE]`: write the one-host compose file."""
+"""`wgpu compose render --gpus 0,2 | --count N | --simulate N [-o FILE]`: the compose file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.commands.common import select
+from orchestrator.commands.options import CountOption, GpusOption, SimulateOption
 from orchestrator.console import ExitCode, err, fail, out
 from orchestrator.stack.compose_render import (
     DEFAULT_COMFYUI_IMAGE,
@@ -18,7 +20,6 @@ from orchestrator.stack.compose_render import (
     HEADER,
     ComposeError,
     StackOptions,
-    parse_gpus,
     render_stack,
     to_yaml,
     validate,
@@ -30,12 +31,9 @@ compose_app = typer.Typer(help="The one-host stack as a docker compose file.", n
 
 @compose_app.command("render")
 def render(
-    gpus: str | None = typer.Option(
-        None, "--gpus", help="A GPU count (0..N-1) or a list of indices/UUIDs, e.g. 0,2."
-    ),
-    simulate: int | None = typer.Option(
-        None, "--simulate", min=1, help="N simulated slots (the ComfyUI simulator, no GPU)."
-    ),
+    gpus_option: GpusOption = None,
+    count: CountOption = None,
+    simulate: SimulateOption = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here, not stdout.")
     ] = None,
@@ -50,12 +48,14 @@ def render(
     health_interval: float = typer.Option(5.0, "--health-interval", min=0.5),
 ) -> None:
     """Render Redis + hub + per GPU ComfyUI and worker (images overridable by env vars)."""
-    if (gpus is None) == (simulate is None):
-        fail("pass exactly one of --gpus N and --simulate N", ExitCode.USAGE)
+    if gpus_option is None and count is None and simulate is None:
+        fail("pass one of --gpus 0,2, --count N and --simulate N", ExitCode.USAGE)
+    selection = select(gpus_option, simulate, count)
     try:
         options = StackOptions(
-            gpus=parse_gpus(gpus) if gpus else (),
+            gpus=() if simulate else tuple(selection.slots),
             simulate=simulate or 0,
+            num_gpus=selection.num_gpus,
             machine_id=machine_id,
             hub_port=hub_port,
             redis_port=redis_port,

@@ -42,7 +42,17 @@ GpusOption = Annotated[
     typer.Option(
         "--gpus",
         envvar="WGPU_GPUS",
-        help="GPUs to manage: indices or UUIDs, comma separated (default: every GPU NVML sees).",
+        help="GPUs by NVML index or UUID, comma separated: --gpus 4 is GPU 4 "
+        "(default: every GPU NVML sees; --count N for the first N).",
+    ),
+]
+CountOption = Annotated[
+    int | None,
+    typer.Option(
+        "--count",
+        min=1,
+        envvar="WGPU_COUNT",
+        help="The first N GPUs NVML sees (instead of naming them with --gpus).",
     ),
 ]
 SimulateOption = Annotated[

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from orchestrator.commands.common import select
 from orchestrator.commands.options import (
     ComfyuiCmdOption,
+    CountOption,
     DockerHostOption,
     GpusOption,
     MachineIdOption,
@@ -19,6 +21,7 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out, warn
+from orchestrator.gpus.slots import Selection, Slot, simulated_slots
 from orchestrator.stack.compose_render import (
     DEFAULT_HUB_PORT,
     DEFAULT_REDIS_IMAGE,
@@ -88,20 +91,18 @@ def open_docker(docker_host: str | None, required: bool) -> Any | None:
         return None
 
 
-def slot_selection(gpus_option: str | None, simulate: int | None) -> tuple[tuple[str, ...], int]:
-    """(GPU device ids, simulated count): --simulate, --gpus, or NVML; no GPU -> simulate."""
-    if simulate:
-        return (), simulate
-    if gpus_option:
-        return tuple(t.strip() for t in gpus_option.split(",") if t.strip()), 0
+def slot_selection(gpus_option: str | None, simulate: int | None, count: int | None) -> Selection:
+    """--simulate, --gpus, --count, or every GPU NVML sees; no GPU at all -> simulated slots."""
+    if simulate or gpus_option or count:
+        return select(gpus_option, simulate, count)
     from orchestrator.gpus import nvml
 
     inventory = nvml.discover()
     if not inventory.gpus:
         why = f" ({inventory.error})" if inventory.error else ""
         warn(f"no NVIDIA GPU found{why}: running {DEFAULT_SIMULATED_SLOTS} simulated slots")
-        return (), DEFAULT_SIMULATED_SLOTS
-    return tuple(d.uuid or str(d.index) for d in inventory.gpus), 0
+        return simulated_slots(DEFAULT_SIMULATED_SLOTS)
+    return select(None, None)
 
 
 def stack_images(client: Any, base_image: str | None, on_step: StepProgress) -> dict[str, str]:
@@ -140,6 +141,7 @@ def stack_images(client: Any, base_image: str | None, on_step: StepProgress) -> 
 def up(
     simulate: int | None = typer.Option(None, "--simulate", min=1, help="N simulated slots."),
     gpus_option: GpusOption = None,
+    count: CountOption = None,
     backend: BackendChoice = StackBackend.AUTO,
     docker_host: DockerHostOption = None,
     machine_id: MachineIdOption = None,
@@ -165,12 +167,14 @@ def up(
 
     from orchestrator.stack.lifecycle import docker_up
 
-    device_ids, simulated = slot_selection(gpus_option, simulate)
+    selection = slot_selection(gpus_option, simulate, count)
+    simulated = len(selection.slots) if selection.slots[0].simulated else 0
     client = None
     if backend != StackBackend.PROCESS:
         client = open_docker(docker_host, required=backend == StackBackend.DOCKER)
     if client is None:
-        if device_ids and not comfyui_cmd:
+        gpu_slots = () if simulated else tuple(selection.slots)
+        if gpu_slots and not comfyui_cmd:
             fail(
                 "without Docker, GPUs need a ComfyUI to run: pass --comfyui-cmd "
                 '"python main.py --port {port}" (or --simulate N)',
@@ -178,12 +182,13 @@ def up(
             )
         up_processes(
             simulated, machine_id, hub_port, hub_bind, port_base, sim_node_time, state_dir,
-            gpus=device_ids, comfyui_cmd=comfyui_cmd, worker_src=worker_src,
+            gpu_slots=gpu_slots, comfyui_cmd=comfyui_cmd, worker_src=worker_src,
         )  # fmt: skip
         return
     options = StackOptions(
-        gpus=device_ids,
+        gpus=() if simulated else tuple(selection.slots),
         simulate=simulated,
+        num_gpus=selection.num_gpus,
         machine_id=machine_id or default_machine_id(),
         redis_port=redis_port,
         hub_port=hub_port,
@@ -221,11 +226,10 @@ def up_processes(
     port_base: int,
     sim_node_time: float | None,
     state_dir: Path | None,
-    gpus: tuple[str, ...] = (),
+    gpu_slots: tuple[Slot, ...] = (),
     comfyui_cmd: str | None = None,
     worker_src: Path | None = None,
 ) -> None:
-    from orchestrator.commands.common import select
     from orchestrator.commands.workers import resolve_src
     from orchestrator.stack.lifecycle import (
         ProcessStack,
@@ -247,8 +251,8 @@ def up_processes(
         port_base=port_base,
         machine_id=machine_id or default_machine_id(),
         sim_node_time_s=sim_node_time,
-        gpu_slots=tuple(select(",".join(gpus), None).slots) if gpus else (),
-        comfyui_cmd=comfyui_cmd if gpus else None,
+        gpu_slots=gpu_slots,
+        comfyui_cmd=comfyui_cmd if gpu_slots else None,
         worker_src=resolve_src(worker_src),
     )
     warn("no Docker engine: running the stack as local processes")

@@ -41,6 +41,7 @@ from orchestrator.commands.options import (
     BaseImageOption,
     ComfyuiCmdOption,
     ComfyuiImageOption,
+    CountOption,
     DockerHostOption,
     GpusOption,
     HubUrlOption,
@@ -77,6 +78,7 @@ def setup(
     image: ImageOption = None,
     base_image: BaseImageOption = None,
     gpus_option: GpusOption = None,
+    count: CountOption = None,
     simulate: SimulateOption = None,
     backend: BackendOption = BackendKind.DOCKER,
     docker_host: DockerHostOption = None,
@@ -95,7 +97,7 @@ def setup(
     if backend == BackendKind.PROCESS:
         if importlib.util.find_spec("comfy_worker") is None:
             fail("comfy_worker is not importable: pip install wgpu in this Python", ExitCode.FAILED)
-        selection = select(gpus_option, simulate)
+        selection = select(gpus_option, simulate, count)
         process = ProcessBackend(base_dir)
         for slot in selection.slots:
             process.files(slot.index).log_file(ROLE_WORKER).parent.mkdir(
@@ -172,6 +174,7 @@ def build_with_progress(
 def start(
     target: TargetArgument = "all",
     gpus_option: GpusOption = None,
+    count: CountOption = None,
     simulate: SimulateOption = None,
     image: ImageOption = None,
     comfyui_image: ComfyuiImageOption = None,
@@ -193,7 +196,7 @@ def start(
 
     source = resolve_src(worker_src)
     indices = target_indices(target)
-    selection = select(gpus_option, simulate)
+    selection = select(gpus_option, simulate, count)
     slots = [s for s in selection.slots if indices is None or s.index in indices]
     if not slots:
         known = ", ".join(str(s.index) for s in selection.slots)
@@ -223,6 +226,7 @@ def start(
 
 def stop(
     target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
     timeout: StopTimeoutOption = DEFAULT_STOP_TIMEOUT_S,
     machine_id: MachineIdOption = None,
     docker_host: DockerHostOption = None,
@@ -231,7 +235,7 @@ def stop(
     as_json: JsonOption = False,
 ) -> None:
     """Stop a GPU's worker (and its ComfyUI) gracefully: SIGTERM, --timeout grace, then kill."""
-    indices = target_indices(target)
+    indices = target_indices(target, gpus_option)
     with backend_session(backend, docker_host, base_dir, machine_id) as session:
         results = session.stop(indices, timeout)
     report_managed(results, as_json, none_managed="no managed workers")
@@ -239,6 +243,7 @@ def stop(
 
 def restart(
     target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
     timeout: StopTimeoutOption = DEFAULT_STOP_TIMEOUT_S,
     machine_id: MachineIdOption = None,
     docker_host: DockerHostOption = None,
@@ -247,7 +252,7 @@ def restart(
     as_json: JsonOption = False,
 ) -> None:
     """Restart a GPU's ComfyUI and worker as they were configured (start creates new ones)."""
-    indices = target_indices(target)
+    indices = target_indices(target, gpus_option)
     with backend_session(backend, docker_host, base_dir, machine_id) as session:
         results = session.restart(indices, timeout)
     report_managed(results, as_json, none_managed="no managed workers: use start")
@@ -255,6 +260,7 @@ def restart(
 
 def status(
     target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
     watch_mode: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C."),
     interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between refreshes."),
     hub_url: HubUrlOption = DEFAULT_HUB_URL,
@@ -270,7 +276,7 @@ def status(
     from orchestrator.hub_client.client import HubClient
     from orchestrator.status_view import collect_snapshot, render_table, watch
 
-    indices = target_indices(target)
+    indices = target_indices(target, gpus_option)
     inventory = nvml.discover()
     hub = HubClient(hub_url, api_key=api_key, timeout_s=0.5)
     with (
@@ -302,6 +308,7 @@ def status(
 
 def logs(
     target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     tail: int | None = typer.Option(None, "--tail", "-n", min=0, help="Only the last N lines."),
     since: str | None = typer.Option(None, "--since", help="Only lines since 10m, 2h, a time."),
@@ -315,7 +322,7 @@ def logs(
     """A GPU's worker (or --service comfyui) log; `all` interleaves them with a gpuN | prefix."""
     from rich.text import Text
 
-    indices = target_indices(target)
+    indices = target_indices(target, gpus_option)
     request = LogRequest(indices, str(service), tail=tail, since=since, follow=follow)
     many = indices is None
     with backend_session(backend, docker_host, base_dir, machine_id) as session:

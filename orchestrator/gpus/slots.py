@@ -1,7 +1,13 @@
-"""Which GPUs (slots) `wgpu` manages: `--gpus 0,2` (indices or UUIDs), `--simulate N`, or NVML.
+"""Which GPUs (slots) `wgpu` manages: the one selection every command uses.
+
+`--gpus 0,2` names GPUs by NVML index or UUID (`--gpus 4` is GPU 4), `--count N` takes the
+first N, `--simulate N` runs N slots without a GPU, and nothing means every GPU NVML sees.
+`select_slots` is the only parser of these options; `slot_indices` turns a selection into the
+indices that stop/restart/status/logs act on.
 
 A slot is one GPU and everything pinned to it: worker `comfy-worker-gpu{N}`, ComfyUI on port
-8188+N. Slot numbers are NVML (PCI order) indices, so `gpu2` is always the same physical card.
+8188+N. Slot numbers are NVML (PCI order) indices, so `gpu2` is always the same physical card,
+whether it was named by index or by UUID.
 """
 
 from __future__ import annotations
@@ -76,15 +82,23 @@ def select_slots(
     simulate: int | None,
     devices: Sequence[_Device],
     discovery_error: str | None = None,
+    count: int | None = None,
 ) -> Selection:
     """The slots to manage. `devices` is what NVML found (empty when there is no driver)."""
+    given = [
+        name
+        for name, value in (("--gpus", gpus), ("--count", count), ("--simulate", simulate))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise SlotError(f"use either {' or '.join(given)}, not both")
     if simulate is not None:
-        if gpus:
-            raise SlotError("use either --gpus or --simulate, not both")
         return simulated_slots(simulate)
+    why = f" ({discovery_error})" if discovery_error else ""
+    if count is not None:
+        return _first(count, devices, why)
     if not gpus or gpus.strip().lower() == "all":
         if not devices:
-            why = f" ({discovery_error})" if discovery_error else ""
             raise GpuNotFound(
                 f"no NVIDIA GPU found{why}: install the NVIDIA driver, name GPUs with --gpus, "
                 "or run without GPUs with --simulate N"
@@ -93,11 +107,12 @@ def select_slots(
     tokens = parse_gpu_list(gpus)
     if not devices:
         if not all(token.isdigit() for token in tokens):
-            raise SlotError("GPU UUIDs need NVML to map them to indices: pass indices instead")
+            raise SlotError(
+                f"GPU UUIDs need NVML to map them to indices{why}: pass indices instead"
+            )
         slots = [Slot(index=int(token)) for token in tokens]
-        why = f" ({discovery_error})" if discovery_error else ""
         note = f"NVML unavailable{why}: pinning GPUs {gpus} by index"
-        return Selection(slots, num_gpus=len(slots), note=note)
+        return Selection(slots, num_gpus=max(s.index for s in slots) + 1, note=note)
     by_index = {d.index: d for d in devices}
     by_uuid = {d.uuid: d for d in devices}
     chosen: list[Slot] = []
@@ -110,6 +125,31 @@ def select_slots(
     if len({s.index for s in chosen}) != len(chosen):
         raise SlotError(f"--gpus {gpus!r} names a GPU twice")
     return Selection(chosen, num_gpus=len(devices))
+
+
+def _first(count: int, devices: Sequence[_Device], why: str) -> Selection:
+    if count < 1:
+        raise SlotError("--count needs at least 1 GPU")
+    if not devices:
+        slots = [Slot(index=i) for i in range(count)]
+        note = f"NVML unavailable{why}: pinning GPUs 0-{count - 1} by index"
+        return Selection(slots, num_gpus=count, note=note)
+    if count > len(devices):
+        raise GpuNotFound(f"--count {count}: this machine has {len(devices)} GPU(s)")
+    return Selection([_from_device(d) for d in devices[:count]], num_gpus=len(devices))
+
+
+def slot_indices(target: str, selection: Selection | None) -> list[int] | None:
+    """The slots a command acts on: the positional GPU_ID|all and/or a --gpus selection.
+
+    None means every managed slot. Naming a GPU both ways must name the same one."""
+    index = parse_target(target)
+    if selection is None:
+        return None if index is None else [index]
+    chosen = [slot.index for slot in selection.slots]
+    if index is not None and chosen != [index]:
+        raise SlotError(f"GPU {target} and --gpus name different GPUs: pass one of them")
+    return chosen
 
 
 def parse_target(target: str) -> int | None:

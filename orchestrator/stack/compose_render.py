@@ -25,7 +25,7 @@ from orchestrator.backends.base import (
     worker_env,
     worker_stop_timeout_s,
 )
-from orchestrator.gpus.slots import Slot
+from orchestrator.gpus.slots import Slot, simulated_slots
 from wgpu_protocol import ports
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
@@ -62,10 +62,11 @@ class ComposeError(ValueError):
 
 @dataclass(frozen=True)
 class StackOptions:
-    """What decides the stack. `gpus`: device ids (indices or UUIDs) to pin, one slot each."""
+    """What decides the stack. `gpus`: the slots to pin (from `gpus.slots.select_slots`)."""
 
-    gpus: tuple[str, ...] = ()
+    gpus: tuple[Slot, ...] = ()
     simulate: int = 0
+    num_gpus: int = 0  # NUM_GPUS for the workers; 0: as many as slots
     machine_id: str = "${MACHINE_ID:-local}"
     redis_port: int = DEFAULT_REDIS_PORT
     hub_port: int = DEFAULT_HUB_PORT
@@ -88,30 +89,13 @@ class StackOptions:
         if self.simulate and self.gpus:
             raise ComposeError("use either --gpus or --simulate, not both")
         if self.simulate:
-            return [Slot(index=i, name="simulated", simulated=True) for i in range(self.simulate)]
+            return simulated_slots(self.simulate).slots
         if not self.gpus:
-            raise ComposeError("no GPUs to render: pass --gpus N or --simulate N")
-        slots = []
-        for index, device in enumerate(self.gpus):
-            uuid = device if not device.isdigit() else None
-            slots.append(Slot(index=int(device) if device.isdigit() else index, uuid=uuid))
-        if len({s.index for s in slots}) != len(slots):
-            raise ComposeError(f"GPU list {','.join(self.gpus)} names a GPU twice")
-        return slots
-
-
-def parse_gpus(text: str) -> tuple[str, ...]:
-    """`--gpus 4` -> GPUs 0..3; `--gpus 0,2` or UUIDs -> exactly those."""
-    text = text.strip()
-    if text.isdigit() and "," not in text:
-        count = int(text)
-        if count < 1:
-            raise ComposeError("--gpus needs at least 1 GPU")
-        return tuple(str(i) for i in range(count))
-    tokens = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not tokens:
-        raise ComposeError(f"--gpus {text!r} names no GPU: pass a count or indices like 0,2")
-    return tokens
+            raise ComposeError("no GPUs to render: pass --gpus, --count N or --simulate N")
+        if len({s.index for s in self.gpus}) != len(self.gpus):
+            named = ",".join(s.device_id for s in self.gpus)
+            raise ComposeError(f"GPU list {named} names a GPU twice")
+        return list(self.gpus)
 
 
 def env_image(role: str, default: str) -> str:
@@ -297,9 +281,10 @@ def render_stack(options: StackOptions) -> dict[str, Any]:
     """The compose document (plain dicts and lists) for the options' GPUs or simulated slots."""
     slots = options.slots()
     services: dict[str, Any] = {"redis": _redis_service(options), "hub": _hub_service(options)}
+    num_gpus = options.num_gpus or max(s.index for s in slots) + 1
     for slot in slots:
         services[comfyui_service_name(slot.index)] = _comfyui_service(slot, options)
-        services[worker_service_name(slot.index)] = _worker_service(slot, options, len(slots))
+        services[worker_service_name(slot.index)] = _worker_service(slot, options, num_gpus)
     for service in services.values():
         service["labels"]["wgpu.config_hash"] = config_hash(service)
     # No top-level `name`: docker-compose 1.x refuses it; `-p wgpu` names the project.

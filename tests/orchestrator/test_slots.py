@@ -13,7 +13,13 @@ from orchestrator.backends.base import (
 from orchestrator.backends.common import humanize_duration, parse_since
 from orchestrator.backends.docker_backend import parse_docker_time
 from orchestrator.gpus.nvml import GpuDevice
-from orchestrator.gpus.slots import GpuNotFound, SlotError, parse_target, select_slots
+from orchestrator.gpus.slots import (
+    GpuNotFound,
+    SlotError,
+    parse_target,
+    select_slots,
+    slot_indices,
+)
 
 DEVICES = [
     GpuDevice(0, "GPU-aaa", "NVIDIA H100", 81559),
@@ -69,6 +75,34 @@ def test_duplicate_and_empty_gpu_lists_are_refused() -> None:
         select_slots("0,GPU-aaa", None, DEVICES)
     with pytest.raises(SlotError, match="names no GPU"):
         select_slots(",", None, DEVICES)
+
+
+def test_a_single_number_is_that_gpu_and_count_takes_the_first_n() -> None:
+    assert [s.index for s in select_slots("2", None, DEVICES).slots] == [2]
+    first_two = select_slots(None, None, DEVICES, count=2)
+    assert [s.device_id for s in first_two.slots] == ["GPU-aaa", "GPU-bbb"]
+    assert first_two.num_gpus == 3
+    with pytest.raises(GpuNotFound, match="--count 4: this machine has 3 GPU"):
+        select_slots(None, None, DEVICES, count=4)
+    with pytest.raises(SlotError, match="either --gpus or --count"):
+        select_slots("0", None, DEVICES, count=1)
+
+
+def test_without_nvml_a_count_or_an_index_pins_by_index_with_room_for_it() -> None:
+    counted = select_slots(None, None, [], "no driver", count=2)
+    assert [s.device_id for s in counted.slots] == ["0", "1"] and counted.note
+    # NUM_GPUS must exceed GPU_ID, or the worker refuses to start.
+    assert select_slots("3", None, [], "no driver").num_gpus == 4
+
+
+def test_stop_and_friends_take_gpus_beside_the_positional_target() -> None:
+    assert slot_indices("all", None) is None
+    assert slot_indices("1", None) == [1]
+    by_uuid = select_slots("GPU-ccc,GPU-aaa", None, DEVICES)
+    assert slot_indices("all", by_uuid) == [2, 0]
+    assert slot_indices("2", select_slots("GPU-ccc", None, DEVICES)) == [2]
+    with pytest.raises(SlotError, match="different GPUs"):
+        slot_indices("1", by_uuid)
 
 
 def test_targets() -> None:

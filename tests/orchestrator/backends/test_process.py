@@ -166,6 +166,11 @@ def test_stop_touches_only_that_gpu(base: Path, worker_env: dict[str, str]) -> N
     slots = status(base)
     assert slots[0]["worker"]["state"] == "exited"  # type: ignore[index]
     assert slots[1]["worker"]["state"] == "running"  # type: ignore[index]
+    # --gpus names GPUs for stop as it does for start (README: options everywhere).
+    by_option = wgpu("stop", "--gpus", "1", "--backend", "process", "--base-dir", str(base))
+    assert by_option.exit_code == 0, by_option.output
+    assert "gpu1 worker: stopped" in by_option.stdout and "gpu0" not in by_option.stdout
+    assert not alive(second)
 
 
 def test_stop_kills_a_worker_that_ignores_sigterm(base: Path, tmp_path: Path) -> None:

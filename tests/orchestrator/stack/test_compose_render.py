@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 
 from orchestrator.backends.base import worker_stop_timeout_s
 from orchestrator.cli import app
+from orchestrator.gpus.nvml import GpuDevice
+from orchestrator.gpus.slots import Slot, select_slots
 from orchestrator.stack.compose_render import (
     ComposeError,
     StackOptions,
     interpolate,
-    parse_gpus,
     render_stack,
     start_order,
     to_yaml,
@@ -56,11 +57,11 @@ def workers_grace_s(environment: dict[str, str]) -> float:
 
 
 def test_gpu_stack_has_redis_hub_and_a_pinned_pair_per_gpu() -> None:
-    check_gpu_stack(render_cli("--gpus", "3"), 3)
+    check_gpu_stack(render_cli("--count", "3"), 3)
 
 
 def check_gpu_stack(doc: dict[str, Any], gpus: int) -> None:
-    """The one-host stack's contract (architecture.md, compose/README.md) for `--gpus N`."""
+    """The one-host stack's contract (architecture.md, compose/README.md) for `--count N`."""
     services = doc["services"]
     assert set(services) == {
         "redis",
@@ -103,7 +104,7 @@ def check_gpu_stack(doc: dict[str, Any], gpus: int) -> None:
 
 
 def test_redis_is_durable_and_never_evicts() -> None:
-    doc = render_cli("--gpus", "1")
+    doc = render_cli("--gpus", "0")
     redis = doc["services"]["redis"]
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
@@ -115,7 +116,7 @@ def test_redis_is_durable_and_never_evicts() -> None:
 
 
 def test_every_image_is_overridable_by_an_env_var() -> None:
-    doc = render_cli("--gpus", "1")
+    doc = render_cli("--gpus", "0")
     images = {name: service["image"] for name, service in doc["services"].items()}
     assert images["redis"] == "${WGPU_REDIS_IMAGE:-redis:7}"
     assert images["hub"] == "${WGPU_HUB_IMAGE:-wgpu-local/hub:latest}"
@@ -140,28 +141,51 @@ def test_simulated_slots_run_the_simulator_from_the_worker_image_without_devices
         assert worker["environment"]["EXECUTION_SERVICE_PORT"] == str(9100 + index)
 
 
-def test_gpus_by_list_and_uuid_pin_those_devices() -> None:
-    assert parse_gpus("2") == ("0", "1")
-    assert parse_gpus("0,2") == ("0", "2")
-    doc = render_stack(StackOptions(gpus=("GPU-aaaa", "GPU-bbbb")))
-    assert devices_of(doc["services"]["comfy-worker-gpu1"])[0]["device_ids"] == ["GPU-bbbb"]
-    assert doc["services"]["comfy-worker-gpu1"]["labels"]["wgpu.gpu_uuid"] == "GPU-bbbb"
-    doc = render_stack(StackOptions(gpus=("0", "2")))
+DEVICES = [GpuDevice(i, f"GPU-{i}{i}{i}{i}", "NVIDIA H100", 81559) for i in range(4)]
+
+
+def pinned(gpus: str) -> StackOptions:
+    selection = select_slots(gpus, None, DEVICES)
+    return StackOptions(gpus=tuple(selection.slots), num_gpus=selection.num_gpus)
+
+
+def test_gpus_by_index_and_uuid_pin_those_devices_under_their_own_index() -> None:
+    doc = render_stack(pinned("GPU-3333,GPU-1111"))
+    # A GPU named by UUID keeps its NVML index: GPU-3333 is gpu3, not gpu0.
+    assert set(doc["services"]) >= {"comfy-worker-gpu3", "comfy-worker-gpu1"}
+    assert "comfy-worker-gpu0" not in doc["services"]
+    worker3 = doc["services"]["comfy-worker-gpu3"]
+    assert devices_of(worker3)[0]["device_ids"] == ["GPU-3333"]
+    assert worker3["labels"]["wgpu.gpu_uuid"] == "GPU-3333"
+    assert worker3["environment"]["GPU_ID"] == "3" and worker3["environment"]["NUM_GPUS"] == "4"
+    doc = render_stack(pinned("0,2"))
     assert "comfy-worker-gpu2" in doc["services"]
-    assert devices_of(doc["services"]["comfyui-gpu2"])[0]["device_ids"] == ["2"]
+    assert devices_of(doc["services"]["comfyui-gpu2"])[0]["device_ids"] == ["GPU-2222"]
+
+
+def test_gpus_4_means_gpu_4_and_count_means_the_first_n() -> None:
+    doc = render_cli("--gpus", "4")  # no NVML here: pinned by index
+    assert {n for n in doc["services"] if n.startswith("comfy-worker")} == {"comfy-worker-gpu4"}
+    assert doc["services"]["comfy-worker-gpu4"]["environment"]["NUM_GPUS"] == "5"
+    doc = render_cli("--count", "2")
+    assert {n for n in doc["services"] if n.startswith("comfy-worker")} == {
+        "comfy-worker-gpu0",
+        "comfy-worker-gpu1",
+    }
 
 
 def test_bad_selections_are_usage_errors() -> None:
     runner = CliRunner()
     both = runner.invoke(app, ["compose", "render", "--gpus", "1", "--simulate", "1"])
+    count_and_gpus = runner.invoke(app, ["compose", "render", "--gpus", "1", "--count", "1"])
     neither = runner.invoke(app, ["compose", "render"])
-    assert both.exit_code == 2 and neither.exit_code == 2
+    assert both.exit_code == count_and_gpus.exit_code == neither.exit_code == 2
     with pytest.raises(ComposeError, match="twice"):
-        render_stack(StackOptions(gpus=("1", "1")))
+        render_stack(StackOptions(gpus=(Slot(1), Slot(1))))
 
 
 def test_yaml_round_trips_exactly() -> None:
-    doc = render_stack(StackOptions(gpus=("0", "1"), worker_token="s3cret: yes"))
+    doc = render_stack(StackOptions(gpus=(Slot(0), Slot(1)), worker_token="s3cret: yes"))
     doc["x-odd"] = {"on": "no", "list": ["", "a b", "#x", "1.5", True, 3, {"k": [1, "y"]}]}
     assert yaml.safe_load(to_yaml(doc, "a header\nsecond line")) == doc
 
@@ -192,21 +216,21 @@ def test_a_config_change_changes_the_config_hash() -> None:
     def hashes(doc: dict[str, Any]) -> dict[str, str]:
         return {n: s["labels"]["wgpu.config_hash"] for n, s in doc["services"].items()}
 
-    plain = hashes(render_stack(StackOptions(gpus=("0", "1"))))
-    assert plain == hashes(render_stack(StackOptions(gpus=("0", "1"))))
-    changed = hashes(render_stack(StackOptions(gpus=("0", "1"), worker_token="t")))
+    plain = hashes(render_stack(StackOptions(gpus=(Slot(0), Slot(1)))))
+    assert plain == hashes(render_stack(StackOptions(gpus=(Slot(0), Slot(1)))))
+    changed = hashes(render_stack(StackOptions(gpus=(Slot(0), Slot(1)), worker_token="t")))
     differ = {name for name in plain if plain[name] != changed[name]}
     assert {"comfy-worker-gpu0", "comfy-worker-gpu1"} <= differ
     assert not differ & {"redis", "comfyui-gpu0", "comfyui-gpu1"}
 
 
 def test_checked_in_compose_file_keeps_the_contract_and_is_current(tmp_path: Path) -> None:
-    """compose/docker-compose.yml is `wgpu compose render --gpus 2`: regenerate it on change.
+    """compose/docker-compose.yml is `wgpu compose render --count 2`: regenerate it on change.
     Being current is not enough (the same code makes both): it must keep the contract too."""
     checked_in = yaml.safe_load((REPO / "compose" / "docker-compose.yml").read_text())
     check_gpu_stack(checked_in, 2)
     out = tmp_path / "docker-compose.yml"
-    result = CliRunner().invoke(app, ["compose", "render", "--gpus", "2", "-o", str(out)])
+    result = CliRunner().invoke(app, ["compose", "render", "--count", "2", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert (REPO / "compose" / "docker-compose.yml").read_text() == out.read_text()
 
@@ -226,7 +250,7 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     """Docker's own compose CLI is the judge (our `validate` is only a first check): without
     one the test is skipped locally and fails under CI (.ci/run installs docker-compose)."""
     path = tmp_path / "docker-compose.yml"
-    doc = render_stack(StackOptions(gpus=("0", "1")))
+    doc = render_stack(StackOptions(gpus=(Slot(0), Slot(1))))
     path.write_text(to_yaml(doc))
     cli = compose_cli()
     if cli is None:

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.gpus.slots import Slot
 from orchestrator.hub_client.client import HubClient
 from orchestrator.hub_client.job_watch import load_workflow
 from orchestrator.images.base import DEFAULT_CACHE_DIR, file_lock
@@ -269,7 +270,7 @@ def test_gpu_services_are_pinned_through_the_engine(
     docker_client: docker.DockerClient, stack_images: dict[str, str], options: StackOptions
 ) -> None:
     """The rendered device reservation reaches the daemon: the container sees only its GPU."""
-    pinned = StackOptions(**{**options.__dict__, "simulate": 0, "gpus": ("0", "1")})
+    pinned = StackOptions(**{**options.__dict__, "simulate": 0, "gpus": (Slot(0), Slot(1))})
     service = render_stack(pinned)["services"]["comfy-worker-gpu1"]
     # The worker itself needs a hub; what is checked here is the pinning, so just print env.
     service = {k: v for k, v in service.items() if k not in ("depends_on", "healthcheck")}
