@@ -8,6 +8,7 @@ alone or recreates it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import threading
@@ -19,8 +20,8 @@ from typing import Any
 
 import docker
 import docker.errors
-from docker.models.containers import Container, _create_container_args
-from docker.types import DeviceRequest, LogConfig, Mount
+from docker.models.containers import Container
+from docker.types import LogConfig
 
 from orchestrator.backends.base import (
     ROLE_COMFYUI,
@@ -35,28 +36,29 @@ from orchestrator.backends.base import (
     ServiceRecord,
     SlotPlan,
     slot_plan_json,
-    worker_stop_timeout_s,
 )
 from orchestrator.backends.common import fan_out, parse_since, port_answers
+from orchestrator.backends.engine import create_args, create_container, error_text, start_container
+from orchestrator.stack.spec import (
+    LABEL_CONFIG_HASH,
+    LABEL_GPU_INDEX,
+    LABEL_GPU_UUID,
+    LABEL_MACHINE,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_SIMULATED,
+    ContainerSpec,
+    container_name,
+    slot_containers,
+    spec_hash,
+)
 
-LABEL_MANAGED = "wgpu.managed"
-LABEL_ROLE = "wgpu.role"
-LABEL_MACHINE = "wgpu.machine_id"
-LABEL_GPU_INDEX = "wgpu.gpu_index"
-LABEL_GPU_UUID = "wgpu.gpu_uuid"
-LABEL_CONFIG_HASH = "wgpu.config_hash"
-LABEL_SIMULATED = "wgpu.simulated"
 LABEL_SLOT_PLAN = "wgpu.slot_plan"  # on workers: the plan the slot was started with
 ASIDE_SUFFIX = "-prev"  # `wgpu update` keeps a slot's old containers under this name
 ROLES = (ROLE_WORKER, ROLE_COMFYUI)
 READY_PORT_POLL_S = 0.02  # how often a starting ComfyUI's port is tried
 READY_INSPECT_S = 0.5  # ... and its container inspected for a crash meanwhile
 READY_POLL_S = 0.1  # remote engines: the container's state is all there is to ask
-NVIDIA_REFUSAL = 'could not select device driver "nvidia"'
-NVIDIA_HINT = (
-    "Docker cannot give containers a GPU: install the NVIDIA Container Toolkit "
-    "(nvidia-container-toolkit) and restart dockerd, or use --simulate N / --backend process"
-)
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,6 @@ class _Prepared:
     container: Container
     outcome: Outcome
     created: bool  # by this start (removed again if its ComfyUI never answers)
-
-
-def container_name(role: str, index: int) -> str:
-    return f"comfy-worker-gpu{index}" if role == ROLE_WORKER else f"comfyui-gpu{index}"
 
 
 def parse_docker_time(text: str) -> float | None:
@@ -189,13 +187,14 @@ class DockerBackend:
 
     def _start_slot(self, plan: SlotPlan, image_ids: dict[str, str | None]) -> list[ActionResult]:
         index = plan.slot.index
-        if plan.comfyui is None:
-            return [self._ensure(plan, plan.worker, image_ids)]
-        if not plan.comfyui.image:
+        if plan.comfyui is not None and not plan.comfyui.image:
             detail = "--comfyui-cmd needs --comfyui-image with --backend docker"
             return [ActionResult(index, ROLE_COMFYUI, Outcome.FAILED, detail)]
-        comfyui = self._ensure(plan, plan.comfyui, image_ids)
-        worker = self._prepare(plan, plan.worker, image_ids) if comfyui.ok else None
+        specs = self._specs(plan)
+        if plan.comfyui is None:
+            return [self._ensure(index, specs[ROLE_WORKER], image_ids)]
+        comfyui = self._ensure(index, specs[ROLE_COMFYUI], image_ids)
+        worker = self._prepare(index, specs[ROLE_WORKER], image_ids) if comfyui.ok else None
         if comfyui.ok:
             comfyui = self._wait_ready(plan, plan.comfyui, comfyui)
         if not comfyui.ok:
@@ -205,149 +204,96 @@ class DockerBackend:
             detail = f"not started: comfyui-gpu{index} is not ready"
             return [comfyui, ActionResult(index, ROLE_WORKER, Outcome.FAILED, detail)]
         assert worker is not None
-        return [comfyui, self._start_prepared(plan, plan.worker, worker)]
+        return [comfyui, self._start_prepared(index, specs[ROLE_WORKER], worker)]
 
-    def _create_kwargs(self, plan: SlotPlan, service: ServicePlan) -> dict[str, Any]:
-        slot = plan.slot
-        policy: dict[str, Any] = {"Name": self.restart_policy}
-        if self.restart_policy == "on-failure":
-            policy["MaximumRetryCount"] = 5
-        device_requests = None
-        if not slot.simulated:
-            device_requests = [
-                DeviceRequest(driver="nvidia", device_ids=[slot.device_id], capabilities=[["gpu"]])
-            ]
-        env = dict(service.env)
-        if self.network_mode != "host" and service.role == ROLE_WORKER and plan.comfyui:
-            # Off the host network, 127.0.0.1 is the worker's own container: use ComfyUI's name.
-            env["COMFYUI_HOST"] = container_name(ROLE_COMFYUI, slot.index)
-        kwargs: dict[str, Any] = {}
-        if service.command:
-            # The worker image's ENTRYPOINT is comfy-worker: a command replaces it whole.
-            kwargs["entrypoint"] = [service.command[0]]
-            kwargs["command"] = list(service.command[1:])
-        if service.role == ROLE_COMFYUI:
-            kwargs["healthcheck"] = {"test": ["NONE"]}  # the image's check is the worker's
-        if service.role == ROLE_WORKER:
-            # Also for a plain `docker stop` or a daemon shutdown: never kill a job in its grace.
-            kwargs["stop_timeout"] = worker_stop_timeout_s(env)
-        if service.mounts:
-            kwargs["mounts"] = [
-                Mount(target, source, type="bind", read_only=True)
-                for source, target in service.mounts
-            ]
-        return {
-            **kwargs,
-            "image": service.image,
-            "name": container_name(service.role, slot.index),
-            "environment": env,
-            "network_mode": self.network_mode,
-            "restart_policy": policy,
-            "log_config": LogConfig(
-                type="json-file",
-                config={"max-size": self.log_max_size, "max-file": str(self.log_max_file)},
-            ),
-            "device_requests": device_requests,
-            "stop_signal": "SIGTERM",
-        }
+    def _specs(self, plan: SlotPlan) -> dict[str, ContainerSpec]:
+        """The slot's containers as this backend runs them (its network, restart policy), the
+        worker labelled with the plan it was started with (what `wgpu update` compares)."""
+        specs = {}
+        for spec in slot_containers(
+            plan, network_mode=self.network_mode, restart=self.restart_policy
+        ):
+            if spec.role == ROLE_WORKER:
+                spec = dataclasses.replace(
+                    spec, labels={**spec.labels, LABEL_SLOT_PLAN: slot_plan_json(plan)}
+                )
+            specs[spec.role] = spec
+        return specs
+
+    def _log_config(self) -> LogConfig:
+        return LogConfig(
+            type="json-file",
+            config={"max-size": self.log_max_size, "max-file": str(self.log_max_file)},
+        )
 
     def container_spec(
         self, plan: SlotPlan, service: ServicePlan, config_hash: str
     ) -> dict[str, Any]:
-        """The `containers.create` arguments for one service of a slot (pure: no daemon call)."""
-        return {
-            **self._create_kwargs(plan, service),
-            "labels": self._labels(plan, service, config_hash),
-        }
-
-    def _labels(self, plan: SlotPlan, service: ServicePlan, config_hash: str) -> dict[str, str]:
-        return {
-            LABEL_MANAGED: "true",
-            LABEL_ROLE: service.role,
-            LABEL_MACHINE: plan.machine_id,
-            LABEL_GPU_INDEX: str(plan.slot.index),
-            LABEL_GPU_UUID: plan.slot.uuid or "",
-            LABEL_CONFIG_HASH: config_hash,
-            LABEL_SIMULATED: "true" if plan.slot.simulated else "false",
-        } | ({LABEL_SLOT_PLAN: slot_plan_json(plan)} if service.role == ROLE_WORKER else {})
+        """The Engine API `create_container` arguments for one service of a slot (pure: no
+        daemon call), labelled with `config_hash`."""
+        spec = self._specs(plan)[service.role]
+        labelled = dataclasses.replace(spec, labels={**spec.labels, LABEL_CONFIG_HASH: config_hash})
+        return create_args(self.client.api, labelled, self._log_config())
 
     def _ensure(
-        self, plan: SlotPlan, service: ServicePlan, image_ids: dict[str, str | None]
+        self, index: int, spec: ContainerSpec, image_ids: dict[str, str | None]
     ) -> ActionResult:
-        return self._start_prepared(plan, service, self._prepare(plan, service, image_ids))
+        return self._start_prepared(index, spec, self._prepare(index, spec, image_ids))
 
     def _start_prepared(
-        self, plan: SlotPlan, service: ServicePlan, prepared: _Prepared | ActionResult
+        self, index: int, spec: ContainerSpec, prepared: _Prepared | ActionResult
     ) -> ActionResult:
         if isinstance(prepared, ActionResult):
             return prepared
-        return self._start_container(
-            prepared.container, plan.slot.index, service.role, prepared.outcome
-        )
+        return self._start_container(prepared.container, index, spec.role, prepared.outcome)
 
     def _prepare(
-        self, plan: SlotPlan, service: ServicePlan, image_ids: dict[str, str | None]
+        self, index: int, spec: ContainerSpec, image_ids: dict[str, str | None]
     ) -> _Prepared | ActionResult:
-        """The container to start for `service` (created when missing or changed), or the
+        """The container to start for `spec` (created when missing or changed), or the
         result when there is nothing to start (running with the same config, or a failure)."""
-        index = plan.slot.index
-        kwargs = self._create_kwargs(plan, service)
-        extra = [
-            repr(kwargs["device_requests"] and plan.slot.device_id),
-            kwargs["network_mode"],
-            self.restart_policy,
-            self.log_max_size,
-            str(self.log_max_file),
-        ]
-        if "stop_timeout" in kwargs:  # only workers: ComfyUI containers keep their hash
-            extra.append(f"stop_timeout={kwargs['stop_timeout']}")
-        image_id = image_ids.get(service.image)
+        image_id = image_ids.get(spec.image)
         if image_id is None:
-            detail = f"image {service.image} not found: run `wgpu setup` or pass --image"
-            return ActionResult(index, service.role, Outcome.FAILED, detail)
+            detail = f"image {spec.image} not found: run `wgpu setup` or pass --image"
+            return ActionResult(index, spec.role, Outcome.FAILED, detail)
+        # The image id, not just its name: an image rebuilt under the same tag is a change.
+        config_hash = spec_hash(spec, (image_id, self.log_max_size, str(self.log_max_file)))
         outcome = Outcome.STARTED
         try:
-            # The image id, not just its name: an image rebuilt under the same tag is a change.
-            extra.append(image_id)
-            config_hash = service.config_hash(extra)
             try:
-                existing = self.client.containers.get(kwargs["name"])
+                existing = self.client.containers.get(spec.name)
             except docker.errors.NotFound:
                 existing = None
             if existing is not None and existing.labels.get(LABEL_MANAGED) != "true":
                 detail = (
-                    f"a container named {kwargs['name']} exists that wgpu did not create: "
+                    f"a container named {spec.name} exists that wgpu did not create: "
                     "remove or rename it"
                 )
-                return ActionResult(index, service.role, Outcome.FAILED, detail)
+                return ActionResult(index, spec.role, Outcome.FAILED, detail)
             if existing is not None:
                 if existing.labels.get(LABEL_CONFIG_HASH) == config_hash:
                     if existing.status in ("running", "restarting"):
-                        return ActionResult(index, service.role, Outcome.ALREADY_RUNNING)
+                        return ActionResult(index, spec.role, Outcome.ALREADY_RUNNING)
                     return _Prepared(existing, Outcome.STARTED, created=False)
                 existing.remove(force=True)
                 outcome = Outcome.RECREATED
-            container = _create_container(
-                self.client, detach=True, **self.container_spec(plan, service, config_hash)
+            labelled = dataclasses.replace(
+                spec, labels={**spec.labels, LABEL_CONFIG_HASH: config_hash}
             )
+            container = create_container(self.client, labelled, self._log_config())
         except docker.errors.ImageNotFound:
-            detail = f"image {service.image} not found: run `wgpu setup` or pass --image"
-            return ActionResult(index, service.role, Outcome.FAILED, detail)
+            detail = f"image {spec.image} not found: run `wgpu setup` or pass --image"
+            return ActionResult(index, spec.role, Outcome.FAILED, detail)
         except docker.errors.APIError as exc:
-            return ActionResult(index, service.role, Outcome.FAILED, _short(exc))
+            return ActionResult(index, spec.role, Outcome.FAILED, error_text(exc))
         return _Prepared(container, outcome, created=True)
 
     def _start_container(
         self, container: Container, index: int, role: str, outcome: Outcome
     ) -> ActionResult:
-        try:
-            container.start()
-        except docker.errors.APIError as exc:
-            # The daemon refuses at start, not create: leave no Created container behind.
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-            detail = NVIDIA_HINT if NVIDIA_REFUSAL in str(exc) else _short(exc)
-            return ActionResult(index, role, Outcome.FAILED, detail)
+        refused = start_container(container)
+        if refused is not None:
+            return ActionResult(index, role, Outcome.FAILED, refused)
         return ActionResult(index, role, outcome)
 
     def _wait_ready(
@@ -418,7 +364,7 @@ class DockerBackend:
         try:
             container.stop(timeout=max(0, int(timeout_s)))
         except docker.errors.APIError as exc:
-            return ActionResult(index, role, Outcome.FAILED, _short(exc))
+            return ActionResult(index, role, Outcome.FAILED, error_text(exc))
         return ActionResult(index, role, Outcome.STOPPED)
 
     def restart(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
@@ -439,7 +385,7 @@ class DockerBackend:
                     containers[role].restart(timeout=max(0, int(timeout_s)))
                     done.append(ActionResult(index, role, Outcome.RESTARTED))
                 except docker.errors.APIError as exc:
-                    detail = NVIDIA_HINT if NVIDIA_REFUSAL in str(exc) else _short(exc)
+                    detail = error_text(exc)
                     done.append(ActionResult(index, role, Outcome.FAILED, detail))
             return done
 
@@ -477,7 +423,7 @@ class DockerBackend:
             try:
                 container.rename(container_name(role, index) + ASIDE_SUFFIX)
             except docker.errors.APIError as exc:
-                return [*results, ActionResult(index, role, Outcome.FAILED, _short(exc))]
+                return [*results, ActionResult(index, role, Outcome.FAILED, error_text(exc))]
             results.append(result)
         return results
 
@@ -504,7 +450,7 @@ class DockerBackend:
             try:
                 container.rename(container_name(role, index))
             except docker.errors.APIError as exc:
-                results.append(ActionResult(index, role, Outcome.FAILED, _short(exc)))
+                results.append(ActionResult(index, role, Outcome.FAILED, error_text(exc)))
                 return results
             results.append(self._start_container(container, index, role, Outcome.RESTARTED))
         return results
@@ -577,18 +523,6 @@ def _split_lines(index: int, role: str, blob: bytes) -> list[LogLine]:
     return [_log_line(index, role, raw) for raw in blob.splitlines() if raw]
 
 
-def _create_container(client: docker.DockerClient, **kwargs: Any) -> Container:
-    """`containers.create`, plus the `stop_timeout` that docker-py's model layer does not pass
-    on (its low-level create_container does): the same steps as that method otherwise."""
-    stop_timeout = kwargs.pop("stop_timeout", None)
-    if stop_timeout is None:
-        return client.containers.create(**kwargs)
-    args = {"command": None, **kwargs, "version": client.api._version}
-    create_kwargs = _create_container_args(args)
-    created = client.api.create_container(**create_kwargs, stop_timeout=stop_timeout)
-    return client.containers.get(created["Id"])
-
-
 def _record(container: Container) -> ServiceRecord:
     labels = container.labels
     state = container.attrs.get("State", {})
@@ -635,11 +569,4 @@ def _connect_reason(exc: BaseException) -> str:
     ):
         if needle in text:
             return reason
-    return _short(exc)[:120]
-
-
-def _short(exc: BaseException) -> str:
-    """One line of a docker error: its explanation when there is one."""
-    explanation = getattr(exc, "explanation", None)
-    text = str(explanation or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return error_text(exc)[:120]

@@ -123,7 +123,7 @@ def report_managed(results: Sequence[ActionResult], as_json: bool, none_managed:
 
 def report(results: Sequence[ActionResult], as_json: bool) -> None:
     """One line per service (or JSON), then exit with the code the results call for."""
-    from orchestrator.backends.docker_backend import NVIDIA_HINT
+    from orchestrator.backends.engine import NVIDIA_HINT
 
     if as_json:
         payload = [

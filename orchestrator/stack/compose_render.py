@@ -10,6 +10,7 @@ Host networking everywhere: Redis, the hub and each ComfyUI answer on the host's
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,10 +23,23 @@ from orchestrator.backends.base import (
     ROLE_WORKER,
     HubAddress,
     WorkerSettings,
-    worker_env,
-    worker_stop_timeout_s,
+    comfyui_port,
+    plan_slots,
 )
 from orchestrator.gpus.slots import Slot, simulated_slots
+from orchestrator.stack.spec import (
+    LABEL_CONFIG_HASH,
+    LABEL_MACHINE,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_SIMULATED,
+    WORKER_HEALTH_TEST,
+    ContainerSpec,
+    HealthCheck,
+    Mount,
+    container_name,
+    slot_containers,
+)
 from wgpu_protocol import ports
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
@@ -106,38 +120,22 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _healthcheck(test: list[str], options: StackOptions, start_period_s: float) -> dict[str, Any]:
-    return {
-        "test": test,
-        "interval": _seconds(options.health_interval_s),
-        "timeout": "5s",
-        "retries": 5,
-        "start_period": _seconds(start_period_s),
-    }
+def _health(test: tuple[str, ...], options: StackOptions, start_period_s: float) -> HealthCheck:
+    return HealthCheck(test, options.health_interval_s, 5.0, 5, start_period_s)
 
 
-def _http_probe(python: str, url: str) -> list[str]:
+def _http_probe(python: str, url: str) -> tuple[str, ...]:
     code = f"import urllib.request; urllib.request.urlopen('{url}', timeout=4)"
-    return ["CMD", python, "-c", code]
+    return ("CMD", python, "-c", code)
 
 
-def _labels(role: str, options: StackOptions, slot: Slot | None = None) -> dict[str, str]:
-    labels = {
-        "wgpu.managed": "true",
-        "wgpu.role": role,
-        "wgpu.machine_id": options.machine_id,
-        "wgpu.simulated": "true" if options.simulate else "false",
+def _stack_labels(role: str, options: StackOptions) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_ROLE: role,
+        LABEL_MACHINE: options.machine_id,
+        LABEL_SIMULATED: "true" if options.simulate else "false",
     }
-    if slot is not None:
-        labels["wgpu.gpu_index"] = str(slot.index)
-        labels["wgpu.gpu_uuid"] = slot.uuid or ""
-    labels.update(options.extra_labels)
-    return labels
-
-
-def _gpu_reservation(slot: Slot) -> dict[str, Any]:
-    device = {"driver": "nvidia", "device_ids": [slot.device_id], "capabilities": ["gpu"]}
-    return {"resources": {"reservations": {"devices": [device]}}}
 
 
 def redis_server_args(port: str, *, bind: str, maxmemory: str) -> list[str]:
@@ -164,26 +162,25 @@ def _redis_script(port: str) -> str:
     )
 
 
-def _redis_service(options: StackOptions) -> dict[str, Any]:
+def _redis_spec(options: StackOptions) -> ContainerSpec:
     port = str(options.redis_port)
-    return {
-        "image": env_image(ROLE_REDIS, options.redis_image),
-        "container_name": options.name_prefix + REDIS_CONTAINER,
-        "network_mode": "host",
-        "restart": "unless-stopped",
+    return ContainerSpec(
+        name=options.name_prefix + REDIS_CONTAINER,
+        role=ROLE_REDIS,
+        image=env_image(ROLE_REDIS, options.redis_image),
         # AOF on: accepted jobs survive a crash; noeviction: Redis never drops a job for memory;
         # maxmemory: REDIS_MAXMEMORY at `up` time, else half of the host's memory (read from
         # /proc/meminfo when the container starts), so that the queue, not the OOM killer,
         # hits the limit.
-        "command": ["sh", "-c", _redis_script(port)],
-        "environment": {"REDIS_MAXMEMORY": "${REDIS_MAXMEMORY:-}"},
-        "volumes": ["redis-data:/data"],
-        "healthcheck": _healthcheck(["CMD", "redis-cli", "-p", port, "ping"], options, 5),
-        "labels": _labels(ROLE_REDIS, options),
-    }
+        command=("sh", "-c", _redis_script(port)),
+        env={"REDIS_MAXMEMORY": "${REDIS_MAXMEMORY:-}"},
+        mounts=(Mount("redis-data", "/data"),),
+        health=_health(("CMD", "redis-cli", "-p", port, "ping"), options, 5),
+        labels=_stack_labels(ROLE_REDIS, options),
+    )
 
 
-def _hub_service(options: StackOptions) -> dict[str, Any]:
+def _hub_spec(options: StackOptions) -> ContainerSpec:
     env = {
         "REDIS_URL": f"redis://127.0.0.1:{options.redis_port}/0",
         "REDIS_API_HOST_BIND": options.hub_bind,
@@ -193,81 +190,117 @@ def _hub_service(options: StackOptions) -> dict[str, Any]:
     if options.worker_token:
         env["WORKER_TOKEN"] = options.worker_token
     health_url = f"http://127.0.0.1:{options.hub_port}/health"
-    return {
-        "image": env_image(ROLE_HUB, options.hub_image),
-        "container_name": options.name_prefix + HUB_CONTAINER,
-        "network_mode": "host",
-        "restart": "unless-stopped",
-        "environment": env,
-        "volumes": [f"hub-outputs:{HUB_OUTPUTS_DIR}"],
-        "healthcheck": _healthcheck(_http_probe("python3", health_url), options, 10),
-        "depends_on": {"redis": {"condition": "service_healthy"}},
-        "labels": _labels(ROLE_HUB, options),
-    }
+    return ContainerSpec(
+        name=options.name_prefix + HUB_CONTAINER,
+        role=ROLE_HUB,
+        image=env_image(ROLE_HUB, options.hub_image),
+        env=env,
+        mounts=(Mount("hub-outputs", HUB_OUTPUTS_DIR),),
+        health=_health(_http_probe("python3", health_url), options, 10),
+        labels=_stack_labels(ROLE_HUB, options),
+    )
 
 
 def comfyui_service_name(index: int) -> str:
-    return f"comfyui-gpu{index}"
+    return container_name(ROLE_COMFYUI, index)
 
 
 def worker_service_name(index: int) -> str:
-    return f"comfy-worker-gpu{index}"
+    return container_name(ROLE_WORKER, index)
 
 
-def _comfyui_service(slot: Slot, options: StackOptions) -> dict[str, Any]:
-    port = options.port_base + slot.index
-    probe_url = f"http://127.0.0.1:{port}/system_stats"
-    service: dict[str, Any] = {
-        "image": "",
-        "container_name": options.name_prefix + comfyui_service_name(slot.index),
-        "network_mode": "host",
-        "restart": "unless-stopped",
-        "labels": _labels(ROLE_COMFYUI, options, slot),
-    }
-    if slot.simulated:
-        command = ["python", "-m", "comfyui_sim", "--host", "127.0.0.1", "--port", str(port)]
-        if options.sim_node_time_s is not None:
-            command += ["--node-time", f"{options.sim_node_time_s:g}"]
-        service["image"] = env_image(ROLE_WORKER, options.worker_image)
-        service["entrypoint"] = command
-        service["healthcheck"] = _healthcheck(_http_probe("python", probe_url), options, 5)
-    else:
-        service["image"] = env_image(ROLE_COMFYUI, options.comfyui_image)
-        service["environment"] = {
-            "CLI_ARGS": f"--listen 127.0.0.1 --port {port}",
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        }
-        # ComfyUI's first start installs and loads models: give it time before counting failures.
-        service["healthcheck"] = _healthcheck(_http_probe("python3", probe_url), options, 300)
-        service["deploy"] = _gpu_reservation(slot)
-    return service
-
-
-def _worker_service(slot: Slot, options: StackOptions, num_gpus: int) -> dict[str, Any]:
+def _slot_specs(slot: Slot, options: StackOptions, num_gpus: int) -> list[ContainerSpec]:
+    """The slot's ComfyUI and worker: the same description `wgpu start` runs, with the stack's
+    images, health checks and (for a real GPU) the ComfyUI image's own port argument."""
     settings = WorkerSettings(
         machine_id=options.machine_id,
         hub=HubAddress(f"http://127.0.0.1:{options.hub_port}"),
+        image=env_image(ROLE_WORKER, options.worker_image),
+        comfyui_image=env_image(ROLE_COMFYUI, options.comfyui_image),
         worker_token=options.worker_token,
         port_base=options.port_base,
     )
-    env = worker_env(slot, settings, num_gpus)
+    (plan,) = plan_slots([slot], settings, num_gpus)
+    port = comfyui_port(slot, options.port_base)
+    probe_url = f"http://127.0.0.1:{port}/system_stats"
+    if slot.simulated:
+        comfyui_health = _health(_http_probe("python", probe_url), options, 5)
+    else:
+        # ComfyUI's first start installs and loads models: give it time before counting failures.
+        comfyui_health = _health(_http_probe("python3", probe_url), options, 300)
+    specs = slot_containers(
+        plan,
+        worker_health=_health(WORKER_HEALTH_TEST, options, 10),
+        comfyui_health=comfyui_health,
+        name_prefix=options.name_prefix,
+    )
+    extra = options.extra_labels
+    adjusted = []
+    for spec in specs:
+        changes: dict[str, Any] = {"labels": {**spec.labels, **extra}}
+        if spec.role == ROLE_COMFYUI and slot.simulated and options.sim_node_time_s is not None:
+            changes["command"] = (
+                *(spec.command or ()),
+                "--node-time",
+                f"{options.sim_node_time_s:g}",
+            )
+        elif spec.role == ROLE_COMFYUI and not slot.simulated:
+            # The default image (comfyui-boot) appends CLI_ARGS to ComfyUI's command line.
+            changes["env"] = {
+                "CLI_ARGS": f"--listen 127.0.0.1 --port {port}",
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            }
+        adjusted.append(dataclasses.replace(spec, **changes))
+    return adjusted
+
+
+def compose_service(spec: ContainerSpec) -> dict[str, Any]:
+    """One compose service for `spec` (no `depends_on`: that is the stack's, not the spec's)."""
     service: dict[str, Any] = {
-        "image": env_image(ROLE_WORKER, options.worker_image),
-        "container_name": options.name_prefix + worker_service_name(slot.index),
-        "network_mode": "host",
-        "restart": "unless-stopped",
-        "environment": env,
-        "stop_grace_period": f"{worker_stop_timeout_s(env)}s",  # past the worker's own grace
-        "healthcheck": _healthcheck(["CMD", "comfy-worker", "healthcheck"], options, 10),
-        "depends_on": {
-            "hub": {"condition": "service_healthy"},
-            comfyui_service_name(slot.index): {"condition": "service_healthy"},
-        },
-        "labels": _labels(ROLE_WORKER, options, slot),
+        "image": spec.image,
+        "container_name": spec.name,
+        "network_mode": spec.network_mode,
+        "restart": spec.restart,
     }
-    if not slot.simulated:
-        service["deploy"] = _gpu_reservation(slot)
+    if spec.entrypoint is not None:
+        # Compose appends `command` to `entrypoint`; one list says the same, plainly.
+        service["entrypoint"] = [*spec.entrypoint, *(spec.command or ())]
+    elif spec.command is not None:
+        service["command"] = list(spec.command)
+    if spec.env:
+        service["environment"] = dict(spec.env)
+    if spec.mounts:
+        service["volumes"] = [
+            f"{m.source}:{m.target}" + (":ro" if m.read_only else "") for m in spec.mounts
+        ]
+    if spec.stop_timeout_s is not None:
+        service["stop_grace_period"] = f"{spec.stop_timeout_s}s"  # past the worker's own grace
+    if spec.health is not None:
+        health = spec.health
+        service["healthcheck"] = (
+            {"test": ["NONE"]}
+            if health.disabled
+            else {
+                "test": list(health.test),
+                "interval": _seconds(health.interval_s),
+                "timeout": _seconds(health.timeout_s),
+                "retries": health.retries,
+                "start_period": _seconds(health.start_period_s),
+            }
+        )
+    if spec.gpu is not None:
+        device = {
+            "driver": spec.gpu.driver,
+            "device_ids": [spec.gpu.device_id],
+            "capabilities": list(spec.gpu.capabilities),
+        }
+        service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+    service["labels"] = dict(spec.labels)
     return service
+
+
+def _depends_on(*names: str) -> dict[str, Any]:
+    return {name: {"condition": "service_healthy"} for name in names}
 
 
 def config_hash(service: dict[str, Any]) -> str:
@@ -280,19 +313,27 @@ def config_hash(service: dict[str, Any]) -> str:
 def render_stack(options: StackOptions) -> dict[str, Any]:
     """The compose document (plain dicts and lists) for the options' GPUs or simulated slots."""
     slots = options.slots()
-    services: dict[str, Any] = {"redis": _redis_service(options), "hub": _hub_service(options)}
+    services: dict[str, Any] = {
+        "redis": compose_service(_redis_spec(options)),
+        "hub": {**compose_service(_hub_spec(options)), "depends_on": _depends_on("redis")},
+    }
     num_gpus = options.num_gpus or max(s.index for s in slots) + 1
     for slot in slots:
-        services[comfyui_service_name(slot.index)] = _comfyui_service(slot, options)
-        services[worker_service_name(slot.index)] = _worker_service(slot, options, num_gpus)
+        comfyui_spec, worker_spec = _slot_specs(slot, options, num_gpus)
+        comfyui = comfyui_service_name(slot.index)
+        services[comfyui] = compose_service(comfyui_spec)
+        services[worker_service_name(slot.index)] = {
+            **compose_service(worker_spec),
+            "depends_on": _depends_on("hub", comfyui),
+        }
     for service in services.values():
-        service["labels"]["wgpu.config_hash"] = config_hash(service)
+        service["labels"][LABEL_CONFIG_HASH] = config_hash(service)
     # No top-level `name`: docker-compose 1.x refuses it; `-p wgpu` names the project.
     return {
         "services": services,
         "volumes": {
-            "redis-data": {"name": options.volume, "labels": {"wgpu.managed": "true"}},
-            "hub-outputs": {"name": options.outputs_volume, "labels": {"wgpu.managed": "true"}},
+            "redis-data": {"name": options.volume, "labels": {LABEL_MANAGED: "true"}},
+            "hub-outputs": {"name": options.outputs_volume, "labels": {LABEL_MANAGED: "true"}},
         },
     }
 

@@ -18,21 +18,26 @@ from typing import Any
 import docker
 import docker.errors
 from docker.models.containers import Container
-from docker.types import DeviceRequest
 
 from orchestrator.backends.common import fan_out
+from orchestrator.backends.engine import create_container, error_text, start_container
 from orchestrator.stack.compose_render import interpolate_all, start_order
+from orchestrator.stack.spec import (
+    LABEL_CONFIG_HASH,
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    NO_HEALTH_CHECK,
+    ContainerSpec,
+    GpuRequest,
+    HealthCheck,
+    Mount,
+)
 
 EventCallback = Callable[[str, str], None]  # (service, state): creating|started|healthy|...
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-NVIDIA_REFUSAL = 'could not select device driver "nvidia"'
 # Stop order for `down`: workers hand their jobs back while ComfyUI and the hub still answer.
 DOWN_ORDER = ("worker", "comfyui", "hub", "redis")
-
-
-class ComposeRunError(RuntimeError):
-    """A service did not come up; the message names it and says why."""
 
 
 @dataclass(frozen=True)
@@ -54,56 +59,59 @@ def duration_s(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
-def _healthcheck(health: Mapping[str, Any]) -> dict[str, Any]:
-    nanos = 1_000_000_000
-    result: dict[str, Any] = {"test": list(health["test"])}
-    for key in ("interval", "timeout", "start_period"):
-        if key in health:
-            result[key] = int(duration_s(health[key]) * nanos)
-    if "retries" in health:
-        result["retries"] = int(health["retries"])
-    return result
+def _health(health: Mapping[str, Any]) -> HealthCheck:
+    test = tuple(health["test"])
+    if test == ("NONE",):
+        return NO_HEALTH_CHECK
+    return HealthCheck(
+        test,
+        interval_s=duration_s(health.get("interval", "30s")),
+        timeout_s=duration_s(health.get("timeout", "30s")),
+        retries=int(health.get("retries", 3)),
+        start_period_s=duration_s(health.get("start_period", "0s")),
+    )
 
 
-def _device_requests(service: Mapping[str, Any]) -> list[DeviceRequest] | None:
+def _gpu(service: Mapping[str, Any]) -> GpuRequest | None:
     devices = (
         service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
     )
-    requests = [
-        DeviceRequest(
-            driver=device.get("driver", ""),
-            count=device.get("count"),
-            device_ids=device.get("device_ids"),
-            capabilities=[list(device.get("capabilities", []))],
-        )
-        for device in devices
-    ]
-    return requests or None
+    if not devices:
+        return None
+    if len(devices) > 1 or len(devices[0].get("device_ids") or []) != 1:
+        raise ValueError("a wgpu service reserves exactly one GPU by device id")
+    device = devices[0]
+    return GpuRequest(
+        device["device_ids"][0],
+        driver=device.get("driver", "nvidia"),
+        capabilities=tuple(device.get("capabilities", ["gpu"])),
+    )
 
 
-def create_kwargs(service: Mapping[str, Any], volume_names: Mapping[str, str]) -> dict[str, Any]:
-    """docker-py `containers.create` arguments for one (interpolated) compose service."""
-    volumes: dict[str, dict[str, str]] = {}
+def spec_of(service: Mapping[str, Any], volume_names: Mapping[str, str]) -> ContainerSpec:
+    """The container an (interpolated) compose service of the rendered stack describes."""
+    mounts = []
     for mount in service.get("volumes", []):
-        source, target = str(mount).split(":", 1)
-        volumes[volume_names.get(source, source)] = {"bind": target, "mode": "rw"}
-    kwargs: dict[str, Any] = {
-        "image": service["image"],
-        "name": service["container_name"],
-        "command": service.get("command"),
-        "entrypoint": service.get("entrypoint"),
-        "environment": dict(service.get("environment", {})),
-        "network_mode": service.get("network_mode", "host"),
-        "labels": dict(service.get("labels", {})),
-        "volumes": volumes or None,
-        "device_requests": _device_requests(service),
-        "detach": True,
-    }
-    if "restart" in service and service["restart"] != "no":
-        kwargs["restart_policy"] = {"Name": service["restart"]}
-    if "healthcheck" in service:
-        kwargs["healthcheck"] = _healthcheck(service["healthcheck"])
-    return kwargs
+        source, target, *mode = str(mount).split(":")
+        mounts.append(Mount(volume_names.get(source, source), target, mode == ["ro"]))
+    grace = service.get("stop_grace_period")
+    labels = dict(service.get("labels", {}))
+    return ContainerSpec(
+        name=service["container_name"],
+        role=labels.get(LABEL_ROLE, ""),
+        image=service["image"],
+        env=dict(service.get("environment", {})),
+        labels=labels,
+        # The rendered stack puts a whole command line in `entrypoint`.
+        entrypoint=tuple(service["entrypoint"]) if "entrypoint" in service else None,
+        command=tuple(service["command"]) if "command" in service else None,
+        gpu=_gpu(service),
+        mounts=tuple(mounts),
+        health=_health(service["healthcheck"]) if "healthcheck" in service else None,
+        stop_timeout_s=int(duration_s(grace)) if grace else None,
+        restart=service.get("restart", "no"),
+        network_mode=service.get("network_mode", "host"),
+    )
 
 
 def health_deadline_s(service: Mapping[str, Any]) -> float:
@@ -165,9 +173,9 @@ class ComposeRunner:
     def _up_one(
         self, name: str, service: Mapping[str, Any], volume_names: Mapping[str, str]
     ) -> ServiceResult:
-        kwargs = create_kwargs(service, volume_names)
-        container_name = kwargs["name"]
-        wanted_hash = kwargs["labels"].get("wgpu.config_hash")
+        spec = spec_of(service, volume_names)
+        container_name = spec.name
+        wanted_hash = spec.labels.get(LABEL_CONFIG_HASH)
         outcome = "started"
         try:
             existing = self.client.containers.get(container_name)
@@ -175,28 +183,21 @@ class ComposeRunner:
             existing = None
         try:
             if existing is not None:
-                same = wanted_hash and existing.labels.get("wgpu.config_hash") == wanted_hash
+                same = wanted_hash and existing.labels.get(LABEL_CONFIG_HASH) == wanted_hash
                 if same and existing.status == "running":
                     self.on_event(name, "running")
                     return self._wait_healthy(name, service, existing, "kept")
                 existing.remove(force=True)
                 outcome = "recreated"
             self.on_event(name, "creating")
-            container = self.client.containers.create(**kwargs)
+            container = create_container(self.client, spec)
         except docker.errors.ImageNotFound:
-            return self._failed(name, container_name, f"image {kwargs['image']} not found")
+            return self._failed(name, container_name, f"image {spec.image} not found")
         except docker.errors.APIError as exc:
-            return self._failed(name, container_name, _short(exc))
-        try:
-            container.start()
-        except docker.errors.APIError as exc:
-            # Refused at start (no NVIDIA runtime): leave no Created container behind.
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-            detail = _short(exc)
-            if NVIDIA_REFUSAL in str(exc):
-                detail = "Docker has no NVIDIA runtime: install nvidia-container-toolkit"
-            return self._failed(name, container_name, detail)
+            return self._failed(name, container_name, error_text(exc))
+        refused = start_container(container)
+        if refused is not None:
+            return self._failed(name, container_name, refused)
         self.on_event(name, "started")
         return self._wait_healthy(name, service, container, outcome)
 
@@ -233,11 +234,11 @@ class ComposeRunner:
         With `volumes`, also the named volumes they mounted (Redis' data, the hub's outputs).
         Returns the removed container names.
         """
-        filters = ["wgpu.managed=true", *(f"{k}={v}" for k, v in (labels or {}).items())]
+        filters = [f"{LABEL_MANAGED}=true", *(f"{k}={v}" for k, v in (labels or {}).items())]
         found = self.client.containers.list(all=True, filters={"label": filters})
         by_role: dict[str, list[Container]] = {}
         for container in found:
-            by_role.setdefault(container.labels.get("wgpu.role", ""), []).append(container)
+            by_role.setdefault(container.labels.get(LABEL_ROLE, ""), []).append(container)
         removed: list[str] = []
         mounted: set[str] = set()
         for role in (*DOWN_ORDER, *(r for r in by_role if r not in DOWN_ORDER)):
@@ -272,9 +273,3 @@ def _last_log(container: Container) -> str:
     except docker.errors.APIError:
         return "no log"
     return lines[-1][:200] if lines else "no output"
-
-
-def _short(exc: BaseException) -> str:
-    explanation = getattr(exc, "explanation", None)
-    text = str(explanation or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -21,7 +21,8 @@ import docker.errors
 import pytest
 from comfy_worker.config import WorkerConfig
 
-from orchestrator.backends.docker_backend import NVIDIA_HINT, parse_docker_time
+from orchestrator.backends.docker_backend import parse_docker_time
+from orchestrator.backends.engine import NVIDIA_HINT
 from orchestrator.console import ExitCode
 from orchestrator.hub_client.client import AsyncHubClient
 from orchestrator.images import worker as worker_images
