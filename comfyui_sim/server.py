@@ -95,6 +95,12 @@ class RunningSim:
         await self.runner.cleanup()
 
 
+def _bound_port(runner: web.AppRunner) -> int:
+    """The free port the OS gave for port 0 (aiohttp's public `runner.addresses`)."""
+    address = runner.addresses[0]  # (host, port[, flow, scope])
+    return int(address[1])
+
+
 async def start_sim(config: SimConfig | None = None) -> RunningSim:
     """Start a simulator in this event loop; `config.port=0` picks a free port."""
     config = config or SimConfig()
@@ -103,11 +109,7 @@ async def start_sim(config: SimConfig | None = None) -> RunningSim:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
-    port = config.port
-    if port == 0:
-        server_obj = site._server
-        assert isinstance(server_obj, asyncio.base_events.Server)
-        port = int(server_obj.sockets[0].getsockname()[1])
+    port = config.port or _bound_port(runner)
     sim = RunningSim(server, runner, config.host, port)
 
     async def stop_serving() -> None:

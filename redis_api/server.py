@@ -53,6 +53,14 @@ class RunningHub:
         await self.runner.cleanup()
 
 
+def bound_port(runner: web.AppRunner, asked: int) -> int:
+    """The port the runner listens on (`asked`, or the free one the OS gave for 0)."""
+    for address in runner.addresses:  # (host, port[, flow, scope]) per listening socket
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked
+
+
 async def start_hub(config: HubConfig, storage: Storage | None = None) -> RunningHub:
     """Start a hub on config.host:config.port (0 = a free port). Redis may still be down: the hub
     answers 503 until it is reachable."""
@@ -75,9 +83,7 @@ async def start_hub(config: HubConfig, storage: Storage | None = None) -> Runnin
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    port = int(sockets[0].getsockname()[1]) if sockets else config.port
+    port = bound_port(runner, config.port)
     hub.start()
     log.info("hub %s listening on %s:%d, Redis %s", hub.hub_id, config.host, port, hub.redis_where)
     return RunningHub(config, hub, runner, port)
