@@ -304,7 +304,7 @@ async def test_webhook_gets_the_final_job(hub_factory: HubFactory) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         hub = await hub_factory(webhook_allowed_hosts=("127.0.0.1",))
         worker = ProtocolWorker(hub.url)
