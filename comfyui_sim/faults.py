@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfyui_sim.catalog import FAULT_MODES
+from comfyui_sim.errors import SimError
 
 OOM_TIPS = (
     "This error means you ran out of memory on your GPU.\n\n"
@@ -34,7 +35,7 @@ class Fault:
             raise ValueError(f"unknown fault mode {self.mode!r}; use one of {FAULT_MODES}")
 
 
-class NodeFailure(Exception):
+class NodeFailure(SimError):
     """A node raised: becomes `execution_error` with these fields."""
 
     def __init__(self, exception_type: str, message: str, frames: list[str]) -> None:
@@ -44,7 +45,7 @@ class NodeFailure(Exception):
         self.frames = frames
 
 
-class Interrupted(Exception):
+class Interrupted(SimError):
     """`/interrupt` took effect inside or at the start of a node."""
 
 

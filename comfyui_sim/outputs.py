@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 from comfyui_sim.config import SimConfig
+from comfyui_sim.errors import SimError
 
 FILE_TYPES = ("output", "temp", "input")
 
 
-class UnsafePath(ValueError):
+class UnsafePath(SimError, ValueError):
     """A filename prefix that would write outside the output directory."""
 
 

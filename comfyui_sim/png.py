@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 import zlib
 
+from comfyui_sim.errors import SimError
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -65,7 +67,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel (8-bit only)
 
 
-class PngError(ValueError):
+class PngError(SimError, ValueError):
     """Bytes that are not an 8-bit, non-interlaced PNG (what the simulator can decode)."""
 
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from comfyui_sim.errors import SimError
 from comfyui_sim.png import PngError, decode_png, encode_png
 
 
-class UploadRefused(ValueError):
+class UploadRefused(SimError, ValueError):
     """Stock answers these with 400 and an empty body."""
 
 

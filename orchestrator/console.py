@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+from orchestrator.errors import ExitCode as ExitCode  # re-exported: the CLI's exit codes
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,21 +52,16 @@ out = Stream(stderr=False)
 err = Stream(stderr=True)
 
 
-class ExitCode(enum.IntEnum):
-    """Exit codes a script can rely on."""
-
-    OK = 0
-    FAILED = 1  # the operation ran and failed (some GPU's worker did not start, a job failed)
-    USAGE = 2  # bad arguments or input file
-    UNREACHABLE = 3  # Docker engine, hub or Redis could not be reached
-    NOT_FOUND = 4  # the named GPU, container or job does not exist
-    PARTIAL = 5  # some targets succeeded, others failed (fleet, all-GPU operations)
-
-
 def fail(message: str, code: ExitCode = ExitCode.FAILED) -> NoReturn:
     """Print `error: message` on stderr and exit. `message` says what to do, in one line."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    error_line(message)
     raise typer.Exit(int(code))
+
+
+def error_line(message: str) -> None:
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:

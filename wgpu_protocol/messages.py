@@ -13,6 +13,7 @@ import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
+from .errors import ProtocolError as ProtocolError  # re-exported: decode raises it
 from .models import ModelSpecError, check_inventory
 
 PROTOCOL_VERSION = 1
@@ -23,14 +24,6 @@ MAX_BINARY_FRAME_BYTES = 64 * 1024 * 1024
 MAX_ID_LENGTH = 200
 MAX_JSON_DEPTH = 64  # arrays/objects nested deeper are refused (a parser's stack is finite)
 MAX_NAME_BYTES = 255  # a file name, as most file systems allow
-
-
-class ProtocolError(ValueError):
-    """A frame that is not a valid message. `code` is stable and machine readable."""
-
-    def __init__(self, message: str, code: str = "bad_message") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ----------------------------------------------------------------------------- shared parts

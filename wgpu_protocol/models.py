@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .errors import ProtocolError
+
 # Loader node class -> ((input name, model folder), ...). One table for everything that reads
 # model references; custom-node loaders are added by configuration (`parse_loader_table`).
 LOADERS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -60,7 +62,7 @@ Requirements = dict[str, list[str]]
 LoaderTable = Mapping[str, tuple[tuple[str, str], ...]]
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(ProtocolError):
     """A requirement set, an inventory or a loader table is malformed; the message says where."""
 
 

@@ -33,14 +33,6 @@ STOP_MARGIN_S = 10.0
 DEFAULT_STOP_TIMEOUT_S = WORKER_GRACE_DEFAULT_S + STOP_MARGIN_S
 
 
-class BackendError(RuntimeError):
-    """A backend cannot do what was asked; the message is one line for the user."""
-
-
-class BackendUnreachable(BackendError):
-    """The Docker engine (or equivalent) could not be reached."""
-
-
 class Outcome(enum.StrEnum):
     STARTED = "started"
     ALREADY_RUNNING = "already running"

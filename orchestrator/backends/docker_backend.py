@@ -27,8 +27,6 @@ from orchestrator.backends.base import (
     ROLE_COMFYUI,
     ROLE_WORKER,
     ActionResult,
-    BackendError,
-    BackendUnreachable,
     LogLine,
     LogRequest,
     Outcome,
@@ -39,6 +37,7 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.common import fan_out, parse_since, port_answers
 from orchestrator.backends.engine import create_args, create_container, error_text, start_container
+from orchestrator.errors import BackendError, BackendUnreachable
 from orchestrator.stack.spec import (
     LABEL_CONFIG_HASH,
     LABEL_GPU_INDEX,

@@ -29,7 +29,6 @@ from orchestrator.backends.base import (
     ROLE_COMFYUI,
     ROLE_WORKER,
     ActionResult,
-    BackendError,
     LogLine,
     LogRequest,
     Outcome,
@@ -39,6 +38,7 @@ from orchestrator.backends.base import (
     slot_plan_json,
 )
 from orchestrator.backends.common import fan_out, port_answers
+from orchestrator.errors import BackendError
 from wgpu_protocol import worker_env
 
 ROLES = (ROLE_WORKER, ROLE_COMFYUI)

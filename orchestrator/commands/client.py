@@ -14,10 +14,10 @@ import typer
 from orchestrator.backends.base import DEFAULT_HUB_URL
 from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
 from orchestrator.console import ExitCode, err, fail, one_line, out
-from orchestrator.hub_client.client import HubClient, HubError, HubUnreachable
+from orchestrator.errors import HubError, HubUnreachable
+from orchestrator.hub_client.client import HubClient
 from orchestrator.hub_client.job_watch import (
     JobBoard,
-    WorkflowFileError,
     download_outputs,
     follow_all,
     load_workflow,
@@ -86,10 +86,7 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit workflows; with --wait, a progress bar per job and the outputs downloaded."""
-    try:
-        loaded = [(path, load_workflow(path)) for path in workflows]
-    except WorkflowFileError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    loaded = [(path, load_workflow(path)) for path in workflows]
     named = [parse_input_option(option) for option in input_files or []]
     hub = HubClient(hub_url, api_key=api_key)
     board = JobBoard()

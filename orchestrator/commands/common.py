@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from orchestrator.backends.base import (
-    ActionResult,
-    Backend,
-    BackendError,
-    BackendUnreachable,
-    Outcome,
-)
+from orchestrator.backends.base import ActionResult, Backend, Outcome
 from orchestrator.commands.options import BackendKind
-from orchestrator.console import ExitCode, err, fail, out, warn
-from orchestrator.gpus.slots import (
-    GpuNotFound,
-    Selection,
-    SlotError,
-    select_slots,
-    slot_indices,
-)
+from orchestrator.console import ExitCode, err, out, warn
+from orchestrator.gpus.slots import Selection, select_slots, slot_indices
 
 
 def open_backend(
@@ -42,19 +29,17 @@ def open_backend(
     network: str = "host",
     restart_policy: str = "unless-stopped",
 ) -> Backend:
-    """The backend the options name; exits UNREACHABLE when the Docker engine does not answer."""
+    """The backend the options name (BackendUnreachable when the Docker engine does not answer:
+    the CLI's handler exits UNREACHABLE)."""
     if kind == BackendKind.PROCESS:
         from orchestrator.backends.process_backend import ProcessBackend
 
         return ProcessBackend(base_dir, machine_id=machine_id)
     from orchestrator.backends.docker_backend import DockerBackend
 
-    try:
-        return DockerBackend.connect(
-            docker_host, machine_id=machine_id, network_mode=network, restart_policy=restart_policy
-        )
-    except BackendUnreachable as exc:
-        fail(str(exc), ExitCode.UNREACHABLE)
+    return DockerBackend.connect(
+        docker_host, machine_id=machine_id, network_mode=network, restart_policy=restart_policy
+    )
 
 
 @contextlib.contextmanager
@@ -62,29 +47,14 @@ def backend_session(*args: Any, **kwargs: Any) -> Iterator[Backend]:
     backend = open_backend(*args, **kwargs)
     try:
         yield backend
-    except BackendError as exc:
-        fail(str(exc), ExitCode.NOT_FOUND)
-    except Exception as exc:
-        if is_docker_error(exc):
-            fail(f"Docker engine error: {exc}", ExitCode.UNREACHABLE)
-        raise
     finally:
         backend.close()
-
-
-def is_docker_error(exc: BaseException) -> bool:
-    """Whether docker-py raised `exc`; docker-py is not imported just to ask (it cannot have)."""
-    errors = sys.modules.get("docker.errors")
-    return errors is not None and isinstance(exc, errors.DockerException)
 
 
 def target_indices(target: str, gpus_option: str | None = None) -> list[int] | None:
     """The slots stop/restart/status/logs act on: GPU_ID|all, or --gpus (indices or UUIDs)."""
     selection = select(gpus_option, None) if gpus_option else None
-    try:
-        return slot_indices(target, selection)
-    except SlotError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    return slot_indices(target, selection)
 
 
 def select(gpus_option: str | None, simulate: int | None, count: int | None = None) -> Selection:
@@ -92,12 +62,7 @@ def select(gpus_option: str | None, simulate: int | None, count: int | None = No
     from orchestrator.gpus import nvml
 
     inventory = nvml.GpuInventory() if simulate is not None else nvml.discover()
-    try:
-        selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error, count)
-    except GpuNotFound as exc:
-        fail(str(exc), ExitCode.NOT_FOUND)
-    except SlotError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error, count)
     if selection.note:
         warn(selection.note)
     return selection

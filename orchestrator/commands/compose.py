@@ -18,7 +18,6 @@ from orchestrator.stack.compose_render import (
     DEFAULT_REDIS_PORT,
     DEFAULT_WORKER_IMAGE,
     HEADER,
-    ComposeError,
     StackOptions,
     render_stack,
     to_yaml,
@@ -51,24 +50,21 @@ def render(
     if gpus_option is None and count is None and simulate is None:
         fail("pass one of --gpus 0,2, --count N and --simulate N", ExitCode.USAGE)
     selection = select(gpus_option, simulate, count)
-    try:
-        options = StackOptions(
-            gpus=() if simulate else tuple(selection.slots),
-            simulate=simulate or 0,
-            num_gpus=selection.num_gpus,
-            machine_id=machine_id,
-            hub_port=hub_port,
-            redis_port=redis_port,
-            port_base=port_base,
-            worker_image=worker_image,
-            hub_image=hub_image,
-            redis_image=redis_image,
-            comfyui_image=comfyui_image,
-            health_interval_s=health_interval,
-        )
-        document = render_stack(options)
-    except ComposeError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    options = StackOptions(
+        gpus=() if simulate else tuple(selection.slots),
+        simulate=simulate or 0,
+        num_gpus=selection.num_gpus,
+        machine_id=machine_id,
+        hub_port=hub_port,
+        redis_port=redis_port,
+        port_base=port_base,
+        worker_image=worker_image,
+        hub_image=hub_image,
+        redis_image=redis_image,
+        comfyui_image=comfyui_image,
+        health_interval_s=health_interval,
+    )
+    document = render_stack(options)
     problems = validate(document)
     if problems:  # a bug here, not the user's: say exactly what
         fail(f"the rendered file is invalid: {'; '.join(problems)}", ExitCode.FAILED)

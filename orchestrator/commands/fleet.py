@@ -33,12 +33,9 @@ DEFAULT_INVENTORY = Path("fleet.toml")
 
 
 def read(path: Path) -> Inventory:
-    from orchestrator.fleet.inventory import InventoryError, load_inventory
+    from orchestrator.fleet.inventory import load_inventory
 
-    try:
-        return load_inventory(path)
-    except InventoryError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    return load_inventory(path)
 
 
 def exit_code(oks: int, fails: int) -> ExitCode:
@@ -102,17 +99,13 @@ def up(
     as_json: JsonOption = False,
 ) -> None:
     """Start every host's workers in parallel; failed hosts are reported, the others go on."""
-    from orchestrator.backends.base import BackendUnreachable
     from orchestrator.backends.docker_backend import DockerBackend
     from orchestrator.fleet.inventory import fleet_up
 
     spec = read(inventory)
     source: Any = None
     if ship_image_from:
-        try:
-            source = DockerBackend.connect(ship_image_from).client
-        except BackendUnreachable as exc:
-            fail(str(exc), ExitCode.UNREACHABLE)
+        source = DockerBackend.connect(ship_image_from).client
     try:
         results = fleet_up(spec, default_image=image, ship_from=source)
     finally:

@@ -25,7 +25,8 @@ the hub's outputs. Apply: kubectl create namespace NS; kubectl apply -n NS -f FI
 
 
 def _count(gpus: str | None, count: int | None) -> int:
-    from orchestrator.gpus.slots import SlotError, parse_gpu_list
+    from orchestrator.errors import SlotError
+    from orchestrator.gpus.slots import parse_gpu_list
 
     if gpus and count is not None:
         fail("use either --gpus or --count, not both", ExitCode.USAGE)

@@ -55,7 +55,7 @@ _STEP_STYLE = {
 
 
 def _hub_call(what: str, call: Any) -> Any:
-    from orchestrator.hub_client.client import HubError, HubUnreachable
+    from orchestrator.errors import HubError, HubUnreachable
 
     try:
         return call()

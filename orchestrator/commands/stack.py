@@ -29,7 +29,6 @@ from orchestrator.stack.compose_render import (
     IMAGE_ENV,
     ROLE_HUB,
     ROLE_REDIS,
-    ComposeError,
     StackOptions,
 )
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
@@ -80,8 +79,8 @@ def step_progress() -> Progress:
 
 
 def open_docker(docker_host: str | None, required: bool) -> Any | None:
-    from orchestrator.backends.base import BackendUnreachable
     from orchestrator.backends.docker_backend import DockerBackend
+    from orchestrator.errors import BackendUnreachable
 
     try:
         return DockerBackend.connect(docker_host).client
@@ -107,7 +106,8 @@ def slot_selection(gpus_option: str | None, simulate: int | None, count: int | N
 
 def stack_images(client: Any, base_image: str | None, on_step: StepProgress) -> dict[str, str]:
     """env var -> image for the parts not named by env: built locally when missing."""
-    from orchestrator.images.worker import ImageBuildError, ensure_worker_image, has_image
+    from orchestrator.errors import ImageBuildError
+    from orchestrator.images.worker import ensure_worker_image, has_image
     from orchestrator.stack.images import HUB_RECIPE, REDIS_RECIPE, ensure_image
 
     images: dict[str, str] = {}
@@ -163,7 +163,6 @@ def up(
 ) -> None:
     """Start Redis + hub + per GPU ComfyUI and worker (containers, or processes without Docker:
     there, real GPUs need --comfyui-cmd)."""
-    import docker.errors
 
     from orchestrator.stack.lifecycle import docker_up
 
@@ -198,17 +197,11 @@ def up(
         sim_node_time_s=sim_node_time,
         name_prefix=name_prefix,
     )
-    try:
-        options.slots()
-    except ComposeError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    options.slots()  # a bad selection fails here, before any image is built
     with step_progress() as progress:
         steps = StepProgress(progress)
         images = stack_images(client, base_image, steps)
-        try:
-            results = docker_up(client, options, images, on_event=steps)
-        except docker.errors.DockerException as exc:
-            fail(f"Docker engine error: {exc}", ExitCode.UNREACHABLE)
+        results = docker_up(client, options, images, on_event=steps)
     failed = [r for r in results if not r.ok]
     for result in failed:
         err.print(f"[red]x[/] {result.service}: {result.detail}", soft_wrap=True)
@@ -231,10 +224,10 @@ def up_processes(
     worker_src: Path | None = None,
 ) -> None:
     from orchestrator.commands.workers import resolve_src
+    from orchestrator.errors import StackError
     from orchestrator.stack.lifecycle import (
         ProcessStack,
         ProcessStackConfig,
-        StackError,
         default_state_dir,
         read_state,
         stop_process_stack,
@@ -261,9 +254,9 @@ def up_processes(
         try:
             stack.start()
             stack.wait_workers()
-        except StackError as exc:
+        except StackError:
             stack.stop()
-            fail(str(exc))
+            raise
     out.print(f"hub: {config.hub_url}  (state in {directory}; stop with `wgpu down`)")
     out.print(f"dashboard: {config.hub_url}/")
 

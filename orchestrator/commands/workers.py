@@ -62,10 +62,11 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out
+from orchestrator.errors import ImageBuildError
 
 # Heavy dependencies (docker, rich's renderables, NVML, the hub client) are imported inside the
 # command that needs them, so `wgpu --help` and `wgpu status --json` start in tens of ms.
-from orchestrator.rollout.worker_src import WorkerSource, WorkerSrcError, resolve_worker_src
+from orchestrator.rollout.worker_src import WorkerSource, resolve_worker_src
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 PREFIX_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_red")
@@ -127,10 +128,7 @@ def setup(
 def resolve_src(worker_src: Path | None) -> WorkerSource | None:
     if worker_src is None:
         return None
-    try:
-        return resolve_worker_src(worker_src)
-    except WorkerSrcError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    return resolve_worker_src(worker_src)
 
 
 def default_image(base_image: str | None, source: WorkerSource | None) -> str:
@@ -163,7 +161,7 @@ def build_with_progress(
             worker_images.build_worker_image(
                 client, tag, base_image=base_image, on_progress=on_progress, target=target
             )
-        except worker_images.ImageBuildError as exc:
+        except ImageBuildError as exc:
             error = str(exc)
         else:
             progress.update(task, description=f"built {tag}")
@@ -347,8 +345,6 @@ def logs(
                     out.print(Text(line.text), soft_wrap=True)
         except KeyboardInterrupt:
             return
-        except ValueError as exc:
-            fail(str(exc), ExitCode.USAGE)
 
 
 def register(app: typer.Typer) -> None:

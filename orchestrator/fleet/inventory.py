@@ -30,7 +30,6 @@ from orchestrator.backends.base import (
     DEFAULT_HUB_URL,
     DEFAULT_STOP_TIMEOUT_S,
     ActionResult,
-    BackendError,
     HubAddress,
     ServiceRecord,
     WorkerSettings,
@@ -38,8 +37,9 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.common import fan_out
 from orchestrator.backends.docker_backend import DockerBackend
+from orchestrator.errors import BackendError, HubError, InventoryError
 from orchestrator.gpus.slots import Slot, simulated_slots
-from orchestrator.hub_client.client import HubClient, HubError
+from orchestrator.hub_client.client import HubClient
 from orchestrator.images.worker import has_image
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
 from wgpu_protocol.rest import WorkerJson
@@ -65,10 +65,6 @@ _GPU_PROBE = (
     "print(json.dumps([{'index': i, 'uuid': n.nvmlDeviceGetUUID(n.nvmlDeviceGetHandleByIndex(i))}"
     " for i in range(n.nvmlDeviceGetCount())]))"
 )
-
-
-class InventoryError(ValueError):
-    """The inventory is not usable; the message names the file, the host and the key."""
 
 
 @dataclass(frozen=True)

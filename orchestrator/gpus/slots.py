@@ -16,13 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-
-class SlotError(ValueError):
-    """The GPU selection cannot be satisfied; the message says what to do."""
-
-
-class GpuNotFound(SlotError):
-    """A named GPU, or any GPU at all, is not on this machine."""
+from orchestrator.errors import GpuNotFound, SlotError
 
 
 @dataclass(frozen=True)

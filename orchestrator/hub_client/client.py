@@ -21,21 +21,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: the CLI's sync calls do not pay aiohttp's import
     import aiohttp
 
+from orchestrator.errors import HubError, HubUnreachable
 from wgpu_protocol.rest import HealthJson, JobJson, WorkerJson
 
 JsonObject = dict[str, Any]
-
-
-class HubError(RuntimeError):
-    """The hub answered with an error. `status` is the HTTP status."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class HubUnreachable(HubError):
-    """The hub did not answer (refused, timed out, DNS)."""
 
 
 @dataclass(frozen=True)

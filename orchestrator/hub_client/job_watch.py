@@ -15,14 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.hub_client.client import HubClient, HubError
+from orchestrator.errors import HubError, WorkflowFileError
+from orchestrator.hub_client.client import HubClient
 from wgpu_protocol.rest import TERMINAL_STATES
 
 JsonObject = dict[str, Any]
-
-
-class WorkflowFileError(ValueError):
-    """A workflow file cannot be used; the message says which and why."""
 
 
 def load_workflow(path: Path) -> JsonObject:

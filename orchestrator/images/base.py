@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import BaseImageError
 from orchestrator.images.worker import has_image
 
 BASE_IMAGE_TAG = "wgpu-local/python-base:bookworm"
@@ -41,10 +42,6 @@ IMAGE_CHANGES = (
     "ENV PYTHONDONTWRITEBYTECODE=1",
     'CMD ["python3"]',
 )
-
-
-class BaseImageError(RuntimeError):
-    """The base image could not be built or imported; the message says what to do."""
 
 
 def rootfs_tarball_path(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import ImageBuildError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTEXT_DIRS = ("wgpu_protocol", "comfyui_sim", "worker_image")
 DOCKERFILE = "worker_image/Dockerfile"
@@ -23,10 +25,6 @@ _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".gi
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".swp", "~")
 
 ProgressCallback = Callable[[str], None]
-
-
-class ImageBuildError(RuntimeError):
-    """The image did not build; the message is one line saying why and what to check."""
 
 
 RUNTIME_REPOSITORY = "wgpu-local/comfy-worker-runtime"

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER
+from orchestrator.errors import UsageError
+from orchestrator.gpus.slots import Slot
 from orchestrator.stack.compose_render import (
     StackOptions,
     comfyui_service_name,
@@ -59,7 +61,7 @@ RUNNING_METRIC = 'wgpu_jobs{state="running"}'
 _PROBE_URL = re.compile(r"urlopen\('(http://[^']+)'")
 
 
-class K8sError(ValueError):
+class K8sError(UsageError):
     """The options cannot be rendered; the message says what to change."""
 
 
@@ -181,7 +183,7 @@ def _container(name: str, service: Mapping[str, Any], http_probe: bool = False) 
 
 def _stack(options: K8sOptions) -> dict[str, Any]:
     """The compose services for one GPU slot, defaults filled in: the description we translate."""
-    stack = replace(options.stack, gpus=("0",), simulate=0)
+    stack = replace(options.stack, gpus=(Slot(0),), simulate=0)
     document = render_stack(stack)
     filled: dict[str, Any] = interpolate_all(document, dict(options.env))
     return dict(filled["services"])

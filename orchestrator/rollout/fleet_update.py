@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.backends.base import BackendError
+from orchestrator.errors import BackendError
 from orchestrator.fleet.inventory import HostSpec, Inventory
 from orchestrator.rollout.update import (
     FINAL_OK,

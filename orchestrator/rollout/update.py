@@ -31,7 +31,7 @@ from orchestrator.backends.base import (
     slot_plan_json,
 )
 from orchestrator.backends.common import fan_out
-from orchestrator.hub_client.client import HubError
+from orchestrator.errors import ExitCode, HubError, WgpuError
 from orchestrator.rollout.worker_src import MOUNT_POINT, VERSION_ENV, WorkerSource
 from wgpu_protocol import ports, worker_env
 from wgpu_protocol.rest import WorkerJson
@@ -39,7 +39,9 @@ from wgpu_protocol.rest import WorkerJson
 _SRC_ENV = ("PYTHONPATH", VERSION_ENV, worker_env.SRC_DESCRIBE)
 
 
-class UpdateError(RuntimeError):
+class UpdateError(WgpuError):
+    exit_code = ExitCode.NOT_FOUND
+
     """The update cannot start (nothing to update, no plan recorded); one line for the user."""
 
 

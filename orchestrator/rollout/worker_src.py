@@ -16,12 +16,14 @@ from pathlib import Path
 
 from comfy_worker.version import DESCRIBE_ENV, tree_version
 
+from orchestrator.errors import ConfigError
+
 MOUNT_POINT = "/opt/wgpu-src"
 VERSION_ENV = "WGPU_WORKER_SRC_VERSION"  # what the tree was when the service was planned
 GIT_TIMEOUT_S = 5.0
 
 
-class WorkerSrcError(ValueError):
+class WorkerSrcError(ConfigError):
     """DIR is not a worker tree; the message says what is missing."""
 
 

@@ -26,6 +26,7 @@ from orchestrator.backends.base import (
     comfyui_port,
     plan_slots,
 )
+from orchestrator.errors import ComposeError
 from orchestrator.gpus.slots import Slot, simulated_slots
 from orchestrator.stack.spec import (
     LABEL_CONFIG_HASH,
@@ -68,10 +69,6 @@ IMAGE_ENV = {
 }
 
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
-
-
-class ComposeError(ValueError):
-    """The options or a compose document are not valid; the message says what to fix."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from docker.models.containers import Container
 
 from orchestrator.backends.common import fan_out
 from orchestrator.backends.engine import create_container, error_text, start_container
+from orchestrator.errors import ComposeError
 from orchestrator.stack.compose_render import interpolate_all, start_order
 from orchestrator.stack.spec import (
     LABEL_CONFIG_HASH,
@@ -55,7 +56,7 @@ class ServiceResult:
 def duration_s(text: str) -> float:
     match = _DURATION.match(str(text).strip())
     if not match:
-        raise ValueError(f"{text!r} is not a duration like 5s or 1m")
+        raise ComposeError(f"{text!r} is not a duration like 5s or 1m")
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
@@ -79,7 +80,7 @@ def _gpu(service: Mapping[str, Any]) -> GpuRequest | None:
     if not devices:
         return None
     if len(devices) > 1 or len(devices[0].get("device_ids") or []) != 1:
-        raise ValueError("a wgpu service reserves exactly one GPU by device id")
+        raise ComposeError("a wgpu service reserves exactly one GPU by device id")
     device = devices[0]
     return GpuRequest(
         device["device_ids"][0],

@@ -22,20 +22,10 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.console import ExitCode
-from orchestrator.hub_client.client import HubClient, HubError
-from orchestrator.hub_client.job_watch import (
-    JobBoard,
-    WorkflowFileError,
-    download_outputs,
-    follow_all,
-    load_workflow,
-)
-from orchestrator.stack.lifecycle import (
-    ProcessStack,
-    ProcessStackConfig,
-    StackError,
-    free_port_block,
-)
+from orchestrator.errors import HubError, StackError, WorkflowFileError
+from orchestrator.hub_client.client import HubClient
+from orchestrator.hub_client.job_watch import JobBoard, download_outputs, follow_all, load_workflow
+from orchestrator.stack.lifecycle import ProcessStack, ProcessStackConfig, free_port_block
 from orchestrator.status_view import collect_snapshot, render_table
 
 REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

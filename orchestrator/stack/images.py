@@ -12,13 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.images.worker import (
-    REPO_ROOT,
-    ImageBuildError,
-    ProgressCallback,
-    has_image,
-    reproducible_tar,
-)
+from orchestrator.errors import ImageBuildError
+from orchestrator.images.worker import REPO_ROOT, ProgressCallback, has_image, reproducible_tar
 
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 

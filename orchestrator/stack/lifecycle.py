@@ -32,26 +32,18 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.common import port_answers
 from orchestrator.backends.process_backend import ProcessBackend
+from orchestrator.errors import HubError, RedisUnavailable, StackError
 from orchestrator.gpus.slots import Selection, Slot, simulated_slots
-from orchestrator.hub_client.client import HubClient, HubError
+from orchestrator.hub_client.client import HubClient
 from orchestrator.rollout.worker_src import WorkerSource
 from orchestrator.stack.compose_render import StackOptions, render_stack
 from orchestrator.stack.compose_runner import ComposeRunner, ServiceResult
-from orchestrator.stack.local_redis import (
-    LocalRedis,
-    RedisUnavailable,
-    default_maxmemory,
-    free_port,
-)
+from orchestrator.stack.local_redis import LocalRedis, default_maxmemory, free_port
 from wgpu_protocol import ports
 from wgpu_protocol.rest import WorkerJson
 
 StepCallback = Callable[[str, str], None]  # (part, state)
 STATE_FILE = "stack.json"
-
-
-class StackError(RuntimeError):
-    """A part of the stack did not start; the message says which and where its log is."""
 
 
 def default_state_dir() -> Path:

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import redis
 
+from orchestrator.errors import RedisUnavailable
 from orchestrator.processes import stop_child
-
-
-class RedisUnavailable(RuntimeError):
-    """No server binary could be found or started."""
 
 
 def find_server_binary(prefer: str = "auto") -> tuple[str, str]:

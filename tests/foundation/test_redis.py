@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.stack.local_redis import LocalRedis, RedisUnavailable
+from orchestrator.errors import RedisUnavailable
+from orchestrator.stack.local_redis import LocalRedis
 from tests.fixtures.services import service_missing
 
 pytestmark = pytest.mark.redis

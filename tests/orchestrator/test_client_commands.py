@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from orchestrator.cli import app
+from orchestrator.errors import RedisUnavailable
 from orchestrator.hub_client.client import HubClient
 from orchestrator.stack.lifecycle import ProcessStack, ProcessStackConfig, free_port_block
-from orchestrator.stack.local_redis import RedisUnavailable, find_server_binary
+from orchestrator.stack.local_redis import find_server_binary
 from tests.fixtures.services import service_missing
 from tests.paths import REPO
 

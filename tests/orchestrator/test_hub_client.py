@@ -7,13 +7,8 @@ import socket
 
 import pytest
 
-from orchestrator.hub_client.client import (
-    AsyncHubClient,
-    HubClient,
-    HubError,
-    HubUnreachable,
-    parse_sse,
-)
+from orchestrator.errors import HubError, HubUnreachable
+from orchestrator.hub_client.client import AsyncHubClient, HubClient, parse_sse
 from redis_api.server import RunningHub
 
 WORKFLOW = {

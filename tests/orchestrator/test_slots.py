@@ -12,14 +12,9 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.common import humanize_duration, parse_since
 from orchestrator.backends.docker_backend import parse_docker_time
+from orchestrator.errors import GpuNotFound, SlotError
 from orchestrator.gpus.nvml import GpuDevice
-from orchestrator.gpus.slots import (
-    GpuNotFound,
-    SlotError,
-    parse_target,
-    select_slots,
-    slot_indices,
-)
+from orchestrator.gpus.slots import parse_target, select_slots, slot_indices
 
 DEVICES = [
     GpuDevice(0, "GPU-aaa", "NVIDIA H100", 81559),

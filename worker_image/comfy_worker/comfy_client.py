@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .errors import WorkerError
+
 log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=3)
@@ -73,15 +75,15 @@ def parse_image_frame(
     return None
 
 
-class ComfyUnreachable(ConnectionError):
+class ComfyUnreachable(WorkerError, ConnectionError):
     """ComfyUI did not answer (refused, reset, timed out)."""
 
 
-class ComfyError(RuntimeError):
+class ComfyError(WorkerError):
     """ComfyUI answered with something unexpected."""
 
 
-class PromptRejected(Exception):
+class PromptRejected(WorkerError):
     """POST /prompt answered 400: the workflow is invalid. `body` is ComfyUI's JSON answer."""
 
     def __init__(self, body: dict[str, Any]) -> None:

@@ -29,10 +29,12 @@ from wgpu_protocol.worker_env import (
     DEFAULT_HUB_PORT,
 )
 
+from .errors import WorkerError
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class ConfigError(ValueError):
+class ConfigError(WorkerError, ValueError):
     """An environment variable has a value the worker cannot use."""
 
 

@@ -22,17 +22,18 @@ from wgpu_protocol.messages import OutputRef
 from wgpu_protocol.output_chunks import MAX_CHUNK_BYTES, OutputChunk, encode_chunk
 
 from .comfy_client import ComfyClient
+from .errors import OutputError
 
 # UI keys that describe the files next to them rather than being values of their own.
 FILE_METADATA_KEYS = frozenset({"animated"})
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
-class OutputTooLarge(Exception):
+class OutputTooLarge(OutputError):
     """An output is bigger than MAX_OUTPUT_BYTES."""
 
 
-class OutputUnavailable(Exception):
+class OutputUnavailable(OutputError):
     """An output could not be read (ComfyUI's /view failed, the spool file is gone)."""
 
 

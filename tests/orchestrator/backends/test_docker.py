@@ -24,9 +24,10 @@ from comfy_worker.config import WorkerConfig
 from orchestrator.backends.docker_backend import parse_docker_time
 from orchestrator.backends.engine import NVIDIA_HINT
 from orchestrator.console import ExitCode
+from orchestrator.errors import BaseImageError
 from orchestrator.hub_client.client import AsyncHubClient
 from orchestrator.images import worker as worker_images
-from orchestrator.images.base import BaseImageError, ensure_base_image
+from orchestrator.images.base import ensure_base_image
 from tests.fixtures import docker as docker_fixtures
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.services import service_missing

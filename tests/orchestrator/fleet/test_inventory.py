@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.backends.base import BackendError
 from orchestrator.cli import app
 from orchestrator.commands.fleet import exit_code
+from orchestrator.errors import BackendError, InventoryError
 from orchestrator.fleet.inventory import (
     HostResult,
-    InventoryError,
     load_inventory,
     parse_inventory,
     resolve_docker_host,

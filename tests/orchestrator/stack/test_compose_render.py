@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from orchestrator.backends.base import worker_stop_timeout_s
 from orchestrator.cli import app
+from orchestrator.errors import ComposeError
 from orchestrator.gpus.nvml import GpuDevice
 from orchestrator.gpus.slots import Slot, select_slots
 from orchestrator.stack.compose_render import (
-    ComposeError,
     StackOptions,
     interpolate,
     render_stack,

@@ -22,11 +22,11 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.errors import ImageBuildError
 from orchestrator.gpus.slots import Slot
 from orchestrator.hub_client.client import HubClient
 from orchestrator.hub_client.job_watch import load_workflow
 from orchestrator.images.base import DEFAULT_CACHE_DIR, file_lock
-from orchestrator.images.worker import ImageBuildError
 from orchestrator.stack.compose_render import StackOptions, render_stack, to_yaml
 from orchestrator.stack.compose_runner import ComposeRunner
 from orchestrator.stack.images import HUB_RECIPE, REDIS_RECIPE, ensure_image

@@ -159,7 +159,8 @@ def test_ctrl_c_stops_every_part(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("redis", ["redis"])
 def test_demo_on_redis_server_when_installed(tmp_path: Path, redis: str) -> None:
-    from orchestrator.stack.local_redis import RedisUnavailable, find_server_binary
+    from orchestrator.errors import RedisUnavailable
+    from orchestrator.stack.local_redis import find_server_binary
 
     try:
         find_server_binary("redis")
