@@ -25,8 +25,6 @@ if TYPE_CHECKING:  # Rich loads only to draw: `wgpu status --json` never imports
     from rich.console import Console, RenderableType
     from rich.text import Text
 
-HUB_TIMEOUT_S = 0.5
-
 
 @dataclass(frozen=True)
 class ServiceView:

@@ -11,7 +11,7 @@ import functools
 import inspect
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -843,13 +843,6 @@ class Store:
             return CancelNotice(parts[0], parts[1], int(parts[2] or 0), parts[3])
         except ValueError:
             return None
-
-    async def scan_keys(self) -> AsyncIterator[str]:
-        try:
-            async for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
-                yield key
-        except (RedisError, OSError) as exc:
-            raise unavailable(exc) from exc
 
 
 def fencing_token() -> int:

@@ -376,13 +376,6 @@ def _loads_message(text: str | bytes) -> Any:
 
 _T = TypeVar("_T")
 
-_NESTED: dict[str, type[Any]] = {
-    "gpu_info": GpuInfo,
-    "gpu_stats": GpuStats,
-    "running": RunningJob,
-    "error": JobError,
-}
-
 
 def _build(cls: type[_T], raw: dict[str, Any], where: str) -> _T:
     kwargs: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -468,8 +468,3 @@ def iter_rows(status: FleetStatus) -> Iterator[dict[str, Any]]:
             "done": sum(int(w.get("jobs_done") or 0) for w in host.workers),
             "failed": sum(int(w.get("jobs_failed") or 0) for w in host.workers),
         }
-
-
-def summarize(results: Sequence[HostResult]) -> tuple[int, int]:
-    ok = sum(1 for r in results if r.ok)
-    return ok, len(results) - ok
