@@ -10,14 +10,15 @@ from comfyui_sim.model_store import ModelStoreError
 from comfyui_sim.server import run_sim
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m comfyui_sim") -> None:
+    """Parse `argv` with the simulator's own options and serve until SIGTERM / Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s wgpu-sim %(message)s")
     try:
         config = config_from_args(args, argv)
     except ModelStoreError as exc:
-        parser().error(str(exc))
+        parser(prog).error(str(exc))
     try:
         run_sim(config)
     except OSError as exc:

@@ -9,15 +9,28 @@ from comfyui_sim.config import SimConfig
 from comfyui_sim.model_store import parse_models_option
 
 
-def parser() -> argparse.ArgumentParser:
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def parser(prog: str = "python -m comfyui_sim") -> argparse.ArgumentParser:
+    """The simulator's options, the one definition (`wgpu sim` is built from it too)."""
+    defaults = SimConfig()
     p = argparse.ArgumentParser(
-        prog="python -m comfyui_sim",
+        prog=prog,
         description="Serve stock ComfyUI's HTTP and WebSocket API with simulated nodes.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8188, help="port (default 8188; 0 = any free)")
-    p.add_argument("--node-time", type=float, default=0.02, help="seconds per node")
-    p.add_argument("--step-time", type=float, default=0.01, help="seconds per progress step")
+    p.add_argument("--host", default=defaults.host, help=f"address to bind ({defaults.host})")
+    p.add_argument(
+        "--port", type=int, default=defaults.port, help=f"port ({defaults.port}; 0 = any free)"
+    )
+    p.add_argument("--node-time", type=_seconds, default=defaults.node_time_s, help="s per node")
+    p.add_argument(
+        "--step-time", type=_seconds, default=defaults.step_time_s, help="s per progress step"
+    )
     p.add_argument("--output-dir", "--output-directory", type=Path, default=None)
     p.add_argument("--temp-dir", "--temp-directory", type=Path, default=None)
     p.add_argument("--input-dir", "--input-directory", type=Path, default=None)

@@ -6,6 +6,8 @@
     ├── UploadRefused           an upload stock ComfyUI answers with 400 (ValueError; uploads.py)
     ├── PngError                bytes that are not a PNG the simulator can decode (ValueError;
     │                           png.py)
+    ├── ModelStoreError         a --models option or model folder that cannot be used
+    │                           (ValueError; model_store.py)
     ├── NodeFailure             a node raised: becomes `execution_error` (faults.py)
     └── Interrupted             `/interrupt` took effect inside a node (faults.py)
 

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from comfyui_sim.errors import SimError
+
 # GET /models on ComfyUI 0.3.64, in its order (recorded in object_info_models.json).
 MODEL_FOLDERS = (
     "checkpoints",
@@ -41,7 +43,7 @@ MODEL_FOLDERS = (
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".pkl", ".sft", ".gguf")
 
 
-class ModelStoreError(ValueError):
+class ModelStoreError(SimError, ValueError):
     """A model name or folder the simulator will not create (the message says which)."""
 
 
