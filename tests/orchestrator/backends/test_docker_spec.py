@@ -55,7 +55,7 @@ def test_each_slot_is_pinned_to_its_own_gpu_with_its_env_and_labels(gpus: str) -
         assert plan.comfyui is not None
         for service in (plan.worker, plan.comfyui):
             spec = backend.container_spec(plan, service, config_hash="h")
-            (request,) = spec["device_requests"]
+            (request,) = spec["host_config"]["DeviceRequests"]
             assert request["Driver"] == "nvidia" and request["Capabilities"] == [["gpu"]]
             assert request["DeviceIDs"] == [device.uuid]  # by UUID: stable across reboots
             pinned.append((service.role, request["DeviceIDs"][0]))
@@ -98,7 +98,7 @@ def test_simulated_slots_ask_for_no_gpu() -> None:
         assert plan.comfyui is not None
         for service in (plan.worker, plan.comfyui):
             spec = backend.container_spec(plan, service, "h")
-            assert spec["device_requests"] is None
+            assert "DeviceRequests" not in spec["host_config"]
             assert spec["labels"]["wgpu.simulated"] == "true"
             assert spec["labels"]["wgpu.gpu_index"] == str(plan.slot.index)
 
