@@ -97,7 +97,10 @@ def setup(
         out.print(f"worker tree {source.path} is version {source.version}")
     if backend == BackendKind.PROCESS:
         if importlib.util.find_spec("comfy_worker") is None:
-            fail("comfy_worker is not importable: pip install wgpu in this Python", ExitCode.FAILED)
+            fail(
+                "comfy_worker is not importable: pip install comfyui-gpu-pool in this Python",
+                ExitCode.FAILED,
+            )
         selection = select(gpus_option, simulate, count)
         process = ProcessBackend(base_dir)
         for slot in selection.slots:

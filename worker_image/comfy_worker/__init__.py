@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, WorkerConfig
+from .errors import WorkerError
 
 if TYPE_CHECKING:
     from .worker import Worker
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "Worker", "WorkerConfig", "__version__"]
+__all__ = ["ConfigError", "Worker", "WorkerConfig", "WorkerError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
