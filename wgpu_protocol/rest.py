@@ -8,7 +8,7 @@ another hub version should still use `.get()`: these say what this version sends
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypeAlias, TypedDict
+from typing import Any, Literal, NotRequired, TypeAlias, TypedDict, get_args
 
 JobStatus: TypeAlias = Literal[
     "queued",
@@ -18,24 +18,14 @@ JobStatus: TypeAlias = Literal[
     "cancelled",
     "timed_out",
     "dead",
-    "unschedulable",
-    "expired",
-]
-JOB_STATES: tuple[JobStatus, ...] = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "dead",
     "unschedulable",  # no connected worker could take it for schedule_timeout_s
     "expired",  # not started within queue_timeout_s
-)
+]
+JOB_STATES: tuple[JobStatus, ...] = get_args(JobStatus)  # in that order
 TERMINAL_STATES: tuple[JobStatus, ...] = JOB_STATES[2:]
 
 WorkerStatus: TypeAlias = Literal["idle", "busy", "unavailable", "offline"]
-WORKER_STATES: tuple[WorkerStatus, ...] = ("idle", "busy", "unavailable", "offline")
+WORKER_STATES: tuple[WorkerStatus, ...] = get_args(WorkerStatus)
 
 
 class ProgressJson(TypedDict):
