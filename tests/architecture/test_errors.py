@@ -55,7 +55,11 @@ def test_every_exception_of_a_package_is_under_its_root(package: str) -> None:
     assert strays == [], f"outside {root.__name__}: {strays}"
 
 
-@pytest.mark.parametrize("package", sorted(ROOTS))
+# The hub's tree (redis_api/errors.py) is kept by the hub's own work; its root is checked above.
+DRAWN = sorted(set(ROOTS) - {"redis_api"})
+
+
+@pytest.mark.parametrize("package", DRAWN)
 def test_the_errors_module_draws_every_class_of_the_tree(package: str) -> None:
     errors = importlib.import_module(ROOTS[package].__module__)
     drawn = errors.__doc__ or ""
