@@ -8,6 +8,8 @@
     ├── ComfyError              ComfyUI answered with something unexpected (comfy_client.py)
     ├── PromptRejected          POST /prompt answered 400: the workflow is invalid; the job
     │                           fails with ComfyUI's node errors (comfy_client.py)
+    ├── InputUnavailable        an input could not be fetched from the hub or placed in
+    │                           ComfyUI (inputs.py)
     └── OutputError             an output could not be relayed (outputs.py)
         ├── OutputTooLarge      bigger than MAX_OUTPUT_BYTES
         └── OutputUnavailable   ComfyUI's /view failed, or the spool file is gone

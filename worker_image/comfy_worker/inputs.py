@@ -15,12 +15,13 @@ import aiohttp
 
 from .comfy_client import ComfyClient
 from .config import WorkerConfig
+from .errors import WorkerError
 
 _REF = re.compile(r"^sha256:([0-9a-f]{64})$")
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=60)
 
 
-class InputUnavailable(Exception):
+class InputUnavailable(WorkerError):
     """An input could not be fetched from the hub or placed in ComfyUI."""
 
 
