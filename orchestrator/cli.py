@@ -112,7 +112,7 @@ for module in (count, hub, sim, workers, rollout, stack, client, compose, fleet,
 
 # `wgpu --help` groups the commands; a command missing here is listed under "Other".
 HELP_PANELS = {
-    "Workers": ("count", "setup", "start", "stop", "restart", "status", "logs"),
+    "Workers": ("count", "setup", "start", "stop", "restart", "status", "logs", "models"),
     "Rollout": ("drain", "resume", "update"),
     "Stack": ("up", "down", "demo", "compose", "fleet", "k8s"),
     "Jobs": ("submit", "jobs", "cancel"),
