@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, eventually, get_job, job_status, submit
+from tests.hub.helpers import WORKFLOW, call, eventually, get_job, job_status, submit
 from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.messages import (
     Ack,
@@ -294,4 +294,21 @@ async def test_an_output_whose_bytes_differ_from_its_announced_sha256_never_succ
     view = await job_status(hub.url, job["id"], "queued")
     assert view["outputs"] == [] and view["history"][-1]["error"]["type"] == "storage_error"
     assert announced in view["history"][-1]["error"]["message"]
+    await worker.close()
+
+
+async def test_the_whole_queue_stops_at_max_queued_jobs(hub_factory: HubFactory) -> None:
+    """'limits on everything that grows': the queue itself, whoever submits (no keys here)."""
+    hub = await hub_factory(max_queued_jobs=2)
+    for _ in range(2):
+        await submit(hub.url)
+    status, reply = await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW})
+    assert status == 429 and "MAX_QUEUED_JOBS" in reply["error"], reply
+    _, listed = await call(hub.url, "GET", "/jobs?status=queued")
+    assert len(listed["jobs"]) == 2  # the refused one was not queued
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    assigned = await worker.take_job()  # a claimed job leaves the queue: room for one more
+    await submit(hub.url)
+    assert (await worker.complete(assigned)).ok
     await worker.close()

@@ -419,16 +419,20 @@ async def test_job_given_away_while_cut_off_is_stopped_and_not_reported(
         hub.kill()
 
 
-async def test_timed_out_job_is_stopped_in_comfyui(
+async def test_the_worker_enforces_the_timeout_itself_and_stops_the_prompt(
     hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    hub = await hub_factory()
+    """The worker's own deadline: with the hub's reaper (its timeout path, tested in
+    tests/hub/test_failures.py) an hour away, the worker interrupts the prompt at timeout_s and
+    fails the job, not retryable, with error type `timeout`: one outcome for this path."""
+    hub = await hub_factory(reap_interval_s=3600)
     sim = await sim_factory()
     client = HubClient(http, hub.url)
     async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
-        job_id = await client.submit(fault_workflow("hang"), timeout_s=1.0)
+        job_id = await client.submit(fault_workflow("hang"), timeout_s=1.0, max_attempts=3)
         job = await client.wait_for(job_id)
-        assert job["status"] in ("timed_out", "failed")
+        assert job["status"] == "failed" and job["attempts"] == 1, job
+        assert job["error"]["type"] == "timeout" and "1s" in job["error"]["message"]
         entry = await _until(lambda: _only_history(http, sim.url), "the prompt to be stopped")
         assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
         after = await client.wait_for(await client.submit(image_workflow()))
