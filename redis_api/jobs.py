@@ -326,9 +326,13 @@ def webhook_state(fields: dict[str, str]) -> WebhookJson | None:
     }
 
 
-def progress_json(node: str | None, value: float, maximum: float) -> str:
+def progress_json(
+    node: str | None, value: float, maximum: float, node_class: str | None = None
+) -> str:
     percent = round(100.0 * value / maximum, 1) if maximum > 0 else None
-    return json.dumps({"node": node, "value": value, "max": maximum, "percent": percent})
+    return json.dumps(
+        {"node": node, "node_class": node_class, "value": value, "max": maximum, "percent": percent}
+    )
 
 
 def drain_view(record: Drain | None, current_job: str | None) -> DrainJson | None:

@@ -466,7 +466,7 @@ class WorkerSession:
         await self._refuse_report(message.job_id, message.token, "started", refused)
 
     async def _on_progress(self, message: Progress) -> None:
-        payload = progress_json(message.node, message.value, message.max)
+        payload = progress_json(message.node, message.value, message.max, message.node_class)
         refused = await self.store.progress(
             message.job_id,
             message.token,

@@ -136,6 +136,7 @@ class Progress:
     node: str | None
     value: float
     max: float
+    node_class: str | None = None  # the running node's class_type (KSampler, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +533,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Progress, "node"): _opt(_str()),
     (Progress, "value"): _num,
     (Progress, "max"): _num,
+    (Progress, "node_class"): _opt(_str()),
     (Completed, "job_id"): _str(),
     (Completed, "token"): _int,
     (Completed, "outputs"): _outputs,

@@ -30,6 +30,7 @@ WORKER_STATES: tuple[WorkerStatus, ...] = get_args(WorkerStatus)
 
 class ProgressJson(TypedDict):
     node: str | None
+    node_class: str | None
     value: float
     max: float
     percent: float | None

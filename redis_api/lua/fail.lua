@@ -10,7 +10,15 @@ local wk = wkey(worker)
 if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
 redis.call('HINCRBY', wk, 'jobs_failed', 1)
 local err = cjson.decode(ARGV[5])
-local status = retry_or_end(id, now, ttl_ms, 'failed', err, ARGV[6] == '1')
+local status
+if err['type'] == 'timeout' then
+  -- The worker saw the deadline first: the same outcome as the hub's reaper gives (reap.lua).
+  end_attempt(id, now, 'timed_out', err)
+  finish(id, 'timed_out', now, ttl_ms, err)
+  status = 'timed_out'
+else
+  status = retry_or_end(id, now, ttl_ms, 'failed', err, ARGV[6] == '1')
+end
 local limit = tonumber(ARGV[10]) or 0
 if ARGV[9] ~= '1' or limit <= 0 then
   redis.call('HDEL', wk, 'fail_streak')

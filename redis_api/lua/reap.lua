@@ -56,7 +56,8 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'deadlines', '-inf', now, 'LIMIT', 0, batch)) do
   local j = redis.call('HMGET', jkey(id), 'status', 'worker_id', 'token', 'timeout_s')
   if j[1] == 'running' then
-    local err = {type = 'timed_out', message = 'the job ran longer than its timeout of ' .. j[4] .. ' s'}
+    -- One outcome whoever notices first: the worker's own deadline ends it the same way (fail.lua).
+    local err = {type = 'timeout', message = 'the job ran longer than its timeout of ' .. j[4] .. ' s'}
     publish_cancel(j[2], id, j[3], 'timed_out')
     end_attempt(id, now, 'timed_out', err)
     finish(id, 'timed_out', now, ttl_ms, err)

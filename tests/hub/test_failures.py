@@ -282,7 +282,7 @@ async def test_timeout_is_enforced(hub_factory: HubFactory) -> None:
     cancel = await worker.expect(Cancel, within=3.0)
     assert cancel.job_id == job["id"] and cancel.reason == "timed_out"
     final = await get_job(hub.url, job["id"])
-    assert final["status"] == "timed_out" and final["error"]["type"] == "timed_out"
+    assert final["status"] == "timed_out" and final["error"]["type"] == "timeout"
     assert final["finished_at"] - final["started_at"] >= 0.3
     ack = await worker.complete(assigned)
     assert not ack.ok and ack.reason == "already_finished"
@@ -300,3 +300,21 @@ async def test_worker_restart_without_its_job_requeues_it_at_once(
     await worker.connect()  # a restarted worker: no `running` in its hello
     again = await worker.take_job(within=3.0)
     assert again.job_id == job["id"] and again.token != first.token and again.attempt == 2
+
+
+async def test_a_timeout_the_worker_notices_first_ends_the_same_way(
+    hub_factory: HubFactory,
+) -> None:
+    """The worker's own deadline (error type `timeout`) and the hub's reaper end a job alike:
+    `timed_out` with error.type `timeout`, not retried, whoever is first."""
+    hub = await hub_factory(lease_s=30)
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    job = await submit(hub.url, timeout_s=60, max_attempts=3)
+    assigned = await worker.take_job()
+    ack = await worker.fail(assigned, "timeout", retryable=False)
+    assert ack.ok
+    final = await get_job(hub.url, job["id"])
+    assert final["status"] == "timed_out" and final["error"]["type"] == "timeout"
+    assert final["attempts"] == 1
+    assert [h["outcome"] for h in final["history"]] == ["timed_out"]

@@ -105,6 +105,7 @@ class JobRunner:
         self._stop_requested_at: float | None = None
         self._pending_stop: str | None = None
         self._spool_dir: str | None = None
+        self._tracker: ProgressTracker | None = None
         self._ws_images: list[tuple[str, str, str]] = []  # (node_id, image type, path)
 
     # -- control from outside ---------------------------------------------------------------
@@ -187,6 +188,10 @@ class JobRunner:
             entry = await self._wait_for_end()
         except _RunEnded as ended:
             return Outcome(Failed(job.job_id, job.token, ended.error))
+        if _succeeded(entry) and self._stop_reason is None:
+            # The last update is never throttled away: 100 % goes out before the result.
+            total = self._tracker.total if self._tracker is not None else 1.0
+            await self._on_progress(None, total, total)
         return await self._outcome_from_history(entry)
 
     def _fail(
@@ -198,7 +203,8 @@ class JobRunner:
 
     async def _wait_for_end(self) -> dict[str, Any]:
         config = self._config
-        tracker = ProgressTracker(len(self.job.workflow))
+        tracker = ProgressTracker(self.job.workflow)
+        self._tracker = tracker
         throttle = _Throttle(config.progress_interval_s)
         deadline = time.monotonic() + self.job.timeout_s if self.job.timeout_s > 0 else None
         check_at = time.monotonic()  # look once right away: the run may be over already
@@ -301,7 +307,10 @@ class JobRunner:
     def _stopped_error(self) -> JobError:
         if self._stop_reason == "timeout":
             return JobError(
-                "timeout", f"the job ran longer than its {self.job.timeout_s:g}s limit", None, False
+                "timeout",
+                f"the job ran longer than its timeout of {self.job.timeout_s:g} s",
+                None,
+                False,
             )
         return JobError("cancelled", "the job was cancelled", None, False)
 
@@ -364,6 +373,11 @@ def _messages(raw: Any) -> dict[str, dict[str, Any]]:
             if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], dict):
                 found[str(item[0])] = item[1]
     return found
+
+
+def _succeeded(entry: dict[str, Any]) -> bool:
+    status = entry.get("status")
+    return not isinstance(status, dict) or status.get("status_str") in (None, "success")
 
 
 def _write(path: str, data: bytes) -> None:
@@ -449,16 +463,49 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-class ProgressTracker:
-    """Turns ComfyUI's per-node events into one overall figure: value = finished nodes plus the
-    running node's fraction, max = nodes in the graph. Monotone, whatever the event mix."""
+# Node classes whose run is a known number of progress steps: {class: input holding the count}.
+# Such a node weighs its steps in the overall figure (a 25-step sampler moves it smoothly).
+STEP_INPUTS = {
+    "KSampler": "steps",
+    "KSamplerAdvanced": "steps",
+    "WgpuSimSleep": "steps",
+}
 
-    def __init__(self, total_nodes: int) -> None:
-        self.total = max(total_nodes, 1)
+
+def node_weights(workflow: dict[str, Any]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for node_id, node in workflow.items():
+        weight = 1.0
+        if isinstance(node, dict):
+            step_input = STEP_INPUTS.get(str(node.get("class_type")))
+            inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
+            steps = inputs.get(step_input) if step_input and isinstance(inputs, dict) else None
+            if isinstance(steps, int | float) and not isinstance(steps, bool) and steps > 1:
+                weight = float(min(steps, 10_000))
+        weights[str(node_id)] = weight
+    return weights
+
+
+class ProgressTracker:
+    """Turns ComfyUI's per-node events into one overall figure: value = the weights of finished
+    nodes plus the running node's fraction of its weight, max = all weights (a node weighs 1, a
+    sampler its steps). Monotone, whatever the event mix."""
+
+    def __init__(self, workflow: dict[str, Any] | int) -> None:
+        if isinstance(workflow, int):
+            workflow = {str(i): {} for i in range(workflow)}
+        self.workflow = workflow
+        self.weights = node_weights(workflow)
+        self.total = max(sum(self.weights.values()), 1.0)
         self.done: set[str] = set()
         self.current: str | None = None
         self.fraction = 0.0
+        self._high = 0.0
         self._last: tuple[str | None, float, float] | None = None
+
+    def node_class(self, node: str | None) -> str | None:
+        entry = self.workflow.get(node) if node is not None else None
+        return str(entry.get("class_type")) if isinstance(entry, dict) else None
 
     def update(self, kind: str, data: dict[str, Any]) -> bool:
         if kind == "execution_cached":
@@ -498,9 +545,12 @@ class ProgressTracker:
             self.fraction = 0.0
 
     def snapshot(self) -> tuple[str | None, float, float]:
-        running = self.fraction if self.current and self.current not in self.done else 0.0
-        value = min(len(self.done) + running, float(self.total))
-        return self.current, round(value, 4), float(self.total)
+        running = 0.0
+        if self.current and self.current not in self.done:
+            running = self.fraction * self.weights.get(self.current, 1.0)
+        finished = sum(self.weights.get(node, 1.0) for node in self.done)
+        self._high = max(self._high, min(finished + running, self.total))
+        return self.current, round(self._high, 4), float(self.total)
 
 
 def _number(value: Any) -> float | None:

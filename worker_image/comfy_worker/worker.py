@@ -255,7 +255,7 @@ class Worker:
             self.config,
             on_started=lambda prompt_id: self._send_now(Started(job.job_id, job.token, prompt_id)),
             on_progress=lambda node, value, maximum: self._send_now(
-                Progress(job.job_id, job.token, node, value, maximum)
+                Progress(job.job_id, job.token, node, value, maximum, _class_of(job, node))
             ),
         )
         held = HeldJob(job, runner)
@@ -580,6 +580,11 @@ class Worker:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _class_of(job: JobAssigned, node: str | None) -> str | None:
+    entry = job.workflow.get(node) if node is not None else None
+    return str(entry.get("class_type")) if isinstance(entry, dict) else None
 
 
 async def _wait_event(event: asyncio.Event, within_s: float) -> bool:
