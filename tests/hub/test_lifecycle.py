@@ -90,7 +90,9 @@ async def test_job_lifecycle_end_to_end(hub_factory: HubFactory, any_redis_url: 
         "succeeded",
     ]
     progress = [(i, d) for i, (k, d, _) in enumerate(events) if k == "progress"]
-    assert [d for _, d in progress] == [{"node": "3", "value": 1.0, "max": 4.0, "percent": 25.0}]
+    assert [d for _, d in progress] == [
+        {"node": "3", "node_class": None, "value": 1.0, "max": 4.0, "percent": 25.0}
+    ]
     outputs = [d for k, d, _ in events if k == "output"]
     assert [o["name"] for o in outputs] == ["out_00001_.png"]  # type: ignore[index]
     assert kinds.index("output") < kinds.index("done")
@@ -115,9 +117,10 @@ async def test_sse_streams_live_until_done(hub_factory: HubFactory) -> None:
     await worker.complete(assigned)
     events = await asyncio.wait_for(reader, 5)
     assert [k for k, _, _ in events][-2:] == ["status", "done"]
-    assert ("progress", {"node": "9", "value": 2.0, "max": 2.0, "percent": 100.0}) in [
-        (k, d) for k, d, _ in events
-    ]
+    assert (
+        "progress",
+        {"node": "9", "node_class": None, "value": 2.0, "max": 2.0, "percent": 100.0},
+    ) in [(k, d) for k, d, _ in events]
     await worker.close()
 
 
