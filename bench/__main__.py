@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--only dispatch,realjob,relay,orchestrator,scale,cli] [--profile]`:
+"""`python -m bench [--quick] [--only dispatch,realjob,relay,orchestrator,scale,cli,outputs]
+[--profile]`:
 every benchmark in turn; each prints its table, and all tables also go to bench/results/ as JSON
 and as one markdown file (bench/results/summary.md) for the README's Performance section. The
 two charts (docs/bench-*.png) are drawn from this run's dispatch and real-job results."""
@@ -10,7 +11,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import charts, cli_start, dispatch, orchestrator_bench, real_job, relay, scale
+from bench import (
+    charts,
+    cli_start,
+    dispatch,
+    orchestrator_bench,
+    outputs_bench,
+    real_job,
+    relay,
+    scale,
+)
 from bench.report import Table, emit, render_text, write_markdown
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], tuple[list[Table], Any]]] = {
@@ -22,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], tuple[list[Table], Any]]] =
     "orchestrator": lambda a: orchestrator_bench.run(a.quick),
     "scale": lambda a: scale.run(a.quick),
     "cli": lambda a: cli_start.run(a.quick),
+    "outputs": lambda a: outputs_bench.run(a.quick),
 }
 
 
