@@ -37,8 +37,9 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.common import fan_out
 from orchestrator.backends.docker_backend import DockerBackend
-from orchestrator.errors import BackendError, HubError, InventoryError
-from orchestrator.gpus.slots import Slot, simulated_slots
+from orchestrator.errors import BackendError, HubError, InventoryError, SlotError
+from orchestrator.gpus.nvml import GpuDevice
+from orchestrator.gpus.slots import Slot, select_slots, simulated_slots
 from orchestrator.hub_client.client import HubClient
 from orchestrator.images.worker import has_image
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
@@ -211,7 +212,7 @@ def connect(host: HostSpec) -> DockerBackend:
     )
 
 
-def discover_remote_gpus(backend: DockerBackend, image: str) -> list[Slot]:
+def discover_remote_gpus(backend: DockerBackend, image: str) -> list[GpuDevice]:
     """The machine's GPUs as NVML sees them, from a throwaway container given all of them."""
     import docker.errors
     from docker.types import DeviceRequest
@@ -235,20 +236,23 @@ def discover_remote_gpus(backend: DockerBackend, image: str) -> list[Slot]:
         ) from None
     if not devices:
         raise BackendError("it has no NVIDIA GPU: set simulate = N for simulated slots")
-    return [Slot(index=int(d["index"]), uuid=str(d["uuid"])) for d in devices]
+    return [GpuDevice(int(d["index"]), str(d["uuid"]), str(d.get("name", "")), 0) for d in devices]
 
 
 def host_slots(host: HostSpec, backend: DockerBackend, image: str) -> tuple[list[Slot], int]:
     if host.simulate:
         selection = simulated_slots(host.simulate)
         return selection.slots, selection.num_gpus
-    if host.gpus == "all":
-        slots = discover_remote_gpus(backend, image)
-        return slots, len(slots)
-    slots = []
-    for position, token in enumerate(host.gpus):
-        slots.append(Slot(index=int(token)) if token.isdigit() else Slot(position, uuid=token))
-    return slots, len(slots)
+    # The one selection (gpus.slots): a GPU named by UUID keeps the index it has on that host,
+    # so the host's GPUs are asked for unless every GPU is named by index.
+    wanted = None if host.gpus == "all" else ",".join(host.gpus)
+    by_index = wanted is not None and all(token.isdigit() for token in host.gpus)
+    devices = [] if by_index else discover_remote_gpus(backend, image)
+    try:
+        selection = select_slots(wanted, None, devices)
+    except SlotError as exc:
+        raise BackendError(str(exc)) from None
+    return selection.slots, selection.num_gpus
 
 
 def ship_image(source: Any, target: Any, tag: str) -> None:

@@ -12,6 +12,7 @@ from orchestrator.commands.fleet import exit_code
 from orchestrator.errors import BackendError, InventoryError
 from orchestrator.fleet.inventory import (
     HostResult,
+    host_slots,
     load_inventory,
     parse_inventory,
     resolve_docker_host,
@@ -112,3 +113,13 @@ def test_exit_codes_say_all_some_or_none() -> None:
     assert exit_code(1, 1) == 5  # PARTIAL
     assert exit_code(0, 2) == 1
     assert HostResult("a", None, True).ok
+
+
+def test_a_hosts_gpus_go_through_the_one_selection() -> None:
+    """Listed by index, a host's GPUs keep those indices (no GPU probe needed), and NUM_GPUS
+    leaves room for the highest one (the worker refuses GPU_ID >= NUM_GPUS)."""
+    inventory = parse_inventory('[[hosts]]\nmachine_id = "box"\ngpus = [2, 0]\n')
+    (host,) = inventory.hosts
+    slots, num_gpus = host_slots(host, backend=None, image="unused")  # type: ignore[arg-type]
+    assert [(s.index, s.device_id) for s in slots] == [(2, "2"), (0, "0")]
+    assert num_gpus == 3
