@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import client_api, dashboard, drain_api
+from . import client_api, dashboard, drain_api, openapi
 from .auth import presented_secret
 from .errors import BadRequest, RedisOutOfMemory, Refused, StorageError, StoreUnavailable
 from .runtime import CALLER, HUB_KEY, Hub
@@ -105,6 +105,7 @@ def make_app(hub: Hub) -> web.Application:
     app[HUB_KEY] = hub
     client_api.add_routes(app)
     dashboard.add_routes(app)
+    openapi.add_routes(app)
     drain_api.add_routes(app)
     app.router.add_get("/ws/worker/{worker_id}", handle_worker_socket)
     return app

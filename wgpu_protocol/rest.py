@@ -175,5 +175,81 @@ class HealthJson(TypedDict):
     status: Literal["ok", "degraded"]
     redis: Literal["ok", "unavailable"]
     hub_id: NotRequired[str]
+    version: NotRequired[str]  # the hub's package version
     workers_connected: NotRequired[int]
     error: NotRequired[str]
+
+
+# -- requests and the other answers (issue #13: /openapi.json is built from these) ------------
+
+WebhookEvent: TypeAlias = Literal[
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "job.timed_out",
+    "job.dead",
+    "job.expired",
+    "job.unschedulable",
+    "job.progress",
+]
+
+
+class SubmitJson(TypedDict):
+    """The body of `POST /jobs` (the hub refuses any other field)."""
+
+    workflow: dict[str, Any]  # API format: {node_id: {"class_type", "inputs"}}
+    priority: NotRequired[int]  # -1000..1000, higher first
+    timeout_s: NotRequired[float]
+    max_attempts: NotRequired[int]
+    idempotency_key: NotRequired[str]
+    constraints: NotRequired[ConstraintsJson]
+    webhook_url: NotRequired[str]
+    webhook_events: NotRequired[list[WebhookEvent]]
+    allow_partial: NotRequired[bool]
+    requires: NotRequired[dict[str, list[str]]]
+    schedule_timeout_s: NotRequired[float]
+    queue_timeout_s: NotRequired[float]
+
+
+class ErrorJson(TypedDict):
+    """Every error answer: one line saying what went wrong (and, for a 409 on cancel, the job)."""
+
+    error: str
+    job: NotRequired[JobJson | None]
+
+
+class DrainRequestJson(TypedDict):
+    timeout_s: NotRequired[float]
+
+
+class DrainAnswerJson(TypedDict):
+    """`POST /workers/{id}/drain`."""
+
+    worker_id: str
+    drain: DrainJson | None
+    current_job: str | None
+
+
+class ResumeAnswerJson(TypedDict):
+    """`POST /workers/{id}/resume`."""
+
+    worker_id: str
+    drain: None
+    was_drained: bool
+    was_quarantined: bool
+
+
+class QueueSummaryJson(TypedDict):
+    """The `queue` event of `GET /events`."""
+
+    counts: dict[str, int]  # jobs per state, all of them
+    queued_by_priority: dict[str, int]  # of the first queued_scanned queued jobs
+    queued_by_tenant: dict[str, int]  # API key name ('' without keys), as the viewer may see
+    queued_scanned: int
+
+
+class LiveJobsJson(TypedDict):
+    """The `jobs` event of `GET /events`: the job list of the stream's filter."""
+
+    status: JobStatus | None
+    jobs: list[JobJson]
