@@ -23,8 +23,9 @@ from .auth import ApiKey
 from .errors import BadRequest, StoreUnavailable
 from .event_fanout import SubscriberDropped, Subscription
 from .jobs import job_view, parse_body, parse_submit
+from .metrics import QueueGauges
 from .runtime import CALLER, HUB_KEY, Hub
-from .snapshots import recent_jobs, waiting_reasons, worker_views
+from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_states, worker_views
 from .store import StreamEntry
 from .version import hub_version
 
@@ -571,8 +572,15 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     hub = _hub(request)
-    counts = await hub.store.counts()
-    text = hub.metrics.render(counts, len(hub.dispatcher.sessions))
+    summary = await queue_summary(hub.store)
+    queue = QueueGauges(
+        summary["queued_by_priority"],
+        summary["queued_by_tenant"],
+        summary["queued_by_pool"],
+        summary["queued_scanned"],
+        worker_states(await worker_views(hub.store, hub.config)),
+    )
+    text = hub.metrics.render(summary["counts"], len(hub.dispatcher.sessions), queue)
     return web.Response(
         text=text,
         content_type="text/plain",

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wgpu_protocol.rest import JobJson, WorkerJson
+from wgpu_protocol.rest import JobJson, QueueSummaryJson, WorkerJson
 
 from .config import HubConfig
 from .errors import StoreUnavailable, TooManyStreams
@@ -131,7 +131,7 @@ class LiveFeed:
         viewers = list(self.viewers)
         topics = set().union(*(v.topics for v in viewers))
         workers = await worker_views(self.store, self.config) if "workers" in topics else []
-        queue = await queue_summary(self.store) if "queue" in topics else {}
+        queue = await queue_summary(self.store) if "queue" in topics else None
         lists: dict[tuple[str | None, int], list[JobJson]] = {}
         for viewer in viewers:
             if "jobs" in viewer.topics and (viewer.status, viewer.limit) not in lists:
@@ -143,7 +143,7 @@ class LiveFeed:
             if "workers" in viewer.topics:
                 shown = [_worker_for(w, owner, viewer) for w, owner in workers]
                 viewer.offer("workers", {"workers": shown})
-            if "queue" in viewer.topics:
+            if queue is not None and "queue" in viewer.topics:
                 viewer.offer("queue", _queue_for(queue, viewer))
             if "jobs" in viewer.topics:
                 jobs = lists[(viewer.status, viewer.limit)]
@@ -171,8 +171,8 @@ def _worker_for(worker: WorkerJson, owner: str | None, viewer: Viewer) -> dict[s
     return view
 
 
-def _queue_for(queue: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
-    tenants = queue.get("queued_by_tenant", {})
+def _queue_for(queue: QueueSummaryJson, viewer: Viewer) -> dict[str, Any]:
+    tenants = queue["queued_by_tenant"]
     return dict(
         queue,
         queued_by_tenant={t: n for t, n in tenants.items() if viewer.may_see(t or None)},

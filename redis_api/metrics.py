@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
+from typing import Protocol
+
+
+class _Claimed(Protocol):
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def token(self) -> int: ...
+    @property
+    def enqueued_ms(self) -> int: ...
+    @property
+    def claimed_ms(self) -> int: ...
+
 
 # Dispatch latency buckets in seconds: from well under a Redis round trip to a slow queue.
 LATENCY_BUCKETS = (
@@ -31,6 +45,69 @@ LATENCY_BUCKETS = (
 WEBHOOK_OUTCOMES = ("delivered", "retry", "gave_up", "refused")
 
 
+# Job durations and queue waits: from a fraction of a second to hours.
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labelled(name: str, histograms: dict[str, Histogram]) -> list[str]:
+    lines: list[str] = []
+    for outcome in sorted(histograms):
+        lines += histograms[outcome].render(name, f'outcome="{_label(outcome)}"')
+    return lines
+
+
+class QueueGauges:
+    """What an autoscaler reads (KEDA's Prometheus scaler): queued jobs per priority, per
+    tenant (API key name) and per requirement pool, and workers per state; all hubs, from
+    Redis at scrape time."""
+
+    def __init__(
+        self,
+        by_priority: dict[str, int],
+        by_tenant: dict[str, int],
+        by_pool: dict[str, int],
+        scanned: int,
+        workers: dict[str, int],
+    ) -> None:
+        self.by_priority = by_priority
+        self.by_tenant = by_tenant
+        self.by_pool = by_pool
+        self.scanned = scanned
+        self.workers = workers
+
+    def render(self) -> list[str]:
+        def gauge(name: str, label: str, values: dict[str, int], help_: str) -> list[str]:
+            return [
+                f"# HELP {name} {help_}",
+                f"# TYPE {name} gauge",
+                *(f'{name}{{{label}="{_label(k)}"}} {n}' for k, n in sorted(values.items())),
+            ]
+
+        return [
+            *gauge("wgpu_queue_depth", "priority", self.by_priority, "Queued jobs per priority."),
+            *gauge(
+                "wgpu_queue_depth_by_tenant",
+                "tenant",
+                self.by_tenant,
+                "Queued jobs per API key name ('' without keys).",
+            ),
+            *gauge(
+                "wgpu_queue_depth_by_pool",
+                "pool",
+                self.by_pool,
+                "Queued jobs per requirement pool (jobs that need the same models and GPU).",
+            ),
+            "# HELP wgpu_queue_depth_scanned Queued jobs the breakdowns above counted (a cap).",
+            "# TYPE wgpu_queue_depth_scanned gauge",
+            f"wgpu_queue_depth_scanned {self.scanned}",
+            *gauge("wgpu_workers", "state", self.workers, "Registered workers per state."),
+        ]
+
+
 class Histogram:
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
@@ -43,14 +120,17 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def render(self, name: str) -> list[str]:
+    def render(self, name: str, labels: str = "") -> list[str]:
+        """`labels`: e.g. 'outcome="failed"', added to every sample."""
         lines, running = [], 0
+        extra = labels + "," if labels else ""
+        plain = f"{{{labels}}}" if labels else ""
         for bound, n in zip(self.buckets, self.counts, strict=False):
             running += n
-            lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {self.total:.6f}")
-        lines.append(f"{name}_count {self.count}")
+            lines.append(f'{name}_bucket{{{extra}le="{bound}"}} {running}')
+        lines.append(f'{name}_bucket{{{extra}le="+Inf"}} {self.count}')
+        lines.append(f"{name}_sum{plain} {self.total:.6f}")
+        lines.append(f"{name}_count{plain} {self.count}")
         return lines
 
 
@@ -65,11 +145,24 @@ class HubMetrics:
         self.refused_reports = 0
         self.bad_messages = 0
         self.webhooks: dict[str, int] = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
+        # Per attempt that a worker of this hub ended, by outcome (succeeded, failed, dead,
+        # retried): how long the job had waited in the queue, and how long it ran.
+        self.queue_wait: dict[str, Histogram] = {}
+        self.job_duration: dict[str, Histogram] = {}
 
     def webhook(self, outcome: str) -> None:
         self.webhooks[outcome] = self.webhooks.get(outcome, 0) + 1
 
-    def render(self, jobs_by_state: dict[str, int], workers_connected: int) -> str:
+    def attempt_ended(self, outcome: str, queue_wait_s: float, run_s: float) -> None:
+        self.queue_wait.setdefault(outcome, Histogram(DURATION_BUCKETS)).observe(queue_wait_s)
+        self.job_duration.setdefault(outcome, Histogram(DURATION_BUCKETS)).observe(run_s)
+
+    def render(
+        self,
+        jobs_by_state: dict[str, int],
+        workers_connected: int,
+        queue: QueueGauges | None = None,
+    ) -> str:
         lines = [
             "# HELP wgpu_jobs Jobs in Redis per state (all hubs).",
             "# TYPE wgpu_jobs gauge",
@@ -101,5 +194,40 @@ class HubMetrics:
                 f'wgpu_webhook_deliveries_total{{outcome="{outcome}"}} {n}'
                 for outcome, n in self.webhooks.items()
             ),
+            "# HELP wgpu_job_queue_wait_seconds Enqueue to claim, per attempt ended, by outcome.",
+            "# TYPE wgpu_job_queue_wait_seconds histogram",
+            *_labelled("wgpu_job_queue_wait_seconds", self.queue_wait),
+            "# HELP wgpu_job_duration_seconds Claim to the worker's report, by outcome.",
+            "# TYPE wgpu_job_duration_seconds histogram",
+            *_labelled("wgpu_job_duration_seconds", self.job_duration),
+            *(queue.render() if queue is not None else []),
         ]
         return "\n".join(lines) + "\n"
+
+
+def attempt_outcome(status: str) -> str:
+    """The outcome label of an attempt that failed, from the job's status after it."""
+    return "retried" if status == "queued" else status or "failed"
+
+
+class AttemptClock:
+    """When a worker session's jobs were claimed, so their end observes how long they waited
+    in the queue and ran (HubMetrics.attempt_ended). One per session; a handful of entries."""
+
+    KEEP = 8
+
+    def __init__(self, metrics: HubMetrics) -> None:
+        self.metrics = metrics
+        self._started: dict[tuple[str, int], tuple[float, float]] = {}
+
+    def start(self, claim: _Claimed) -> None:
+        if len(self._started) >= self.KEEP:  # ends that never came (cancelled, timed out)
+            self._started.pop(next(iter(self._started)))
+        wait_s = max(0, claim.claimed_ms - claim.enqueued_ms) / 1000
+        self._started[(claim.job_id, claim.token)] = (wait_s, time.monotonic())
+
+    def end(self, job_id: str, token: int, outcome: str) -> None:
+        started = self._started.pop((job_id, token), None)
+        if started is not None:
+            wait_s, at = started
+            self.metrics.attempt_ended(outcome, wait_s, time.monotonic() - at)

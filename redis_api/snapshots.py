@@ -3,9 +3,7 @@ jobs. Shared by the REST routes (`GET /workers`) and the dashboard's live feed."
 
 from __future__ import annotations
 
-from typing import Any
-
-from wgpu_protocol.rest import JobJson, WorkerJson
+from wgpu_protocol.rest import JobJson, QueueSummaryJson, WorkerJson
 
 from .config import HubConfig
 from .jobs import job_view, worker_view
@@ -48,21 +46,37 @@ async def waiting_reasons(
     return await store.waiting_reasons([p for p in pools if p], config.stale_ms)
 
 
-async def queue_summary(store: Store) -> dict[str, Any]:
+async def queue_summary(store: Store) -> QueueSummaryJson:
     """Jobs per state (all), and the queued ones per priority and per tenant (API key name)."""
     counts = await store.counts()
     queued = await store.queued_breakdown(BREAKDOWN_SCAN)
     by_priority: dict[str, int] = {}
     by_tenant: dict[str, int] = {}
-    for priority, owner in queued:
+    by_pool: dict[str, int] = {}
+    for priority, owner, pool in queued:
         by_priority[priority] = by_priority.get(priority, 0) + 1
         by_tenant[owner] = by_tenant.get(owner, 0) + 1
+        by_pool[pool] = by_pool.get(pool, 0) + 1
     return {
         "counts": counts,
         "queued_by_priority": by_priority,
         "queued_by_tenant": by_tenant,
+        "queued_by_pool": by_pool,
         "queued_scanned": len(queued),
     }
+
+
+def worker_states(workers: list[tuple[WorkerJson, str | None]]) -> dict[str, int]:
+    """Workers per state: idle, busy, unavailable, offline, or draining/drained/quarantined
+    when that says more."""
+    states: dict[str, int] = {}
+    for view, _owner in workers:
+        drain = view.get("drain")
+        state: str = drain["state"] if drain else view["status"]
+        if view.get("quarantined"):
+            state = "quarantined"
+        states[state] = states.get(state, 0) + 1
+    return states
 
 
 async def recent_jobs(

@@ -445,14 +445,14 @@ class Store:
             values = await pipe.execute()
         return dict(zip(JOB_STATES, (int(v) for v in values), strict=True))
 
-    async def queued_breakdown(self, limit: int) -> list[tuple[str, str]]:
-        """(priority, owner) of the first `limit` queued jobs, in dispatch order."""
+    async def queued_breakdown(self, limit: int) -> list[tuple[str, str, str]]:
+        """(priority, owner, pool) of the first `limit` queued jobs, in dispatch order."""
         ids = await self.redis.zrange(self.key("queue"), 0, limit - 1)
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(self.key(f"job:{job_id}"), ["priority", "owner"])
+                pipe.hmget(self.key(f"job:{job_id}"), ["priority", "owner", "pool"])
             rows: list[list[str | None]] = await pipe.execute()
-        return [(row[0] or "0", row[1] or "") for row in rows if row[0] is not None]
+        return [(row[0] or "0", row[1] or "", row[2] or "") for row in rows if row[0] is not None]
 
     async def cancel(self, job_id: str, ttl_ms: int) -> Cancelled:
         outcome, worker, token = await self._run("cancel", job_id, ttl_ms)

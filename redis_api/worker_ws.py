@@ -60,6 +60,7 @@ from .errors import (
     TooManyStreams,
 )
 from .jobs import output_url, progress_json
+from .metrics import AttemptClock, attempt_outcome
 from .runtime import HUB_KEY, Hub
 from .storage import OutputWriter
 from .store import CancelNotice, Claim, ClaimMiss
@@ -200,6 +201,7 @@ class WorkerSession:
         # The job last sent on this socket, and the prompt id of its `started`, held back to go
         # with that job's next script (progress/completed/failed): one script per job fewer.
         self._delivered: tuple[str, int] | None = None
+        self._attempt_clock = AttemptClock(hub.metrics)
         self._held_prompt_id = ""
 
     @property
@@ -242,6 +244,7 @@ class WorkerSession:
         """The job frame, after `ack` (the report that claimed it) in one write when given."""
         self._received.clear()
         self._delivered = (claim.job_id, claim.token)
+        self._attempt_clock.start(claim)
         self._held_prompt_id = ""
         if ack:
             return await self._send_texts(ack, job_frame(claim))
@@ -506,6 +509,7 @@ class WorkerSession:
         self._report_ended(message.job_id, message.token)
         if not refused:
             self.hub.metrics.failed += 1
+            self._attempt_clock.end(message.job_id, message.token, attempt_outcome(status))
             log.info(
                 "job %s failed on %s: %s (now %s)",
                 message.job_id,
@@ -627,6 +631,7 @@ class WorkerSession:
         self._report_ended(message.job_id, message.token)
         if not refused:
             self.hub.metrics.completed += 1
+            self._attempt_clock.end(message.job_id, message.token, "succeeded")
             self._received.pop((message.job_id, message.token), None)
 
     async def _on_output(self, blob: bytes) -> None:
@@ -764,6 +769,7 @@ class WorkerSession:
         self._received.pop((job_id, token), None)
         if not refused:
             self.hub.metrics.failed += 1
+            self._attempt_clock.end(job_id, token, "failed")
         await self.send(Cancel(job_id, token, kind))
 
     async def _fail_storage(self, job_id: str, token: int, message: str, of: str) -> None:
@@ -784,6 +790,7 @@ class WorkerSession:
         self._received.pop((job_id, token), None)
         if not refused:
             self.hub.metrics.failed += 1
+            self._attempt_clock.end(job_id, token, attempt_outcome(status))
             log.info("job %s: attempt ended with storage_error (now %s)", job_id, status)
         if of:
             await self._ack(job_id, token, of, refused or StorageError.error_type)

@@ -245,6 +245,7 @@ class QueueSummaryJson(TypedDict):
     counts: dict[str, int]  # jobs per state, all of them
     queued_by_priority: dict[str, int]  # of the first queued_scanned queued jobs
     queued_by_tenant: dict[str, int]  # API key name ('' without keys), as the viewer may see
+    queued_by_pool: dict[str, int]  # requirement pool ('' when the job needs nothing)
     queued_scanned: int
 
 
