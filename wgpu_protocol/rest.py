@@ -173,11 +173,14 @@ class HealthJson(TypedDict):
     """`GET /health`: 200 with status ok, or 503 with status degraded and an error."""
 
     status: Literal["ok", "degraded"]
-    redis: Literal["ok", "unavailable"]
+    redis: Literal["ok", "unavailable", "out of memory"]
     hub_id: NotRequired[str]
     version: NotRequired[str]  # the hub's package version
     workers_connected: NotRequired[int]
+    event_streams: NotRequired[int]  # SSE streams this hub serves (MAX_EVENT_STREAMS caps them)
     error: NotRequired[str]
+    redis_used_memory: NotRequired[int]  # with "out of memory"
+    redis_maxmemory: NotRequired[int]
 
 
 # -- requests and the other answers (issue #13: /openapi.json is built from these) ------------

@@ -20,6 +20,7 @@ from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
 from tests.hub.helpers import WORKFLOW
 from tests.hub.worker_client import ProtocolWorker
+from wgpu_protocol.credentials import worker_credential
 from wgpu_protocol.messages import Progress
 
 pytestmark = pytest.mark.redis
@@ -211,8 +212,9 @@ async def test_the_document_describes_every_route_status_and_field(
 
     # The worker socket: 101 with the token, 401 without.
     ws_path = "/ws/worker/{worker_id}"
+    credential = worker_credential(TOKEN, "m9-gpu0")
     async with http.ws_connect(
-        hub.url + "/ws/worker/m9-gpu0", headers={"Authorization": f"Bearer {TOKEN}"}
+        hub.url + "/ws/worker/m9-gpu0", headers={"Authorization": f"Bearer {credential}"}
     ) as ws:
         check.response_spec(ws_path, "GET", 101)
         await ws.close()
@@ -228,7 +230,9 @@ async def test_the_document_describes_every_route_status_and_field(
     await worker.close()
 
     # Redis gone: the routes that read it say 503 (as the document says).
-    dead = await hub_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=(KEY,))
+    dead = await hub_factory(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=(KEY,), worker_token=TOKEN
+    )
     for template, method in sorted(described):
         responses = spec["paths"][template][method]["responses"]
         if "503" in responses:
