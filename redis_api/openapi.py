@@ -44,6 +44,10 @@ COMPONENTS: dict[str, type] = {
     "ResumeAnswer": rest.ResumeAnswerJson,
     "QueueSummary": rest.QueueSummaryJson,
     "LiveJobs": rest.LiveJobsJson,
+    "InputRef": rest.InputRefJson,
+    "InputData": rest.InputDataJson,
+    "InputUrl": rest.InputUrlJson,
+    "Upload": rest.UploadJson,
 }
 _NAMES = {cls: name for name, cls in COMPONENTS.items()}
 
@@ -137,6 +141,14 @@ SSE_NOTE = (
     "Server-sent events (`event: <kind>`, `data: <JSON>`); `x-events` gives each kind's data."
 )
 _STATES = list(rest.JOB_STATES)
+_BINARY = {"type": "string", "format": "binary"}
+MULTIPART_SUBMIT: Schema = {
+    "type": "object",
+    "properties": {"job": {"type": "string", "description": "the JSON body (Submit)"}},
+    "required": ["job"],
+    "additionalProperties": {**_BINARY, "description": "an input file; its field is its name"},
+}
+MULTIPART_UPLOAD: Schema = {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]}
 
 
 def _operations() -> dict[str, dict[str, Any]]:
@@ -145,14 +157,29 @@ def _operations() -> dict[str, dict[str, Any]]:
         "/jobs": {
             "post": {
                 "operationId": "submitJob",
-                "summary": "Submit a workflow",
+                "summary": "Submit a workflow (JSON, or multipart: a `job` part and its files)",
+                "parameters": [
+                    _param(
+                        "wait",
+                        "query",
+                        "answer when the job ends, up to this many seconds",
+                        {"type": "number", "minimum": 0, "maximum": 300},
+                    ),
+                ],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("Submit")}},
+                    "content": {
+                        "application/json": {"schema": _ref("Submit")},
+                        "multipart/form-data": {"schema": MULTIPART_SUBMIT},
+                    },
                 },
                 "responses": {
                     "201": _json("Job", "the job, queued"),
-                    "200": _json("Job", "the existing job of this idempotency_key"),
+                    "200": _json(
+                        "Job",
+                        "the existing job of this idempotency_key, or (?wait) the job that ended",
+                    ),
+                    "202": _json("Job", "?wait: the job as it stands, not ended yet"),
                     "400": BAD,
                     "413": _error("the body or the workflow is too large"),
                     **common,
@@ -232,6 +259,43 @@ def _operations() -> dict[str, dict[str, Any]]:
                     "400": _error("a bad Last-Event-ID"),
                     "404": NOT_FOUND,
                     **common,
+                },
+            },
+        },
+        "/uploads": {
+            "post": {
+                "operationId": "upload",
+                "summary": "Store an input once (content-addressed) for any number of jobs",
+                "parameters": [_param("name", "query", "the file name (raw bodies)")],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": MULTIPART_UPLOAD},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                "responses": {
+                    "201": _json("Upload", "stored"),
+                    "400": _error("no file, a bad name, or larger than MAX_INPUT_BYTES"),
+                    **common,
+                },
+            },
+        },
+        "/worker/inputs/{sha256}": {
+            "parameters": [_param("sha256", "path", "the input's sha256, hex")],
+            "get": {
+                "operationId": "workerInput",
+                "summary": "An input's bytes, for workers (their WORKER_TOKEN credential)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "401": _error("no valid worker credential (when WORKER_TOKEN is set)"),
+                    "404": _error("no such input (or expired)"),
                 },
             },
         },

@@ -197,6 +197,27 @@ WebhookEvent: TypeAlias = Literal[
 ]
 
 
+class InputRefJson(TypedDict):
+    ref: str  # "sha256:<hex>" from POST /uploads
+
+
+class InputDataJson(TypedDict):
+    data: str  # base64
+
+
+class InputUrlJson(TypedDict):
+    url: str  # http(s), fetched by the hub (FETCH_ALLOWED_HOSTS for internal hosts)
+
+
+class UploadJson(TypedDict):
+    """`POST /uploads`: a stored input, content-addressed."""
+
+    ref: str
+    name: str
+    size: int
+    content_type: str
+
+
 class SubmitJson(TypedDict):
     """The body of `POST /jobs` (the hub refuses any other field)."""
 
@@ -212,6 +233,7 @@ class SubmitJson(TypedDict):
     requires: NotRequired[dict[str, list[str]]]
     schedule_timeout_s: NotRequired[float]
     queue_timeout_s: NotRequired[float]
+    inputs: NotRequired[dict[str, InputRefJson | InputDataJson | InputUrlJson]]  # by file name
 
 
 class ErrorJson(TypedDict):
