@@ -17,6 +17,7 @@ from orchestrator.commands.options import (
     BaseDirOption,
     ComfyuiImageOption,
     DockerHostOption,
+    GpusOption,
     ImageOption,
     JsonOption,
     MachineIdOption,
@@ -65,8 +66,10 @@ def _hub_call(what: str, call: Any) -> Any:
         fail(f"{what}: {exc}", ExitCode.FAILED)
 
 
-def _worker_ids(hub: HubClient, target: str, machine_id: str) -> list[str]:
-    indices = target_indices(target)
+def _worker_ids(
+    hub: HubClient, target: str, machine_id: str, gpus_option: str | None = None
+) -> list[str]:
+    indices = target_indices(target, gpus_option)
     if indices is not None:
         from wgpu_protocol.ports import worker_id
 
@@ -91,6 +94,7 @@ def _drain_state(answer: dict[str, Any]) -> str:
 
 def drain(
     target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
     timeout: float | None = DrainTimeoutOption,
     hub_url: str = typer.Option(DEFAULT_HUB_URL, "--hub-url", envvar="WGPU_HUB_URL"),
     api_key: ApiKeyOption = None,
@@ -105,7 +109,7 @@ def drain(
     machine = machine_id or default_machine_id()
     answers = [
         _hub_call(f"draining {wid}", lambda wid=wid: hub.drain(wid, timeout))
-        for wid in _worker_ids(hub, target, machine)
+        for wid in _worker_ids(hub, target, machine, gpus_option)
     ]
     if as_json:
         typer.echo(json.dumps({"workers": answers}))
@@ -116,6 +120,7 @@ def drain(
 
 def resume(
     target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
     hub_url: str = typer.Option(DEFAULT_HUB_URL, "--hub-url", envvar="WGPU_HUB_URL"),
     api_key: ApiKeyOption = None,
     machine_id: MachineIdOption = None,
@@ -128,7 +133,7 @@ def resume(
     machine = machine_id or default_machine_id()
     answers = [
         _hub_call(f"resuming {wid}", lambda wid=wid: hub.resume(wid))
-        for wid in _worker_ids(hub, target, machine)
+        for wid in _worker_ids(hub, target, machine, gpus_option)
     ]
     if as_json:
         typer.echo(json.dumps({"workers": answers}))
@@ -171,6 +176,7 @@ def _hub_url_of(plan_env: dict[str, str]) -> str:
 
 def update(
     target: TargetArgument = "all",
+    gpus_option: GpusOption = None,
     image: ImageOption = None,
     comfyui_image: ComfyuiImageOption = None,
     worker_src: WorkerSrcOption = None,
@@ -213,7 +219,7 @@ def update(
     if not (image or comfyui_image or worker_src):
         fail("nothing to update: pass --image, --comfyui-image or --worker-src", ExitCode.USAGE)
     change = Change(image=image, comfyui_image=comfyui_image, worker_src=resolve_src(worker_src))
-    indices = target_indices(target)
+    indices = target_indices(target, gpus_option)
     settings = UpdateSettings(
         drain_timeout_s=drain_timeout,
         ready_timeout_s=ready_timeout,
