@@ -21,7 +21,8 @@ from orchestrator.gpus.slots import Slot
 from orchestrator.rollout.worker_src import MOUNT_POINT, WorkerSource
 from wgpu_protocol import ports
 from wgpu_protocol import worker_env as names
-from wgpu_protocol.ports import COMFYUI_PORT_BASE
+from wgpu_protocol.credentials import worker_credential
+from wgpu_protocol.ports import COMFYUI_PORT_BASE, worker_id
 
 ROLE_WORKER = "worker"
 ROLE_COMFYUI = "comfyui"
@@ -212,6 +213,13 @@ def worker_env(slot: Slot, settings: WorkerSettings, num_gpus: int) -> dict[str,
         comfyui_port_base=settings.port_base,
         worker_token=settings.worker_token,
     )
+    if names.WORKER_TOKEN in env and "$" not in settings.machine_id:
+        # A worker gets its own credential, not the fleet secret: a machine's containers then
+        # cannot act as another machine's workers (wgpu_protocol.credentials). Where the id is
+        # only known at `up` time (a compose/k8s placeholder), the worker derives it itself.
+        token = env.pop(names.WORKER_TOKEN)
+        own_id = worker_id(settings.machine_id, slot.index)
+        env[names.WORKER_CREDENTIAL] = worker_credential(token, own_id)
     env.update(dict(settings.extra_env))
     return env
 

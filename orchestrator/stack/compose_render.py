@@ -68,7 +68,8 @@ IMAGE_ENV = {
     ROLE_COMFYUI: "COMFYUI_IMAGE",
 }
 
-_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+# `$$` first: compose reads it as a literal `$` (the Redis service's sh script needs some).
+_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -442,9 +443,11 @@ def start_order(services: dict[str, Any]) -> list[list[str]]:
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}` substitution."""
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR-default}` substitution; `$$` is `$`."""
 
     def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
         name, default = match.group(1), match.group(2)
         found = env.get(name)
         if found:

@@ -15,6 +15,7 @@ from orchestrator.backends.docker_backend import parse_docker_time
 from orchestrator.errors import GpuNotFound, SlotError
 from orchestrator.gpus.nvml import GpuDevice
 from orchestrator.gpus.slots import parse_target, select_slots, slot_indices
+from wgpu_protocol.credentials import worker_credential
 
 DEVICES = [
     GpuDevice(0, "GPU-aaa", "NVIDIA H100", 81559),
@@ -121,7 +122,8 @@ def test_plan_env_matches_the_original_layout() -> None:
         "MACHINE_ID": "box",
         "GPU_ID": "1",
         "NUM_GPUS": "3",
-        "WORKER_TOKEN": "t",
+        # Its own credential, never the fleet token (wgpu_protocol.credentials).
+        "WORKER_CREDENTIAL": worker_credential("t", "box-gpu1"),
     }
     assert plan.comfyui is None
 

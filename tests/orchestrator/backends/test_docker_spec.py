@@ -19,6 +19,7 @@ from orchestrator.backends.base import (
 from orchestrator.backends.docker_backend import DockerBackend
 from orchestrator.gpus.nvml import GpuDevice
 from orchestrator.gpus.slots import select_slots, simulated_slots
+from wgpu_protocol.credentials import worker_credential
 
 DEVICES = [
     GpuDevice(0, "GPU-aaa", "NVIDIA H100", 81559),
@@ -83,7 +84,9 @@ def test_each_slot_is_pinned_to_its_own_gpu_with_its_env_and_labels(gpus: str) -
         assert env["EXECUTION_SERVICE_PORT"] == str(8188 + device.index)  # 8188 + GPU_ID
         assert (env["MACHINE_ID"], env["NUM_GPUS"]) == ("box7", str(len(DEVICES)))
         assert (env["REDIS_API_HOST"], env["REDIS_API_PORT"]) == ("hub.internal", "8001")
-        assert env["WORKER_TOKEN"] == "wt-secret"
+        assert "WORKER_TOKEN" not in env  # each worker gets its own credential
+        own_id = f"box7-gpu{device.index}"
+        assert env["WORKER_CREDENTIAL"] == worker_credential("wt-secret", own_id)
     # Every container of a slot on that slot's GPU, and no two slots on one GPU.
     for role in (ROLE_WORKER, ROLE_COMFYUI):
         ids = [device for r, device in pinned if r == role]

@@ -265,3 +265,11 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     assert resolved["services"]["redis"]["image"] == "local/redis:9"
     worker = resolved["services"]["comfy-worker-gpu1"]
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["1"]
+
+
+def test_interpolation_reads_double_dollar_as_a_literal_dollar() -> None:
+    """As compose does: the Redis service's sh script reads /proc/meminfo with `$$key`."""
+    from orchestrator.stack.compose_render import interpolate
+
+    assert interpolate("a $$b $${C:-d} ${E:-f}", {}) == "a $b ${C:-d} f"
+    assert interpolate("${E:-f} $$", {"E": "x"}) == "x $"
