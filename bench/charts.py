@@ -1,5 +1,5 @@
 """The README's two charts, drawn from one run's results (bench/results/dispatch.json and
-real_job.json): jobs/s and p99 per system at each concurrency, and Redis µs per job.
+realjob.json): jobs/s and p99 per system at each concurrency, and Redis µs per job.
 
 `python -m bench.charts [--out docs/]` (matplotlib, from the `bench` extra)."""
 
@@ -81,9 +81,10 @@ def draw(results_dir: Path = RESULTS_DIR, out_dir: Path = DOCS_DIR) -> list[Path
                 [r.get("redis_cpu_us_per_job", math.nan) for r in rs if not r.get("error")]
             )
             bars.append((f"{_short(name)} @{level}", usec))
-    real_path = results_dir / "real_job.json"
+    real_path = results_dir / "realjob.json"
     if real_path.exists():
-        real = json.loads(real_path.read_text())["raw"]["runs"]
+        raw = json.loads(real_path.read_text())["raw"]
+        real = (raw.get("realjob") or raw)["runs"]  # as `python -m bench` or real_job wrote it
         for kind, rs in real.items():
             bars.append(
                 (

@@ -156,13 +156,13 @@ def run(quick: bool, slots: int = 8) -> tuple[list[Table], dict[str, Any]]:
             start_args = ["start", "all", "--simulate", str(slots), "--image", image]
             start_args += ["--hub-url", hub.url, "--port-base", str(port_base), *common]
             samples: dict[str, list[float]] = {"wgpu": [], "loop": [], "loop_wait": []}
+            raw["samples_s"] = samples  # filled as it goes: a failure keeps what was measured
             loop_cmds: list[tuple[list[str], int | None]] = []
             for rep in range(repeats):  # alternated, so load from elsewhere falls on all three
                 start_s, result = _wgpu(*start_args)
                 if result.returncode != 0:
-                    raise RuntimeError(
-                        f"wgpu start failed ({result.returncode}): {result.stderr[-800:]}"
-                    )
+                    said = (result.stdout + result.stderr)[-800:]
+                    raise RuntimeError(f"wgpu start failed ({result.returncode}): {said}")
                 samples["wgpu"].append(start_s)
                 created = _ours(client)
                 raw["containers"] = len(created)
@@ -175,7 +175,6 @@ def run(quick: bool, slots: int = 8) -> tuple[list[Table], dict[str, Any]]:
                 _remove(_bench_containers(client))
                 samples["loop_wait"].append(_run_loop(loop_cmds, wait_for_comfyui=True))
                 _remove(_bench_containers(client))
-            raw["samples_s"] = samples
         except Exception as exc:
             table.notes.append(f"failed: {type(exc).__name__}: {exc}")
             raw["error"] = str(exc)
@@ -185,7 +184,7 @@ def run(quick: bool, slots: int = 8) -> tuple[list[Table], dict[str, Any]]:
             finally:
                 hub.stop()
     samples = raw.get("samples_s", {})
-    if samples.get("loop"):
+    if samples.get("loop") and samples.get("loop_wait"):
         n = raw["containers"]
         med = {k: percentile(v, 50) for k, v in samples.items()}
         spread = {k: f" ({min(v) * 1000:,.0f}-{max(v) * 1000:,.0f})" for k, v in samples.items()}
