@@ -279,6 +279,7 @@ def _load_scripts() -> dict[str, str]:
         "webhook_claim",
         "webhook_result",
         "webhook_progress",
+        "webhook_release",
         "models",
         "why",
     )
@@ -763,6 +764,10 @@ class Store:
         return str(
             await self._run("webhook_result", delivery, claim, outcome, status, delay_ms, error)
         )
+
+    async def release_webhooks(self, claim: str, limit: int) -> int:
+        """Hand back every delivery claimed under `claim` (a stopping hub)."""
+        return int(await self._run("webhook_release", claim, limit))
 
     async def webhook_progress(self, job_id: str) -> bool:
         return bool(int(await self._run("webhook_progress", job_id)))

@@ -154,11 +154,6 @@ class WebhookSender:
         dest.in_flight += 1
         try:
             status, error = await self._post(due)
-        except asyncio.CancelledError:
-            # The hub is stopping: hand the delivery back now rather than after its lease.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._record(due, "defer"), 1.0)
-            raise
         finally:
             dest.in_flight -= 1
         refused = status is None and error.startswith("refused")
@@ -316,11 +311,18 @@ class WebhookSender:
             self.on_redis_error(exc)
 
     async def close(self) -> None:
+        """Stop sending and hand back what this hub holds (see lua/webhook_release.lua): its
+        deliveries are due again at once for the next hub, not after their claim's lease."""
         self._stopping = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.store.release_webhooks(
+                    self._claim_token, self.config.webhook_max_in_flight * 4
+                )
         if self._session is not None:
             with contextlib.suppress(Exception):
                 await self._session.close()

@@ -334,3 +334,25 @@ async def _async(value: int) -> int:
 
 
 _WF = {"1": {"class_type": "SaveImage", "inputs": {}}}
+
+
+async def test_a_stopping_hub_hands_back_what_it_claimed(
+    hub_factory: HubFactory, receivers: Receivers, rdb: aioredis.Redis[str]
+) -> None:
+    """A claim whose reply the stopping hub never read (cancelled mid-call) must not wait out
+    its lease: the hub hands back every delivery under its claim token when it stops."""
+    port = await receivers.add()
+    first = await hub_factory(**LOCAL, webhook_poll_s=3600.0)  # it claims only when told
+    worker = ProtocolWorker(first.url)
+    await worker.connect()
+    job = await run_one(first, worker, webhook_url=f"http://127.0.0.1:{port}/hook")
+    await worker.close()
+    sender = first.hub.webhooks
+    (claimed,) = await sender.store.claim_webhooks(10, sender._lease_ms, sender._claim_token)
+    assert claimed.job_id == job["id"]
+    leased_until = await rdb.zscore("wgpu:wh:due", claimed.delivery)
+    await first.close()
+    assert (await rdb.zscore("wgpu:wh:due", claimed.delivery) or 0) < (leased_until or 0)
+    second = await hub_factory(**LOCAL)
+    await webhook_of(second, job["id"], lambda w: w["delivered_at"] is not None)
+    assert [verified(c)["id"] for c in receivers.calls] == [job["id"]]
