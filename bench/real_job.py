@@ -36,33 +36,35 @@ from wgpu_protocol.worker_env import PROGRESS_INTERVAL_S
 
 PROGRESS_STEPS = 30
 STEP_S = 0.002  # a step's length: long enough that every step is its own progress event
-OUTPUT_BYTES = 1_572_864  # 1.5 MiB each, two of them
+IMAGE_SIDE = 724  # RGB noise: 724 x 724 x 3 bytes = 1.5 MiB per PNG, two of them
 GPU_SECONDS_PER_JOB = 10.0
 
 
 def realistic_workflow(seed: int) -> dict[str, Any]:
-    """A sampler's 30 steps (WgpuSimSleep reports each as a progress event, in no time) and
-    two 1.5 MB output files. `seed` keeps ComfyUI's cache from answering for it."""
+    """A sampler's 30 steps (WgpuSimSleep reports each as a progress event) on the way to two
+    noise images of ~1.5 MB each (incompressible pixels, so the PNGs are as big as real ones).
+    Every node feeds the SaveImage: ComfyUI runs only what an output node needs. `seed` keeps
+    ComfyUI's cache from answering for it."""
     return {
         "1": {
-            "class_type": "WgpuSimSleep",
-            "inputs": {"seconds": STEP_S * PROGRESS_STEPS, "steps": PROGRESS_STEPS},
+            "class_type": "EmptyImage",
+            "inputs": {"width": IMAGE_SIDE, "height": IMAGE_SIDE, "batch_size": 2, "color": 0},
         },
         "2": {
-            "class_type": "WgpuSimBlob",
+            "class_type": "WgpuSimSleep",
             "inputs": {
-                "size_bytes": OUTPUT_BYTES,
-                "filename_prefix": f"bench/a{seed}",
-                "extension": "png",
+                "seconds": STEP_S * PROGRESS_STEPS,
+                "steps": PROGRESS_STEPS,
+                "image": ["1", 0],
             },
         },
         "3": {
-            "class_type": "WgpuSimBlob",
-            "inputs": {
-                "size_bytes": OUTPUT_BYTES,
-                "filename_prefix": f"bench/b{seed}",
-                "extension": "png",
-            },
+            "class_type": "ImageAddNoise",
+            "inputs": {"image": ["2", 0], "seed": seed, "strength": 1.0},
+        },
+        "4": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["3", 0], "filename_prefix": f"bench/real{seed}"},
         },
     }
 
