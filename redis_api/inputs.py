@@ -64,7 +64,6 @@ async def store_input(
         await writer.abort()
         raise
     sha256 = digest.hexdigest()
-    await writer.commit(sha256)
     guessed = mimetypes.guess_type(name)[0]
     if not content_type or content_type == "application/octet-stream":
         content_type = guessed or "application/octet-stream"
@@ -75,7 +74,9 @@ async def store_input(
         "content_type": content_type,
         "created_at": time.time(),
     }
+    # Described before it is visible: the sweeper deletes blobs without a description.
     await hub.store.put_input(sha256, meta, hub.config.ttl_ms)
+    await writer.commit(sha256)
     return meta
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from .store import Store
 from .tasks import cancel_requested
 
 log = logging.getLogger(__name__)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class Maintenance:
@@ -87,10 +89,24 @@ class Maintenance:
     async def sweep_outputs(self) -> int:
         """Delete stored outputs of jobs that no longer exist (another hub reaped them)."""
         stored = await self.storage.job_ids()
+        swept = await self.sweep_inputs()
         if not stored:
-            return 0
+            return swept
         alive = await self.store.existing_jobs(stored)
         gone = [job_id for job_id in stored if job_id not in alive]
         for job_id in gone:
             await self.storage.delete_job(job_id)
+        return len(gone) + swept
+
+    async def sweep_inputs(self) -> int:
+        """Delete input blobs whose description expired (inputs expire like results)."""
+        from .inputs import INPUTS_DIR
+
+        stored = [n for n in await self.storage.names(INPUTS_DIR) if _SHA256.fullmatch(n)]
+        if not stored:
+            return 0
+        alive = await self.store.existing_inputs(stored)
+        gone = [sha256 for sha256 in stored if sha256 not in alive]
+        for sha256 in gone:
+            await self.storage.delete_name(INPUTS_DIR, sha256)
         return len(gone)

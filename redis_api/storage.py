@@ -59,6 +59,12 @@ class Storage(Protocol):
     def read_chunks(self, job_id: str, name: str) -> AsyncIterator[bytes]:
         """The output's bytes in chunks; FileNotFoundError when there is none."""
 
+    async def names(self, job_id: str) -> list[str]:
+        """The committed files of one job (or of the `inputs` store), for the sweeper."""
+
+    async def delete_name(self, job_id: str, name: str) -> None:
+        """Remove one file (idempotent)."""
+
 
 def _safe(part: str) -> str:
     if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part:
@@ -172,6 +178,27 @@ class LocalDirStorage:
             raise StorageError(_describe(exc)) from exc
         finally:
             handle.close()
+
+    async def names(self, job_id: str) -> list[str]:
+        folder = self.root / _safe(job_id)
+
+        def scan() -> list[str]:
+            try:
+                return [p.name for p in folder.iterdir() if p.is_file() and p.name[0] != "."]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+        try:
+            return await asyncio.to_thread(scan)
+        except OSError as exc:
+            raise StorageError(_describe(exc)) from exc
+
+    async def delete_name(self, job_id: str, name: str) -> None:
+        path = self._path(job_id, name)
+        try:
+            await asyncio.to_thread(path.unlink, True)
+        except OSError as exc:
+            raise StorageError(_describe(exc)) from exc
 
     async def job_ids(self) -> list[str]:
         """Job directories, only in a root marked as ours (see claim_root)."""

@@ -171,6 +171,28 @@ class S3Storage:
         except Exception as exc:
             raise StorageError(f"S3 list: {exc}") from exc
 
+    async def names(self, job_id: str) -> list[str]:
+        start = f"{self._root()}{_plain(job_id)}/"
+        try:
+            s3 = await self.client()
+            found: list[str] = []
+            paginator = s3.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+                for item in page.get("Contents", []):
+                    name = str(item["Key"])[len(start) :]
+                    if name and "/" not in name and not name.startswith("."):
+                        found.append(name)
+            return found
+        except Exception as exc:
+            raise StorageError(f"S3 list: {exc}") from exc
+
+    async def delete_name(self, job_id: str, name: str) -> None:
+        try:
+            s3 = await self.client()
+            await s3.delete_object(Bucket=self.bucket, Key=self.key(job_id, name))
+        except Exception as exc:
+            raise StorageError(f"S3 delete: {exc}") from exc
+
     async def open_writer(self, job_id: str, name: str) -> OutputWriter:
         key = self.key(job_id, name)
         try:

@@ -782,6 +782,13 @@ class Store:
             pipe.pexpire(key, ttl_ms)
             await pipe.execute()
 
+    async def existing_inputs(self, hashes: Sequence[str]) -> set[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sha256 in hashes:
+                pipe.exists(self.key(f"input:{sha256}"))
+            found = await pipe.execute()
+        return {sha256 for sha256, n in zip(hashes, found, strict=True) if n}
+
     async def get_input(self, sha256: str) -> dict[str, Any] | None:
         raw: dict[str, str] = await self.redis.hgetall(self.key(f"input:{sha256}"))
         return {k: json.loads(v) for k, v in raw.items()} if raw else None

@@ -190,3 +190,27 @@ async def test_the_worker_input_route_takes_the_worker_token(
             assert r.status == 401, headers
     async with http.get(url, headers={"Authorization": "Bearer wt-secret"}) as r:
         assert r.status == 200 and await r.read() == PNG
+
+
+async def test_inputs_expire_like_results(
+    hub_factory: HubFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A blob whose description expired is swept; one still described is kept."""
+    import redis.asyncio as aioredis
+
+    hub = await hub_factory(outputs_dir=str(tmp_path / "store"))
+    client = HubClient(http, hub.url)
+    kept = await upload(client, multipart=True)
+    other = PNG + b"trailing bytes"
+    async with http.post(f"{hub.url}/uploads?name=b.png", data=other) as r:
+        expired = await r.json()
+    blobs = tmp_path / "store" / "inputs"
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(
+        m["ref"].removeprefix("sha256:") for m in (kept, expired)
+    )
+    redis_client = aioredis.Redis.from_url(hub.config.redis_url)
+    sha = expired["ref"].removeprefix("sha256:")
+    assert await redis_client.delete(f"{hub.config.key_prefix}input:{sha}") == 1
+    await redis_client.aclose()
+    assert await hub.hub.maintenance.sweep_outputs() == 1
+    assert [p.name for p in blobs.iterdir()] == [kept["ref"].removeprefix("sha256:")]
