@@ -24,7 +24,6 @@ from wgpu_protocol import models
 from wgpu_protocol.frames import encode_ack as ack_frame
 from wgpu_protocol.frames import encode_job
 from wgpu_protocol.messages import (
-    MAX_BINARY_FRAME_BYTES,
     MAX_ID_LENGTH,
     PROTOCOL_VERSION,
     Ack,
@@ -49,7 +48,7 @@ from wgpu_protocol.messages import (
     decode_worker_message,
     encode,
 )
-from wgpu_protocol.output_chunks import decode_chunk, is_chunk_frame
+from wgpu_protocol.output_chunks import MAX_CHUNK_FRAME_BYTES, decode_chunk, is_chunk_frame
 
 from .auth import worker_ok
 from .errors import (
@@ -149,7 +148,13 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
             f"{hub.pending_sockets} worker sockets are waiting to say hello; retry later"
         )
     ws = web.WebSocketResponse(
-        max_msg_size=MAX_BINARY_FRAME_BYTES, compress=False, autoping=True, heartbeat=None
+        # Frames above a chunk frame (1 MiB of output + its header) are refused from their
+        # header, before any of them is buffered: text frames are at most 1 MiB, and outputs
+        # travel in chunks (wgpu_protocol.output_chunks).
+        max_msg_size=MAX_CHUNK_FRAME_BYTES,
+        compress=False,
+        autoping=True,
+        heartbeat=None,
     )
     hub.pending_sockets += 1
     pending = True

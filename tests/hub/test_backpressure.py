@@ -208,3 +208,29 @@ async def _open(hub: RunningHub) -> int:
 
 async def _pending(hub: RunningHub) -> int:
     return hub.hub.pending_sockets
+
+
+async def test_an_oversize_frame_before_hello_is_refused_unbuffered(
+    hub_factory: HubFactory,
+) -> None:
+    """A 32 MiB text frame (the protocol's text limit is 1 MiB) is refused from its header: the
+    hub closes the socket with 1009 after reading a few bytes, and stays small."""
+    hub = await hub_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    writer.write(
+        f"GET /ws/worker/big-1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    # A masked text frame header announcing 32 MiB, then only 1 KiB of it.
+    writer.write(bytes([0x81, 0xFF]) + (32 << 20).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 1024)
+    await writer.drain()
+    close = await asyncio.wait_for(reader.read(64), 5)
+    assert close[:1] == b"\x88" and int.from_bytes(close[2:4], "big") == 1009, close
+    writer.close()
+    worker = ProtocolWorker(hub.url)
+    assert (await worker.connect()).worker_id == "m1-gpu0"  # everyone else is unaffected
+    await worker.close()
