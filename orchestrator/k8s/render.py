@@ -1,8 +1,9 @@
 """`wgpu k8s render`: the stack as namespace-scoped Kubernetes manifests (pure).
 
-Nothing here describes a container a second time: every container (image, command, environment,
-health check, stop grace, GPU) is translated from the compose document that `render_stack`
-builds for one GPU slot, the same description `wgpu compose render` and `wgpu up` use. Only
+Nothing here describes a container a second time: every container (image, entrypoint and
+command, environment, health check, stop timeout, GPU request) comes from the `ContainerSpec`s
+of `orchestrator.stack.spec` that `stack_specs` gives for one GPU slot, the same description
+`wgpu compose render`, `wgpu up` and `wgpu start` render. Only
 what Kubernetes adds is decided here: names in the cluster instead of 127.0.0.1, replicas,
 probes' kind, volumes, secrets, the disruption budget, the rollout and autoscaling.
 
@@ -26,17 +27,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER
+from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, worker_stop_timeout_s
 from orchestrator.errors import UsageError
 from orchestrator.gpus.slots import Slot
 from orchestrator.stack.compose_render import (
     StackOptions,
     comfyui_service_name,
-    interpolate_all,
+    interpolate,
     redis_server_args,
-    render_stack,
+    stack_specs,
     worker_service_name,
 )
+from orchestrator.stack.spec import ContainerSpec, HealthCheck
 
 API_VERSIONS = {
     "Secret": "v1",
@@ -112,47 +114,32 @@ def _object(
     }
 
 
-def _seconds(text: str) -> int:
-    """A compose duration ("5s", "1m", "300s") in whole seconds (at least 1)."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not match:
-        raise K8sError(f"compose duration {text!r} has no Kubernetes equivalent")
-    value, unit = float(match.group(1)), match.group(2)
-    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    return max(1, round(value * factor))
-
-
-def _probes(health: Mapping[str, Any], http: bool = False) -> dict[str, Any]:
-    """The compose healthcheck as a readiness probe and a startup probe that allows its start
+def _probes(health: HealthCheck, http: bool = False) -> dict[str, Any]:
+    """The spec's health check as a readiness probe and a startup probe that allows its start
     period. The same command, run in the container (services that listen on loopback only are
     probed from inside); `http`: as an HTTP GET of the URL it fetches, by the kubelet."""
-    test = list(health["test"])
-    code = " ".join(str(part) for part in test)
-    url = _PROBE_URL.search(code) if http else None
+    if health.disabled:
+        return {}
+    kind, *rest = health.test
+    url = _PROBE_URL.search(" ".join(rest)) if http else None
     handler: dict[str, Any]
     if url:
-        rest = url.group(1).removeprefix("http://")
-        hostport, _, path = rest.partition("/")
-        port = int(hostport.rpartition(":")[2])
-        handler = {"httpGet": {"path": "/" + path, "port": port}}
+        hostport, _, path = url.group(1).removeprefix("http://").partition("/")
+        handler = {"httpGet": {"path": "/" + path, "port": int(hostport.rpartition(":")[2])}}
+    elif kind == "CMD-SHELL":
+        handler = {"exec": {"command": ["sh", "-c", *rest]}}
     else:
-        handler = {"exec": {"command": [str(p) for p in test[1:]]}}
-    period = _seconds(str(health.get("interval", "10s")))
-    timeout = _seconds(str(health.get("timeout", "5s")))
-    retries = int(health.get("retries", 3))
-    start = _seconds(str(health.get("start_period", "10s")))
+        handler = {"exec": {"command": list(rest)}}
+    period = max(1, round(health.interval_s))
+    timeout = max(1, round(health.timeout_s))
+    start = round(health.start_period_s)
+    timing = {"periodSeconds": period, "timeoutSeconds": timeout}
     return {
-        "readinessProbe": {
-            **handler,
-            "periodSeconds": period,
-            "timeoutSeconds": timeout,
-            "failureThreshold": retries,
-        },
+        "readinessProbe": {**handler, **timing, "failureThreshold": health.retries},
         "startupProbe": {
             **handler,
-            "periodSeconds": period,
-            "timeoutSeconds": timeout,
-            "failureThreshold": max(retries, -(-start // period) + retries),
+            **timing,
+            "failureThreshold": max(health.retries, -(-start // period) + health.retries),
         },
     }
 
@@ -168,34 +155,38 @@ def _env(values: Mapping[str, str], secret_keys: Sequence[str] = ()) -> list[dic
     return env
 
 
-def _container(name: str, service: Mapping[str, Any], http_probe: bool = False) -> dict[str, Any]:
-    """A compose service's image and command as a container (ports and env added by callers):
-    compose `entrypoint` is Kubernetes `command`, compose `command` is `args`."""
-    container: dict[str, Any] = {"name": name, "image": service["image"]}
-    if service.get("entrypoint"):
-        container["command"] = [str(part) for part in service["entrypoint"]]
-    if service.get("command"):
-        container["args"] = [str(part) for part in service["command"]]
-    if service.get("healthcheck"):
-        container.update(_probes(service["healthcheck"], http_probe))
+def _container(
+    name: str, spec: ContainerSpec, options: K8sOptions, http_probe: bool = False
+) -> dict[str, Any]:
+    """A container from the stack's spec: its image (compose's ${VAR:-default} filled in), its
+    entrypoint as `command` and its command as `args` (the Docker and Kubernetes meanings), its
+    health check as probes. Env, ports and volumes are added by the callers."""
+    container: dict[str, Any] = {"name": name, "image": interpolate(spec.image, dict(options.env))}
+    if spec.entrypoint is not None:
+        container["command"] = list(spec.entrypoint)
+    if spec.command is not None:
+        container["args"] = list(spec.command)
+    if spec.health is not None:
+        container.update(_probes(spec.health, http_probe))
     return container
 
 
-def _stack(options: K8sOptions) -> dict[str, Any]:
-    """The compose services for one GPU slot, defaults filled in: the description we translate."""
-    stack = replace(options.stack, gpus=(Slot(0),), simulate=0)
-    document = render_stack(stack)
-    filled: dict[str, Any] = interpolate_all(document, dict(options.env))
-    return dict(filled["services"])
+def _env_values(spec: ContainerSpec, options: K8sOptions) -> dict[str, str]:
+    return {key: interpolate(value, dict(options.env)) for key, value in spec.env.items()}
+
+
+def _stack(options: K8sOptions) -> dict[str, ContainerSpec]:
+    """The stack's containers for one GPU slot: the description compose also renders."""
+    return stack_specs(replace(options.stack, gpus=(Slot(0),), simulate=0, num_gpus=1))
 
 
 # --- Redis ----------------------------------------------------------------------------------
 
 
-def _redis(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any]]:
-    service = services["redis"]
+def _redis(specs: Mapping[str, ContainerSpec], options: K8sOptions) -> list[dict[str, Any]]:
+    spec = specs["redis"]
     port = options.stack.redis_port
-    container = _container("redis", service)
+    container = _container("redis", spec, options)
     # The compose stack binds Redis to the host's loopback and sizes maxmemory from the host;
     # in the cluster the hub comes over the Service (keep the namespace's network closed to
     # Redis: see the README) and maxmemory stays inside the pod's memory limit.
@@ -263,15 +254,15 @@ def _redis_url(options: K8sOptions) -> str:
 # --- hub ------------------------------------------------------------------------------------
 
 
-def _hub(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any]]:
-    service = services["hub"]
+def _hub(specs: Mapping[str, ContainerSpec], options: K8sOptions) -> list[dict[str, Any]]:
+    spec = specs["hub"]
     port = options.stack.hub_port
-    env = dict(service["environment"])
+    env = _env_values(spec, options)
     env["REDIS_API_HOST_BIND"] = "0.0.0.0"
     secret_keys = ["REDIS_URL", "WORKER_TOKEN", "API_KEYS"]
     if options.storage_url:
         env["STORAGE_URL"] = options.storage_url
-    container = _container("hub", service, http_probe=True)
+    container = _container("hub", spec, options, http_probe=True)
     container.update(
         {
             "env": _env(env, secret_keys),
@@ -342,10 +333,10 @@ def _hub(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any
 # --- GPU pods -------------------------------------------------------------------------------
 
 
-def _gpu_pods(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str, Any]]:
-    comfyui_service = services[comfyui_service_name(0)]
-    worker_service = services[worker_service_name(0)]
-    worker_env = dict(worker_service["environment"])
+def _gpu_pods(specs: Mapping[str, ContainerSpec], options: K8sOptions) -> list[dict[str, Any]]:
+    comfyui_spec = specs[comfyui_service_name(0)]
+    worker_spec = specs[worker_service_name(0)]
+    worker_env = _env_values(worker_spec, options)
     worker_env.update(
         {
             "REDIS_API_HOST": f"{HUB}.{options.namespace}.svc",
@@ -358,7 +349,7 @@ def _gpu_pods(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str
     )
     worker_env.pop("MACHINE_ID", None)
     worker_env.pop("WORKER_TOKEN", None)
-    worker = _container(ROLE_WORKER, worker_service)
+    worker = _container(ROLE_WORKER, worker_spec, options)
     worker["env"] = [
         # The pod's name (wgpu-gpu-0, ...) is stable across restarts: so is the worker's id,
         # and a drain in the hub holds when the pod comes back.
@@ -366,15 +357,17 @@ def _gpu_pods(services: Mapping[str, Any], options: K8sOptions) -> list[dict[str
         *_env(worker_env, ["WORKER_TOKEN"]),
     ]
     worker["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}}
-    stop_grace = _seconds(str(worker_service["stop_grace_period"]))
+    # The worker's own stop timeout: past its SIGTERM grace, so a job finishing in it lives.
+    stop_grace = worker_spec.stop_timeout_s or worker_stop_timeout_s(worker_spec.env)
 
-    comfyui = _container(ROLE_COMFYUI, comfyui_service)
+    comfyui = _container(ROLE_COMFYUI, comfyui_spec, options)
     port = options.stack.port_base
     comfyui.update(
         {
-            "env": _env(dict(comfyui_service.get("environment") or {})),
+            "env": _env(_env_values(comfyui_spec, options)),
             "ports": [{"name": "comfyui", "containerPort": port}],
-            "resources": {"limits": {GPU_RESOURCE: 1}},
+            # The spec's one GPU request: the device plugin picks the GPU in the cluster.
+            "resources": {"limits": {GPU_RESOURCE: 1 if comfyui_spec.gpu is not None else 0}},
             # A native sidecar: started (and answering) before the worker, stopped only after
             # the worker has exited, so a draining worker keeps its ComfyUI to the end.
             "restartPolicy": "Always",
@@ -496,12 +489,12 @@ def render_manifests(options: K8sOptions) -> list[dict[str, Any]]:
         raise K8sError(f"--min-gpus must be between 0 and {options.gpus}")
     if not options.worker_token:
         raise K8sError("the manifests need a worker token: pass --worker-token")
-    services = _stack(options)
+    specs = _stack(options)
     objects = [_secret(options)]
     if not options.redis_url:
-        objects += _redis(services, options)
-    objects += _hub(services, options)
-    objects += _gpu_pods(services, options)
+        objects += _redis(specs, options)
+    objects += _hub(specs, options)
+    objects += _gpu_pods(specs, options)
     return objects
 
 

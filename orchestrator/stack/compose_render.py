@@ -30,6 +30,7 @@ from orchestrator.errors import ComposeError
 from orchestrator.gpus.slots import Slot, simulated_slots
 from orchestrator.stack.spec import (
     LABEL_CONFIG_HASH,
+    LABEL_GPU_INDEX,
     LABEL_MACHINE,
     LABEL_MANAGED,
     LABEL_ROLE,
@@ -308,22 +309,30 @@ def config_hash(service: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def render_stack(options: StackOptions) -> dict[str, Any]:
-    """The compose document (plain dicts and lists) for the options' GPUs or simulated slots."""
+def stack_specs(options: StackOptions) -> dict[str, ContainerSpec]:
+    """Every container of the stack by service name (redis, hub, then per slot its ComfyUI and
+    worker): what `render_stack` writes as compose and `wgpu k8s render` as Kubernetes."""
     slots = options.slots()
-    services: dict[str, Any] = {
-        "redis": compose_service(_redis_spec(options)),
-        "hub": {**compose_service(_hub_spec(options)), "depends_on": _depends_on("redis")},
-    }
+    specs = {"redis": _redis_spec(options), "hub": _hub_spec(options)}
     num_gpus = options.num_gpus or max(s.index for s in slots) + 1
     for slot in slots:
         comfyui_spec, worker_spec = _slot_specs(slot, options, num_gpus)
-        comfyui = comfyui_service_name(slot.index)
-        services[comfyui] = compose_service(comfyui_spec)
-        services[worker_service_name(slot.index)] = {
-            **compose_service(worker_spec),
-            "depends_on": _depends_on("hub", comfyui),
-        }
+        specs[comfyui_service_name(slot.index)] = comfyui_spec
+        specs[worker_service_name(slot.index)] = worker_spec
+    return specs
+
+
+def render_stack(options: StackOptions) -> dict[str, Any]:
+    """The compose document (plain dicts and lists) for the options' GPUs or simulated slots."""
+    services: dict[str, Any] = {}
+    for name, spec in stack_specs(options).items():
+        service = compose_service(spec)
+        if name == "hub":
+            service["depends_on"] = _depends_on("redis")
+        elif spec.role == ROLE_WORKER:
+            comfyui = comfyui_service_name(int(spec.labels[LABEL_GPU_INDEX]))
+            service["depends_on"] = _depends_on("hub", comfyui)
+        services[name] = service
     for service in services.values():
         service["labels"][LABEL_CONFIG_HASH] = config_hash(service)
     # No top-level `name`: docker-compose 1.x refuses it; `-p wgpu` names the project.

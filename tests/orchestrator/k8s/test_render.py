@@ -13,6 +13,7 @@ import yaml
 
 from orchestrator.backends.base import worker_stop_timeout_s
 from orchestrator.console import ExitCode
+from orchestrator.gpus.slots import Slot
 from orchestrator.k8s.render import (
     GPU_RESOURCE,
     QUEUE_METRIC,
@@ -22,7 +23,7 @@ from orchestrator.k8s.render import (
     render_manifests,
     to_yaml_stream,
 )
-from orchestrator.stack.compose_render import StackOptions
+from orchestrator.stack.compose_render import StackOptions, interpolate, render_stack, stack_specs
 from redis_api.metrics import HubMetrics
 from tests.orchestrator.backends.helpers import wgpu
 
@@ -226,3 +227,19 @@ def test_outputs_on_a_shared_claim_or_in_s3() -> None:
     assert env_of(hub)["STORAGE_URL"] == "s3://bucket/outputs"
     assert hub["envFrom"] == [{"secretRef": {"name": "wgpu-s3", "optional": True}}]
     assert "volumeMounts" not in hub
+
+
+def test_the_pod_is_the_spec_compose_renders_too() -> None:
+    stack = replace(StackOptions(), gpus=(Slot(0),), num_gpus=1)
+    specs, compose = stack_specs(stack), render_stack(stack)["services"]
+    pod = by_kind(render_manifests(OPTIONS), "StatefulSet", "wgpu-gpu")["spec"]["template"]
+    [worker], [comfyui] = pod["spec"]["containers"], pod["spec"]["initContainers"]
+    for container, name in ((worker, "comfy-worker-gpu0"), (comfyui, "comfyui-gpu0")):
+        spec, service = specs[name], compose[name]
+        assert (
+            container["image"] == interpolate(spec.image, {}) == interpolate(service["image"], {})
+        )
+        assert spec.health is not None
+        probe = container["readinessProbe"]["exec"]["command"]
+        assert probe == list(spec.health.test[1:]) == service["healthcheck"]["test"][1:]
+    assert pod["spec"]["terminationGracePeriodSeconds"] == specs["comfy-worker-gpu0"].stop_timeout_s
