@@ -96,7 +96,7 @@ def run_one(tree: Path, mutation: Mutation, timeout_s: float) -> Result:
     try:
         target.write_text(mutation.apply(original.decode()))
         tests = [resolve_test(spec, tree) for spec in mutation.tests]
-        code, last = run_pytest(tree, tests, timeout_s)
+        code, last = run_pytest(tree, tests, mutation.timeout_s or timeout_s)
     finally:
         target.write_bytes(original)
     seconds = time.monotonic() - started

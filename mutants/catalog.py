@@ -28,6 +28,7 @@ class Mutation:
     find: str  # exact text, present exactly once in `file`
     replace: str
     tests: tuple[str, ...]  # "test_file.py::test_name" (found anywhere under tests/) or a path
+    timeout_s: float | None = None  # for tests that wait forever on the mutant (killed by it)
 
     def apply(self, source: str) -> str:
         count = source.count(self.find)
@@ -50,6 +51,7 @@ def load(path: Path = CATALOG) -> list[Mutation]:
                 find=str(entry["find"]),
                 replace=str(entry["replace"]),
                 tests=tuple(str(t) for t in entry["tests"]),
+                timeout_s=float(entry["timeout_s"]) if "timeout_s" in entry else None,
             )
         except KeyError as missing:
             raise CatalogError(f"mutation #{i + 1} in {path.name} lacks {missing}") from None
