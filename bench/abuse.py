@@ -405,18 +405,22 @@ class Attacker:
         async def one(i: int) -> None:
             worker_id = f"intruder-{i}"
             headers = {"Authorization": f"Bearer {worker_credential(WORKER_TOKEN, worker_id)}"}
+            url = f"ws://127.0.0.1:{self.port}/ws/worker/{worker_id}"
             try:
                 async with connect(
-                    f"ws://127.0.0.1:{self.port}/ws/worker/{worker_id}",
-                    additional_headers=headers,
-                    max_size=None,
-                    proxy=None,
-                    open_timeout=10,
+                    url, additional_headers=headers, max_size=None, proxy=None, open_timeout=10
                 ) as ws:
                     # Before hello: a 4 MiB text frame (the protocol limit is 1 MiB).
                     await ws.send("x" * self.cfg.oversize_frame_bytes)
                     reply = await asyncio.wait_for(ws.recv(), 10)
                     self.report.tally("oversize text frame", _code(reply))
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                code = getattr(getattr(exc, "rcvd", None), "code", None)
+                self.report.tally("oversize text frame", f"closed {code or type(exc).__name__}")
+            try:
+                async with connect(
+                    url, additional_headers=headers, max_size=None, proxy=None, open_timeout=10
+                ) as ws:
                     await ws.send(
                         encode(Hello(worker_id, "intruder", GpuInfo(0, "u", "n", 1), "v"))
                     )
@@ -430,7 +434,7 @@ class Attacker:
                         reply = await asyncio.wait_for(ws.recv(), 10)
                         self.report.tally("poisoned worker messages", _code(reply))
             except (OSError, TimeoutError, WebSocketException) as exc:
-                self.report.tally("oversize text frame", type(exc).__name__)
+                self.report.tally("poisoned worker messages", type(exc).__name__)
 
         await asyncio.gather(*(one(i) for i in range(self.cfg.oversize_frames)))
 
