@@ -29,6 +29,8 @@ local EVENTS_MAXLEN = 1000
 -- A score is band * ROUND + round: higher priority first, then the fair-share round (each
 -- owner's jobs take consecutive rounds starting at the round being served), then job id.
 local ROUND = 4398046511104  -- 2^42
+-- A lane whose models are loaded on some GPU waits at most this many affinity waits for it.
+local STARVE_FACTOR = 10
 
 local function event(id, kind, data)
   redis.call('XADD', ekey(id), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'k', kind, 'd', cjson.encode(data))
@@ -546,9 +548,12 @@ local function claim_for(worker, lease_ms, now, opts)
         local served = tonumber(redis.call('HGET', P .. 'lserved', c.pid .. ':' .. c.owner)) or now
         local waited = now - math.max(served, c.enqueued)
         local warm_elsewhere = redis.call('SCARD', P .. 'pwarm:' .. c.pid)
-        if waited >= affinity_ms then
+        -- A lane nobody has loaded waits affinity_ms for a GPU; one whose warm GPUs are busy
+        -- elsewhere (a long job, a drain) STARVE_FACTOR times that.
+        local bound = warm_elsewhere == 0 and affinity_ms or STARVE_FACTOR * affinity_ms
+        if waited >= bound then
           first[#first + 1] = c
-        elseif warm_elsewhere == 0 or
+        elseif warm_elsewhere == 0 or waited >= affinity_ms or
             redis.call('ZCARD', lanekey(c.pid, c.owner)) > backlog * warm_elsewhere then
           helps[#helps + 1] = c
         else

@@ -36,6 +36,10 @@ local reason = streak .. ' jobs in a row failed here; last: ' .. tostring(err['t
   string.sub(tostring(err['message']), 1, 300)
 redis.call('HSET', wk, 'quarantined', reason, 'quarantined_ms', now)
 redis.call('ZREM', P .. 'idle', worker)
+-- It takes nothing now: jobs must not wait for it as the GPU that has their models loaded.
+for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. worker)) do
+  redis.call('SREM', P .. 'pwarm:' .. pid, worker)
+end
 for _, failed in ipairs(redis.call('LRANGE', P .. 'wfailed:' .. worker, 0, -1)) do
   local j = redis.call('HMGET', jkey(failed), 'status', 'worker_id', 'attempts', 'idempotency_key')
   if (j[1] == 'failed' or j[1] == 'dead') and j[2] == worker then
