@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only dispatch,realjob,relay,orchestrator,scale,cli,outputs]
+"""`python -m bench [--quick] [--only dispatch,realjob,relay,orchestrator,scale,cli,outputs,sched]
 [--profile]`:
 every benchmark in turn; each prints its table, and all tables also go to bench/results/ as JSON
 and as one markdown file (bench/results/summary.md) for the README's Performance section. The
@@ -20,6 +20,7 @@ from bench import (
     real_job,
     relay,
     scale,
+    sched,
 )
 from bench.report import Table, emit, render_text, write_markdown
 
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], tuple[list[Table], Any]]] =
     "scale": lambda a: scale.run(a.quick),
     "cli": lambda a: cli_start.run(a.quick),
     "outputs": lambda a: outputs_bench.run(a.quick),
+    "sched": lambda a: sched.run(a.quick),
 }
 
 

@@ -92,6 +92,9 @@ class WorkerSettings:
     port_base: int = COMFYUI_PORT_BASE
     extra_env: tuple[tuple[str, str], ...] = ()
     worker_src: WorkerSource | None = None  # run the worker from this tree, not the image's
+    # Simulated slots: slot index -> the simulator's `--models` values (`wgpu start --simulate N
+    # --sim-models "0:checkpoints=a.safetensors;1:checkpoints=b.safetensors"`).
+    sim_models: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -235,8 +238,11 @@ def worker_stop_timeout_s(env: Mapping[str, str]) -> int:
     return math.ceil(grace + STOP_MARGIN_S)
 
 
-def simulator_command(port: int, python: str = "python") -> tuple[str, ...]:
-    return (python, "-m", "comfyui_sim", "--host", "127.0.0.1", "--port", str(port))
+def simulator_command(
+    port: int, python: str = "python", models: Sequence[str] = ()
+) -> tuple[str, ...]:
+    command = (python, "-m", "comfyui_sim", "--host", "127.0.0.1", "--port", str(port))
+    return command + tuple(arg for spec in models for arg in ("--models", spec))
 
 
 def plan_slots(
@@ -280,7 +286,7 @@ def _plan_slot(slot: Slot, settings: WorkerSettings, num_gpus: int, python: str)
         comfyui = ServicePlan(
             ROLE_COMFYUI,
             env={},
-            command=simulator_command(port, python),
+            command=simulator_command(port, python, dict(settings.sim_models).get(slot.index, ())),
             image=settings.image,
             port=port,
         )

@@ -198,3 +198,20 @@ def test_parse_docker_time() -> None:
     assert parse_docker_time("2024-01-02T03:04:05Z") == 1704164645.0
     assert parse_docker_time("2024-01-02T04:04:05.5+01:00") == 1704164645.5
     assert parse_docker_time("0001-01-01T00:00:00Z") is None
+
+
+def test_simulated_slots_get_their_own_model_files() -> None:
+    from comfyui_sim.model_store import parse_slot_models
+
+    slots = select_slots(None, 2, DEVICES).slots
+    per_slot = parse_slot_models("0:checkpoints=a.safetensors;1:checkpoints=b.safetensors")
+    settings = WorkerSettings(
+        machine_id="box",
+        sim_models=tuple((slot, tuple(specs)) for slot, specs in per_slot.items()),
+    )
+    plans = plan_slots(slots, settings, num_gpus=2)
+    commands = [plan.comfyui.command if plan.comfyui else () for plan in plans]
+    assert [c[c.index("--models") :] for c in commands if c] == [
+        ("--models", "checkpoints=a.safetensors"),
+        ("--models", "checkpoints=b.safetensors"),
+    ]
