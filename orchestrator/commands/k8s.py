@@ -25,7 +25,6 @@ the hub's outputs. Apply: kubectl create namespace NS; kubectl apply -n NS -f FI
 
 
 def _count(gpus: str | None, count: int | None) -> int:
-    from orchestrator.errors import SlotError
     from orchestrator.gpus.slots import parse_gpu_list
 
     if gpus and count is not None:
@@ -34,10 +33,7 @@ def _count(gpus: str | None, count: int | None) -> int:
         return count
     if not gpus:
         fail("say how many GPU pods: --count N or --gpus 0,1", ExitCode.USAGE)
-    try:
-        return len(parse_gpu_list(gpus))
-    except SlotError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    return len(parse_gpu_list(gpus))  # a bad list: SlotError, exit 2 (the CLI's handler)
 
 
 @k8s_app.command("render")
@@ -84,7 +80,7 @@ def render(
     """Print namespace-scoped manifests for the hub, Redis and N GPU pods."""
     from dataclasses import replace
 
-    from orchestrator.k8s.render import K8sError, K8sOptions, render_manifests, to_yaml_stream
+    from orchestrator.k8s.render import K8sOptions, render_manifests, to_yaml_stream
     from orchestrator.stack.compose_render import StackOptions
 
     defaults = StackOptions()
@@ -111,10 +107,7 @@ def render(
         jobs_per_gpu=jobs_per_gpu,
         stack=stack,
     )
-    try:
-        objects = render_manifests(options)
-    except K8sError as exc:
-        fail(str(exc), ExitCode.USAGE)
+    objects = render_manifests(options)  # K8sError: exit 2 (the CLI's handler)
     typer.echo(to_yaml_stream(objects, HEADER), nl=False)
 
 

@@ -211,7 +211,6 @@ def update(
         Change,
         Replaceable,
         RollingUpdate,
-        UpdateError,
         UpdateSettings,
         prepare_update,
     )
@@ -229,10 +228,8 @@ def update(
     )
     with backend_session(backend, docker_host, base_dir, machine_id) as session:
         replaceable: Replaceable = session  # type: ignore[assignment]  # both backends are
-        try:
-            pairs = prepare_update(replaceable, change, indices, settings.containers)
-        except UpdateError as exc:
-            fail(str(exc), ExitCode.NOT_FOUND)
+        # UpdateError (nothing to update): exit 4 through the CLI's handler.
+        pairs = prepare_update(replaceable, change, indices, settings.containers)
         hub = HubClient(hub_url or _hub_url_of(pairs[0][0].worker.env), api_key=api_key)
         engine = RollingUpdate(replaceable, hub, settings)
         updates = _run(engine, pairs, live=not as_json)
