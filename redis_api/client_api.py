@@ -79,7 +79,12 @@ async def job_id_of(request: web.Request) -> str:
     given = request.match_info["job_id"]
     if len(given) == JOB_ID_LENGTH or not _HEX.match(given):
         return given
-    found = await _hub(request).store.jobs_with_prefix(given)
+    key = caller(request)
+    found = [  # only the caller's own jobs (or all, for an admin key): ids of others stay unseen
+        job_id
+        for job_id, owner in await _hub(request).store.jobs_with_prefix(given)
+        if key is None or key.may_see(owner or None)
+    ]
     if not found:
         raise web.HTTPNotFound(reason=f"no job {given!r}")
     if len(found) > 1:

@@ -381,13 +381,19 @@ class Store:
             raise QueueFull(f"the queue is full ({limit.upper()}); retry later", retry_after_s=5)
         return Enqueued(str(result[0]), bool(int(result[1])), int(result[2]))
 
-    async def jobs_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
-        """Ids of existing jobs starting with `prefix` (a hex string), at most `limit`."""
+    async def jobs_with_prefix(self, prefix: str, limit: int = 50) -> list[tuple[str, str]]:
+        """(id, owner) of existing jobs whose id starts with `prefix` (hex), at most `limit`."""
         # `ids` holds every job id with score 0, so it sorts by id: a prefix is a lex range.
         found = await self.redis.zrangebylex(
             self.key("ids"), f"[{prefix}", f"({prefix}~", start=0, num=limit
         )
-        return sorted(await self.existing_jobs(found)) if found else []
+        if not found:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in found:
+                pipe.hmget(self.key(f"job:{job_id}"), ["id", "owner"])
+            rows: list[list[str | None]] = await pipe.execute()
+        return sorted((str(row[0]), row[1] or "") for row in rows if row[0] is not None)
 
     async def enqueue_many(
         self, jobs: Sequence[tuple[str, JobSpec]], chunk: int = 2000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, submit
+from tests.hub.helpers import WORKFLOW, call, submit
 from tests.hub.worker_client import ProtocolWorker
 
 pytestmark = pytest.mark.redis
@@ -48,3 +48,22 @@ async def test_an_ambiguous_or_unknown_prefix_is_a_clear_error(hub_factory: HubF
                   if not any(job_id.startswith(f"{a}{b}") for job_id in ids))  # fmt: skip
     status, body = await call(hub.url, "GET", f"/jobs/{unused}")
     assert status == 404 and unused in body["error"]
+
+
+async def test_a_prefix_only_resolves_to_the_callers_own_jobs(hub_factory: HubFactory) -> None:
+    hub = await hub_factory(api_keys=("alice:key-a", "bob:key-b"), worker_token="wt")
+    alice, bob = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
+    status, mine = await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW}, alice)
+    assert status == 201
+    theirs = []
+    while not any(job_id[0] == mine["id"][0] for job_id in theirs):  # ~16 on average
+        status, job = await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW}, bob)
+        assert status == 201 and len(theirs) < 500
+        theirs.append(job["id"])
+    status, found = await call(hub.url, "GET", f"/jobs/{mine['id'][0]}", None, alice)
+    assert status == 200 and found["id"] == mine["id"]  # bob's jobs do not make it ambiguous
+    status, reply = await call(hub.url, "GET", f"/jobs/{mine['id'][0]}", None, bob)
+    assert mine["id"][:12] not in str(reply)  # bob never learns alice's id
+    assert status in (200, 400) and (status == 400 or reply["id"] in theirs)
+    status, _ = await call(hub.url, "GET", f"/jobs/{mine['id'][:12]}", None, bob)
+    assert status == 404

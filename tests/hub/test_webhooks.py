@@ -356,3 +356,37 @@ async def test_a_stopping_hub_hands_back_what_it_claimed(
     second = await hub_factory(**LOCAL)
     await webhook_of(second, job["id"], lambda w: w["delivered_at"] is not None)
     assert [verified(c)["id"] for c in receivers.calls] == [job["id"]]
+
+
+async def test_each_api_key_name_can_have_its_own_secret(
+    hub_factory: HubFactory, receivers: Receivers
+) -> None:
+    alice_secret = "whsec_" + base64.b64encode(b"alice's own secret, 32 bytes!!!!").decode()
+    port = await receivers.add()
+    hub = await hub_factory(
+        **LOCAL,
+        api_keys=("alice:key-a", "bob:key-b"),
+        worker_token="wt",
+        webhook_secrets=(("alice", alice_secret),),
+    )
+    worker = ProtocolWorker(hub.url, token="wt")
+    await worker.connect()
+    jobs = {}
+    for name, key in (("alice", "key-a"), ("bob", "key-b")):
+        body = {"workflow": _WF, "webhook_url": f"http://127.0.0.1:{port}/{name}"}
+        status, job = await call(hub.url, "POST", "/jobs", body, {"X-API-Key": key})
+        assert status == 201 and job["owner"] == name
+        assert (await worker.complete(await worker.take_job())).ok
+        jobs[name] = job["id"]
+
+    async def both() -> int:
+        return len(receivers.calls)
+
+    await eventually(both, lambda n: n == 2)
+    (to_alice,) = receivers.to("/alice")
+    (to_bob,) = receivers.to("/bob")
+    assert Webhook(alice_secret).verify(to_alice.body, to_alice.headers)["id"] == jobs["alice"]
+    assert verified(to_bob)["id"] == jobs["bob"]  # no secret of its own: WEBHOOK_SECRET
+    with pytest.raises(Exception, match="signature"):
+        verified(to_alice)
+    await worker.close()
