@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import Any, cast
+from typing import Any, cast, get_args
 from urllib.parse import quote
 
 from wgpu_protocol import models
@@ -15,6 +15,7 @@ from wgpu_protocol.rest import (
     DrainJson,
     JobJson,
     JobStatus,
+    WebhookEvent,
     WebhookJson,
     WorkerJson,
 )
@@ -25,16 +26,7 @@ from .store import Drain, JobSpec
 from .webhook_targets import TargetPolicy, TargetRefused
 
 # Events a webhook can get: a job's end (all by default) and, opted in, its progress.
-WEBHOOK_EVENTS = (
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-    "job.timed_out",
-    "job.dead",
-    "job.expired",
-    "job.unschedulable",
-    "job.progress",
-)
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = get_args(WebhookEvent)
 
 MAX_PRIORITY = 1000
 MAX_TIMEOUT_S = 7 * 86400
