@@ -648,14 +648,7 @@ class WorkerSession:
         except ProtocolError as exc:
             await self._error(exc.code, str(exc))
             return
-        refused = await self.store.output_allowed(frame.job_id, frame.token, self.worker_id)
-        if refused:
-            self.hub.metrics.refused_reports += 1
-            await self.send(
-                ErrorReply(
-                    refused, f"output {frame.name!r} of job {frame.job_id} refused: {refused}"
-                )
-            )
+        if await self._output_refused(frame.job_id, frame.token, frame.name):
             return
         try:
             size = await self.hub.storage.put(frame.job_id, frame.name, frame.data)
@@ -671,6 +664,16 @@ class WorkerSession:
             size, digest
         )
 
+    async def _output_refused(self, job_id: str, token: int, name: str) -> bool:
+        """Whether the job's current attempt may not send outputs (answered with an error)."""
+        refused = await self.store.output_allowed(job_id, token, self.worker_id)
+        if refused:
+            self.hub.metrics.refused_reports += 1
+            await self.send(
+                ErrorReply(refused, f"output {name!r} of job {job_id} refused: {refused}")
+            )
+        return bool(refused)
+
     async def _on_chunk(self, blob: bytes) -> None:
         """One chunk of an output: written through to storage as it comes (bounded memory),
         hashed on the way, kept under its name only when size and sha256 match."""
@@ -685,14 +688,7 @@ class WorkerSession:
             if incoming is not None:  # a resend from the start
                 await incoming.writer.abort()
                 del self._incoming[key]
-            refused = await self.store.output_allowed(chunk.job_id, chunk.token, self.worker_id)
-            if refused:
-                self.hub.metrics.refused_reports += 1
-                await self.send(
-                    ErrorReply(
-                        refused, f"output {chunk.name!r} of job {chunk.job_id} refused: {refused}"
-                    )
-                )
+            if await self._output_refused(chunk.job_id, chunk.token, chunk.name):
                 return
             try:
                 writer = await self.hub.storage.open_writer(chunk.job_id, chunk.name)

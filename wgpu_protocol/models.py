@@ -113,27 +113,17 @@ def workflow_requirements(
 
 def check_requirements(raw: Any, where: str = "requires") -> Requirements:
     """A client's `requires` object, validated: `{folder: [file, ...]}`."""
-    if not isinstance(raw, dict):
-        raise ModelSpecError(f"{where} must be an object {{folder: [file, ...]}}")
-    out: Requirements = {}
-    count = 0
-    for folder, files in raw.items():
-        if not isinstance(folder, str) or not _FOLDER.match(folder):
-            raise ModelSpecError(f"{where}: folder {folder!r} must be 1-64 of [A-Za-z0-9_.-]")
-        if not isinstance(files, list):
-            raise ModelSpecError(f"{where}.{folder} must be a list of file names")
-        for name in files:
-            _check_file(name, f"{where}.{folder}")
-        count += len(files)
-        if files:
-            out[folder] = sorted(set(files))
-    if count > MAX_REQUIRED_FILES:
-        raise ModelSpecError(f"{where} names more than {MAX_REQUIRED_FILES} files")
-    return dict(sorted(out.items()))
+    checked = _check_folder_lists(raw, where, MAX_REQUIRED_FILES, "names")
+    return {folder: files for folder, files in checked.items() if files}
 
 
 def check_inventory(raw: Any, where: str = "inventory") -> Requirements:
     """A worker's reported inventory (or warm set): `{folder: [file, ...]}`, bounded."""
+    return _check_folder_lists(raw, where, MAX_INVENTORY_FILES, "lists")
+
+
+def _check_folder_lists(raw: Any, where: str, limit: int, verb: str) -> Requirements:
+    """`{folder: [file, ...]}` with valid names and at most `limit` files, in canonical form."""
     if not isinstance(raw, dict):
         raise ModelSpecError(f"{where} must be an object {{folder: [file, ...]}}")
     out: Requirements = {}
@@ -144,8 +134,8 @@ def check_inventory(raw: Any, where: str = "inventory") -> Requirements:
         if not isinstance(files, list):
             raise ModelSpecError(f"{where}.{folder} must be a list of file names")
         count += len(files)
-        if count > MAX_INVENTORY_FILES:
-            raise ModelSpecError(f"{where} lists more than {MAX_INVENTORY_FILES} files")
+        if count > limit:  # before the names are read: a huge list costs nothing
+            raise ModelSpecError(f"{where} {verb} more than {limit} files")
         for name in files:
             _check_file(name, f"{where}.{folder}")
         out[folder] = sorted(set(files))
