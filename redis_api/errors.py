@@ -17,6 +17,8 @@
     │                         object store down); a job attempt ends with type `storage_error`
     ├── TargetRefused         a webhook URL the hub may not call (scheme, internal address):
     │                         400 at submit, the delivery given up at connect time
+    ├── SubscriberDropped     (event_fanout.py) an event-stream subscriber fell too far behind
+    │                         or the fan-out stopped: its stream ends, others go on
     └── ConfigError           settings that cannot be run safely (API_KEYS without WORKER_TOKEN)
 
 wgpu_protocol.ProtocolError (a bad worker frame) belongs to the protocol package, not here.

@@ -55,8 +55,7 @@ def test_every_exception_of_a_package_is_under_its_root(package: str) -> None:
     assert strays == [], f"outside {root.__name__}: {strays}"
 
 
-# The hub's tree (redis_api/errors.py) is kept by the hub's own work; its root is checked above.
-DRAWN = sorted(set(ROOTS) - {"redis_api"})
+DRAWN = sorted(ROOTS)
 
 
 @pytest.mark.parametrize("package", DRAWN)
