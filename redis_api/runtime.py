@@ -85,7 +85,7 @@ class Hub:
         self.metrics = HubMetrics()
         self.dispatcher = Dispatcher(self.store, config, self.metrics)
         self.dispatcher.on_redis_error = self.redis_failed
-        self.webhooks = WebhookSender(self.store, config, self.metrics)
+        self.webhooks = WebhookSender(self.store, config, self.metrics, self.storage)
         self.webhooks.on_redis_error = self.redis_failed
         self.live = LiveFeed(self.store, config, config.max_live_feeds)
         self.live.on_redis_error = self.redis_failed

@@ -17,6 +17,7 @@ from typing import Protocol
 from .errors import ConfigError, StorageError
 
 READ_CHUNK_BYTES = 1 << 20
+PRESIGN_MAX_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 
 # The sweeper only ever deletes directories named like a job id (uuid4 hex), inside a root that
 # holds this marker (written by the hub that made the root; it names the store it belongs to).

@@ -37,6 +37,7 @@ from .config import HubConfig
 from .errors import StoreUnavailable
 from .jobs import job_view
 from .metrics import HubMetrics
+from .storage import PRESIGN_MAX_S, Storage
 from .store import Due, Store
 from .tasks import cancel_requested
 from .webhook_targets import TargetPolicy, TargetRefused, resolver_kwargs
@@ -98,8 +99,11 @@ class Signer:
 
 
 class WebhookSender:
-    def __init__(self, store: Store, config: HubConfig, metrics: HubMetrics) -> None:
+    def __init__(
+        self, store: Store, config: HubConfig, metrics: HubMetrics, storage: Storage | None = None
+    ) -> None:
         self.store = store
+        self.storage = storage
         self.config = config
         self.metrics = metrics
         self.policy = TargetPolicy(config.webhook_allowed_hosts)
@@ -219,7 +223,7 @@ class WebhookSender:
         fields = await self.store.get_job(due.job_id)
         if fields is None:
             return None, "refused: the job's result expired"
-        body = json.dumps(self.body(due, fields), separators=(",", ":"))
+        body = json.dumps(await self.body(due, fields), separators=(",", ":"))
         if not self.signer.configured and not self._warned_unsigned:
             self._warned_unsigned = True
             log.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned")
@@ -243,14 +247,22 @@ class WebhookSender:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return None, f"{type(exc).__name__}: {exc}"[:300]
 
-    def body(self, due: Due, fields: dict[str, str]) -> dict[str, Any]:
-        """The job JSON with absolute output URLs (when PUBLIC_URL is set) and the event."""
+    async def body(self, due: Due, fields: dict[str, str]) -> dict[str, Any]:
+        """The job JSON and the event, with output URLs a receiver can fetch: presigned when
+        the storage backend offers it (S3), else absolute when PUBLIC_URL is set."""
         view = job_view(fields)
         base = self.config.public_url.rstrip("/")
-        if base:
-            for output in view.get("outputs") or []:
-                if isinstance(output, dict) and str(output.get("url", "")).startswith("/"):
-                    output["url"] = base + output["url"]
+        presign = getattr(self.storage, "presigned_url", None)
+        for output in view.get("outputs") or []:
+            if not isinstance(output, dict):
+                continue
+            if presign is not None and output.get("name"):
+                # A receiver may fetch long after the POST; the URL lives as long as the result
+                # (SigV4 presigned URLs last at most 7 days).
+                expires_s = int(min(self.config.result_ttl_s, PRESIGN_MAX_S))
+                output["url"] = await presign(due.job_id, str(output["name"]), expires_s)
+            elif base and str(output.get("url", "")).startswith("/"):
+                output["url"] = base + output["url"]
         return {"event": due.event, **view}
 
     def _client(self) -> aiohttp.ClientSession:

@@ -289,8 +289,9 @@ local function webhook_outbox(id, event, now)
   local f = redis.call('HMGET', jkey(id), 'webhook_url', 'wh_events')
   if not f[1] or f[1] == '' then return end
   -- `webhook_events` given at submit: only those; else every final event (no progress).
-  local wanted = f[2] and f[2] ~= '' and (',' .. f[2] .. ','):find(',' .. event .. ',', 1, true)
-  if f[2] and f[2] ~= '' and not wanted then return end
+  local chosen = f[2] and f[2] ~= ''
+  if chosen and not (',' .. f[2] .. ','):find(',' .. event .. ',', 1, true) then return end
+  if not chosen and event == 'job.progress' then return end
   local delivery = id .. '.' .. event
   redis.call('HSET', P .. 'wh:' .. delivery, 'job', id, 'event', event, 'attempts', 0,
     'created_ms', now, 'claim', '')

@@ -3,6 +3,7 @@ local directory, against a real S3-compatible server (moto_server, tests/fixture
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.s3 import S3Bucket, S3Server
 from tests.fixtures.sim import SimFactory
+from tests.hub.test_webhooks import LOCAL, Receivers, receivers, verified
 from tests.worker import test_inputs, test_outputs
 from tests.worker.test_inputs import file_server
 from tests.worker.test_relay import HubClient, http, running_worker, worker_config
 
-__all__ = ["file_server", "http"]
+__all__ = ["file_server", "http", "receivers"]
 
 
 @pytest.fixture
@@ -111,3 +113,39 @@ async def test_a_multipart_output_is_checked_and_served_by_redirect(
     assert hashlib.sha256(data).hexdigest() == output["sha256"]
     expected = (sim.output_dir / "s3" / "blob_00001_.bin").read_bytes()
     assert data == expected
+
+
+async def test_a_webhook_names_presigned_output_urls(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    storage_url: str,
+    receivers: Receivers,
+) -> None:
+    """With a storage backend that presigns (S3), the webhook body's output URLs are presigned:
+    the receiver fetches the bytes from the object store with no API key and no hub."""
+    hub = await hub_factory(storage_url=storage_url, **LOCAL)
+    sim = await sim_factory()
+    port = await receivers.add()
+    client = HubClient(http, hub.url)
+    workflow = {
+        "1": {
+            "class_type": "WgpuSimBlob",
+            "inputs": {"size_bytes": 4096, "filename_prefix": "hook/blob", "extension": "bin"},
+        }
+    }
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        job_id = await client.submit(workflow, webhook_url=f"http://127.0.0.1:{port}/done")
+        job = await client.wait_for(job_id, timeout_s=60.0)
+    assert job["status"] == "succeeded", job
+    await asyncio.wait_for(receivers.arrived.wait(), timeout=15.0)
+    (call,) = receivers.to("/done")  # the final event only: progress was not asked for
+    body = verified(call)
+    assert body["event"] == "job.succeeded" and body["id"] == job_id
+    (output,) = body["outputs"]
+    assert not output["url"].startswith(hub.url) and "Signature" in output["url"]
+    async with http.get(output["url"]) as r:
+        assert r.status == 200
+        data = await r.read()
+    assert hashlib.sha256(data).hexdigest() == output["sha256"] == job["outputs"][0]["sha256"]
