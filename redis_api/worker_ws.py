@@ -754,36 +754,18 @@ class WorkerSession:
         for key in [k for k in self._incoming if k[:2] == (job_id, token)]:
             await self._incoming.pop(key).writer.abort()
 
-    async def _fail_output(self, job_id: str, token: int, kind: str, message: str) -> None:
-        """End the attempt for good (not retried: the same run makes the same output)."""
+    async def _end_attempt(
+        self, job_id: str, token: int, kind: str, message: str, *, retryable: bool
+    ) -> tuple[str, str]:
+        """Fail the attempt for a reason the hub found (not the worker's report): (refused,
+        status after it)."""
         error = {"type": kind, "message": message, "node_id": None}
-        refused, _, _ = await self.store.fail(
-            job_id,
-            token,
-            self.worker_id,
-            error,
-            False,
-            self.config.ttl_ms,
-            self._take_prompt_id(job_id, token),
-        )
-        self._report_ended(job_id, token)
-        self._received.pop((job_id, token), None)
-        if not refused:
-            self.hub.metrics.failed += 1
-            self._attempt_clock.end(job_id, token, "failed")
-        await self.send(Cancel(job_id, token, kind))
-
-    async def _fail_storage(self, job_id: str, token: int, message: str, of: str) -> None:
-        """End the attempt with `storage_error` (retried while attempts remain) and tell the
-        worker: an ack refusing its report `of` (if any), else a cancel of the job."""
-        self.hub.dispatcher.storage_failed()
-        error = {"type": StorageError.error_type, "message": message, "node_id": None}
         refused, status, _ = await self.store.fail(
             job_id,
             token,
             self.worker_id,
             error,
-            True,
+            retryable,
             self.config.ttl_ms,
             self._take_prompt_id(job_id, token),
         )
@@ -792,6 +774,21 @@ class WorkerSession:
         if not refused:
             self.hub.metrics.failed += 1
             self._attempt_clock.end(job_id, token, attempt_outcome(status))
+        return refused, status
+
+    async def _fail_output(self, job_id: str, token: int, kind: str, message: str) -> None:
+        """End the attempt for good (not retried: the same run makes the same output)."""
+        await self._end_attempt(job_id, token, kind, message, retryable=False)
+        await self.send(Cancel(job_id, token, kind))
+
+    async def _fail_storage(self, job_id: str, token: int, message: str, of: str) -> None:
+        """End the attempt with `storage_error` (retried while attempts remain) and tell the
+        worker: an ack refusing its report `of` (if any), else a cancel of the job."""
+        self.hub.dispatcher.storage_failed()
+        refused, status = await self._end_attempt(
+            job_id, token, StorageError.error_type, message, retryable=True
+        )
+        if not refused:
             log.info("job %s: attempt ended with storage_error (now %s)", job_id, status)
         if of:
             await self._ack(job_id, token, of, refused or StorageError.error_type)
