@@ -25,6 +25,7 @@ from wgpu_protocol.frames import encode_ack as ack_frame
 from wgpu_protocol.frames import encode_job
 from wgpu_protocol.messages import (
     MAX_ID_LENGTH,
+    MAX_TEXT_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Bye,
@@ -68,6 +69,7 @@ from .ws_frames import text_frames
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+MAX_FRAME_BYTES = max(MAX_TEXT_FRAME_BYTES, MAX_CHUNK_FRAME_BYTES)
 # Frames written together only while the socket has nothing buffered and they are this small:
 # bigger or backed-up writes go through aiohttp, which applies its flow control.
 COALESCE_MAX_BYTES = 64 * 1024
@@ -148,10 +150,10 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
             f"{hub.pending_sockets} worker sockets are waiting to say hello; retry later"
         )
     ws = web.WebSocketResponse(
-        # Frames above a chunk frame (1 MiB of output + its header) are refused from their
-        # header, before any of them is buffered: text frames are at most 1 MiB, and outputs
-        # travel in chunks (wgpu_protocol.output_chunks).
-        max_msg_size=MAX_CHUNK_FRAME_BYTES,
+        # Every frame, text or output chunk, is at most 1 MiB (a chunk frame's header included,
+        # wgpu_protocol.output_chunks): a larger one is refused from its header, before any of
+        # it is buffered (aiohttp refuses a payload of max_msg_size or more).
+        max_msg_size=MAX_FRAME_BYTES + 1,
         compress=False,
         autoping=True,
         heartbeat=None,

@@ -1,10 +1,12 @@
 """Output files in chunks: how a worker streams a file of any size to the hub.
 
-A chunk frame is b"WGC1" + 4-byte big-endian header length + JSON header + up to
-`MAX_CHUNK_BYTES` of the file. The header is `{"job_id", "token", "name", "content_type",
-"offset", "last"}`; the last chunk also carries the whole file's `size` and `sha256`, which the
-hub checks before it keeps the file. Chunks of one file arrive in order, offsets contiguous.
-No I/O here.
+A chunk frame is b"WGC1" + 4-byte big-endian header length + JSON header (at most
+`MAX_CHUNK_HEADER_BYTES`) + up to `MAX_CHUNK_BYTES` of the file, so that a whole chunk frame fits
+in `MAX_CHUNK_FRAME_BYTES`, the one frame limit of the worker socket (the text frame limit): the
+hub can refuse any larger frame from its header, before buffering it. The header is
+`{"job_id", "token", "name", "content_type", "offset", "last"}`; the last chunk also carries
+the whole file's `size` and `sha256`, which the hub checks before it keeps the file. Chunks of
+one file arrive in order, offsets contiguous. No I/O here.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import json
 import struct
 from dataclasses import dataclass
 
-from .messages import MAX_ID_LENGTH, ProtocolError
+from .messages import MAX_ID_LENGTH, MAX_TEXT_FRAME_BYTES, ProtocolError
 
 CHUNK_MAGIC = b"WGC1"
-MAX_CHUNK_BYTES = 1 << 20
-MAX_CHUNK_FRAME_BYTES = MAX_CHUNK_BYTES + 64 * 1024
+_PREFIX_BYTES = 8  # magic + header length
+MAX_CHUNK_FRAME_BYTES = MAX_TEXT_FRAME_BYTES
+# Room for the largest header the limits allow (three 200-character strings, each character
+# escaped to at most 12 bytes by json.dumps, plus the numbers and the sha256).
+MAX_CHUNK_HEADER_BYTES = 16 * 1024 - _PREFIX_BYTES
+MAX_CHUNK_BYTES = MAX_CHUNK_FRAME_BYTES - _PREFIX_BYTES - MAX_CHUNK_HEADER_BYTES
 # Outputs larger than this are refused by both sides (MAX_OUTPUT_BYTES overrides the default).
 DEFAULT_MAX_OUTPUT_BYTES = 8 << 30
 _HEX = frozenset("0123456789abcdef")
@@ -53,6 +59,10 @@ def encode_chunk(chunk: OutputChunk) -> bytes:
         header["size"] = chunk.size
         header["sha256"] = chunk.sha256
     raw = json.dumps(header, separators=(",", ":")).encode()
+    if len(raw) > MAX_CHUNK_HEADER_BYTES:
+        raise ProtocolError(f"a chunk header is at most {MAX_CHUNK_HEADER_BYTES} bytes")
+    if len(chunk.data) > MAX_CHUNK_BYTES:
+        raise ProtocolError(f"a chunk carries at most {MAX_CHUNK_BYTES} bytes", "too_large")
     return CHUNK_MAGIC + struct.pack(">I", len(raw)) + raw + chunk.data
 
 
@@ -75,13 +85,13 @@ def decode_chunk(blob: bytes) -> OutputChunk:
         raise ProtocolError(
             f"chunk frame of {len(blob)} bytes exceeds {MAX_CHUNK_FRAME_BYTES}", "too_large"
         )
-    if len(blob) < 8 or blob[:4] != CHUNK_MAGIC:
+    if len(blob) < _PREFIX_BYTES or blob[:4] != CHUNK_MAGIC:
         raise ProtocolError("binary frame is not an output chunk")
     (length,) = struct.unpack(">I", blob[4:8])
-    if length > 64 * 1024 or 8 + length > len(blob):
+    if length > MAX_CHUNK_HEADER_BYTES or _PREFIX_BYTES + length > len(blob):
         raise ProtocolError("chunk header length is invalid")
     try:
-        header = json.loads(blob[8 : 8 + length])
+        header = json.loads(blob[_PREFIX_BYTES : _PREFIX_BYTES + length])
     except ValueError:
         raise ProtocolError("chunk header is not JSON") from None
     if not isinstance(header, dict):
@@ -92,7 +102,7 @@ def decode_chunk(blob: bytes) -> OutputChunk:
     last = header.get("last", False)
     if not isinstance(last, bool):
         raise ProtocolError("chunk.last must be true or false")
-    data = blob[8 + length :]
+    data = blob[_PREFIX_BYTES + length :]
     if len(data) > MAX_CHUNK_BYTES:
         raise ProtocolError(f"a chunk carries at most {MAX_CHUNK_BYTES} bytes", "too_large")
     size, sha256 = 0, ""
