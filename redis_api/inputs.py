@@ -4,8 +4,9 @@ An input is a content-addressed blob in storage (`inputs/<sha256>`), described i
 (`input:<sha256>`, expiring like results): uploaded once with `POST /uploads`, referenced by any
 number of jobs as `{"ref": "sha256:<hex>"}`, or given inline (`{"data": base64}`), as a URL the hub
 fetches (`{"url"}`, http(s) only, private addresses refused unless allowed), or as a file part of
-a multipart `POST /jobs`. The worker fetches each from `GET /worker/inputs/<hex>`, uploads it to
-its ComfyUI and rewrites the workflow's file names.
+a multipart `POST /jobs`. The worker holding the job fetches each from
+`GET /worker/inputs/<hex>?worker_id=&job_id=` (with its own credential), uploads it to its
+ComfyUI and rewrites the workflow's file names.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from wgpu_protocol.messages import MAX_ID_LENGTH, ProtocolError, check_text
+
 from .errors import BadRequest
 from .runtime import Hub
 
@@ -36,6 +39,7 @@ MAX_INPUTS = 32
 MAX_REDIRECTS = 3
 _REF = re.compile(r"^sha256:([0-9a-f]{64})$")
 _NAME = re.compile(r"^[^/\\\0]{1,200}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
 
 
@@ -272,16 +276,40 @@ def _public(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in ("ref", "name", "size", "content_type")}
 
 
+def _id_ok(value: str) -> bool:
+    """An id from the query string, checked before it reaches Redis or the HMAC."""
+    try:
+        check_text(value, "id", name=True)
+    except ProtocolError:
+        return False
+    return 0 < len(value) <= MAX_ID_LENGTH
+
+
 async def get_worker_input(request: web.Request) -> web.StreamResponse:
-    """`GET /worker/inputs/<hex>`: an input's bytes, for workers (WORKER_TOKEN when set)."""
-    from .auth import bearer_ok
+    """`GET /worker/inputs/<hex>?worker_id=W&job_id=J`: an input's bytes, for the worker that
+    holds job J. With WORKER_TOKEN set, W's own credential (as on its socket) is required, and J
+    must be W's job now and name that input."""
+    from .auth import worker_ok
     from .runtime import HUB_KEY
 
     hub = request.app[HUB_KEY]
-    if hub.config.worker_token and not bearer_ok(request, (hub.config.worker_token,)):
-        raise web.HTTPUnauthorized(reason="a valid worker token is required (WORKER_TOKEN)")
     sha256 = request.match_info["sha256"]
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+    if hub.config.worker_token:
+        worker_id = request.query.get("worker_id", "")
+        if not _id_ok(worker_id) or not worker_ok(request, hub.config.worker_token, worker_id):
+            raise web.HTTPUnauthorized(
+                reason="the credential of the worker named by ?worker_id= is required "
+                "(WORKER_CREDENTIAL, or WORKER_TOKEN to derive it)"
+            )
+        job_id = request.query.get("job_id", "")
+        if not _id_ok(job_id):
+            raise BadRequest(f"?job_id= must name the job (1-{MAX_ID_LENGTH} characters)", "job_id")
+        held = await hub.store.held_job_inputs(job_id, worker_id)
+        if held is None:
+            raise web.HTTPForbidden(reason=f"job {job_id} is not worker {worker_id}'s job now")
+        if not _SHA256.fullmatch(sha256) or sha256 not in held:
+            raise web.HTTPForbidden(reason=f"job {job_id} has no such input")
+    if not _SHA256.fullmatch(sha256):
         raise web.HTTPNotFound(reason="no such input")
     meta = await hub.store.get_input(sha256)
     if meta is None:

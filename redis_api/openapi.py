@@ -284,17 +284,23 @@ def _operations() -> dict[str, dict[str, Any]]:
             },
         },
         "/worker/inputs/{sha256}": {
-            "parameters": [_param("sha256", "path", "the input's sha256, hex")],
+            "parameters": [
+                _param("sha256", "path", "the input's sha256, hex"),
+                _param("worker_id", "query", "the worker asking (whose credential it shows)"),
+                _param("job_id", "query", "the job the input is for, held by that worker"),
+            ],
             "get": {
                 "operationId": "workerInput",
-                "summary": "An input's bytes, for workers (their WORKER_TOKEN credential)",
+                "summary": "An input's bytes, for the worker holding the job (its credential)",
                 "security": [],
                 "responses": {
                     "200": {
                         "description": "the file",
                         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                     },
-                    "401": _error("no valid worker credential (when WORKER_TOKEN is set)"),
+                    "400": _error("no valid job_id (when WORKER_TOKEN is set)"),
+                    "401": _error("no valid credential for worker_id (when WORKER_TOKEN is set)"),
+                    "403": _error("the job is not this worker's now, or has no such input"),
                     "404": _error("no such input (or expired)"),
                 },
             },

@@ -795,6 +795,17 @@ class Store:
             found = await pipe.execute()
         return {sha256 for sha256, n in zip(hashes, found, strict=True) if n}
 
+    async def held_job_inputs(self, job_id: str, worker_id: str) -> set[str] | None:
+        """The sha256 of each input of a job that `worker_id` holds now (None when the job is
+        unknown, ended, queued or another worker's)."""
+        status, owner, extras = await self.redis.hmget(
+            self.key(f"job:{job_id}"), ["status", "worker_id", "extras"]
+        )
+        if status is None or status in TERMINAL_STATES or owner != worker_id:
+            return None
+        inputs = json.loads(extras).get("inputs", {}) if extras else {}
+        return {str(meta.get("ref", "")).removeprefix("sha256:") for meta in inputs.values()}
+
     async def get_input(self, sha256: str) -> dict[str, Any] | None:
         raw: dict[str, str] = await self.redis.hgetall(self.key(f"input:{sha256}"))
         return {k: json.loads(v) for k, v in raw.items()} if raw else None

@@ -184,10 +184,15 @@ async def test_the_document_describes_every_route_status_and_field(
     await check.call(hub, "POST", "/jobs", "/jobs?wait=0.2", 202, {"workflow": WORKFLOW})
     worker_input = "/worker/inputs/{sha256}"
     digest = upload["ref"].removeprefix("sha256:")
-    auth = {"Authorization": f"Bearer {TOKEN}", "X-API-Key": ""}  # the fleet token
-    await check.call(hub, "GET", worker_input, f"/worker/inputs/{digest}", 200, None, auth)
-    await check.call(hub, "GET", worker_input, f"/worker/inputs/{'0' * 64}", 404, None, auth)
+    own = {"Authorization": f"Bearer {worker_credential(TOKEN, 'm1-gpu0')}", "X-API-Key": ""}
+    held = f"/worker/inputs/{digest}?worker_id=m1-gpu0&job_id={taken.job_id}"
+    await check.call(hub, "GET", worker_input, held, 403, None, own)  # not that job's input
+    await check.call(hub, "GET", worker_input, held.split("&")[0], 400, None, own)
+    fleet = {"Authorization": f"Bearer {TOKEN}", "X-API-Key": ""}
+    await check.call(hub, "GET", worker_input, held, 401, None, fleet)
     await check.call(hub, "GET", worker_input, f"/worker/inputs/{digest}", 401)
+    for status in (200, 404):  # tests/worker/test_inputs.py: a worker fetches its job's input
+        check.response_spec(worker_input, "GET", status)
 
     listed = await check.call(hub, "GET", "/jobs", "/jobs?limit=10", 200)
     assert {done["id"], running["id"], queued["id"]} <= {j["id"] for j in listed["jobs"]}

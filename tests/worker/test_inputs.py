@@ -11,14 +11,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
+from yarl import URL
 
 from comfyui_sim.media_nodes import INVERT_TABLE
 from comfyui_sim.png import decode_png
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.fixtures.sim_traffic import RECORDED
+from tests.hub.worker_client import ProtocolWorker
 from tests.worker.test_relay import HubClient, http, running_worker, worker_config
+from wgpu_protocol.credentials import worker_credential
 
 __all__ = ["http"]
 
@@ -176,28 +180,87 @@ async def test_an_input_over_max_input_bytes_is_refused(
     assert r.status == 400 and "MAX_INPUT_BYTES" in answer["error"]
 
 
-async def test_the_worker_input_route_takes_the_worker_token(
-    hub_factory: HubFactory, http: aiohttp.ClientSession
+async def test_a_jobs_inputs_go_only_to_the_worker_holding_it(
+    hub_factory: HubFactory, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    hub = await hub_factory(worker_token="wt-secret", api_keys=("ak-1",))
+    """Per-worker credentials on the input route, as on the socket: a worker gets the inputs of
+    the job it holds now, with its own credential; another worker's credential, the fleet token
+    itself, another input or a job that ended are refused."""
+    token = "wt-secret"
+    hub = await hub_factory(worker_token=token, api_keys=("ak-1",))
+    key = {"X-API-Key": "ak-1"}
+    refs = []
+    for body in (PNG, PNG + b"other"):
+        async with http.post(f"{hub.url}/uploads?name=in.png", data=body, headers=key) as r:
+            refs.append((await r.json())["ref"].removeprefix("sha256:"))
+    mine, other = refs
     async with http.post(
-        f"{hub.url}/uploads?name=in.png", data=PNG, headers={"X-API-Key": "ak-1"}
+        f"{hub.url}/jobs",
+        json={"workflow": invert_workflow(), "inputs": {"in.png": {"ref": f"sha256:{mine}"}}},
+        headers=key,
     ) as r:
-        ref = (await r.json())["ref"]
-    url = f"{hub.url}/worker/inputs/{ref.removeprefix('sha256:')}"
-    for headers in ({}, {"Authorization": "Bearer ak-1"}, {"Authorization": "Bearer wrong"}):
-        async with http.get(url, headers=headers) as r:
-            assert r.status == 401, headers
-    async with http.get(url, headers={"Authorization": "Bearer wt-secret"}) as r:
-        assert r.status == 200 and await r.read() == PNG
+        job_id = (await r.json())["id"]
+    holder = ProtocolWorker(hub.url, worker_id="m1-gpu0", token=token)
+    await holder.connect()
+    assigned = await holder.take_job()
+    assert assigned.job_id == job_id
+
+    async def fetch(sha256: str, worker_id: str, bearer: str, job: str = job_id) -> int:
+        query = {"worker_id": worker_id, "job_id": job}
+        headers = {"Authorization": f"Bearer {bearer}"}
+        async with http.get(
+            f"{hub.url}/worker/inputs/{sha256}", params=query, headers=headers
+        ) as r:
+            if r.status == 200:
+                assert await r.read() == (PNG if sha256 == mine else PNG + b"other")
+            return r.status
+
+    m1, m2 = worker_credential(token, "m1-gpu0"), worker_credential(token, "m2-gpu0")
+    assert await fetch(mine, "m1-gpu0", m1) == 200
+    assert await fetch(mine, "m2-gpu0", m2) == 403  # a valid credential, not that job's worker
+    assert await fetch(mine, "m1-gpu0", m2) == 401  # another worker's credential
+    assert await fetch(mine, "m1-gpu0", token) == 401  # the fleet token itself
+    assert await fetch(mine, "m1-gpu0", "ak-1") == 401
+    assert await fetch(other, "m1-gpu0", m1) == 403  # not one of the job's inputs
+    assert await fetch(mine, "m1-gpu0", m1, job="") == 400
+    for bad in ("%ED%A0%80", "%00"):  # a lone surrogate, a NUL: refused before the HMAC
+        url = URL(f"{hub.url}/worker/inputs/{mine}?worker_id=m1-gpu0{bad}&job_id=x", encoded=True)
+        async with http.get(url, headers={"Authorization": f"Bearer {m1}"}) as r:
+            assert r.status == 401, bad
+    client = aioredis.Redis.from_url(redis_url)
+    assert await client.delete(f"{hub.config.key_prefix}input:{mine}") == 1
+    await client.aclose()
+    assert await fetch(mine, "m1-gpu0", m1) == 404  # its description expired
+    assert (await holder.complete(assigned)).ok
+    assert await fetch(mine, "m1-gpu0", m1) == 403  # the job ended
+    await holder.close()
+
+
+async def test_a_worker_with_only_its_own_credential_runs_a_job_with_inputs(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    hub = await hub_factory(worker_token="wt-secret")
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    config = worker_config(
+        hub.url,
+        sim.url,
+        tmp_path,
+        worker_credential=worker_credential("wt-secret", "test-gpu0"),  # as `wgpu start` does
+    )
+    assert config.worker_token is None
+    async with running_worker(config):
+        job = await client.wait_for(await submit(client, "ref", ""))
+    assert job["status"] == "succeeded", job
 
 
 async def test_inputs_expire_like_results(
     hub_factory: HubFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """A blob whose description expired is swept; one still described is kept."""
-    import redis.asyncio as aioredis
-
     hub = await hub_factory(outputs_dir=str(tmp_path / "store"))
     client = HubClient(http, hub.url)
     kept = await upload(client, multipart=True)

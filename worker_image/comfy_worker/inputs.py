@@ -59,7 +59,10 @@ async def place_inputs(
     placed: dict[str, str] = {}
     subfolder = subfolder_of(job_id)
     spool = await asyncio.to_thread(tempfile.mkdtemp, prefix="wgpu-in-")
-    headers = {"Authorization": f"Bearer {config.worker_token}"} if config.worker_token else {}
+    # The hub gives a job's inputs only to the worker holding the job, on its own credential.
+    credential = config.credential
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    holder = {"worker_id": config.worker_id, "job_id": job_id}
     try:
         for name, meta in inputs.items():
             match = _REF.match(str(meta.get("ref", ""))) if isinstance(meta, dict) else None
@@ -68,7 +71,9 @@ async def place_inputs(
             path = os.path.join(spool, match.group(1))
             url = f"{hub_http_url(config)}/worker/inputs/{match.group(1)}"
             try:
-                async with session.get(url, headers=headers, timeout=FETCH_TIMEOUT) as response:
+                async with session.get(
+                    url, params=holder, headers=headers, timeout=FETCH_TIMEOUT
+                ) as response:
                     if response.status != 200:
                         raise InputUnavailable(
                             f"input {name!r}: the hub answered HTTP {response.status}"
