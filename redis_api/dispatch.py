@@ -33,6 +33,8 @@ class Session(Protocol):
     """What the dispatcher needs of a worker's socket (see worker_ws.WorkerSession)."""
 
     worker_id: str
+    # Pipelining: the finished job whose outputs the worker still relays (kept by its claims).
+    relaying: tuple[str, int] | None
 
     @property
     def is_open(self) -> bool: ...
@@ -160,7 +162,10 @@ class Dispatcher:
             while self.wanting.get(session.worker_id) is session and session.is_open:
                 self._reclaim.discard(session)
                 result = await self.store.claim(
-                    session.worker_id, self.config.lease_ms, self.config.claim_options
+                    session.worker_id,
+                    self.config.lease_ms,
+                    self.config.claim_options,
+                    session.relaying,
                 )
                 if isinstance(result, Claim):
                     self.not_wanting(session)

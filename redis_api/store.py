@@ -491,8 +491,12 @@ class Store:
         running: tuple[str, int] | None,
         lease_ms: int,
         boot_id: str = "",
-    ) -> bool:
+        relaying: tuple[str, int] | None = None,
+    ) -> tuple[bool, bool]:
+        """Whether the worker keeps (resumes) the running job it names, and the job it still
+        relays (pipelining)."""
         job_id, token = running if running else ("", 0)
+        relay_id, relay_token = relaying if relaying else ("", 0)
         resumed = await self._run(
             "hello",
             worker_id,
@@ -508,14 +512,31 @@ class Store:
             token if running else "",
             lease_ms,
             boot_id,
+            relay_id,
+            relay_token if relaying else "",
         )
-        return bool(int(resumed))
+        return bool(int(resumed[0])), bool(int(resumed[1]))
 
     async def claim(
-        self, worker_id: str, lease_ms: int, options: ClaimOptions = ClaimOptions()
+        self,
+        worker_id: str,
+        lease_ms: int,
+        options: ClaimOptions = ClaimOptions(),
+        relaying: tuple[str, int] | None = None,
     ) -> Claim | ClaimMiss:
+        """Claim a job for the worker; `relaying` (pipelining) is the finished job whose outputs
+        it still relays: it stays the worker's, any other job recorded as its own is lost."""
+        relay_id, relay_token = relaying if relaying else ("", 0)
         return _claim_result(
-            await self._run("claim", worker_id, lease_ms, *options.args(), fencing_token())
+            await self._run(
+                "claim",
+                worker_id,
+                lease_ms,
+                *options.args(),
+                fencing_token(),
+                relay_id,
+                relay_token if relaying else "",
+            )
         )
 
     async def set_models(
@@ -566,10 +587,14 @@ class Store:
         gpu_stats_json: str,
         comfyui_ok: bool,
         models_digest: str = "",
-    ) -> tuple[str, bool]:
-        """Returns (why the named job is not the worker's or '', whether the hub's record of
-        its models differs from `models_digest`)."""
+        relaying: tuple[str, int] | None = None,
+    ) -> tuple[str, bool, str]:
+        """Renews the leases of the running job (named, else the one recorded) and of the
+        relaying one. Returns (why the running job is not the worker's or '', whether the hub's
+        record of its models differs from `models_digest`, why the relaying job is not the
+        worker's or '')."""
         job_id, token = running if running else ("", 0)
+        relay_id, relay_token = relaying if relaying else ("", 0)
         result = await self._run(
             "heartbeat",
             worker_id,
@@ -580,8 +605,10 @@ class Store:
             gpu_stats_json,
             int(comfyui_ok),
             models_digest,
+            relay_id,
+            relay_token if relaying else "",
         )
-        return str(result[0] or ""), bool(int(result[1]))
+        return str(result[0] or ""), bool(int(result[1])), str(result[2] or "")
 
     async def set_worker_state(self, worker_id: str, session: str, state: str) -> None:
         key = self.key(f"worker:{worker_id}")

@@ -205,11 +205,15 @@ class WorkerSession:
         self._received: dict[tuple[str, int], dict[str, Received]] = {}
         # Outputs arriving in chunks: (job_id, token, name) -> the transfer so far.
         self._incoming: dict[tuple[str, int, str], _Incoming] = {}
-        # The job last sent on this socket, and the prompt id of its `started`, held back to go
-        # with that job's next script (progress/completed/failed): one script per job fewer.
-        self._delivered: tuple[str, int] | None = None
+        # The jobs sent on this socket that it still holds (at most two: the last one sent,
+        # and with pipelining the one before it, relaying), each with the prompt id of its
+        # `started`, held back to go with that job's next script (progress/completed/failed):
+        # one script per job fewer.
+        self._held_prompts: dict[tuple[str, int], str] = {}
         self._attempt_clock = AttemptClock(hub.metrics)
-        self._held_prompt_id = ""
+        # Pipelining: the finished job whose outputs the worker still relays (`ready.relaying`);
+        # claims for this worker keep it as the worker's own.
+        self.relaying: tuple[str, int] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -249,24 +253,28 @@ class WorkerSession:
 
     async def deliver(self, claim: Claim, ack: str = "") -> bool:
         """The job frame, after `ack` (the report that claimed it) in one write when given."""
-        self._received.clear()
-        self._delivered = (claim.job_id, claim.token)
+        # What is kept per job is bounded by the jobs the worker holds: the new one and the one
+        # it still relays.
+        self._received = {k: v for k, v in self._received.items() if k == self.relaying}
+        self._held_prompts = {k: v for k, v in self._held_prompts.items() if k == self.relaying}
+        self._held_prompts[(claim.job_id, claim.token)] = ""
         self._attempt_clock.start(claim)
-        self._held_prompt_id = ""
         if ack:
             return await self._send_texts(ack, job_frame(claim))
         return await self.send_frame(job_frame(claim))
 
     def _report_ended(self, job_id: str, token: int) -> None:
         """A final report was handled: later `started` for that job go through Redis again."""
-        if self._delivered == (job_id, token):
-            self._delivered = None
+        self._held_prompts.pop((job_id, token), None)
+        if self.relaying == (job_id, token):
+            self.relaying = None
 
     def _take_prompt_id(self, job_id: str, token: int) -> str:
         """The held-back `started` prompt id if it belongs to this report's job, once."""
-        if self._delivered != (job_id, token):
-            return ""
-        prompt_id, self._held_prompt_id = self._held_prompt_id, ""
+        key = (job_id, token)
+        prompt_id = self._held_prompts.get(key, "")
+        if prompt_id:
+            self._held_prompts[key] = ""
         return prompt_id
 
     async def send_cancel(self, notice: CancelNotice) -> None:
@@ -350,7 +358,8 @@ class WorkerSession:
             # The same worker reconnected before its old socket closed: the new one wins.
             await replaced.ws.close(code=4000, message=b"replaced by a newer connection")
         running = (hello.running.job_id, hello.running.token) if hello.running else None
-        resumed = await self.store.hello(
+        relaying = (hello.relaying.job_id, hello.relaying.token) if hello.relaying else None
+        resumed, relaying_resumed = await self.store.hello(
             self.worker_id,
             self.session_id,
             self.hub.hub_id,
@@ -360,6 +369,7 @@ class WorkerSession:
             running,
             self.config.lease_ms,
             hello.boot_id,
+            relaying,
         )
         self.welcomed = True
         if self.on_welcome is not None:
@@ -371,6 +381,8 @@ class WorkerSession:
                 self.config.lease_s,
                 resumed,
                 ready_next=True,
+                pipelining=True,
+                relaying_resumed=relaying_resumed,
             )
         )
         log.info("worker %s connected (resumed=%s)", self.worker_id, resumed)
@@ -420,6 +432,8 @@ class WorkerSession:
     async def _handle(self, message: WorkerMessage) -> None:
         match message:
             case Ready():
+                relaying = message.relaying
+                self.relaying = (relaying.job_id, relaying.token) if relaying else None
                 await self.hub.dispatcher.want_work(self)
             case Heartbeat():
                 await self._on_heartbeat(message)
@@ -446,8 +460,9 @@ class WorkerSession:
 
     async def _on_heartbeat(self, message: Heartbeat) -> None:
         running = (message.running.job_id, message.running.token) if message.running else None
+        relaying = (message.relaying.job_id, message.relaying.token) if message.relaying else None
         stats = json.dumps({k: v for k, v in asdict(message.gpu).items() if v is not None})
-        refused, models_stale = await self.store.heartbeat(
+        refused, models_stale, relay_refused = await self.store.heartbeat(
             self.worker_id,
             self.session_id,
             running,
@@ -455,6 +470,7 @@ class WorkerSession:
             stats,
             message.comfyui_ok,
             message.models_digest,
+            relaying,
         )
         if models_stale:
             # The hub's record of this worker's models is not what it last sent (a lost
@@ -463,12 +479,15 @@ class WorkerSession:
         if refused and running:
             # The worker runs a job that is no longer its own: stop it.
             await self.send(Cancel(running[0], running[1], refused))
+        if relay_refused and relaying:
+            await self.send(Cancel(relaying[0], relaying[1], relay_refused))
 
     async def _on_started(self, message: Started) -> None:
-        if self._delivered == (message.job_id, message.token):
+        key = (message.job_id, message.token)
+        if key in self._held_prompts:
             # This socket's own job, claimed moments ago (so its lease is fresh): record the
             # prompt id with the job's next script, which checks the token then.
-            self._held_prompt_id = message.prompt_id
+            self._held_prompts[key] = message.prompt_id
             return
         refused = await self.store.started(
             message.job_id, message.token, self.worker_id, message.prompt_id, self.config.lease_ms
@@ -491,6 +510,7 @@ class WorkerSession:
 
     async def _on_failed(self, message: Failed) -> None:
         await self._drop_incoming(message.job_id, message.token)
+        self._received.pop((message.job_id, message.token), None)
         error = {
             "type": message.error.type,
             "message": message.error.message,

@@ -94,6 +94,7 @@ class Hello:
     running: RunningJob | None = None
     protocol: int = PROTOCOL_VERSION
     boot_id: str = ""  # new per worker process: a changed one tells the hub the worker restarted
+    relaying: RunningJob | None = None  # pipelining: the finished job whose outputs it relays
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +104,17 @@ class Heartbeat:
     gpu: GpuStats = field(default_factory=GpuStats)
     running: RunningJob | None = None
     models_digest: str = ""  # digest of the last `models` sent; the hub asks again on mismatch
+    relaying: RunningJob | None = None  # its lease is renewed too (pipelining)
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The worker is idle and ComfyUI answers: give it a job."""
+    """The worker is idle and ComfyUI answers: give it a job. `relaying` (pipelining, only to a
+    hub whose welcome has `pipelining`): the worker still relays that finished job's outputs
+    and keeps it; its `completed` or `failed` follows after the next job is given."""
 
     type: ClassVar[str] = "ready"
+    relaying: RunningJob | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +199,8 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Answer to hello. `resumed` says whether the hub kept the lease of `hello.running`."""
+    """Answer to hello. `resumed` says whether the hub kept the lease of `hello.running`,
+    `relaying_resumed` the same of `hello.relaying`."""
 
     type: ClassVar[str] = "welcome"
     worker_id: str
@@ -202,6 +208,8 @@ class Welcome:
     lease_s: float
     resumed: bool = False
     ready_next: bool = False  # this hub honours completed.ready_next
+    pipelining: bool = False  # this hub honours ready.relaying
+    relaying_resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +525,9 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Hello, "running"): _opt(_obj(RunningJob)),
     (Hello, "protocol"): _int,
     (Hello, "boot_id"): _str(),
+    (Hello, "relaying"): _opt(_obj(RunningJob)),
+    (Heartbeat, "relaying"): _opt(_obj(RunningJob)),
+    (Ready, "relaying"): _opt(_obj(RunningJob)),
     (Heartbeat, "comfyui_ok"): _bool,
     (Heartbeat, "gpu"): _obj(GpuStats),
     (Heartbeat, "running"): _opt(_obj(RunningJob)),
@@ -550,6 +561,8 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Welcome, "lease_s"): _num,
     (Welcome, "resumed"): _bool,
     (Welcome, "ready_next"): _bool,
+    (Welcome, "pipelining"): _bool,
+    (Welcome, "relaying_resumed"): _bool,
     (JobAssigned, "job_id"): _str(),
     (JobAssigned, "token"): _int,
     (JobAssigned, "workflow"): _workflow,

@@ -261,11 +261,13 @@ local function add_history(id, attempt, worker, outcome, err)
 end
 
 local function clear_worker_job(worker, id)
-  if worker and worker ~= '' and redis.call('HGET', wkey(worker), 'current_job') == id then
+  if not worker or worker == '' then return end
+  local w = redis.call('HMGET', wkey(worker), 'current_job', 'relay_job', 'state')
+  if w[1] == id then
     redis.call('HSET', wkey(worker), 'current_job', '')
-    if redis.call('HGET', wkey(worker), 'state') == 'busy' then
-      redis.call('HSET', wkey(worker), 'state', 'idle')
-    end
+    if w[3] == 'busy' then redis.call('HSET', wkey(worker), 'state', 'idle') end
+  elseif w[2] == id then
+    redis.call('HSET', wkey(worker), 'relay_job', '')  -- pipelining: its relay ended
   end
 end
 
@@ -466,7 +468,8 @@ end
 
 -- A worker asks for a job (after `ready`, or with `completed.ready_next`). `opts`:
 -- {affinity_ms (< 0: no affinity, plain priority/fair order), backlog, cap (max running per
--- owner, 0 = none)}.
+-- owner, 0 = none), fencing token, relaying job id, its token (pipelining: `ready.relaying`,
+-- the finished job whose outputs the worker still relays; it stays the worker's, as relay_job)}.
 -- Returns {1, job_id, token, attempt, timeout_s, workflow, enqueued_ms, now_ms, extras} on a claim,
 -- {0} when the queue is empty, {2} when nothing queued fits this worker or it is drained,
 -- {3, retry_ms} when
@@ -477,15 +480,21 @@ local function claim_for(worker, lease_ms, now, opts)
   local wk = wkey(worker)
   local affinity_ms, backlog, cap = opts[1], opts[2], opts[3]
 
-  -- A worker asking for work holds none: a job still recorded as its own was lost with it.
-  local w = redis.call('HMGET', wk, 'current_job', 'quarantined')
-  local held = w[1]
-  if held and held ~= '' then
-    local j = redis.call('HMGET', jkey(held), 'status', 'worker_id')
-    if j[1] == 'running' and j[2] == worker then
-      redis.call('ZADD', P .. 'running', now, held)  -- the reaper requeues it now
+  -- A worker asking for work holds none but the job it names as relaying: any other job still
+  -- recorded as its own was lost with it.
+  local w = redis.call('HMGET', wk, 'current_job', 'quarantined', 'relay_job')
+  local keep = opts[5] or ''
+  if keep ~= '' and check_owner(keep, opts[6], worker) then keep = '' end
+  for _, held in ipairs({w[1] or '', w[3] or ''}) do
+    if held ~= '' and held ~= keep then
+      local j = redis.call('HMGET', jkey(held), 'status', 'worker_id')
+      if j[1] == 'running' and j[2] == worker then
+        redis.call('ZADD', P .. 'running', now, held)  -- the reaper requeues it now
+      end
     end
-    redis.call('HSET', wk, 'current_job', '')
+  end
+  if (w[1] or '') ~= '' or (w[3] or '') ~= keep then
+    redis.call('HSET', wk, 'current_job', '', 'relay_job', keep)
   end
   if w[2] and w[2] ~= '' then
     redis.call('ZREM', P .. 'idle', worker)

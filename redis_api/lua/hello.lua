@@ -1,6 +1,8 @@
 -- A worker (re)connects: ARGV prefix, worker_id, session, hub_id, machine_id, gpu_index, gpu_uuid,
--- gpu_name, vram_mb, version, running_job, running_token, lease_ms, boot_id.
--- Returns 1 when the worker keeps the job it names (same token, lease still held), else 0.
+-- gpu_name, vram_mb, version, running_job, running_token, lease_ms, boot_id, relaying_job,
+-- relaying_token (pipelining: the finished job whose outputs it still relays).
+-- Returns {1 when the worker keeps the running job it names (same token, lease still held),
+-- else 0; the same for the relaying job}.
 local worker, running, token, lease_ms = ARGV[2], ARGV[11], ARGV[12], tonumber(ARGV[13])
 local boot = ARGV[14] or ''
 local now = now_ms()
@@ -20,18 +22,32 @@ expire_worker(wk)
 redis.call('ZREM', P .. 'idle', worker)
 refresh_worker(worker)
 
+local held = redis.call('HMGET', wk, 'current_job', 'relay_job')
 local resumed = 0
 if running ~= '' and check_owner(running, token, worker) == nil then
   redis.call('ZADD', P .. 'running', now + lease_ms, running)
   redis.call('HSET', wk, 'current_job', running, 'state', 'busy')
   resumed = 1
 end
--- A job recorded as this worker's that it no longer names is lost: the reaper requeues it now.
-local held = redis.call('HGET', wk, 'current_job')
-if held and held ~= '' and held ~= (resumed == 1 and running or '') then
-  if check_owner(held, redis.call('HGET', jkey(held), 'token') or '', worker) == nil then
-    redis.call('ZADD', P .. 'running', now, held)
-  end
-  redis.call('HSET', wk, 'current_job', '')
+local relaying = ARGV[15] or ''
+local relay_resumed = 0
+if relaying ~= '' and check_owner(relaying, ARGV[16], worker) == nil then
+  redis.call('ZADD', P .. 'running', now + lease_ms, relaying)
+  redis.call('HSET', wk, 'relay_job', relaying)
+  relay_resumed = 1
+else
+  relaying = ''
 end
-return resumed
+-- A job recorded as this worker's that it no longer names is lost: the reaper requeues it now.
+local kept = {[resumed == 1 and running or ''] = true, [relaying] = true}
+for i, field in ipairs({'current_job', 'relay_job'}) do
+  local id = held[i]
+  if id and id ~= '' and not kept[id] then
+    if check_owner(id, redis.call('HGET', jkey(id), 'token') or '', worker) == nil then
+      redis.call('ZADD', P .. 'running', now, id)
+    end
+  end
+end
+if resumed == 0 and (held[1] or '') ~= '' then redis.call('HSET', wk, 'current_job', '') end
+if relay_resumed == 0 and (held[2] or '') ~= '' then redis.call('HSET', wk, 'relay_job', '') end
+return {resumed, relay_resumed}

@@ -73,10 +73,13 @@ class ProtocolWorker:
         self._reader = asyncio.create_task(self._read(self.ws))
         return self.ws
 
-    async def connect(self, running: RunningJob | None = None) -> Welcome:
+    async def connect(
+        self, running: RunningJob | None = None, relaying: RunningJob | None = None
+    ) -> Welcome:
         """Open the socket, say hello, return the welcome."""
         await self.open()
-        await self.send(Hello(self.worker_id, self.machine_id, self.gpu, "test", running))
+        hello = Hello(self.worker_id, self.machine_id, self.gpu, "test", running, relaying=relaying)
+        await self.send(hello)
         self.welcome = await self.expect(Welcome)
         return self.welcome
 
