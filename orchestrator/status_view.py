@@ -52,6 +52,7 @@ class SlotStatus:
     hub_connected: bool | None = None  # None: the hub was not reachable or does not know it
     hub_status: str | None = None
     current_job: str | None = None
+    current_job_status: str | None = None  # assigned (waiting in ComfyUI's queue) or running
     progress_pct: float | None = None
     jobs_done: int | None = None
     jobs_failed: int | None = None
@@ -168,6 +169,7 @@ def build_snapshot(
                 hub_connected=None if hub is None else bool(hub.get("connected")),
                 hub_status=None if hub is None else hub.get("status"),
                 current_job=None if hub is None else hub.get("current_job"),
+                current_job_status=None if hub is None else hub.get("current_job_status"),
                 progress_pct=None if hub is None else _progress_pct(hub.get("progress")),
                 jobs_done=None if hub is None else hub.get("jobs_done"),
                 jobs_failed=None if hub is None else hub.get("jobs_failed"),
@@ -336,6 +338,8 @@ STATUS_JOB_ID = 8  # a unique prefix is enough for every job command
 def _job_cell(slot: SlotStatus) -> str:
     if not slot.current_job:
         return ""
+    if slot.current_job_status == "assigned":  # waiting in its ComfyUI's queue, not running
+        return f"{slot.current_job[:STATUS_JOB_ID]} assigned"
     progress = "" if slot.progress_pct is None else f" {slot.progress_pct:.0f}%"
     return f"{slot.current_job[:STATUS_JOB_ID]}{progress}"
 

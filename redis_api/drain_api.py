@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from wgpu_protocol.messages import MAX_ID_LENGTH
+from wgpu_protocol.rest import HELD_STATES
 
 from .errors import BadRequest
 from .jobs import drain_view
@@ -62,7 +63,7 @@ async def _current_job(request: web.Request, worker_id: str) -> str | None:
     if not job_id:
         return None
     job = await store.get_job(job_id)
-    if job is None or job.get("status") != "running" or job.get("worker_id") != worker_id:
+    if job is None or job.get("status") not in HELD_STATES or job.get("worker_id") != worker_id:
         return None
     return str(job_id)
 

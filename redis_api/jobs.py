@@ -11,6 +11,7 @@ from urllib.parse import quote
 from wgpu_protocol import models
 from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES, ProtocolError, check_text, loads_strict
 from wgpu_protocol.rest import (
+    HELD_STATES,
     WORKER_STATES,
     DrainJson,
     JobJson,
@@ -268,7 +269,7 @@ def job_view(
     job waits (no connected worker can take it), from Store.waiting_reasons."""
     owner = fields.get("owner") or ""
     status = fields.get("status", "")
-    running = status == "running"
+    running = status in HELD_STATES
     error = _json(fields.get("error"), None)
     if isinstance(error, dict):
         error = {k: error.get(k) for k in ("type", "message", "node_id")}
@@ -283,6 +284,7 @@ def job_view(
         "progress": _json(fields.get("progress"), None) if running else None,
         "created_at": _seconds(fields.get("created_ms")),
         "started_at": _seconds(fields.get("started_ms")),
+        "running_at": _seconds(fields.get("running_ms")),
         "finished_at": _seconds(fields.get("finished_ms")),
         "error": error,
         "outputs": _json(fields.get("outputs"), []),
@@ -355,7 +357,7 @@ def worker_view(
     if not connected:
         state = "offline"
     gpu_index = fields.get("gpu_index", "")
-    running = current if job and job.get("status") == "running" else None
+    running = current if job and job.get("status") in HELD_STATES else None
     return {
         "id": fields.get("id", ""),
         "machine_id": fields.get("machine_id", ""),
@@ -368,6 +370,7 @@ def worker_view(
         "connected": connected,
         "status": state if state in WORKER_STATES else "unavailable",
         "current_job": running,
+        "current_job_status": cast(JobStatus, job.get("status")) if running and job else None,
         "progress": _json(job.get("progress"), None) if job else None,
         "last_heartbeat": seen / 1000.0 if seen else None,
         "gpu_stats": _json(fields.get("gpu_stats"), {}),

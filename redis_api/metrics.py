@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class _Claimed(Protocol):
@@ -194,10 +194,10 @@ class HubMetrics:
                 f'wgpu_webhook_deliveries_total{{outcome="{outcome}"}} {n}'
                 for outcome, n in self.webhooks.items()
             ),
-            "# HELP wgpu_job_queue_wait_seconds Enqueue to claim, per attempt ended, by outcome.",
+            "# HELP wgpu_job_queue_wait_seconds Enqueue to execution_start, by outcome.",
             "# TYPE wgpu_job_queue_wait_seconds histogram",
             *_labelled("wgpu_job_queue_wait_seconds", self.queue_wait),
-            "# HELP wgpu_job_duration_seconds Claim to the worker's report, by outcome.",
+            "# HELP wgpu_job_duration_seconds execution_start to the worker's report, by outcome.",
             "# TYPE wgpu_job_duration_seconds histogram",
             *_labelled("wgpu_job_duration_seconds", self.job_duration),
             *(queue.render() if queue is not None else []),
@@ -211,23 +211,34 @@ def attempt_outcome(status: str) -> str:
 
 
 class AttemptClock:
-    """When a worker session's jobs were claimed, so their end observes how long they waited
-    in the queue and ran (HubMetrics.attempt_ended). One per session; a handful of entries."""
+    """When a worker session's jobs were claimed and began executing, so their end observes
+    how long they waited and ran (HubMetrics.attempt_ended). The split is ComfyUI's
+    execution_start (the job became `running`): the wait includes the time `assigned` in
+    ComfyUI's queue. An attempt that never ran (ended while assigned, or a worker that does
+    not report execution_start) splits at the claim. One per session; a handful of entries."""
 
     KEEP = 8
 
     def __init__(self, metrics: HubMetrics) -> None:
         self.metrics = metrics
-        self._started: dict[tuple[str, int], tuple[float, float]] = {}
+        # (job, token) -> [wait until the claim, claimed at, began running at or None]
+        self._started: dict[tuple[str, int], list[Any]] = {}
 
     def start(self, claim: _Claimed) -> None:
         if len(self._started) >= self.KEEP:  # ends that never came (cancelled, timed out)
             self._started.pop(next(iter(self._started)))
         wait_s = max(0, claim.claimed_ms - claim.enqueued_ms) / 1000
-        self._started[(claim.job_id, claim.token)] = (wait_s, time.monotonic())
+        self._started[(claim.job_id, claim.token)] = [wait_s, time.monotonic(), None]
+
+    def running(self, job_id: str, token: int) -> None:
+        started = self._started.get((job_id, token))
+        if started is not None and started[2] is None:
+            started[2] = time.monotonic()
 
     def end(self, job_id: str, token: int, outcome: str) -> None:
         started = self._started.pop((job_id, token), None)
         if started is not None:
-            wait_s, at = started
-            self.metrics.attempt_ended(outcome, wait_s, time.monotonic() - at)
+            wait_s, claimed_at, running_at = started
+            split = claimed_at if running_at is None else running_at
+            wait_s += split - claimed_at
+            self.metrics.attempt_ended(outcome, wait_s, time.monotonic() - split)

@@ -21,7 +21,7 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
+from wgpu_protocol.rest import HELD_STATES, JOB_STATES, TERMINAL_STATES
 
 from .batching import ScriptBatcher
 from .errors import QueueFull, RedisOutOfMemory, StoreUnavailable
@@ -429,7 +429,8 @@ class Store:
         return [row for row in rows if row]
 
     async def list_job_ids(self, status: str | None, limit: int) -> list[str]:
-        """Queued in dispatch order, running by lease, finished newest first."""
+        """Queued in dispatch order, assigned by claim, running by lease, finished newest
+        first."""
         ids: list[str] = []
         for state in (status,) if status else JOB_STATES:
             if len(ids) >= limit:
@@ -437,20 +438,40 @@ class Store:
             want = limit - len(ids)
             if state == "queued":
                 ids += await self.redis.zrange(self.key("queue"), 0, want - 1)
+            elif state == "assigned":
+                ids += await self.redis.zrange(self.key("assigned"), 0, want - 1)
             elif state == "running":
-                ids += await self.redis.zrange(self.key("running"), 0, want - 1)
+                ids += await self._running_ids(want)
             else:
                 ids += await self.redis.zrevrange(self.key(f"done:{state}"), 0, want - 1)
         return ids
 
+    async def _running_ids(self, want: int) -> list[str]:
+        # The lease set `running` holds assigned jobs too (both are held by a worker).
+        ids: list[str] = []
+        start, batch = 0, max(want, 100)
+        while len(ids) < want:
+            chunk = await self.redis.zrange(self.key("running"), start, start + batch - 1)
+            if not chunk:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.hget(self.key(f"job:{job_id}"), "status")
+                statuses = await pipe.execute()
+            ids += [j for j, s in zip(chunk, statuses, strict=True) if s == "running"]
+            start += batch
+        return ids[:want]
+
     async def counts(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.key("queue"))
+            pipe.zcard(self.key("assigned"))
             pipe.zcard(self.key("running"))
             for state in TERMINAL_STATES:
                 pipe.zcard(self.key(f"done:{state}"))
-            values = await pipe.execute()
-        return dict(zip(JOB_STATES, (int(v) for v in values), strict=True))
+            values = [int(v) for v in await pipe.execute()]
+        values[2] = max(0, values[2] - values[1])  # the lease set holds both held states
+        return dict(zip(JOB_STATES, values, strict=True))
 
     async def queued_breakdown(self, limit: int) -> list[tuple[str, str, str]]:
         """(priority, owner, pool) of the first `limit` queued jobs, in dispatch order."""
@@ -474,7 +495,7 @@ class Store:
             return "unknown_job"
         if status in TERMINAL_STATES:
             return "already_finished"
-        if status != "running" or current != str(token) or owner != worker_id:
+        if status not in HELD_STATES or current != str(token) or owner != worker_id:
             return "stale_token"
         return ""
 
@@ -671,6 +692,31 @@ class Store:
     ) -> str:
         return str(
             await self._run("report", "started", job_id, token, worker_id, lease_ms, prompt_id)
+            or ""
+        )
+
+    async def execution_started(
+        self,
+        job_id: str,
+        token: int,
+        worker_id: str,
+        prompt_id: str,
+        lease_ms: int,
+        held_prompt_id: str = "",
+    ) -> str:
+        """ComfyUI began executing the job: assigned -> running (fenced like every report).
+        `held_prompt_id`: a `started` the hub held back, recorded with it."""
+        return str(
+            await self._run(
+                "report",
+                "execution_started",
+                job_id,
+                token,
+                worker_id,
+                lease_ms,
+                prompt_id,
+                held_prompt_id,
+            )
             or ""
         )
 

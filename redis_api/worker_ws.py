@@ -32,6 +32,7 @@ from wgpu_protocol.messages import (
     Cancel,
     Completed,
     ErrorReply,
+    ExecutionStarted,
     Failed,
     Heartbeat,
     Hello,
@@ -214,6 +215,9 @@ class WorkerSession:
         # Pipelining: the finished job whose outputs the worker still relays (`ready.relaying`);
         # claims for this worker keep it as the worker's own.
         self.relaying: tuple[str, int] | None = None
+        # The worker said (hello.execution_started) that it reports ComfyUI's execution_start;
+        # an older one does not, and its `started` moves the job to running instead.
+        self._reports_execution = False
 
     @property
     def is_open(self) -> bool:
@@ -372,6 +376,7 @@ class WorkerSession:
             relaying,
         )
         self.welcomed = True
+        self._reports_execution = hello.execution_started
         if self.on_welcome is not None:
             self.on_welcome()
         await self.send(
@@ -383,6 +388,7 @@ class WorkerSession:
                 ready_next=True,
                 pipelining=True,
                 relaying_resumed=relaying_resumed,
+                execution_started=True,
             )
         )
         log.info("worker %s connected (resumed=%s)", self.worker_id, resumed)
@@ -439,6 +445,8 @@ class WorkerSession:
                 await self._on_heartbeat(message)
             case Started():
                 await self._on_started(message)
+            case ExecutionStarted():
+                await self._on_execution_started(message)
             case Progress():
                 await self._on_progress(message)
             case Completed():
@@ -483,6 +491,12 @@ class WorkerSession:
             await self.send(Cancel(relaying[0], relaying[1], relay_refused))
 
     async def _on_started(self, message: Started) -> None:
+        if not self._reports_execution:
+            # An older worker never says execution_started: running from `started`, as before.
+            await self._on_execution_started(
+                ExecutionStarted(message.job_id, message.token, message.prompt_id), "started"
+            )
+            return
         key = (message.job_id, message.token)
         if key in self._held_prompts:
             # This socket's own job, claimed moments ago (so its lease is fresh): record the
@@ -493,6 +507,21 @@ class WorkerSession:
             message.job_id, message.token, self.worker_id, message.prompt_id, self.config.lease_ms
         )
         await self._refuse_report(message.job_id, message.token, "started", refused)
+
+    async def _on_execution_started(
+        self, message: ExecutionStarted, of: str = "execution_started"
+    ) -> None:
+        refused = await self.store.execution_started(
+            message.job_id,
+            message.token,
+            self.worker_id,
+            message.prompt_id,
+            self.config.lease_ms,
+            self._take_prompt_id(message.job_id, message.token),
+        )
+        await self._refuse_report(message.job_id, message.token, of, refused)
+        if not refused:
+            self._attempt_clock.running(message.job_id, message.token)
 
     async def _on_progress(self, message: Progress) -> None:
         payload = progress_json(message.node, message.value, message.max, message.node_class)

@@ -95,6 +95,8 @@ class Hello:
     protocol: int = PROTOCOL_VERSION
     boot_id: str = ""  # new per worker process: a changed one tells the hub the worker restarted
     relaying: RunningJob | None = None  # pipelining: the finished job whose outputs it relays
+    # This worker sends `execution_started` (a hub then keeps its jobs `assigned` until it does).
+    execution_started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,18 @@ class Unavailable:
 @dataclass(frozen=True, slots=True)
 class Started:
     type: ClassVar[str] = "started"
+    job_id: str
+    token: int
+    prompt_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStarted:
+    """ComfyUI sent `execution_start` for the job's prompt: it left ComfyUI's queue and runs.
+    The hub moves the job from `assigned` to `running` (only a hub whose welcome has
+    `execution_started` is sent this)."""
+
+    type: ClassVar[str] = "execution_started"
     job_id: str
     token: int
     prompt_id: str
@@ -210,6 +224,7 @@ class Welcome:
     ready_next: bool = False  # this hub honours completed.ready_next
     pipelining: bool = False  # this hub honours ready.relaying
     relaying_resumed: bool = False
+    execution_started: bool = False  # this hub records `execution_started` (assigned -> running)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +274,7 @@ WorkerMessage: TypeAlias = (
     | Ready
     | Unavailable
     | Started
+    | ExecutionStarted
     | Progress
     | Completed
     | Failed
@@ -277,6 +293,7 @@ WORKER_MESSAGES: dict[str, type[Any]] = {
         Ready,
         Unavailable,
         Started,
+        ExecutionStarted,
         Progress,
         Completed,
         Failed,
@@ -528,6 +545,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Hello, "relaying"): _opt(_obj(RunningJob)),
     (Heartbeat, "relaying"): _opt(_obj(RunningJob)),
     (Ready, "relaying"): _opt(_obj(RunningJob)),
+    (Hello, "execution_started"): _bool,
     (Heartbeat, "comfyui_ok"): _bool,
     (Heartbeat, "gpu"): _obj(GpuStats),
     (Heartbeat, "running"): _opt(_obj(RunningJob)),
@@ -539,6 +557,9 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Started, "job_id"): _str(),
     (Started, "token"): _int,
     (Started, "prompt_id"): _str(),
+    (ExecutionStarted, "job_id"): _str(),
+    (ExecutionStarted, "token"): _int,
+    (ExecutionStarted, "prompt_id"): _str(),
     (Progress, "job_id"): _str(),
     (Progress, "token"): _int,
     (Progress, "node"): _opt(_str()),
@@ -563,6 +584,7 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Welcome, "ready_next"): _bool,
     (Welcome, "pipelining"): _bool,
     (Welcome, "relaying_resumed"): _bool,
+    (Welcome, "execution_started"): _bool,
     (JobAssigned, "job_id"): _str(),
     (JobAssigned, "token"): _int,
     (JobAssigned, "workflow"): _workflow,

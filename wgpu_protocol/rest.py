@@ -12,7 +12,8 @@ from typing import Any, Literal, NotRequired, TypeAlias, TypedDict, get_args
 
 JobStatus: TypeAlias = Literal[
     "queued",
-    "running",
+    "assigned",  # a worker holds it; it waits in that worker's ComfyUI queue
+    "running",  # ComfyUI sent execution_start for it
     "succeeded",
     "failed",
     "cancelled",
@@ -22,7 +23,10 @@ JobStatus: TypeAlias = Literal[
     "expired",  # not started within queue_timeout_s
 ]
 JOB_STATES: tuple[JobStatus, ...] = get_args(JobStatus)  # in that order
-TERMINAL_STATES: tuple[JobStatus, ...] = JOB_STATES[2:]
+TERMINAL_STATES: tuple[JobStatus, ...] = JOB_STATES[3:]
+# Held by a worker (a fencing token, a lease): everything that ends or counts a worker's job
+# treats both alike.
+HELD_STATES: tuple[JobStatus, ...] = ("assigned", "running")
 
 WorkerStatus: TypeAlias = Literal["idle", "busy", "unavailable", "offline"]
 WORKER_STATES: tuple[WorkerStatus, ...] = get_args(WorkerStatus)
@@ -91,7 +95,8 @@ class JobJson(TypedDict):
     worker_id: str | None
     progress: ProgressJson | None
     created_at: float | None  # unix seconds
-    started_at: float | None
+    started_at: float | None  # a worker took it (the claim: assigned)
+    running_at: float | None  # ComfyUI began executing it (running); None before
     finished_at: float | None
     error: JobErrorJson | None
     outputs: list[OutputJson]
@@ -151,6 +156,7 @@ class WorkerJson(TypedDict):
     connected: bool
     status: WorkerStatus
     current_job: str | None
+    current_job_status: JobStatus | None  # assigned (in ComfyUI's queue) or running
     progress: ProgressJson | None
     last_heartbeat: float | None  # unix seconds
     gpu_stats: GpuStatsJson

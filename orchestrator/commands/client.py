@@ -31,6 +31,7 @@ SHORT_ID = 12
 
 STATUS_STYLE = {
     "succeeded": "green",
+    "assigned": "blue",
     "running": "cyan",
     "queued": "yellow",
     "failed": "red",

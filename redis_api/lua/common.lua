@@ -25,6 +25,9 @@ local function lanekey(pid, owner) return P .. 'lane:' .. pid .. ':' .. owner en
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true, dead = true,
   unschedulable = true, expired = true}
+-- Held by a worker (token, lease): `assigned` (waiting in its ComfyUI's queue) and `running`
+-- (ComfyUI sent execution_start). Whatever ends, reaps or counts a worker's job takes both.
+local HELD = {assigned = true, running = true}
 local EVENTS_MAXLEN = 1000
 -- A score is band * ROUND + round: higher priority first, then the fair-share round (each
 -- owner's jobs take consecutive rounds starting at the round being served), then job id.
@@ -276,6 +279,7 @@ end
 local function end_attempt(id, now, outcome, err)
   local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner')
   redis.call('ZREM', P .. 'running', id)
+  redis.call('ZREM', P .. 'assigned', id)
   redis.call('ZREM', P .. 'deadlines', id)
   add_history(id, j[1], j[2] or '', outcome, err)
   clear_worker_job(j[2], id)
@@ -307,6 +311,7 @@ local function finish(id, status, now, ttl_ms, err)
   local was = redis.call('HMGET', key, 'status', 'pool', 'owner')
   if was[1] == 'queued' then lane_remove(id, was[2] or '', was[3] or '') end
   redis.call('ZREM', P .. 'running', id)
+  redis.call('ZREM', P .. 'assigned', id)
   redis.call('ZREM', P .. 'deadlines', id)
   local fields = {'status', status, 'finished_ms', now}
   if err then
@@ -353,20 +358,37 @@ local function retry_or_end(id, now, ttl_ms, outcome, err, retryable)
   return 'queued'
 end
 
--- Checks a worker's report: the job must be running under this token on this worker.
+-- Checks a worker's report: the job must be held (assigned or running) under this token on
+-- this worker.
 local function check_owner(id, token, worker)
   local j = redis.call('HMGET', jkey(id), 'status', 'token', 'worker_id')
   if not j[1] then return 'unknown_job' end
   if TERMINAL[j[1]] then return 'already_finished' end
-  if j[1] ~= 'running' or j[2] ~= token or j[3] ~= worker then return 'stale_token' end
+  if not HELD[j[1]] or j[2] ~= token or j[3] ~= worker then return 'stale_token' end
   return nil
 end
 
--- A worker said `started`: its ComfyUI prompt id, and a status event for SSE. The hub may hold
--- it back and pass it with the job's next fenced script (saves a script per job).
+-- A worker said `started`: its ComfyUI prompt id, and a status event (the job's status as it
+-- is) for SSE. The hub may hold it back and pass it with the job's next fenced script (saves a
+-- script per job).
 local function record_started(id, worker, prompt_id)
-  redis.call('HSET', jkey(id), 'prompt_id', prompt_id)
-  event(id, 'status', {status = 'running', worker_id = worker, prompt_id = prompt_id})
+  local key = jkey(id)
+  redis.call('HSET', key, 'prompt_id', prompt_id)
+  event(id, 'status', {status = redis.call('HGET', key, 'status'), worker_id = worker,
+    prompt_id = prompt_id})
+end
+
+-- ComfyUI began executing the job's prompt (worker message `execution_started`): assigned ->
+-- running, once. Returns true when it changed the status.
+local function record_running(id, worker, prompt_id, now)
+  local key = jkey(id)
+  if redis.call('HGET', key, 'status') ~= 'assigned' then return false end
+  redis.call('HSET', key, 'status', 'running', 'running_ms', now)
+  if prompt_id ~= '' then redis.call('HSET', key, 'prompt_id', prompt_id) end
+  redis.call('ZREM', P .. 'assigned', id)
+  event(id, 'status', {status = 'running', worker_id = worker,
+    prompt_id = redis.call('HGET', key, 'prompt_id') or ''})
+  return true
 end
 
 -- The worker now has `req`'s files loaded: per folder they replace what it had loaded there
@@ -488,7 +510,7 @@ local function claim_for(worker, lease_ms, now, opts)
   for _, held in ipairs({w[1] or '', w[3] or ''}) do
     if held ~= '' and held ~= keep then
       local j = redis.call('HMGET', jkey(held), 'status', 'worker_id')
-      if j[1] == 'running' and j[2] == worker then
+      if HELD[j[1]] and j[2] == worker then
         redis.call('ZADD', P .. 'running', now, held)  -- the reaper requeues it now
       end
     end
@@ -590,8 +612,9 @@ local function claim_for(worker, lease_ms, now, opts)
   local attempt = redis.call('HINCRBY', key, 'attempts', 1)
   local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras')
   f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub
-  redis.call('HSET', key, 'status', 'running', 'token', token, 'worker_id', worker,
-    'started_ms', now, 'progress', '', 'prompt_id', '')
+  -- `assigned` until the worker says ComfyUI began executing it (record_running).
+  redis.call('HSET', key, 'status', 'assigned', 'token', token, 'worker_id', worker,
+    'started_ms', now, 'running_ms', '', 'progress', '', 'prompt_id', '')
   if pick.req == nil then pick.req = redis.call('HGET', poolkey(pick.pid), 'req') or '' end
   -- When the lane was last served (affinity reads it; gc_pools forgets idle lanes by it).
   if pick.req ~= '' then
@@ -607,9 +630,10 @@ local function claim_for(worker, lease_ms, now, opts)
     set_warm(worker, pick.req)
   end
   redis.call('ZADD', P .. 'running', now + lease_ms, id)
+  redis.call('ZADD', P .. 'assigned', now, id)
   redis.call('ZADD', P .. 'deadlines', now + math.floor(tonumber(f[1]) * 1000), id)
   redis.call('ZREM', P .. 'idle', worker)
   redis.call('HSET', wk, 'current_job', id, 'state', 'busy')
-  event(id, 'status', {status = 'running', worker_id = worker, attempt = attempt})
+  event(id, 'status', {status = 'assigned', worker_id = worker, attempt = attempt})
   return {1, id, token, attempt, f[1], f[2], tonumber(f[3]), now, f[4] or ''}
 end

@@ -12,7 +12,7 @@ for i = 1, #entries, 2 do
     local id = redis.call('HGET', wkey(worker), 'current_job')
     if id and id ~= '' then
       local j = redis.call('HMGET', jkey(id), 'status', 'worker_id', 'token')
-      if j[1] == 'running' and j[2] == worker then
+      if HELD[j[1]] and j[2] == worker then
         end_attempt(id, now, 'released', {type = 'released', message = 'drain timeout'})
         redis.call('HINCRBY', jkey(id), 'attempts', -1)
         requeue(id, now, worker)

@@ -43,7 +43,7 @@ gc_pools(now, pool_idle_ms, 20)
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', now, 'LIMIT', 0, batch)) do
   local j = redis.call('HMGET', jkey(id), 'status', 'worker_id', 'token')
-  if j[1] == 'running' then
+  if HELD[j[1]] then
     publish_cancel(j[2], id, j[3], 'lease_expired')
     local err = {type = 'lease_expired', message = 'the worker stopped renewing its lease'}
     local status = retry_or_end(id, now, ttl_ms, 'lease_expired', err, true)
@@ -55,7 +55,7 @@ end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'deadlines', '-inf', now, 'LIMIT', 0, batch)) do
   local j = redis.call('HMGET', jkey(id), 'status', 'worker_id', 'token', 'timeout_s')
-  if j[1] == 'running' then
+  if HELD[j[1]] then
     -- One outcome whoever notices first: the worker's own deadline ends it the same way (fail.lua).
     local err = {type = 'timeout', message = 'the job ran longer than its timeout of ' .. j[4] .. ' s'}
     publish_cancel(j[2], id, j[3], 'timed_out')

@@ -1,5 +1,6 @@
--- started/progress from a worker: ARGV prefix, kind, job_id, token, worker_id, lease_ms, payload,
--- and for progress a prompt_id held back from `started` ('' if none).
+-- started/execution_started/progress from a worker: ARGV prefix, kind, job_id, token, worker_id,
+-- lease_ms, payload (the prompt id for started and execution_started, the progress JSON), and
+-- for progress and execution_started a prompt_id held back from `started` ('' if none).
 -- Returns '' when recorded, else why it was refused (stale_token, already_finished, unknown_job).
 local kind, id, token, worker, lease_ms = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local refused = check_owner(id, token, worker)
@@ -7,6 +8,12 @@ if refused then return refused end
 local now = now_ms()
 if kind == 'started' then
   record_started(id, worker, ARGV[7])
+elseif kind == 'execution_started' then
+  -- A held-back `started` is folded in: its prompt id goes with the running event.
+  local prompt_id = ARGV[8] and ARGV[8] ~= '' and ARGV[8] or ARGV[7]
+  if not record_running(id, worker, prompt_id, now) and ARGV[8] and ARGV[8] ~= '' then
+    record_started(id, worker, ARGV[8])
+  end
 else
   if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
   redis.call('HSET', jkey(id), 'progress', ARGV[7])

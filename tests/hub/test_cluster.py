@@ -53,7 +53,7 @@ async def test_each_job_goes_to_exactly_one_worker_across_hubs(hub_factory: HubF
     got = [await w.expect(JobAssigned, within=3.0) for w in workers]
     assert {g.job_id for g in got} == jobs  # four jobs, four workers
     # No job claimed twice: each was claimed once (one attempt), by the worker that got it.
-    status, listed = await call(hubs[0].url, "GET", "/jobs?status=running")
+    status, listed = await call(hubs[0].url, "GET", "/jobs?status=assigned")
     assert status == 200
     assert sorted((j["id"], j["worker_id"], j["attempts"]) for j in listed["jobs"]) == sorted(
         (g.job_id, w.worker_id, 1) for g, w in zip(got, workers, strict=True)
@@ -81,7 +81,7 @@ async def test_aof_redis_restart_loses_no_accepted_job(
     jobs = {j["id"]: j for j in (await call(hub.url, "GET", "/jobs"))[1]["jobs"]}
     assert jobs[queued[0]["id"]]["status"] == "queued"
     assert jobs[queued[1]["id"]]["status"] == "queued"
-    assert jobs[running["id"]]["status"] == "running"
+    assert jobs[running["id"]]["status"] == "assigned"
     # The worker kept its socket to the hub through the restart and finishes its job.
     assert (await worker.complete(assigned)).ok
     second = await worker.take_job()
@@ -130,7 +130,7 @@ async def test_hub_shutdown_keeps_leases_for_resume_elsewhere(
     # The lease is left alone (not cut to the 0.1 s disconnect grace): hub B has nothing to reap.
     left = await lease_left_s(redis_url, job["id"])
     assert left is not None and left > hub_b.config.lease_s - 5 > hub_b.config.disconnect_grace_s
-    assert (await get_job(hub_b.url, job["id"]))["status"] == "running"
+    assert (await get_job(hub_b.url, job["id"]))["status"] == "assigned"
 
     worker.ws_url = worker.ws_url.replace(
         hub_a.url.removeprefix("http"), hub_b.url.removeprefix("http")

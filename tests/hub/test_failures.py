@@ -98,7 +98,7 @@ async def test_quick_reconnect_resumes_the_job(hub_factory: HubFactory, redis_ur
     # The resume renewed the whole lease: the reaper has nothing to take back after the grace.
     left = await lease_left_s(redis_url, job["id"])
     assert left is not None and left > hub.config.lease_s - 5 > hub.config.disconnect_grace_s
-    assert (await get_job(hub.url, job["id"]))["status"] == "running"
+    assert (await get_job(hub.url, job["id"]))["status"] == "assigned"
     assert (await worker.complete(assigned)).ok
     final = await get_job(hub.url, job["id"])
     assert final["status"] == "succeeded" and final["attempts"] == 1
@@ -148,7 +148,7 @@ async def test_heartbeats_keep_the_lease(hub_factory: HubFactory, redis_url: str
         await eventually(lease, lambda left: left is not None and left < 0.5)
         await worker.send(Heartbeat(True, running=RunningJob(job["id"], assigned.token)))
         await eventually(lease, lambda left: left is not None and left > 0.5)
-    assert (await get_job(hub.url, job["id"]))["status"] == "running"
+    assert (await get_job(hub.url, job["id"]))["status"] == "assigned"
     assert (await worker.complete(assigned)).ok
     assert (await get_job(hub.url, job["id"]))["attempts"] == 1
     await worker.close()
@@ -180,7 +180,7 @@ async def test_stale_token_is_refused_while_running(hub_factory: HubFactory) -> 
     assigned = await worker.take_job()
     ack = await worker.complete(assigned, {"x.png": ("image/png", b"x")}, token=assigned.token - 1)
     assert not ack.ok and ack.reason == "stale_token"
-    assert (await get_job(hub.url, job["id"]))["status"] == "running"
+    assert (await get_job(hub.url, job["id"]))["status"] == "assigned"
     assert (await worker.complete(assigned)).ok
 
 

@@ -62,7 +62,7 @@ async def test_started_and_progress_with_an_earlier_attempts_token_are_refused(
     assert (refused.ok, refused.reason, refused.token) == (False, "stale_token", first.token)
 
     job = await get_job(hub.url, first.job_id)
-    assert job["status"] == "running" and job["attempts"] == 2 and job["progress"] is None
+    assert job["status"] == "assigned" and job["attempts"] == 2 and job["progress"] is None
     # The current attempt reports normally; its result is the one recorded.
     await worker.send(Progress(second.job_id, second.token, "3", 1, 4))
     assert (await worker.complete(second)).ok
@@ -104,7 +104,7 @@ async def test_complete_fail_and_release_with_an_earlier_attempts_token_are_refu
     refused = await worker.expect(Ack, of="released", job_id=first.job_id)
     assert (refused.ok, refused.reason) == (False, "stale_token")
     job = await get_job(hub.url, first.job_id)
-    assert (job["status"], job["attempts"], len(job["history"])) == ("running", 2, 1)
+    assert (job["status"], job["attempts"], len(job["history"])) == ("assigned", 2, 1)
     assert (await worker.complete(second)).ok
     await worker.close()
 

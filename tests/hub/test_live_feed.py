@@ -56,7 +56,7 @@ async def test_one_stream_carries_workers_queue_and_jobs(hub_factory: HubFactory
     assert tile["id"] == "m1-gpu0" and tile["current_job"] == running["id"]
     assert "current_job_owner" not in tile
     queue = seen["queue"]
-    assert queue["counts"]["queued"] == 3 and queue["counts"]["running"] == 1
+    assert queue["counts"]["queued"] == 3 and queue["counts"]["assigned"] == 1
     assert queue["counts"]["succeeded"] == 1
     assert queue["queued_by_priority"] == {"3": 2, "-1": 1} and queue["queued_scanned"] == 3
     assert queue["queued_by_tenant"] == {"": 3}

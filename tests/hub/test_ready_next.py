@@ -41,9 +41,9 @@ async def test_ready_next_sends_the_next_job_right_after_the_ack(
     hub_factory: HubFactory, any_redis_url: str
 ) -> None:
     hub = await hub_factory(redis_url=any_redis_url)
-    worker = ProtocolWorker(hub.url)
+    worker = ProtocolWorker(hub.url, execution_started=True)  # so its `started` is held back
     welcome = await worker.connect()
-    assert welcome.ready_next is True
+    assert welcome.ready_next is True and welcome.execution_started is True
     first, second = await submit(hub.url), await submit(hub.url)
     assigned = await worker.take_job()
     assert assigned.job_id == first["id"]
@@ -59,12 +59,12 @@ async def test_ready_next_sends_the_next_job_right_after_the_ack(
 
     done, running = await get_job(hub.url, first["id"]), await get_job(hub.url, second["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 1
-    assert running["status"] == "running" and running["worker_id"] == worker.worker_id
+    assert running["status"] == "assigned" and running["worker_id"] == worker.worker_id
     # The held-back `started` was recorded by the completion's script, before it finished.
     statuses = await status_events(hub.url, first["id"])
     assert (statuses[0]["status"], statuses[-1]["status"]) == ("queued", "succeeded")
     started = [s for s in statuses if s.get("prompt_id")]
-    assert [(s["status"], s["prompt_id"]) for s in started] == [("running", "prompt-1")]
+    assert [(s["status"], s["prompt_id"]) for s in started] == [("assigned", "prompt-1")]
     assert (await get_job(hub.url, first["id"]))["history"][0]["outcome"] == "succeeded"
 
     # Nothing queued: the worker waits as after `ready`, and a new job reaches it unasked.
@@ -94,7 +94,7 @@ async def test_ready_next_with_a_stale_token_is_refused_and_claims_nothing(
     refused = await worker.expect(Ack, job_id=first["id"], of="completed")
     assert not refused.ok and refused.reason == "stale_token"
     # The refusal came from the script that would have claimed: nothing was claimed.
-    assert (await get_job(hub.url, first["id"]))["status"] == "running"
+    assert (await get_job(hub.url, first["id"]))["status"] == "assigned"
     assert (await get_job(hub.url, waiting["id"]))["status"] == "queued"
 
     # The right token still completes it, and then the waiting job follows the ack.

@@ -273,7 +273,7 @@ async def test_every_final_event_and_rate_limited_progress(
     await eventually(lambda: outbox_size(rdb), lambda n: n == 0)
     events = [verified(c) for c in receivers.calls]
     assert [e["event"] for e in events] == ["job.progress", "job.succeeded"]
-    assert events[0]["status"] == "running" and events[0]["progress"]["max"] == 5
+    assert events[0]["status"] == "assigned" and events[0]["progress"]["max"] == 5
     assert events[1]["outputs"][0]["url"].startswith(f"https://h.x/jobs/{job['id']}/outputs/")
 
     failed = await submit(hub.url, webhook_url=url)

@@ -44,9 +44,13 @@ class ProtocolWorker:
         gpu: GpuInfo | None = None,
         token: str | None = None,
         credential: str | None = None,
+        execution_started: bool = False,
     ) -> None:
         """`token`: the fleet WORKER_TOKEN (the credential for `worker_id` is derived from it);
-        `credential`: exactly what to show instead (a wrong one, in tests of refusals)."""
+        `credential`: exactly what to show instead (a wrong one, in tests of refusals);
+        `execution_started`: say so in hello (this worker reports ComfyUI's execution_start,
+        as comfy_worker does; without it the hub takes `started` for it, as from older ones)."""
+        self.execution_started = execution_started
         self.ws_url = "ws" + hub_url.removeprefix("http") + f"/ws/worker/{worker_id}"
         self.worker_id = worker_id
         self.machine_id = machine_id
@@ -78,7 +82,15 @@ class ProtocolWorker:
     ) -> Welcome:
         """Open the socket, say hello, return the welcome."""
         await self.open()
-        hello = Hello(self.worker_id, self.machine_id, self.gpu, "test", running, relaying=relaying)
+        hello = Hello(
+            self.worker_id,
+            self.machine_id,
+            self.gpu,
+            "test",
+            running,
+            relaying=relaying,
+            execution_started=self.execution_started,
+        )
         await self.send(hello)
         self.welcome = await self.expect(Welcome)
         return self.welcome

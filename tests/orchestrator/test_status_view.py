@@ -201,6 +201,7 @@ def test_status_fits_80_columns_without_wrapping_a_row() -> None:
             "connected": True,
             "status": "unavailable",
             "current_job": "f" * 32,
+            "current_job_status": "assigned" if i == 10 else "running",
             "progress": {"percent": 100.0},
             "jobs_done": 123456,
             "jobs_failed": 7890,
@@ -221,6 +222,8 @@ def test_status_fits_80_columns_without_wrapping_a_row() -> None:
         rows = [line for line in lines[rule + 1 :] if line.strip()]
         # One line per GPU: a wrapped cell would add a continuation line.
         assert [row.split()[0] for row in rows] == [f"gpu{s.index}" for s in snap.slots], rows
+    assert "ffffffff assigned" in next(row for row in rows if row.startswith("gpu10"))
+    assert "ffffffff 100%" in next(row for row in rows if row.startswith("gpu11"))
 
 
 def test_rendered_table_says_why_columns_are_blank() -> None:

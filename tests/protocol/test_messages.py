@@ -16,6 +16,7 @@ from wgpu_protocol.messages import (
     Cancel,
     Completed,
     ErrorReply,
+    ExecutionStarted,
     Failed,
     GpuInfo,
     GpuStats,
@@ -48,6 +49,8 @@ WORKER_SAMPLES = [
     Ready(),
     Unavailable("comfyui unavailable"),
     Started("j1", 7, "p-1"),
+    ExecutionStarted("j1", 7, "p-1"),
+    Hello("m1-gpu0", "m1", GpuInfo(0), "0.1.0", execution_started=True),
     Progress("j1", 7, "3", 4, 20),
     Completed("j1", 7, (OutputRef("a.png", "image/png", 1234),)),
     Failed("j1", 7, JobError("validation_error", "node 2: blur_radius too big", "2", False)),
@@ -56,6 +59,7 @@ WORKER_SAMPLES = [
 ]
 HUB_SAMPLES = [
     Welcome("m1-gpu0", 5.0, 30.0, resumed=True),
+    Welcome("m1-gpu0", 5.0, 30.0, ready_next=True, execution_started=True),
     JobAssigned("j1", 7, {"1": {"class_type": "EmptyImage", "inputs": {}}}, 1, 600.0),
     Cancel("j1", 7),
     Ack("j1", 7, "completed", False, "stale_token"),
@@ -94,6 +98,18 @@ def test_a_worker_cannot_send_hub_messages() -> None:
         ),
         ('{"type": "started", "job_id": "j", "token": 1}', "missing field 'prompt_id'"),
         (
+            '{"type": "execution_started", "job_id": "j", "token": 1}',
+            "missing field 'prompt_id'",
+        ),
+        (
+            '{"type": "execution_started", "job_id": "j", "token": "1", "prompt_id": "p"}',
+            "execution_started.token must be an integer",
+        ),
+        (
+            '{"type": "execution_started", "job_id": "j\\u0000", "token": 1, "prompt_id": "p"}',
+            "execution_started.job_id",
+        ),
+        (
             '{"type": "hello", "worker_id": "w", "machine_id": "m", "gpu": 3, "version": "1"}',
             "hello.gpu must be an object",
         ),
@@ -129,6 +145,7 @@ message_like = st.fixed_dictionaries(
                 "completed",
                 "failed",
                 "started",
+                "execution_started",
                 "released",
                 "ready",
                 "bye",
