@@ -50,7 +50,7 @@ async def test_the_next_job_comes_while_the_previous_relays_and_both_stay_the_wo
     first, second = await relaying_one_running_another(hub.url, worker)
     for job in (first, second):
         view = await get_job(hub.url, job.job_id)
-        assert view["status"] == "running" and view["worker_id"] == worker.worker_id, view
+        assert view["status"] == "assigned" and view["worker_id"] == worker.worker_id, view
         assert view["attempts"] == 1 and view["history"] == []  # nothing requeued
     # The relayed job's outputs and its `completed` are accepted after the next job was given.
     frame = OutputFrame(first.job_id, first.token, "a.png", "image/png", b"png bytes")
@@ -61,7 +61,7 @@ async def test_the_next_job_comes_while_the_previous_relays_and_both_stay_the_wo
     done = await get_job(hub.url, first.job_id)
     assert done["status"] == "succeeded"
     assert [o["name"] for o in done["outputs"]] == ["a.png"]
-    assert (await get_job(hub.url, second.job_id))["status"] == "running"
+    assert (await get_job(hub.url, second.job_id))["status"] == "assigned"
     # The second job is the worker's current one; finishing it works as ever.
     assert (await worker.complete(second)).ok
     assert (await get_job(hub.url, second.job_id))["status"] == "succeeded"
@@ -144,5 +144,5 @@ async def test_a_reconnect_naming_only_the_running_job_loses_the_relaying_one(
     assert welcome.resumed and not welcome.relaying_resumed
     view = await job_status(hub.url, first.job_id, "queued")
     assert view["history"][-1]["outcome"] == "lease_expired"
-    assert (await get_job(hub.url, second.job_id))["status"] == "running"
+    assert (await get_job(hub.url, second.job_id))["status"] == "assigned"
     await worker.close()
