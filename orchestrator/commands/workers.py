@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -232,38 +233,41 @@ def start(
     report(results, as_json)
 
 
-def stop(
-    target: TargetArgument = "all",
-    gpus_option: GpusOption = None,
-    timeout: StopTimeoutOption = DEFAULT_STOP_TIMEOUT_S,
-    machine_id: MachineIdOption = None,
-    docker_host: DockerHostOption = None,
-    backend: BackendOption = BackendKind.DOCKER,
-    base_dir: BaseDirOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Stop a GPU's worker (and its ComfyUI) gracefully: SIGTERM, --timeout grace, then kill."""
-    indices = target_indices(target, gpus_option)
-    with backend_session(backend, docker_host, base_dir, machine_id) as session:
-        results = session.stop(indices, timeout)
-    report_managed(results, as_json, none_managed="no managed workers")
+def _stop_or_restart(action: str, doc: str, none_managed: str) -> Callable[..., None]:
+    """`wgpu stop` and `wgpu restart`: the same options, the same report; only the
+    backend's action differs."""
+
+    def command(
+        target: TargetArgument = "all",
+        gpus_option: GpusOption = None,
+        timeout: StopTimeoutOption = DEFAULT_STOP_TIMEOUT_S,
+        machine_id: MachineIdOption = None,
+        docker_host: DockerHostOption = None,
+        backend: BackendOption = BackendKind.DOCKER,
+        base_dir: BaseDirOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        indices = target_indices(target, gpus_option)
+        with backend_session(backend, docker_host, base_dir, machine_id) as session:
+            act = session.stop if action == "stop" else session.restart
+            results = act(indices, timeout)
+        report_managed(results, as_json, none_managed=none_managed)
+
+    command.__name__ = command.__qualname__ = action
+    command.__doc__ = doc
+    return command
 
 
-def restart(
-    target: TargetArgument = "all",
-    gpus_option: GpusOption = None,
-    timeout: StopTimeoutOption = DEFAULT_STOP_TIMEOUT_S,
-    machine_id: MachineIdOption = None,
-    docker_host: DockerHostOption = None,
-    backend: BackendOption = BackendKind.DOCKER,
-    base_dir: BaseDirOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Restart a GPU's ComfyUI and worker as they were configured (start creates new ones)."""
-    indices = target_indices(target, gpus_option)
-    with backend_session(backend, docker_host, base_dir, machine_id) as session:
-        results = session.restart(indices, timeout)
-    report_managed(results, as_json, none_managed="no managed workers: use start")
+stop = _stop_or_restart(
+    "stop",
+    "Stop a GPU's worker (and its ComfyUI) gracefully: SIGTERM, --timeout grace, then kill.",
+    none_managed="no managed workers",
+)
+restart = _stop_or_restart(
+    "restart",
+    "Restart a GPU's ComfyUI and worker as they were configured (start creates new ones).",
+    none_managed="no managed workers: use start",
+)
 
 
 def status(
