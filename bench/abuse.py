@@ -20,7 +20,6 @@ latency of legitimate requests without and with the hostile mix (ratio within th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -43,8 +42,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from bench import procs
+from bench.fault_run import fault_run_main
 from bench.hub_system import HubProcess, wait_workers
-from bench.report import Table, emit
+from bench.report import Table
 from bench.stats import percentile, ratio
 from orchestrator.stack.local_redis import LocalRedis
 from wgpu_protocol.credentials import worker_credential
@@ -788,38 +788,21 @@ async def attack_until_stopped(
         print(json.dumps({k: dict(v) for k, v in report.attacks.items()}), flush=True)
 
 
+def abuse_config(quick: bool, workers: int) -> AbuseConfig:
+    if not quick:
+        return AbuseConfig(workers=workers)
+    return AbuseConfig(jobs=400, workers=workers, sse_held=200, slow_connections=50, poisoned=100)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--attacker":
         mode, url, port, legit_job, raw = sys.argv[2:7]
         cfg = AbuseConfig(**json.loads(raw))
         asyncio.run(attack_until_stopped(mode, url, int(port), legit_job, cfg))
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    fault_run_main(
+        "abuse", __doc__ or "", "400 jobs, a smaller mix", abuse_config, run_abuse, abuse_table, 900
     )
-    parser.add_argument("--jobs", type=int)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--quick", action="store_true", help="400 jobs, a smaller mix")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    args = parser.parse_args()
-    cfg = AbuseConfig(workers=args.workers)
-    if args.quick:
-        cfg = AbuseConfig(
-            jobs=400, workers=args.workers, sse_held=200, slow_connections=50, poisoned=100
-        )
-    if args.jobs:
-        cfg.jobs = args.jobs
-    with contextlib.ExitStack() as stack:
-        tmp = (
-            Path(stack.enter_context(procs.scratch_dir("wgpu-abuse-")))
-            if not args.keep
-            else Path(f"/tmp/wgpu-abuse-{int(time.time())}")
-        )
-        server = stack.enter_context(procs.local_redis(tmp / "redis", aof=True))
-        print(f"abuse: {cfg.jobs} jobs, {cfg.workers} workers, work dir {tmp}", flush=True)
-        report = asyncio.run(asyncio.wait_for(run_abuse(cfg, server, tmp), 900))
-    emit("abuse", [abuse_table(cfg, report)], {"config": cfg, "report": report})
-    sys.exit(0 if report.ok else 1)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,10 @@ tests/bench/test_chaos_short.py runs a small version of the same function."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import os
 import random
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,8 +22,9 @@ import aiohttp
 import redis
 
 from bench import procs
+from bench.fault_run import fault_run_main
 from bench.hub_system import HubProcess, wait_workers
-from bench.report import Table, emit
+from bench.report import Table
 from orchestrator.stack.local_redis import LocalRedis
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "dead"}
@@ -389,39 +387,24 @@ def chaos_table(cfg: ChaosConfig, report: ChaosReport) -> Table:
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def chaos_config(quick: bool, workers: int) -> ChaosConfig:
+    if not quick:
+        return ChaosConfig(workers=workers)
+    return ChaosConfig(
+        jobs=1000,
+        workers=workers,
+        rate=300,
+        worker_kills=5,
+        hub_restarts=1,
+        redis_restarts=1,
+        result_ttl_s=5,
     )
-    parser.add_argument("--jobs", type=int)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--quick", action="store_true", help="1,000 jobs, fewer faults")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    args = parser.parse_args()
-    cfg = ChaosConfig(workers=args.workers)
-    if args.quick:
-        cfg = ChaosConfig(
-            jobs=1000,
-            workers=args.workers,
-            rate=300,
-            worker_kills=5,
-            hub_restarts=1,
-            redis_restarts=1,
-            result_ttl_s=5,
-        )
-    if args.jobs:
-        cfg.jobs = args.jobs
-    with contextlib.ExitStack() as stack:
-        tmp = (
-            Path(stack.enter_context(procs.scratch_dir("wgpu-chaos-")))
-            if not args.keep
-            else Path(f"/tmp/wgpu-chaos-{int(time.time())}")
-        )
-        server = stack.enter_context(procs.local_redis(tmp / "redis", aof=True))
-        print(f"chaos: {cfg.jobs} jobs, {cfg.workers} workers, work dir {tmp}", flush=True)
-        report = asyncio.run(run_chaos(cfg, server, tmp))
-    emit("chaos", [chaos_table(cfg, report)], {"config": cfg, "report": report})
-    sys.exit(0 if report.ok else 1)
+
+
+def main() -> None:
+    fault_run_main(
+        "chaos", __doc__ or "", "1,000 jobs, fewer faults", chaos_config, run_chaos, chaos_table
+    )
 
 
 if __name__ == "__main__":
