@@ -25,10 +25,10 @@ from typing import Any
 from wgpu_protocol.rest import JobJson, QueueSummaryJson, WorkerJson
 
 from .config import HubConfig
-from .errors import StoreUnavailable, TooManyStreams
+from .errors import TooManyStreams
 from .snapshots import queue_summary, recent_jobs, worker_views
 from .store import Store
-from .tasks import cancel_requested, stop_tasks
+from .tasks import one_round, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +114,8 @@ class LiveFeed:
     async def _run(self) -> None:
         while self.viewers:
             self._wake.clear()
-            try:
+            with one_round("live feed snapshot", self.on_redis_error):
                 await self.tick()
-            except StoreUnavailable as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                self.on_redis_error(exc)
-            except Exception:
-                if cancel_requested():
-                    raise asyncio.CancelledError from None
-                log.exception("live feed snapshot failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.live_interval_s)
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from .config import HubConfig
 from .dispatch import Dispatcher
-from .errors import StorageError, StoreUnavailable
+from .errors import StorageError
 from .storage import Storage
 from .store import Store
-from .tasks import cancel_requested
+from .tasks import one_round
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -46,19 +46,12 @@ class Maintenance:
 
     async def run(self) -> None:
         while True:
-            try:
-                await self.tick()
-                self._on_redis_ok()
-            except StoreUnavailable as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                self._on_redis_error(exc)
-            except StorageError as exc:
-                log.warning("output sweeper: %s; retrying", exc)
-            except Exception:
-                if cancel_requested():
-                    raise asyncio.CancelledError from None
-                log.exception("hub maintenance failed; retrying")
+            with one_round("hub maintenance", self._on_redis_error):
+                try:
+                    await self.tick()
+                    self._on_redis_ok()
+                except StorageError as exc:
+                    log.warning("output sweeper: %s; retrying", exc)
             await asyncio.sleep(self.config.reap_interval_s)
 
     async def tick(self) -> None:

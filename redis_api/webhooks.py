@@ -39,7 +39,7 @@ from .jobs import job_view
 from .metrics import HubMetrics
 from .storage import PRESIGN_MAX_S, Storage
 from .store import Due, Store
-from .tasks import cancel_requested
+from .tasks import one_round
 from .webhook_targets import TargetPolicy, TargetRefused, resolver_kwargs
 
 log = logging.getLogger(__name__)
@@ -121,21 +121,13 @@ class WebhookSender:
 
     async def run(self) -> None:
         while not self._stopping:
-            try:
+            with one_round("webhook claims", self.on_redis_error):
                 room = self.config.webhook_max_in_flight - len(self._tasks)
                 if room > 0:
                     for due in await self.store.claim_webhooks(
                         room, self._lease_ms, self._claim_token
                     ):
                         self._start(due)
-            except StoreUnavailable as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                self.on_redis_error(exc)
-            except Exception:
-                if cancel_requested():
-                    raise asyncio.CancelledError from None
-                log.exception("webhook claims failed; retrying")
             await asyncio.sleep(self.config.webhook_poll_s)
 
     @property
