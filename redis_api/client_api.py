@@ -16,13 +16,13 @@ import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
-from wgpu_protocol.rest import JOB_STATES, TERMINAL_STATES
+from wgpu_protocol.rest import TERMINAL_STATES
 
 from . import inputs
 from .auth import ApiKey
 from .errors import BadRequest, StoreUnavailable
 from .event_fanout import SubscriberDropped, Subscription
-from .jobs import job_view, parse_body, parse_submit
+from .jobs import job_view, parse_body, parse_job_list_query, parse_submit
 from .metrics import QueueGauges
 from .runtime import CALLER, HUB_KEY, Hub
 from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_states, worker_views
@@ -36,6 +36,7 @@ _EVENT_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 _JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 LIST_OVERSCAN = 10
 MAX_LIST_SCAN = 10_000
+MAX_JOBS_LISTED = 1000  # GET /jobs?limit=
 
 
 CLOSE_AFTER = web.RequestKey("close_after", bool)  # the connection cannot be reused
@@ -260,15 +261,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    status = request.query.get("status") or None
-    if status is not None and status not in JOB_STATES:
-        raise BadRequest(f"status must be one of {', '.join(JOB_STATES)}", "status")
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise BadRequest("limit must be an integer", "limit") from None
-    if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be from 1 to 1000", "limit")
+    status, limit = parse_job_list_query(request.query, MAX_JOBS_LISTED)
     hub = _hub(request)
     key = caller(request)
     if key is None or key.admin:

@@ -12,9 +12,8 @@ from importlib import resources
 
 from aiohttp import web
 
-from wgpu_protocol.rest import JOB_STATES
-
 from .errors import BadRequest
+from .jobs import parse_job_list_query
 from .live_feed import TOPICS
 from .runtime import CALLER, HUB_KEY
 
@@ -65,15 +64,7 @@ def _feed_query(request: web.Request) -> tuple[frozenset[str], str | None, int]:
     topics = frozenset(t.strip() for t in raw.split(",") if t.strip())
     if not topics or not topics <= set(TOPICS):
         raise BadRequest(f"topics must be a comma-separated subset of {','.join(TOPICS)}", "topics")
-    status = request.query.get("status") or None
-    if status is not None and status not in JOB_STATES:
-        raise BadRequest(f"status must be one of {', '.join(JOB_STATES)}", "status")
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise BadRequest("limit must be an integer", "limit") from None
-    if not 1 <= limit <= MAX_JOBS_LISTED:
-        raise BadRequest(f"limit must be from 1 to {MAX_JOBS_LISTED}", "limit")
+    status, limit = parse_job_list_query(request.query, MAX_JOBS_LISTED)
     return topics, status, limit
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Mapping
 from typing import Any, cast, get_args
 from urllib.parse import quote
 
@@ -12,6 +13,7 @@ from wgpu_protocol import models
 from wgpu_protocol.messages import MAX_TEXT_FRAME_BYTES, ProtocolError, check_text, loads_strict
 from wgpu_protocol.rest import (
     HELD_STATES,
+    JOB_STATES,
     WORKER_STATES,
     DrainJson,
     JobJson,
@@ -163,6 +165,20 @@ def parse_submit(body: Any, config: HubConfig, owner: str = "") -> JobSpec:
         schedule_timeout_s=schedule_timeout_s,
         queue_timeout_s=queue_timeout_s,
     )
+
+
+def parse_job_list_query(query: Mapping[str, str], max_limit: int) -> tuple[str | None, int]:
+    """A job list's `status` (None: every state) and `limit` (default 100) query parameters."""
+    status = query.get("status") or None
+    if status is not None and status not in JOB_STATES:
+        raise BadRequest(f"status must be one of {', '.join(JOB_STATES)}", "status")
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("limit must be an integer", "limit") from None
+    if not 1 <= limit <= max_limit:
+        raise BadRequest(f"limit must be from 1 to {max_limit}", "limit")
+    return status, limit
 
 
 def _webhook_events(raw: Any, has_url: bool) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ from aiohttp import web
 
 from wgpu_protocol import rest
 
+from .client_api import MAX_JOBS_LISTED
+from .dashboard import MAX_JOBS_LISTED as MAX_FEED_JOBS
 from .version import hub_version
 
 Schema = dict[str, Any]
@@ -121,6 +123,19 @@ def _text(media: str, description: str) -> Schema:
     return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
 
 
+def _job_list_params(status_text: str, max_limit: int) -> list[Schema]:
+    """A job list's `status` and `limit` (redis_api.jobs.parse_job_list_query reads them)."""
+    return [
+        _param("status", "query", status_text, {"enum": _STATES}),
+        _param(
+            "limit",
+            "query",
+            f"at most this many (1-{max_limit}, default 100)",
+            {"type": "integer", "minimum": 1, "maximum": max_limit},
+        ),
+    ]
+
+
 def _param(name: str, where: str, description: str, schema: Schema | None = None) -> Schema:
     return {
         "name": name,
@@ -189,13 +204,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "operationId": "listJobs",
                 "summary": "Jobs: queued in dispatch order, running, then finished newest first",
                 "parameters": [
-                    _param("status", "query", "only jobs in this state", {"enum": _STATES}),
-                    _param(
-                        "limit",
-                        "query",
-                        "at most this many (1-1000, default 100)",
-                        {"type": "integer", "minimum": 1, "maximum": 1000},
-                    ),
+                    *_job_list_params("only jobs in this state", MAX_JOBS_LISTED),
                 ],
                 "responses": {"200": _json("JobList", "the jobs"), "400": BAD, **common},
             },
@@ -338,13 +347,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "summary": "The dashboard's live feed: workers, queue and a job list",
                 "parameters": [
                     _param("topics", "query", "comma-separated subset of workers,queue,jobs"),
-                    _param("status", "query", "the job list's state filter", {"enum": _STATES}),
-                    _param(
-                        "limit",
-                        "query",
-                        "the job list's length (1-500, default 100)",
-                        {"type": "integer", "minimum": 1, "maximum": 500},
-                    ),
+                    *_job_list_params("the job list's state filter", MAX_FEED_JOBS),
                 ],
                 "responses": {
                     "200": {
