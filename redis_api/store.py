@@ -862,11 +862,7 @@ class Store:
             await pipe.execute()
 
     async def existing_inputs(self, hashes: Sequence[str]) -> set[str]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sha256 in hashes:
-                pipe.exists(self.key(f"input:{sha256}"))
-            found = await pipe.execute()
-        return {sha256 for sha256, n in zip(hashes, found, strict=True) if n}
+        return await self._existing("input", hashes)
 
     async def held_job_inputs(self, job_id: str, worker_id: str) -> set[str] | None:
         """The sha256 of each input of a job that `worker_id` holds now (None when the job is
@@ -887,11 +883,15 @@ class Store:
         await self.redis.hset(self.key(f"job:{job_id}"), "wh_events", ",".join(events))
 
     async def existing_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        return await self._existing("job", job_ids)
+
+    async def _existing(self, kind: str, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` still have their `{kind}:{id}` key (the sweeper's question)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.exists(self.key(f"job:{job_id}"))
+            for one in ids:
+                pipe.exists(self.key(f"{kind}:{one}"))
             found = await pipe.execute()
-        return {job_id for job_id, n in zip(job_ids, found, strict=True) if n}
+        return {one for one, n in zip(ids, found, strict=True) if n}
 
     # -- events and notifications ----------------------------------------------------------
 

@@ -108,19 +108,24 @@ local function pool_fits(p, worker, caps)
   return has_all(P .. 'inv:' .. worker, p[1] or '')
 end
 
--- Records whether `worker` may take pool `pid`'s jobs, and whether it has the pool's models
--- loaded (pwarm: a pool without requirements is warm everywhere and has no such set).
+-- Records whether eligible `worker` has pool `pid`'s models (`req`) loaded; a pool without
+-- requirements is warm everywhere and has no such set.
+local function set_warm(pid, worker, req, connected)
+  if req == '' then return end
+  if connected and has_all(P .. 'warm:' .. worker, req) then
+    redis.call('SADD', P .. 'pwarm:' .. pid, worker)
+  else
+    redis.call('SREM', P .. 'pwarm:' .. pid, worker)
+  end
+end
+
+-- Records whether `worker` may take pool `pid`'s jobs, and (set_warm) whether it has the
+-- pool's models loaded.
 local function set_eligible(pid, worker, yes, req, connected)
   if yes then
     redis.call('SADD', P .. 'wpools:' .. worker, pid)
     redis.call('SADD', P .. 'pworkers:' .. pid, worker)
-    if req ~= '' then
-      if connected and has_all(P .. 'warm:' .. worker, req) then
-        redis.call('SADD', P .. 'pwarm:' .. pid, worker)
-      else
-        redis.call('SREM', P .. 'pwarm:' .. pid, worker)
-      end
-    end
+    set_warm(pid, worker, req, connected)
   else
     redis.call('SREM', P .. 'wpools:' .. worker, pid)
     redis.call('SREM', P .. 'pworkers:' .. pid, worker)
@@ -142,13 +147,7 @@ local function refresh_warm(worker)
   local connected = redis.call('HGET', wkey(worker), 'connected') == '1'
   for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. worker)) do
     local req = redis.call('HGET', poolkey(pid), 'req') or ''
-    if req ~= '' then
-      if connected and has_all(P .. 'warm:' .. worker, req) then
-        redis.call('SADD', P .. 'pwarm:' .. pid, worker)
-      else
-        redis.call('SREM', P .. 'pwarm:' .. pid, worker)
-      end
-    end
+    set_warm(pid, worker, req, connected)
   end
 end
 
