@@ -1,16 +1,14 @@
-"""Small helpers shared by the hub tests: a JSON REST caller and polling with a deadline."""
+"""Small helpers shared by the hub tests: a JSON REST caller and job-state waits."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 
-T = TypeVar("T")
+from tests.polling import eventually
 
 WORKFLOW: dict[str, Any] = {
     "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2}},
@@ -49,24 +47,6 @@ async def get_job(base_url: str, job_id: str) -> dict[str, Any]:
     status, job = await call(base_url, "GET", f"/jobs/{job_id}")
     assert status == 200, job
     return dict(job)
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    ok: Callable[[T], bool],
-    within: float = 5.0,
-    every: float = 0.02,
-) -> T:
-    """Poll `probe` until `ok(value)`; fail with the last value after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = await probe()
-        if ok(value):
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s; last value: {value!r}")
-        await asyncio.sleep(every)
 
 
 async def job_status(

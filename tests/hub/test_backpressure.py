@@ -19,8 +19,9 @@ from websockets.exceptions import InvalidStatus
 from orchestrator.stack.local_redis import LocalRedis
 from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import WORKFLOW, call, eventually, job_status, submit
+from tests.hub.helpers import WORKFLOW, call, job_status, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 

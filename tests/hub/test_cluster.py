@@ -8,8 +8,9 @@ import redis
 
 from orchestrator.stack.local_redis import LocalRedis
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, eventually, get_job, lease_left_s, submit
+from tests.hub.helpers import call, get_job, lease_left_s, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import Cancel, JobAssigned, RunningJob
 
 pytestmark = pytest.mark.redis

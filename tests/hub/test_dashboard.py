@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ from tests.fixtures.services import service_missing
 from tests.fixtures.sim import SimFactory
 from tests.hub.helpers import call
 from tests.paths import REPO
+from tests.polling import eventually
 from tests.worker.test_relay import running_worker, worker_config
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser]
@@ -93,14 +93,7 @@ def page(driver: Any) -> Iterator[Any]:
 
 async def until(probe: Callable[[], T], ok: Callable[[T], bool], what: str) -> T:
     """Poll `probe` (blocking: run in a thread) until `ok`; fail naming `what`."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        value = await asyncio.to_thread(probe)
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {DEADLINE_S}s; last: {value!r}")
-        await asyncio.sleep(0.05)
+    return await eventually(lambda: asyncio.to_thread(probe), ok, DEADLINE_S, 0.05, what)
 
 
 def js(driver: Any, script: str, *args: Any) -> Any:
@@ -149,10 +142,7 @@ async def two_workers(
             _, body = await call(hub.url, "GET", "/workers")
             return sum(w["status"] == "idle" for w in body["workers"]) == 2
 
-        deadline = time.monotonic() + DEADLINE_S
-        while not await idle():
-            assert time.monotonic() < deadline, "the workers did not connect"
-            await asyncio.sleep(0.05)
+        await eventually(idle, within=DEADLINE_S, every=0.05, what="both workers connected")
         yield
 
 

@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, eventually, get_job, submit
+from tests.hub.helpers import call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import Ack, Cancel, Completed, JobAssigned
 
 pytestmark = pytest.mark.redis

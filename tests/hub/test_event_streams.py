@@ -12,8 +12,9 @@ import redis.asyncio as aioredis
 
 from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import WORKFLOW, call, eventually, get_job, submit
+from tests.hub.helpers import WORKFLOW, call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 

@@ -9,8 +9,9 @@ from collections.abc import Awaitable
 import pytest
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, eventually, get_job, job_status, lease_left_s, submit
+from tests.hub.helpers import call, get_job, job_status, lease_left_s, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import (
     Ack,
     Cancel,

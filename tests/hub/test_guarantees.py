@@ -11,8 +11,9 @@ import pytest
 from aiohttp import web
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import WORKFLOW, call, eventually, get_job, job_status, submit
+from tests.hub.helpers import WORKFLOW, call, get_job, job_status, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import (
     Ack,
     Cancel,

@@ -13,9 +13,10 @@ from aiohttp import web
 
 from orchestrator.hub_client.client import parse_sse
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import WORKFLOW, call, eventually, get_job, submit
+from tests.hub.helpers import WORKFLOW, call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
 from tests.paths import REPO
+from tests.polling import eventually
 from wgpu_protocol.messages import GpuInfo, GpuStats, Heartbeat, JobAssigned, Progress, Started
 
 pytestmark = pytest.mark.redis

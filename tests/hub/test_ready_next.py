@@ -13,8 +13,9 @@ from websockets.streams import StreamReader
 
 from redis_api.ws_frames import text_frames
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, eventually, get_job, submit
+from tests.hub.helpers import call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import Ack, Completed, JobAssigned, Started
 
 pytestmark = pytest.mark.redis

@@ -16,8 +16,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, eventually, get_job, submit
+from tests.hub.helpers import call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import (
     MAX_TEXT_FRAME_BYTES,
     WORKER_MESSAGES,

@@ -19,8 +19,9 @@ from standardwebhooks import Webhook
 from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
-from tests.hub.helpers import call, eventually, get_job, submit
+from tests.hub.helpers import call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import Progress
 
 pytestmark = pytest.mark.redis

@@ -23,6 +23,7 @@ from comfy_worker import Worker, WorkerConfig
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory, free_port
+from tests.polling import eventually
 
 DEADLINE_S = 15.0
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "dead"}
@@ -134,24 +135,23 @@ class HubClient:
     ) -> dict[str, Any]:
         """Poll until the job is in one of `statuses` (default: any terminal one)."""
         wanted = statuses or TERMINAL
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = await self.job(job_id)
-            if job["status"] in wanted:
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} not in {wanted} after {timeout_s}s: {job}")
-            await asyncio.sleep(0.05)
+        return await eventually(
+            lambda: self.job(job_id),
+            lambda job: job["status"] in wanted,
+            timeout_s,
+            0.05,
+            f"job {job_id} in {sorted(wanted)}",
+        )
 
     async def wait_worker(self, status: str, timeout_s: float = DEADLINE_S) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            workers = await self.workers()
-            if workers and workers[0]["status"] == status:
-                return workers[0]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no worker became {status!r}: {workers}")
-            await asyncio.sleep(0.05)
+        workers = await eventually(
+            self.workers,
+            lambda found: bool(found) and found[0]["status"] == status,
+            timeout_s,
+            0.05,
+            f"a worker {status!r}",
+        )
+        return workers[0]
 
 
 @pytest.fixture
@@ -503,14 +503,7 @@ class HubProcess:
 
 
 async def _until(probe: Any, what: str, timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await eventually(probe, bool, timeout_s, 0.05, what)
 
 
 async def _sim_busy(http: aiohttp.ClientSession, url: str) -> bool:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import docker
 from typer.testing import CliRunner, Result
 
 from orchestrator.cli import app
+from tests.polling import eventually_blocking
 
 # A stand-in worker: prints its environment, then idles until SIGTERM (which it answers at once).
 SLEEPER_CMD = "env | sort; echo ready; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"
@@ -50,14 +50,7 @@ def build_sleeper_image(
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
+    return eventually_blocking(condition, bool, timeout_s, 0.05, what)
 
 
 class FollowedCommand:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from orchestrator.hub_client.job_watch import load_workflow
 from orchestrator.stack.lifecycle import free_port_block
 from tests.fixtures.docker import DockerDaemon
 from tests.paths import REPO
+from tests.polling import eventually_blocking
 
 QUICK = REPO / "examples" / "quick.json"
 
@@ -31,13 +31,7 @@ def fleet(*args: str) -> Result:
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    return eventually_blocking(predicate, bool, timeout_s, 0.1, what)
 
 
 def managed(daemon: DockerDaemon) -> list[Any]:

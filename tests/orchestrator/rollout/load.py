@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.hub.helpers import call
 from tests.paths import REPO
+from tests.polling import eventually
 
 
 def sleep_workflow(seconds: float, serial: int) -> dict[str, Any]:
@@ -105,14 +106,18 @@ class SteadyLoad:
             await asyncio.sleep(self.sample_s)
 
     async def wait_all_busy(self, within: float = 60.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            found = [w for w in await workers(self.hub_url) if w["id"] in self.fleet]
-            if len(found) == len(self.fleet) and all(w["status"] == "busy" for w in found):
-                return
-            assert loop.time() < deadline, f"the fleet never got busy: {found}"
-            await asyncio.sleep(0.1)
+        async def fleet_workers() -> list[dict[str, Any]]:
+            return [w for w in await workers(self.hub_url) if w["id"] in self.fleet]
+
+        await eventually(
+            fleet_workers,
+            lambda found: (
+                len(found) == len(self.fleet) and all(w["status"] == "busy" for w in found)
+            ),
+            within,
+            0.1,
+            "the whole fleet busy",
+        )
 
     async def stop_feeding(self) -> None:
         for task in self._tasks:
@@ -123,14 +128,17 @@ class SteadyLoad:
     async def check(self, within: float = 120.0) -> LoadResult:
         """Stop submitting, wait until every job ended, and count what happened."""
         await self.stop_feeding()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            jobs = [await self._job(job_id) for job_id in self.job_ids]
-            if all(j["status"] not in ("queued", "running") for j in jobs):
-                break
-            assert loop.time() < deadline, Counter(j["status"] for j in jobs)
-            await asyncio.sleep(0.5)
+
+        async def every_job() -> list[dict[str, Any]]:
+            return [await self._job(job_id) for job_id in self.job_ids]
+
+        jobs = await eventually(
+            every_job,
+            lambda jobs: all(j["status"] not in ("queued", "running") for j in jobs),
+            within,
+            0.5,
+            "every job ended",
+        )
         return LoadResult(
             statuses=Counter(j["status"] for j in jobs),
             attempts=Counter(j["attempts"] for j in jobs if j["status"] == "succeeded"),

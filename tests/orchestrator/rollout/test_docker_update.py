@@ -22,9 +22,9 @@ from orchestrator.rollout.worker_src import MOUNT_POINT
 from orchestrator.stack.lifecycle import free_port_block
 from tests.fixtures.docker import DockerDaemon
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import eventually
 from tests.orchestrator.backends.helpers import wgpu
 from tests.orchestrator.rollout.load import SteadyLoad, worker_tree, workers
+from tests.polling import eventually
 
 pytestmark = pytest.mark.docker
 

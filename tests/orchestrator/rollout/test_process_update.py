@@ -16,9 +16,9 @@ from comfy_worker.version import tree_version
 from orchestrator.console import ExitCode
 from orchestrator.stack.lifecycle import free_port_block
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import eventually
 from tests.orchestrator.backends.helpers import wgpu
 from tests.orchestrator.rollout.load import SteadyLoad, worker_tree, workers
+from tests.polling import eventually
 
 GPUS = 4
 
