@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -55,6 +55,17 @@ class ActionResult:
     @property
     def ok(self) -> bool:
         return self.outcome not in (Outcome.FAILED, Outcome.NOT_FOUND)
+
+
+def unmanaged(
+    indices: Sequence[int] | None, known: Collection[int], detail: str = "no such worker"
+) -> list[ActionResult]:
+    """A NOT_FOUND result for each GPU named (none: all) that the backend manages nothing on."""
+    return [
+        ActionResult(i, ROLE_WORKER, Outcome.NOT_FOUND, detail)
+        for i in indices or []
+        if i not in known
+    ]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from orchestrator.backends.base import (
     ServiceRecord,
     SlotPlan,
     slot_plan_json,
+    unmanaged,
 )
 from orchestrator.backends.common import fan_out, parse_since, port_answers
 from orchestrator.backends.engine import create_args, create_container, error_text, start_container
@@ -336,11 +337,7 @@ class DockerBackend:
 
     def stop(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
         slots = self._by_slot(indices)
-        results = [
-            ActionResult(i, ROLE_WORKER, Outcome.NOT_FOUND, "no such worker")
-            for i in (indices or [])
-            if i not in slots
-        ]
+        results = unmanaged(indices, slots)
 
         def stop_slot(item: tuple[int, dict[str, Container]]) -> list[ActionResult]:
             index, containers = item
@@ -368,11 +365,7 @@ class DockerBackend:
 
     def restart(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
         slots = self._by_slot(indices)
-        results = [
-            ActionResult(i, ROLE_WORKER, Outcome.NOT_FOUND, "no such worker: use start")
-            for i in (indices or [])
-            if i not in slots
-        ]
+        results = unmanaged(indices, slots, "no such worker: use start")
 
         def restart_slot(item: tuple[int, dict[str, Container]]) -> list[ActionResult]:
             index, containers = item

@@ -36,6 +36,7 @@ from orchestrator.backends.base import (
     ServiceRecord,
     SlotPlan,
     slot_plan_json,
+    unmanaged,
 )
 from orchestrator.backends.common import fan_out, port_answers
 from orchestrator.errors import BackendError
@@ -273,11 +274,7 @@ class ProcessBackend:
     def stop(self, indices: Sequence[int] | None, timeout_s: float) -> list[ActionResult]:
         known = self._slot_indices()
         targets = known if indices is None else [i for i in indices if i in known]
-        results = [
-            ActionResult(i, ROLE_WORKER, Outcome.NOT_FOUND, "no such worker")
-            for i in (indices or [])
-            if i not in known
-        ]
+        results = unmanaged(indices, known)
         for slot_results in fan_out(lambda i: self._stop_slot(i, timeout_s), targets):
             results.extend(slot_results)
         return sorted(results, key=lambda r: r.index)
@@ -315,11 +312,7 @@ class ProcessBackend:
         """Stop, then start again with the command and env each was started with."""
         known = self._slot_indices()
         targets = known if indices is None else [i for i in indices if i in known]
-        results = [
-            ActionResult(i, ROLE_WORKER, Outcome.NOT_FOUND, "no such worker: use start")
-            for i in (indices or [])
-            if i not in known
-        ]
+        results = unmanaged(indices, known, "no such worker: use start")
 
         def restart_slot(index: int) -> list[ActionResult]:
             files = self.files(index)
