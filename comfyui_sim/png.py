@@ -40,18 +40,7 @@ def make_png(
     else:
         line = b"\x00" + bytes(rgb) * width
     raw = line * height
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    parts = [PNG_SIGNATURE, _chunk(b"IHDR", header)]
-    for key, value in (text or {}).items():
-        parts.append(
-            _chunk(
-                b"tEXt",
-                key.encode("latin-1", "replace") + b"\x00" + value.encode("latin-1", "replace"),
-            )
-        )
-    parts.append(_chunk(b"IDAT", zlib.compress(raw, 6)))
-    parts.append(_chunk(b"IEND", b""))
-    return b"".join(parts)
+    return _png(width, height, 2, raw, text, 6)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -179,7 +168,15 @@ def encode_png(
         pixels, channels = bytes(rgba), 4
     stride = width * channels
     raw = b"".join(b"\x00" + pixels[y * stride : (y + 1) * stride] for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 6 if alpha is not None else 2, 0, 0, 0)
+    return _png(width, height, 6 if alpha is not None else 2, raw, text, level)
+
+
+def _png(
+    width: int, height: int, colour_type: int, raw: bytes, text: dict[str, str] | None, level: int
+) -> bytes:
+    """The PNG file of 8-bit filtered scanlines `raw` (colour type 2: RGB, 6: RGBA), with
+    `text` as tEXt chunks."""
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     parts = [PNG_SIGNATURE, _chunk(b"IHDR", header)]
     for key, value in (text or {}).items():
         parts.append(

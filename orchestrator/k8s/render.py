@@ -114,6 +114,28 @@ def _object(
     }
 
 
+def _headless_service(
+    name: str,
+    component: str,
+    options: K8sOptions,
+    selector: dict[str, str],
+    port_name: str,
+    port: int,
+) -> dict[str, Any]:
+    """The headless Service a StatefulSet's pods get their stable DNS names from."""
+    return _object(
+        "Service",
+        name,
+        component,
+        options,
+        spec={
+            "clusterIP": "None",
+            "selector": selector,
+            "ports": [{"name": port_name, "port": port, "targetPort": port}],
+        },
+    )
+
+
 def _probes(health: HealthCheck, http: bool = False) -> dict[str, Any]:
     """The spec's health check as a readiness probe and a startup probe that allows its start
     period. The same command, run in the container (services that listen on loopback only are
@@ -215,17 +237,7 @@ def _redis(specs: Mapping[str, ContainerSpec], options: K8sOptions) -> list[dict
         claim["spec"]["storageClassName"] = options.storage_class
     selector = _labels("redis")
     return [
-        _object(
-            "Service",
-            REDIS,
-            "redis",
-            options,
-            spec={
-                "clusterIP": "None",
-                "selector": selector,
-                "ports": [{"name": "redis", "port": port, "targetPort": port}],
-            },
-        ),
+        _headless_service(REDIS, "redis", options, selector, "redis", port),
         _object(
             "StatefulSet",
             REDIS,
@@ -414,17 +426,7 @@ def _gpu_pods(specs: Mapping[str, ContainerSpec], options: K8sOptions) -> list[d
                 "template": {"metadata": {"labels": selector}, "spec": pod_spec},
             },
         ),
-        _object(
-            "Service",
-            GPU,
-            "gpu",
-            options,
-            spec={
-                "clusterIP": "None",
-                "selector": selector,
-                "ports": [{"name": "comfyui", "port": port, "targetPort": port}],
-            },
-        ),
+        _headless_service(GPU, "gpu", options, selector, "comfyui", port),
         _object(
             "PodDisruptionBudget",
             GPU,
