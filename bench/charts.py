@@ -68,11 +68,7 @@ def draw(results_dir: Path = RESULTS_DIR, out_dir: Path = DOCS_DIR) -> list[Path
                     ax.text(v, y, f" {v:,.0f}" if v >= 10 else f" {v:.1f}", va="center")
             ax.margins(x=0.25)
     fig.suptitle(f"Dispatch, no-op jobs, median of alternated runs ({stamp})", fontsize=11)
-    fig.tight_layout()
-    path = out_dir / DISPATCH_PNG
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out_dir / DISPATCH_PNG))
 
     bars: list[tuple[str, float]] = []
     for level, runs in sorted(levels.items()):
@@ -104,12 +100,17 @@ def draw(results_dir: Path = RESULTS_DIR, out_dir: Path = DOCS_DIR) -> list[Path
     ax.margins(x=0.2)
     ax.set_xlabel("Redis process CPU µs per job; one Redis is shared by every hub replica")
     ax.set_title(f"Redis work per job ({stamp})", fontsize=11)
+    written.append(_save(fig, out_dir / REDIS_PNG))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out_dir / REDIS_PNG
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
 
 
 def main() -> None:
