@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.gpu",
     "tests.fixtures.s3",
+    "tests.fixtures.http",
 ]

@@ -26,7 +26,7 @@ from tests.fixtures.sim import SimFactory
 from tests.hub.helpers import call
 from tests.paths import REPO
 from tests.polling import eventually
-from tests.worker.test_relay import running_worker, worker_config
+from tests.worker.harness import running_worker, worker_config
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser]
 

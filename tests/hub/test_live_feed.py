@@ -4,29 +4,18 @@ the static page (shipped in the package, served with a strict CSP, open without 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.fixtures.http import sse_events
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import call, submit
 from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.messages import Progress
 
 pytestmark = pytest.mark.redis
-
-
-async def read_events(response: aiohttp.ClientResponse) -> Any:
-    """(event, data) pairs as they arrive."""
-    kind = ""
-    async for raw in response.content:
-        line = raw.decode().rstrip("\r\n")
-        if line.startswith("event: "):
-            kind = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            yield kind, json.loads(line.removeprefix("data: "))
 
 
 async def test_one_stream_carries_workers_queue_and_jobs(hub_factory: HubFactory) -> None:
@@ -47,7 +36,7 @@ async def test_one_stream_carries_workers_queue_and_jobs(hub_factory: HubFactory
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         seen: dict[str, Any] = {}
-        async for kind, data in read_events(response):
+        async for kind, data in sse_events(response):
             seen[kind] = data
             progress = (seen.get("workers") or {"workers": [{}]})["workers"][0].get("progress")
             if len(seen) == 3 and progress and progress["value"] == 2:
@@ -72,7 +61,7 @@ async def test_filters_and_bad_queries(hub_factory: HubFactory) -> None:
     assert status == 200
     url = f"{hub.url}/events?topics=jobs&status=queued&limit=5"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
-        kind, data = await asyncio.wait_for(anext(read_events(response)), 10)
+        kind, data = await asyncio.wait_for(anext(sse_events(response)), 10)
     assert kind == "jobs" and data["status"] == "queued"
     assert [job["id"] for job in data["jobs"]] == [queued["id"]]
     for query, field in (

@@ -16,6 +16,7 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 
 from redis_api.server import RunningHub
+from tests.fixtures.http import sse_events
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
 from tests.hub.helpers import WORKFLOW
@@ -85,18 +86,12 @@ class Checker:
     ) -> list[tuple[str, Any]]:
         kinds = described["x-events"]
         seen: list[tuple[str, Any]] = []
-        kind = ""
-        async for raw in answer.content:
-            line = raw.decode().rstrip("\r\n")
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                data = json.loads(line.removeprefix("data: "))
-                assert kind in kinds, f"{where}: event {kind!r} not described"
-                self.validate(data, kinds[kind], f"{where} event {kind}")
-                seen.append((kind, data))
-                if len(seen) >= count:
-                    break
+        async for kind, data in sse_events(answer):
+            assert kind in kinds, f"{where}: event {kind!r} not described"
+            self.validate(data, kinds[kind], f"{where} event {kind}")
+            seen.append((kind, data))
+            if len(seen) >= count:
+                break
         return seen
 
 

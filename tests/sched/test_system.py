@@ -24,7 +24,7 @@ from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.paths import REPO
 from tests.polling import eventually
-from tests.worker.test_relay import HubClient, running_worker, worker_config
+from tests.worker.harness import HubClient, running_worker, worker_config
 from wgpu_protocol import models
 
 pytestmark = pytest.mark.redis
@@ -39,12 +39,6 @@ def txt2img(ckpt: str, seed: int = 1, steps: int = 2) -> dict[str, Any]:
     graph["4"]["inputs"]["ckpt_name"] = ckpt
     graph["3"]["inputs"].update(seed=seed, steps=steps)
     return graph
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @contextlib.asynccontextmanager

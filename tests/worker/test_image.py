@@ -15,7 +15,7 @@ import pytest
 from orchestrator.images.worker import context_files, worker_image_tag
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.test_relay import HubClient, image_workflow
+from tests.worker.harness import HubClient, image_workflow
 
 pytestmark = pytest.mark.docker
 

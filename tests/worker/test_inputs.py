@@ -21,10 +21,8 @@ from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.fixtures.sim_traffic import RECORDED
 from tests.hub.worker_client import ProtocolWorker
-from tests.worker.test_relay import HubClient, http, running_worker, worker_config
+from tests.worker.harness import HubClient, running_worker, worker_config
 from wgpu_protocol.credentials import worker_credential
-
-__all__ = ["http"]
 
 PNG = (RECORDED / "upload_image_in.png").read_bytes()  # real, with PNG row filters
 # What real ComfyUI made of it (LoadImage -> ImageInvert -> SaveImage), recorded.

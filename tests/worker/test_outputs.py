@@ -18,9 +18,7 @@ import pytest
 from comfyui_sim.png import decode_png
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.test_relay import HubClient, http, running_worker, worker_config
-
-__all__ = ["http"]  # the fixture, shared with test_relay
+from tests.worker.harness import HubClient, running_worker, worker_config
 
 OUTPUT_FIELDS = {"name", "url", "size", "content_type", "sha256", "node_id", "kind", "subfolder"}
 GIB = 1 << 30

@@ -15,15 +15,15 @@ import pytest
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory, SimProcessFactory, free_port
 from tests.paths import REPO
-from tests.worker.test_relay import (
+from tests.worker.harness import (
     HubClient,
-    _only_history,
-    _until,
     acks_reach,
     fault_workflow,
     image_workflow,
+    only_history,
     running_worker,
     sim_json,
+    until,
     worker_config,
 )
 
@@ -68,7 +68,7 @@ class WorkerProcess:
     async def exit_code(self, timeout_s: float = 15.0) -> int:
         assert self.process is not None
         process = self.process
-        await _until(_async(lambda: process.poll() is not None), "the worker to exit", timeout_s)
+        await until(_async(lambda: process.poll() is not None), "the worker to exit", timeout_s)
         return int(process.returncode)
 
     def kill(self) -> None:
@@ -100,12 +100,6 @@ def worker_process(tmp_path: Path) -> Any:
     yield make
     for process in started:
         process.kill()
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_sigterm_mid_job_finishes_it_takes_nothing_new_and_exits_0(
@@ -149,7 +143,7 @@ async def test_sigterm_past_the_grace_period_hands_the_job_back(
     assert job["attempts"] == 0  # a release does not count as a failed attempt
     assert [h["outcome"] for h in job["history"]] == ["released"]
     # It was stopped in ComfyUI, not left running there.
-    entry = await _until(lambda: _only_history(http, sim.url), "the prompt to be interrupted")
+    entry = await until(lambda: only_history(http, sim.url), "the prompt to be interrupted")
     assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
 
 
@@ -165,10 +159,10 @@ async def test_comfyui_killed_mid_job_fails_retryable_then_recovers(
     async with running_worker(worker_config(hub.url, comfy.url, tmp_path)) as worker:
         job_id = await client.submit(image_workflow(), max_attempts=3)
         await client.wait_for(job_id, {"running"})
-        await _until(lambda: _busy(http, comfy.url), "the prompt to run in ComfyUI")
+        await until(lambda: _busy(http, comfy.url), "the prompt to run in ComfyUI")
         comfy.kill()
         # The worker reports the crash; the hub requeues the job; nobody takes it meanwhile.
-        failed = await _until(lambda: _first_attempt_done(client, job_id), "the attempt to end")
+        failed = await until(lambda: _first_attempt_done(client, job_id), "the attempt to end")
         assert failed["error"]["type"] == "comfyui_crashed"
         assert (await client.job(job_id))["status"] == "queued"
         await client.wait_worker("unavailable")

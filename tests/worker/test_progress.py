@@ -10,9 +10,7 @@ import aiohttp
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.test_relay import HubClient, http, running_worker, worker_config
-
-__all__ = ["http"]
+from tests.worker.harness import HubClient, running_worker, worker_config
 
 
 def txt2img(steps: int) -> dict[str, Any]:

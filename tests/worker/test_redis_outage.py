@@ -7,35 +7,27 @@ backoff, so the result is recorded soon after Redis returns, not after the ack t
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 import redis
 from comfy_worker import Worker
 
 from orchestrator.stack.local_redis import LocalRedis
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.test_relay import (
+from tests.worker.harness import (
     HubClient,
-    _only_history,
-    _until,
     acks_reach,
     image_workflow,
+    only_history,
     running_worker,
+    until,
     worker_config,
 )
 
 ACK_TIMEOUT_S = 120.0  # far beyond the test's deadlines: only the resend path can pass
 RECORDED_WITHIN_S = 8.0
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_result_refused_while_redis_is_down_is_resent_soon_after_it_returns(
@@ -56,8 +48,8 @@ async def test_result_refused_while_redis_is_down_is_resent_soon_after_it_return
         job_id = await api.submit(image_workflow())
         await api.wait_for(job_id, {"running"})
         redis_aof.kill()
-        await _until(lambda: _only_history(http, sim.url), "the run to finish in ComfyUI")
-        await _until(lambda: _resent(worker, 1), "a resend after the hub said unavailable")
+        await until(lambda: only_history(http, sim.url), "the run to finish in ComfyUI")
+        await until(lambda: _resent(worker, 1), "a resend after the hub said unavailable")
         assert worker.results_recorded == 0
 
         redis_aof.start()

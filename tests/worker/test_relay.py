@@ -6,163 +6,28 @@ test waits for what a client would see. Timings are shortened through configurat
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from comfy_worker import Worker, WorkerConfig
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory, free_port
-from tests.polling import eventually
-
-DEADLINE_S = 15.0
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "dead"}
-
-
-def image_workflow(width: int = 64) -> dict[str, Any]:
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": width, "height": 48, "batch_size": 1, "color": 16744448},
-        },
-        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {
-            "class_type": "SaveImage",
-            "inputs": {"images": ["2", 0], "filename_prefix": "wgpu/test"},
-        },
-    }
-
-
-def fault_workflow(mode: str, after_s: float = 0.0) -> dict[str, Any]:
-    workflow = image_workflow()
-    workflow["4"] = {
-        "class_type": "WgpuSimFault",
-        "inputs": {"mode": mode, "after_s": after_s, "image": ["2", 0]},
-    }
-    return workflow
-
-
-def worker_config(hub_url: str, comfy_url: str, tmp_path: Path, **overrides: Any) -> WorkerConfig:
-    settings: dict[str, Any] = {
-        "machine_id": "test",
-        "gpu_id": 0,
-        "hub_url": "ws" + hub_url.removeprefix("http"),
-        "comfyui_url": comfy_url,
-        "health_file": tmp_path / "worker-health.json",
-        "watchdog_s": 0.5,
-        "comfyui_check_s": 0.1,
-        "comfyui_lost_s": 0.5,
-        "reconnect_max_s": 0.3,
-        "ack_timeout_s": 5.0,
-        "grace_s": 5.0,
-        "progress_interval_s": 0.01,
-    }
-    settings.update(overrides)
-    return WorkerConfig(**settings)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(config: WorkerConfig) -> AsyncIterator[Worker]:
-    worker = Worker(config)
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.request_stop()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), config.grace_s + 5)
-        except TimeoutError:
-            task.cancel()
-            raise
-
-
-class HubClient:
-    """The hub's REST API, as a client uses it."""
-
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http = http
-        self.url = url
-
-    async def submit(self, workflow: dict[str, Any], **fields: Any) -> str:
-        async with self.http.post(f"{self.url}/jobs", json={"workflow": workflow, **fields}) as r:
-            body = await r.json()
-            assert r.status == 201, body
-            return str(body["id"])
-
-    async def job(self, job_id: str) -> dict[str, Any]:
-        async with self.http.get(f"{self.url}/jobs/{job_id}") as r:
-            assert r.status == 200
-            return await r.json()  # type: ignore[no-any-return]
-
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        async with self.http.delete(f"{self.url}/jobs/{job_id}") as r:
-            return await r.json()  # type: ignore[no-any-return]
-
-    async def output(self, job_id: str, name: str) -> tuple[bytes, str]:
-        async with self.http.get(f"{self.url}/jobs/{job_id}/outputs/{name}") as r:
-            assert r.status == 200
-            return await r.read(), r.content_type
-
-    async def events(self, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-        """The job's whole SSE stream, up to and including `done`."""
-        found: list[tuple[str, dict[str, Any]]] = []
-        async with self.http.get(f"{self.url}/jobs/{job_id}/events") as r:
-            kind = ""
-            async for raw in r.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    kind = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    found.append((kind, json.loads(line.removeprefix("data: "))))
-        return found
-
-    async def workers(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.url}/workers") as r:
-            return (await r.json())["workers"]  # type: ignore[no-any-return]
-
-    async def wait_for(
-        self, job_id: str, statuses: set[str] | None = None, timeout_s: float = DEADLINE_S
-    ) -> dict[str, Any]:
-        """Poll until the job is in one of `statuses` (default: any terminal one)."""
-        wanted = statuses or TERMINAL
-        return await eventually(
-            lambda: self.job(job_id),
-            lambda job: job["status"] in wanted,
-            timeout_s,
-            0.05,
-            f"job {job_id} in {sorted(wanted)}",
-        )
-
-    async def wait_worker(self, status: str, timeout_s: float = DEADLINE_S) -> dict[str, Any]:
-        workers = await eventually(
-            self.workers,
-            lambda found: bool(found) and found[0]["status"] == status,
-            timeout_s,
-            0.05,
-            f"a worker {status!r}",
-        )
-        return workers[0]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def sim_json(http: aiohttp.ClientSession, url: str, path: str) -> Any:
-    async with http.get(url + path) as r:
-        return await r.json()
+from tests.worker.harness import (
+    HubClient,
+    acks_reach,
+    fault_workflow,
+    image_workflow,
+    only_history,
+    running_worker,
+    sim_json,
+    until,
+    worker_config,
+)
 
 
 async def test_success_downloads_every_output(
@@ -302,11 +167,11 @@ async def test_cancel_interrupts_the_prompt_in_comfyui(
     async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
         job_id = await client.submit(fault_workflow("hang"))
         await client.wait_for(job_id, {"running"})
-        await _until(lambda: _sim_busy(http, sim.url), "the prompt to run in ComfyUI")
+        await until(lambda: _sim_busy(http, sim.url), "the prompt to run in ComfyUI")
         await client.cancel(job_id)
         assert (await client.wait_for(job_id))["status"] == "cancelled"
         # The hanging prompt was interrupted in ComfyUI: it ends there as interrupted.
-        entry = await _until(lambda: _only_history(http, sim.url), "the prompt to end")
+        entry = await until(lambda: only_history(http, sim.url), "the prompt to end")
         kinds = [kind for kind, _ in entry["status"]["messages"]]
         assert "execution_interrupted" in kinds
         assert "execution_success" not in kinds
@@ -334,7 +199,7 @@ async def test_comfyui_down_at_start_then_up(
             row = (await client.workers())[0]
             return row if (row["last_heartbeat"] or 0) > submitted_at + 0.6 else None
 
-        row = await _until(heartbeats_since_submit, "heartbeats while ComfyUI is down")
+        row = await until(heartbeats_since_submit, "heartbeats while ComfyUI is down")
         assert row["status"] == "unavailable" and row["comfyui_ok"] is False
         assert (await client.job(job_id))["status"] == "queued"
         await sim_factory(port=port)
@@ -370,7 +235,7 @@ async def test_hub_killed_mid_job_and_restarted_result_arrives_once(
             await client.wait_for(job_id, {"running"})
             hub.kill()
             # The run ends in ComfyUI while no hub is there: the result waits in the worker.
-            await _until(lambda: _only_history(http, sim.url), "the run to finish")
+            await until(lambda: only_history(http, sim.url), "the run to finish")
             assert worker.results_recorded == 0
             await hub.start()
             job = await client.wait_for(job_id)
@@ -403,12 +268,12 @@ async def test_job_given_away_while_cut_off_is_stopped_and_not_reported(
         async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
             job_id = await client.submit(fault_workflow("hang"))
             await client.wait_for(job_id, {"running"})
-            first_prompt = await _until(lambda: _running_prompt(http, sim.url), "the prompt")
+            first_prompt = await until(lambda: _running_prompt(http, sim.url), "the prompt")
             hub.kill()
             await client.wait_for(job_id, {"queued"})  # lease expired: given away
             await hub.start()
             # The worker learns it no longer owns the job: it stops that prompt in ComfyUI...
-            history = await _until(lambda: _history_of(http, sim.url, first_prompt), "interrupt")
+            history = await until(lambda: _history_of(http, sim.url, first_prompt), "interrupt")
             assert "execution_interrupted" in [kind for kind, _ in history["status"]["messages"]]
             # ...reports nothing about it, and takes the job again as a new attempt.
             job = await client.wait_for(job_id, {"running"})
@@ -435,7 +300,7 @@ async def test_the_worker_enforces_the_timeout_itself_and_stops_the_prompt(
         # One outcome, whether the worker's deadline or the hub's reaper noticed first.
         assert job["status"] == "timed_out" and job["attempts"] == 1, job
         assert job["error"]["type"] == "timeout" and "timeout of 1 s" in job["error"]["message"]
-        entry = await _until(lambda: _only_history(http, sim.url), "the prompt to be stopped")
+        entry = await until(lambda: only_history(http, sim.url), "the prompt to be stopped")
         assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
         after = await client.wait_for(await client.submit(image_workflow()))
         assert after["status"] == "succeeded"
@@ -453,7 +318,7 @@ async def test_worker_token_is_sent_and_required(
         async def attempted() -> bool:
             return refused.hub_link.attempts >= 3
 
-        await _until(attempted, "a few connection attempts")
+        await until(attempted, "a few connection attempts")
         assert refused.hub_link.connections == 0 and await client.workers() == []
     right = worker_config(hub.url, sim.url, tmp_path, worker_token="s3cret")
     async with running_worker(right):
@@ -494,7 +359,7 @@ class HubProcess:
                 except aiohttp.ClientError:
                     return False
 
-            await _until(healthy, f"the hub to start (log: {self.log})")
+            await until(healthy, f"the hub to start (log: {self.log})")
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -502,18 +367,9 @@ class HubProcess:
             self.process.wait(timeout=10)
 
 
-async def _until(probe: Any, what: str, timeout_s: float = DEADLINE_S) -> Any:
-    return await eventually(probe, bool, timeout_s, 0.05, what)
-
-
 async def _sim_busy(http: aiohttp.ClientSession, url: str) -> bool:
     queue = await sim_json(http, url, "/queue")
     return bool(queue["queue_running"])
-
-
-async def _only_history(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
-    history = await sim_json(http, url, "/history")
-    return next(iter(history.values())) if history else None
 
 
 async def _running_prompt(http: aiohttp.ClientSession, url: str) -> str | None:
@@ -525,14 +381,3 @@ async def _history_of(
     http: aiohttp.ClientSession, url: str, prompt_id: str
 ) -> dict[str, Any] | None:
     return (await sim_json(http, url, f"/history/{prompt_id}")).get(prompt_id)  # type: ignore[no-any-return]
-
-
-async def acks_reach(worker: Worker, count: int) -> None:
-    """The hub's acks arrive just after the job shows as finished: wait for them, then check
-    that no more came than expected."""
-
-    async def reached() -> bool:
-        return worker.results_recorded >= count
-
-    await _until(reached, f"{count} acked result(s)")
-    assert worker.results_recorded == count

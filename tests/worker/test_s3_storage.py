@@ -18,10 +18,10 @@ from tests.fixtures.s3 import S3Bucket, S3Server
 from tests.fixtures.sim import SimFactory
 from tests.hub.test_webhooks import LOCAL, Receivers, receivers, verified
 from tests.worker import test_inputs, test_outputs
+from tests.worker.harness import HubClient, running_worker, worker_config
 from tests.worker.test_inputs import file_server
-from tests.worker.test_relay import HubClient, http, running_worker, worker_config
 
-__all__ = ["file_server", "http", "receivers"]
+__all__ = ["file_server", "receivers"]
 
 
 @pytest.fixture

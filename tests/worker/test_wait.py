@@ -10,9 +10,7 @@ import aiohttp
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.test_relay import http, image_workflow, running_worker, worker_config
-
-__all__ = ["http"]
+from tests.worker.harness import image_workflow, running_worker, worker_config
 
 
 def sleep_workflow(seconds: float) -> dict[str, Any]:
