@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import eventually, get_job, job_status, lease_left_s, submit
+from tests.hub.helpers import get_job, job_status, lease_left_s, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import (
     Ack,
     Completed,
