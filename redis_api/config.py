@@ -80,6 +80,8 @@ class HubConfig:
     read_timeout_s: float = 10.0  # whole request head (and body) must arrive within this
     max_connections_per_ip: int = 512
     max_pending_sockets: int = 64  # worker sockets that have not said hello yet
+    # A second socket for a worker id pings the live one: silent this long, it is closed.
+    worker_ping_timeout_s: float = 5.0
     nofile_limit: int = 65536  # RLIMIT_NOFILE raised towards this at start
     max_input_bytes: int = 200 * 1000 * 1000  # per input file, and per job
     # Where outputs and inputs live: "" = outputs_dir on local disk; s3://bucket/prefix = an
@@ -230,6 +232,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "read_timeout_s": ("READ_TIMEOUT_S", float),
     "max_connections_per_ip": ("MAX_CONNECTIONS_PER_IP", int),
     "max_pending_sockets": ("MAX_PENDING_SOCKETS", int),
+    "worker_ping_timeout_s": ("WORKER_PING_TIMEOUT_S", float),
     "nofile_limit": ("NOFILE_LIMIT", int),
     "max_input_bytes": ("MAX_INPUT_BYTES", int),
     "storage_url": ("STORAGE_URL", str),

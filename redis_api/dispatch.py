@@ -1,5 +1,6 @@
 """Push dispatch: which of this hub's workers want work, claiming for them, and the pub/sub
-channels through which every hub hears "work is available" and "cancel job X on worker W".
+channels through which every hub hears "work is available" and "cancel job X on worker W" (and
+each hub, on a channel of its own, requests about the worker sockets it holds).
 
 No job state lives here: a claim is decided by the claim script in Redis. What this module keeps
 is which sockets are connected to this hub, which of them said `ready`, and which have a claim in
@@ -13,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -72,6 +73,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget sends, kept referenced
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
+        # This hub's own channel (requests about the sockets it holds) and what handles them.
+        self.own_channel = ""
+        self.on_own_message: Callable[[str], Coroutine[Any, Any, None]] | None = None
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -244,7 +248,8 @@ class Dispatcher:
         while True:
             pubsub = self.store.pubsub()
             try:
-                await pubsub.subscribe(self.store.work_channel, self.store.cancel_channel)
+                channels = [self.store.work_channel, self.store.cancel_channel, self.own_channel]
+                await pubsub.subscribe(*filter(None, channels))
                 failures = 0
                 self.wake()  # anything published while we were not listening
                 while True:
@@ -269,17 +274,23 @@ class Dispatcher:
             if self.wanting:
                 self.wake()
             return
+        if channel == self.own_channel and self.on_own_message is not None:
+            self._spawn(self.on_own_message(data))
+            return
         notice = self.store.parse_cancel(data)
         if notice is None:
             return
         session = self.sessions.get(notice.worker_id)
         if session is not None:
-            task = asyncio.create_task(session.send_cancel(notice))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(_log_failure)
+            self._spawn(session.send_cancel(notice))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("sending cancel failed: %s", task.exception())
+        log.warning("a pub/sub request failed: %s", task.exception())

@@ -7,7 +7,8 @@
     ├── Refused               a valid request the hub will not take now: 429 with Retry-After
     │   ├── QueueFull         MAX_QUEUED_JOBS / MAX_QUEUED_BYTES (whole queue or one key)
     │   ├── RateLimited       RATE_LIMIT_PER_KEY
-    │   └── TooManyStreams    MAX_EVENT_STREAMS (SSE) or too many sockets
+    │   ├── TooManyStreams    MAX_EVENT_STREAMS (SSE) or too many sockets
+    │   └── WorkerConnected   a worker id whose socket is live on another hub (at hello)
     ├── StoreUnavailable      Redis did not answer (down, hung, timed out): 503. Raised only
     │   │                     by store.py (and the event fan-out reading through it), so any
     │   │                     other OSError is not mistaken for a Redis outage
@@ -67,6 +68,10 @@ class RateLimited(Refused):
 
 class TooManyStreams(Refused):
     """This hub holds as many event streams (or sockets) as it may."""
+
+
+class WorkerConnected(Refused):
+    """Another hub holds a live socket for this worker id; it was asked to check that one."""
 
 
 class StoreUnavailable(HubError):

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from wgpu_protocol.rest import HELD_STATES, JOB_STATES, TERMINAL_STATES
 
 from .batching import ScriptBatcher
-from .errors import QueueFull, RedisOutOfMemory, StoreUnavailable
+from .errors import QueueFull, RedisOutOfMemory, StoreUnavailable, WorkerConnected
 from .redis_conn import HiredisPackConnection
 
 REAP_BATCH = 500
@@ -515,7 +515,8 @@ class Store:
         relaying: tuple[str, int] | None = None,
     ) -> tuple[bool, bool]:
         """Whether the worker keeps (resumes) the running job it names, and the job it still
-        relays (pipelining)."""
+        relays (pipelining). WorkerConnected while another hub holds a live socket for this
+        worker id."""
         job_id, token = running if running else ("", 0)
         relay_id, relay_token = relaying if relaying else ("", 0)
         resumed = await self._run(
@@ -536,6 +537,11 @@ class Store:
             relay_id,
             relay_token if relaying else "",
         )
+        if int(resumed[0]) < 0:
+            raise WorkerConnected(
+                f"worker {worker_id} has a live socket on another hub; that hub pings it and "
+                "closes it if it is silent: retry"
+            )
         return bool(int(resumed[0])), bool(int(resumed[1]))
 
     async def claim(
@@ -935,6 +941,10 @@ class Store:
     @property
     def cancel_channel(self) -> str:
         return self.key("cancel")
+
+    def hub_channel(self, hub_id: str) -> str:
+        """Requests to one hub about the worker sockets it holds (hello.lua publishes them)."""
+        return self.key(f"hub:{hub_id}")
 
     @staticmethod
     def parse_cancel(data: str) -> CancelNotice | None:

@@ -11,7 +11,7 @@ from . import client_api, dashboard, drain_api, openapi
 from .auth import presented_secret
 from .errors import BadRequest, RedisOutOfMemory, Refused, StorageError, StoreUnavailable
 from .runtime import CALLER, HUB_KEY, Hub
-from .worker_ws import handle_worker_socket
+from .worker_ws import handle_worker_socket, on_hub_request
 
 log = logging.getLogger(__name__)
 
@@ -108,4 +108,7 @@ def make_app(hub: Hub) -> web.Application:
     openapi.add_routes(app)
     drain_api.add_routes(app)
     app.router.add_get("/ws/worker/{worker_id}", handle_worker_socket)
+    # Other hubs ask this one about the worker sockets it holds (hello.lua).
+    hub.dispatcher.own_channel = hub.store.hub_channel(hub.hub_id)
+    hub.dispatcher.on_own_message = lambda data: on_hub_request(hub, data)
     return app

@@ -59,6 +59,7 @@ from .errors import (
     StorageError,
     StoreUnavailable,
     TooManyStreams,
+    WorkerConnected,
 )
 from .jobs import output_url, progress_json
 from .metrics import AttemptClock, attempt_outcome
@@ -140,12 +141,12 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
         )
     live = hub.dispatcher.sessions.get(worker_id)
     if isinstance(live, WorkerSession) and live.is_open:
-        if live.heard_within(hub.config.lease_s):
-            # A live socket keeps its worker id: a second one is refused, not allowed to
-            # displace it (and take over its job).
+        # A live socket keeps its worker id: a second one is refused, not allowed to displace
+        # it (and take over its job). One silent past its lease, or that does not answer a
+        # ping now, is dead but not yet closed: it is dropped. (Sockets on other hubs: hello.)
+        if live.heard_within(hub.config.lease_s) and await live.probe():
             raise web.HTTPConflict(reason=f"worker {worker_id} is connected already")
-        # Silent past its lease: the old socket is dead but not yet closed.
-        await live.ws.close(code=4000, message=b"replaced by a newer connection")
+        live.drop("replaced by a newer connection")
     if hub.pending_sockets >= hub.config.max_pending_sockets:
         raise TooManyStreams(
             f"{hub.pending_sockets} worker sockets are waiting to say hello; retry later"
@@ -156,7 +157,7 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
         # it is buffered (aiohttp refuses a payload of max_msg_size or more).
         max_msg_size=MAX_FRAME_BYTES + 1,
         compress=False,
-        autoping=True,
+        autoping=False,  # pings answered and pongs seen by the session (probe)
         heartbeat=None,
     )
     hub.pending_sockets += 1
@@ -181,6 +182,21 @@ async def handle_worker_socket(request: web.Request) -> web.StreamResponse:
         done.set()
         hub.open_sockets.pop(ws, None)
     return ws
+
+
+async def on_hub_request(hub: Hub, data: str) -> None:
+    """A request from hello.lua on another hub about a socket this hub holds: `probe` (a second
+    socket wants its worker id: ping this one, drop it if silent) or `close` (it was replaced,
+    silent past its lease)."""
+    verb, _, rest = data.partition("\n")
+    worker_id, _, session_id = rest.partition("\n")
+    session = hub.dispatcher.sessions.get(worker_id)
+    if not isinstance(session, WorkerSession) or session.session_id != session_id:
+        return
+    if verb == "probe":
+        await session.probe()
+    elif verb == "close":
+        session.drop("replaced on another hub (silent past its lease)")
 
 
 class WorkerSession:
@@ -218,6 +234,8 @@ class WorkerSession:
         # The worker said (hello.execution_started) that it reports ComfyUI's execution_start;
         # an older one does not, and its `started` moves the job to running instead.
         self._reports_execution = False
+        self._heard = asyncio.Event()  # set by every frame, a pong included
+        self._probe: asyncio.Future[bool] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -225,6 +243,33 @@ class WorkerSession:
 
     def heard_within(self, seconds: float) -> bool:
         return time.monotonic() - self.last_heard <= seconds
+
+    async def probe(self) -> bool:
+        """Ping the socket: True when it answers within WORKER_PING_TIMEOUT_S; else it is
+        dropped as dead. Probes at the same time share one ping."""
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._ping(self.config.worker_ping_timeout_s))
+        return await asyncio.shield(self._probe)
+
+    async def _ping(self, timeout_s: float) -> bool:
+        self._heard.clear()
+        try:
+            await self.ws.ping()
+            async with asyncio.timeout(timeout_s):
+                await self._heard.wait()
+            return True
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        self.drop(f"no answer to a ping within {timeout_s:g} s")
+        return False
+
+    def drop(self, reason: str) -> None:
+        """Close a socket that is dead or replaced without waiting for its closing handshake
+        (a half-open connection never answers one); the session ends as after any close."""
+        if self.is_open:
+            log.warning("worker %s: dropping its socket: %s", self.worker_id, reason)
+        if self.transport is not None:
+            self.transport.abort()
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -296,10 +341,13 @@ class WorkerSession:
                 return
             async for frame in self.ws:
                 self.last_heard = time.monotonic()
+                self._heard.set()
                 if frame.type == WSMsgType.TEXT:
                     await self._on_text(frame.data)
                 elif frame.type == WSMsgType.BINARY:
                     await self._guarded(self._on_output(frame.data))
+                elif frame.type == WSMsgType.PING:
+                    await self.ws.pong(frame.data)
                 elif frame.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
@@ -323,6 +371,11 @@ class WorkerSession:
                 WSMsgType.ERROR,
             ):
                 return False
+            if frame.type == WSMsgType.PING:
+                await self.ws.pong(frame.data)
+                continue
+            if frame.type == WSMsgType.PONG:
+                continue
             if frame.type != WSMsgType.TEXT:
                 await self._error("hello_first", "the first message must be hello")
                 continue
@@ -350,6 +403,11 @@ class WorkerSession:
             except BadRequest as exc:
                 await self._error("bad_message", f"hello: {exc}")
                 continue
+            except WorkerConnected as exc:
+                log.info("worker %s: hello refused: %s", self.worker_id, exc)
+                await self.send(ErrorReply("worker_connected", str(exc)))
+                await self.ws.close()
+                return False
             except StoreUnavailable as exc:
                 self.hub.redis_failed(exc)
                 await self.send(ErrorReply("unavailable", f"{_unavailable(exc)}; reconnect later"))

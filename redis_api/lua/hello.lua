@@ -2,11 +2,24 @@
 -- gpu_name, vram_mb, version, running_job, running_token, lease_ms, boot_id, relaying_job,
 -- relaying_token (pipelining: the finished job whose outputs it still relays).
 -- Returns {1 when the worker keeps the running job it names (same token, lease still held),
--- else 0; the same for the relaying job}.
+-- else 0; the same for the relaying job}; {-1, -1} (nothing written) while another hub holds a
+-- live socket for this worker id.
 local worker, running, token, lease_ms = ARGV[2], ARGV[11], ARGV[12], tonumber(ARGV[13])
 local boot = ARGV[14] or ''
 local now = now_ms()
 local wk = wkey(worker)
+-- One live socket per worker id across hubs. The socket another hub holds is live while it
+-- was heard within the lease and that hub is alive (subscribed to its own channel): that hub
+-- is asked to ping it and close it if it stays silent, and this hello is refused (the worker
+-- retries). A socket silent past its lease is replaced, and its hub told to close it. On this
+-- hub, the socket layer has decided already.
+local old = redis.call('HMGET', wk, 'connected', 'session', 'hub', 'seen_ms')
+if old[1] == '1' and old[2] and old[2] ~= ARGV[3] and old[3] and old[3] ~= '' and old[3] ~= ARGV[4] then
+  local heard = tonumber(old[4] or '0') + lease_ms > now
+  local verb = heard and 'probe' or 'close'
+  local listening = redis.call('PUBLISH', P .. 'hub:' .. old[3], verb .. '\n' .. worker .. '\n' .. old[2])
+  if heard and listening > 0 then return {-1, -1} end
+end
 redis.call('SADD', P .. 'workers', worker)
 -- A new worker process (another boot id) starts with a clean record: no quarantine, nothing
 -- loaded.

@@ -4,7 +4,6 @@ within an hour."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 
 import pytest
@@ -17,7 +16,7 @@ from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import get_job, submit
 from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.credentials import worker_credential
-from wgpu_protocol.messages import JobAssigned
+from wgpu_protocol.messages import JobAssigned, RunningJob
 
 pytestmark = pytest.mark.redis
 
@@ -51,24 +50,24 @@ async def test_one_workers_credential_cannot_act_as_another(hub_factory: HubFact
     await victim.close()
 
 
-async def test_a_silent_socket_is_replaced(hub_factory: HubFactory) -> None:
-    hub = await hub_factory(worker_token=TOKEN, heartbeat_s=0.2, lease_s=1.0)
+async def test_a_silent_socket_is_pinged_and_replaced(hub_factory: HubFactory) -> None:
+    hub = await hub_factory(worker_token=TOKEN, lease_s=60.0, worker_ping_timeout_s=0.5)
     first = ProtocolWorker(hub.url, worker_id="m1-gpu0", token=TOKEN)
     await first.connect()
-    # The first socket says nothing for over its lease (a half-open connection).
-    second = ProtocolWorker(hub.url, worker_id="m1-gpu0", token=TOKEN)
-    for _ in range(100):
-        try:
-            await second.connect()
-            break
-        except InvalidStatus as exc:
-            assert exc.response.status_code == 409
-            await asyncio.sleep(0.05)  # retried as a worker does, until the lease has passed
-    assert second.welcome is not None
     job = await submit(hub.url)
-    assigned = await second.take_job()
-    assert assigned.job_id == job["id"]
+    held = await first.take_job()
+    # The first socket goes silent well within its lease (a half-open connection: it reads
+    # nothing, so it answers no ping). The second is let in as soon as a ping goes unanswered,
+    # not after the lease, and resumes the job.
+    assert first.ws is not None
+    first.ws.transport.pause_reading()
+    second = ProtocolWorker(hub.url, worker_id="m1-gpu0", token=TOKEN)
+    welcome = await second.connect(RunningJob(held.job_id, held.token))
+    assert welcome.resumed
+    assert (await second.complete(held)).ok
+    assert (await get_job(hub.url, job["id"]))["status"] == "succeeded"
     await second.close()
+    first.ws.transport.resume_reading()
     await first.close(bye=False)
 
 
