@@ -876,7 +876,7 @@ class Store:
         status, owner, extras = await self.redis.hmget(
             self.key(f"job:{job_id}"), ["status", "worker_id", "extras"]
         )
-        if status is None or status in TERMINAL_STATES or owner != worker_id:
+        if status not in HELD_STATES or owner != worker_id:
             return None
         inputs = json.loads(extras).get("inputs", {}) if extras else {}
         return {str(meta.get("ref", "")).removeprefix("sha256:") for meta in inputs.values()}
