@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,8 @@ class SimConfig:
     crash_exits: bool = True
     # Called instead of the default crash behaviour when set (tests).
     crash_hook: Callable[[], None] | None = None
+    # Awaited with the file name before /view serves a file (tests hold a relay with it).
+    view_hook: Callable[[str], Awaitable[None]] | None = None
     argv: list[str] = field(default_factory=lambda: ["main.py", "--wgpu-sim"])
     # Model files (model_store.py): created at start in `models_dir` (default <base_dir>/models,
     # else a temp dir) per folder; a folder not named here keeps the defaults below.

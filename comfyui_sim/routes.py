@@ -216,6 +216,8 @@ class SimServer:
         )
         if status != 200:
             return web.Response(status=status)
+        if self.config.view_hook is not None:
+            await self.config.view_hook(path.name)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         # A static file response like stock: streamed from disk, Content-Length, Range, ETag.
         return web.FileResponse(

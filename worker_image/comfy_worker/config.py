@@ -71,6 +71,9 @@ class WorkerConfig:
     comfyui_input_dir: Path | None = None
     model_scan_s: float = names.DEFAULT_MODEL_SCAN_S  # MODEL_SCAN_S: re-read ComfyUI's models
     model_loaders: str = ""  # MODEL_LOADERS: custom-node loaders, `Class.input=folder;...`
+    # Take the next job while the previous job's outputs are relayed (off: the "before" of
+    # bench/outputs_bench.py, and a worker for a hub without pipelining).
+    pipeline: bool = True
 
     @property
     def worker_id(self) -> str:

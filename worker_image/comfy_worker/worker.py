@@ -1,11 +1,16 @@
 """The worker: ties the hub link, ComfyUI, the job runner, supervision and health together.
 
 Promises kept here:
-- one job at a time, taken only while ComfyUI answers and the worker is not stopping;
-- a job's result is held until the hub acks it; after a reconnect the hello names the held job,
-  and the result is sent again only if the hub kept the lease (`welcome.resumed`); otherwise the
-  job was given away: it is stopped in ComfyUI and dropped, so it never runs twice;
-- SIGTERM: no new work, the current job gets `grace_s` to finish, else it is handed back
+- one job at a time in ComfyUI, taken only while ComfyUI answers and the worker is not stopping;
+- pipelining (`config.pipeline`, to a hub whose welcome offers it): once ComfyUI is done with a
+  job that has outputs, the worker says `ready` naming it as `relaying` and relays its outputs
+  while ComfyUI runs the next job. At most two jobs are held: one relaying and one running (or
+  waiting to relay: one relay at a time, so memory stays bounded);
+- a job's result is held until the hub acks it; after a reconnect the hello names the held jobs,
+  and a result is sent again only if the hub kept that job's lease (`welcome.resumed`,
+  `welcome.relaying_resumed`); otherwise the job was given away: it is stopped in ComfyUI and
+  dropped, so it never runs twice;
+- SIGTERM: no new work, the held jobs get `grace_s` to finish, else they are handed back
   (`released`); then `bye` and a clean exit.
 """
 
@@ -78,6 +83,8 @@ class HeldJob:
     given_away: bool = False  # the hub did not resume it after a reconnect
     # The socket whose hub was asked for the next job with this result (completed.ready_next).
     asked_next_on: HubSession | None = None
+    # The socket whose hub heard `ready` naming this job as relaying (pipelining).
+    announced_relaying_on: HubSession | None = None
     hub_unavailable: asyncio.Event = field(default_factory=asyncio.Event)  # hub could not record
     ack: asyncio.Future[Ack] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -105,7 +112,12 @@ class Worker:
         self._stopping = False
         self._comfy_ok = False
         self._comfy_changed = asyncio.Event()
-        self._job: HeldJob | None = None
+        # The job taken last, until it relays (ComfyUI runs it, or it waits for the relay slot).
+        self._running: HeldJob | None = None
+        # The job whose outcome (outputs, then the final report) is being delivered.
+        self._relaying: HeldJob | None = None
+        self._relay_slot = asyncio.Lock()  # one relay at a time
+        self._releasing: HeldJob | None = None  # a job being handed back at shutdown
         self._announce_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._supervisor: ComfySupervisor | None = None
@@ -173,28 +185,41 @@ class Worker:
     # -- hub link callbacks ----------------------------------------------------------------
 
     def _hello(self) -> Hello:
-        held = self._job
         return Hello(
             worker_id=self.config.worker_id,
             machine_id=self.config.machine_id,
             gpu=self._gpu.info(),
             version=self._version,
-            running=held.ref if held is not None and not held.given_away else None,
+            running=_ref(self._running),
             boot_id=self._boot_id,
+            relaying=_ref(self._relaying),
         )
 
     def _on_session(self, session: HubSession) -> None:
         session.models_sent = None  # this hub connection has not heard our models yet
-        held = self._job
-        named = session.hello.running
-        if held is not None and named == held.ref and not session.welcome.resumed:
-            # The hub gave the job away while we were cut off: it must not finish here too.
-            log.warning("hub did not resume job %s: dropping it", held.assignment.job_id)
-            held.given_away = True
-            if held.outcome is None and held.task is not None:
-                held.task.cancel()  # the runner stops the prompt in ComfyUI
+        hello, welcome = session.hello, session.welcome
+        for held, named, resumed in (
+            (self._running, hello.running, welcome.resumed),
+            (self._relaying, hello.relaying, welcome.relaying_resumed),
+        ):
+            if held is not None and named == held.ref and not resumed:
+                # The hub gave the job away while we were cut off: it must not finish here too.
+                log.warning("hub did not resume job %s: dropping it", held.assignment.job_id)
+                held.given_away = True
+                if held.outcome is None and held.task is not None:
+                    held.task.cancel()  # the runner stops the prompt in ComfyUI
         self._spawn(self._announce())
         self._write_health()
+
+    def _held(self) -> list[HeldJob]:
+        return [h for h in (self._running, self._relaying, self._releasing) if h is not None]
+
+    def _find(self, job_id: str, token: int) -> HeldJob | None:
+        ref = RunningJob(job_id, token)
+        return next((held for held in self._held() if held.ref == ref), None)
+
+    def _pipelining(self, session: HubSession) -> bool:
+        return self.config.pipeline and session.welcome.pipelining
 
     def _on_link_closed(self) -> None:
         self._write_health()
@@ -205,22 +230,22 @@ class Worker:
             if self._inventory is not None:
                 self._inventory.note_job(message.workflow)
         elif isinstance(message, Cancel):
-            held = self._job
-            if held is not None and held.ref == RunningJob(message.job_id, message.token):
+            held = self._find(message.job_id, message.token)
+            if held is not None:
                 log.info("hub cancelled job %s (%s)", message.job_id, message.reason)
                 held.runner.cancel()
         elif isinstance(message, Ack):
-            held = self._job
+            held = self._find(message.job_id, message.token)
             if (
                 held is not None
-                and held.ref == RunningJob(message.job_id, message.token)
                 and message.of in ("completed", "failed", "released")
                 and not held.ack.done()
             ):
                 if message.ok and message.of == "completed" and held.asked_next_on is session:
                     # The hub claims our next job with this result and may send it right after
                     # this ack: be free for it now, and do not say `ready` again.
-                    self._job = None
+                    if self._relaying is held:
+                        self._relaying = None
                     session.announced = "ready"
                 held.ack.set_result(message)
         elif isinstance(message, ErrorReply) and message.code == "models_stale":
@@ -228,16 +253,19 @@ class Worker:
             self._spawn(self._send_models())
         elif isinstance(message, ErrorReply):
             log.warning("hub error: %s: %s", message.code, message.message)
-            held = self._job
-            if message.code == "unavailable" and held is not None and held.outcome is not None:
-                held.hub_unavailable.set()  # the result (or a frame of it) was not recorded
+            if message.code == "unavailable":
+                for held in self._held():
+                    if held.outcome is not None:
+                        held.hub_unavailable.set()  # a result (or a frame of it) not recorded
 
     async def _take_job(self, session: HubSession, job: JobAssigned) -> None:
         refusal = None
         if self._stopping:
             refusal = "worker shutting down"
-        elif self._job is not None:
-            refusal = f"worker is busy with job {self._job.assignment.job_id}"
+        elif self._running is not None:
+            refusal = f"worker is busy with job {self._running.assignment.job_id}"
+        elif self._relaying is not None and not self._pipelining(session):
+            refusal = f"worker is relaying the outputs of job {self._relaying.assignment.job_id}"
         elif not self._comfy_ok:
             refusal = "ComfyUI is not answering"
         if refusal is not None:
@@ -259,7 +287,7 @@ class Worker:
             ),
         )
         held = HeldJob(job, runner)
-        self._job = held
+        self._running = held
         held.task = asyncio.create_task(self._job_main(held), name=f"job-{job.job_id}")
         self._write_health()
 
@@ -274,13 +302,22 @@ class Worker:
                 log.exception("job %s: the worker failed while running it", job.job_id)
                 error = JobError("worker_error", f"{type(exc).__name__}: {exc}", None, True)
                 held.outcome = Outcome(Failed(job.job_id, job.token, error))
-            await self._deliver(held)
+            async with self._relay_slot:  # the previous job's relay ends first
+                self._relaying = held
+                if self._running is held:
+                    self._running = None
+                self._write_health()
+                # Pipelining: ask for the next job before relaying, so ComfyUI starts it now.
+                await self._announce()
+                await self._deliver(held)
         finally:
             spool = held.outcome.spool_dir if held.outcome is not None else None
             if spool is not None:
                 await asyncio.to_thread(shutil.rmtree, spool, True)
-            if self._job is held:
-                self._job = None
+            if self._running is held:
+                self._running = None
+            if self._relaying is held:
+                self._relaying = None
             self._write_health()
             if not self._stopping:
                 self._spawn(self._announce())
@@ -403,6 +440,8 @@ class Worker:
             and session.welcome.ready_next
             and self._comfy_ok
             and not self._stopping
+            and self._running is None  # holds nothing else
+            and held.announced_relaying_on is not session  # it asked already
         ):
             final = replace(final, ready_next=True)  # saves the ack -> ready round trip
             held.asked_next_on = session
@@ -420,20 +459,38 @@ class Worker:
         """Tell the hub whether to send work, once per change."""
         async with self._announce_lock:
             session = self._link.session
-            if session is None or self._job is not None:
+            if session is None or self._running is not None:
                 return
+            relaying = self._relaying
+            if relaying is not None and not self._may_pipeline(session, relaying):
+                return  # its final report comes now (with ready_next), or it is not ours
             message: Ready | Unavailable
             if self._stopping:
                 message = Unavailable("worker shutting down")
             elif not self._comfy_ok:
                 message = Unavailable(f"ComfyUI at {self.config.comfyui_url} is not answering")
             else:
-                message = Ready()
+                message = Ready(relaying=relaying.ref if relaying is not None else None)
                 # The hub places jobs by our models: it hears them before the first `ready`.
                 await self._send_models_on(session)
             if session.announced != message.type:
                 session.announced = message.type
+                if relaying is not None:
+                    relaying.announced_relaying_on = session
                 await session.send(message)
+
+    def _may_pipeline(self, session: HubSession, held: HeldJob) -> bool:
+        """Whether to take the next job while this one's outputs are relayed."""
+        outcome = held.outcome
+        return (
+            self._pipelining(session)
+            and not self._stopping
+            and self._comfy_ok
+            and not held.given_away
+            and outcome is not None
+            and isinstance(outcome.final, Completed)
+            and bool(outcome.sources)
+        )
 
     async def _send_models(self) -> None:
         session = self._link.session
@@ -471,12 +528,15 @@ class Worker:
             while session.is_open:
                 if await _wait_event(session.closed, interval):
                     break
-                held = self._job
-                running = held.ref if held is not None and not held.given_away else None
                 digest = session.models_sent or ""
-                await session.send(
-                    Heartbeat(self._comfy_ok, self._gpu.stats(), running, models_digest=digest)
+                heartbeat = Heartbeat(
+                    self._comfy_ok,
+                    self._gpu.stats(),
+                    _ref(self._running),
+                    models_digest=digest,
+                    relaying=_ref(self._relaying),
                 )
+                await session.send(heartbeat)
 
     async def _watch_comfyui(self) -> None:
         assert self._client is not None
@@ -496,7 +556,7 @@ class Worker:
             # A (re)started ComfyUI has nothing loaded and may have other files.
             self._inventory.forget_loaded()
             self._rescan.set()
-        held = self._job
+        held = self._running
         if not ok and held is not None:
             held.runner.poke()
         self._write_health()
@@ -513,7 +573,7 @@ class Worker:
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
     def _write_health(self) -> None:
-        held = self._job
+        held = self._running or self._relaying
         state = HealthState(
             worker_id=self.config.worker_id,
             hub_connected=self.hub_connected,
@@ -533,20 +593,28 @@ class Worker:
         log.info("stopping: taking no new work")
         self._stopping = True
         await self._announce()
-        held = self._job
-        if held is not None and held.task is not None:
-            log.info("waiting up to %.0fs for job %s", self.config.grace_s, held.assignment.job_id)
+        held_jobs = [h for h in (self._relaying, self._running) if h is not None]
+        tasks = {h.task for h in held_jobs if h.task is not None}
+        if tasks:
+            names = ", ".join(h.assignment.job_id for h in held_jobs)
+            log.info("waiting up to %.0fs for job(s) %s", self.config.grace_s, names)
             force = asyncio.ensure_future(self._force_stop.wait())
+            deadline = asyncio.get_running_loop().time() + self.config.grace_s
             try:
-                await asyncio.wait(
-                    {held.task, force},
-                    timeout=self.config.grace_s,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                while not force.done() and not all(t.done() for t in tasks):
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        break
+                    await asyncio.wait(
+                        {force, *(t for t in tasks if not t.done())},
+                        timeout=left,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
             finally:
                 force.cancel()
-            if not held.task.done():
-                await self._release(held)
+            for held in held_jobs:
+                if held.task is not None and not held.task.done():
+                    await self._release(held)
             await self._announce()  # now idle: say "unavailable" rather than nothing
         session = self._link.session
         if session is not None:
@@ -564,7 +632,7 @@ class Worker:
             return
         log.info("handing job %s back to the hub", held.assignment.job_id)
         held.ack = asyncio.get_running_loop().create_future()
-        self._job = held  # so that the ack is matched
+        self._releasing = held  # so that the ack is matched
         try:
             released = Released(
                 held.assignment.job_id, held.assignment.token, "worker shutting down"
@@ -574,12 +642,17 @@ class Worker:
                     async with asyncio.timeout(RELEASE_ACK_WAIT_S):
                         await asyncio.shield(held.ack)
         finally:
-            self._job = None
+            self._releasing = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _ref(held: HeldJob | None) -> RunningJob | None:
+    """How a hello or heartbeat names a held job (not one the hub gave away)."""
+    return held.ref if held is not None and not held.given_away else None
 
 
 def _class_of(job: JobAssigned, node: str | None) -> str | None:

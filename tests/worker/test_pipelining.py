@@ -1,0 +1,160 @@
+"""Pipelining end to end: the worker takes its next job, and ComfyUI starts it, while the
+previous job's outputs are still being relayed; a job is `succeeded` only once its outputs are
+stored. Real hub on real Redis, the worker (in process, or as a process that is killed), the
+simulator; the simulator's `view_hook` holds a job's relay until the test lets it go."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fixtures.hub import HubFactory
+from tests.fixtures.sim import SimFactory
+from tests.worker.test_outputs import http
+from tests.worker.test_process import worker_process
+from tests.worker.test_relay import HubClient, _until, running_worker, sim_json, worker_config
+
+__all__ = ["http", "worker_process"]  # fixtures
+
+pytestmark = pytest.mark.redis
+
+
+def saving_workflow(prefix: str, sleep_s: float = 0.0) -> dict[str, Any]:
+    """An image saved as `<prefix>_00001_.png`; with `sleep_s`, a node that runs that long
+    (in steps, so an interrupt stops it) before the save."""
+    workflow: dict[str, Any] = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 255},
+        },
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
+    }
+    if sleep_s:
+        workflow["2"] = {
+            "class_type": "WgpuSimSleep",
+            "inputs": {"seconds": sleep_s, "steps": max(1, int(sleep_s * 10)), "image": ["1", 0]},
+        }
+        workflow["3"]["inputs"]["images"] = ["2", 0]
+    return workflow
+
+
+class RelayGate:
+    """Holds the simulator's /view of files whose name starts with `prefix` until opened."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.reached = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def hook(self, name: str) -> None:
+        if name.startswith(self.prefix):
+            self.reached.set()
+            await self.opened.wait()
+
+
+async def sim_entry(http: aiohttp.ClientSession, url: str, prefix: str) -> dict[str, Any] | None:
+    """The simulator's history entry of the prompt that saves under `prefix`."""
+    history = await sim_json(http, url, "/history")
+    for entry in history.values():
+        if entry["prompt"][2]["3"]["inputs"]["filename_prefix"] == prefix:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def stamp(entry: dict[str, Any], kind: str) -> float:
+    """When the simulator sent `kind` for the prompt (ms)."""
+    return float(next(d["timestamp"] for k, d in entry["status"]["messages"] if k == kind))
+
+
+async def test_the_next_job_runs_while_the_previous_relays_and_succeeds_only_once_stored(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gate = RelayGate("first")
+    hub = await hub_factory()
+    sim = await sim_factory(view_hook=gate.hook)
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        first = await client.submit(saving_workflow("wgpu/first"))
+        second = await client.submit(saving_workflow("wgpu/second"))
+        await asyncio.wait_for(gate.reached.wait(), 15)  # the first job's relay has begun
+        # ComfyUI runs the second job to its end while the first job's output is held.
+        entry = await _until(lambda: sim_entry(http, sim.url, "wgpu/second"), "the second run")
+        held = await client.job(first)
+        assert held["status"] == "running" and held["outputs"] == [], held
+        assert (await client.job(second))["status"] == "running"
+        gate.opened.set()
+        done = await client.wait_for(first)
+        assert done["status"] == "succeeded", done
+        [output] = done["outputs"]
+        data, _ = await client.output(first, output["name"])
+        assert len(data) == output["size"] > 0
+        assert stamp(entry, "execution_start") < done["finished_at"] * 1000
+        later = await client.wait_for(second)
+        assert later["status"] == "succeeded" and len(later["outputs"]) == 1, later
+        # The second job was relayed after the first: its own ack came later.
+        assert later["finished_at"] >= done["finished_at"]
+
+
+async def test_a_storage_failure_while_relaying_fails_that_job_alone(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gate = RelayGate("first")
+    outputs = tmp_path / "hub-outputs"
+    hub = await hub_factory(outputs_dir=str(outputs))
+    sim = await sim_factory(view_hook=gate.hook)
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        first = await client.submit(saving_workflow("wgpu/first"), max_attempts=1)
+        second = await client.submit(saving_workflow("wgpu/second"))
+        await asyncio.wait_for(gate.reached.wait(), 15)
+        await _until(lambda: sim_entry(http, sim.url, "wgpu/second"), "the second run")
+        # A file where the first job's directory should go: its write fails with a real OSError.
+        (outputs / first).write_bytes(b"in the way")
+        gate.opened.set()
+        failed = await client.wait_for(first)
+        assert failed["status"] == "dead" and failed["outputs"] == [], failed
+        assert failed["history"][-1]["error"]["type"] == "storage_error"
+        done = await client.wait_for(second)
+        assert done["status"] == "succeeded" and len(done["outputs"]) == 1, done
+        assert done["attempts"] == 1 and done["history"][0]["outcome"] == "succeeded"
+
+
+async def test_a_worker_killed_while_relaying_one_job_and_running_another_loses_neither(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    worker_process: Any,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    gate = RelayGate("first")
+    hub = await hub_factory()
+    sim = await sim_factory(view_hook=gate.hook)
+    client = HubClient(http, hub.url)
+    process = worker_process(hub.url, sim.port)
+    first = await client.submit(saving_workflow("wgpu/first"))
+    second = await client.submit(saving_workflow("wgpu/second", sleep_s=1.0))
+    await asyncio.wait_for(gate.reached.wait(), 15)
+
+    async def second_running() -> bool:
+        queue = await sim_json(http, sim.url, "/queue")
+        return bool(queue["queue_running"])  # the first prompt is over: this is the second
+
+    await _until(second_running, "the second job to run in ComfyUI")
+    process.signal(signal.SIGKILL)
+    assert await process.exit_code() == -signal.SIGKILL
+    for job_id in (first, second):
+        requeued = await client.wait_for(job_id, {"queued", "dead", "failed", "succeeded"})
+        assert requeued["status"] == "queued", requeued
+        assert requeued["history"][-1]["outcome"] == "lease_expired"
+        assert requeued["outputs"] == []
+    # A worker started afterwards runs both to the end, outputs and all.
+    gate.opened.set()
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        for job_id in (first, second):
+            done = await client.wait_for(job_id, timeout_s=30)
+            assert done["status"] == "succeeded" and len(done["outputs"]) == 1, done
