@@ -15,11 +15,11 @@ import pytest
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.test_outputs import http
+from tests.polling import eventually
+from tests.worker.harness import HubClient, running_worker, sim_json, worker_config
 from tests.worker.test_process import worker_process
-from tests.worker.test_relay import HubClient, _until, running_worker, sim_json, worker_config
 
-__all__ = ["http", "worker_process"]  # fixtures
+__all__ = ["worker_process"]  # a fixture
 
 pytestmark = pytest.mark.redis
 
@@ -83,7 +83,9 @@ async def test_the_next_job_runs_while_the_previous_relays_and_succeeds_only_onc
         second = await client.submit(saving_workflow("wgpu/second"))
         await asyncio.wait_for(gate.reached.wait(), 15)  # the first job's relay has begun
         # ComfyUI runs the second job to its end while the first job's output is held.
-        entry = await _until(lambda: sim_entry(http, sim.url, "wgpu/second"), "the second run")
+        entry = await eventually(
+            lambda: sim_entry(http, sim.url, "wgpu/second"), within=15, what="the second run"
+        )
         held = await client.job(first)
         assert held["status"] == "running" and held["outputs"] == [], held
         assert (await client.job(second))["status"] == "running"
@@ -112,7 +114,9 @@ async def test_a_storage_failure_while_relaying_fails_that_job_alone(
         first = await client.submit(saving_workflow("wgpu/first"), max_attempts=1)
         second = await client.submit(saving_workflow("wgpu/second"))
         await asyncio.wait_for(gate.reached.wait(), 15)
-        await _until(lambda: sim_entry(http, sim.url, "wgpu/second"), "the second run")
+        await eventually(
+            lambda: sim_entry(http, sim.url, "wgpu/second"), within=15, what="the second run"
+        )
         # A file where the first job's directory should go: its write fails with a real OSError.
         (outputs / first).write_bytes(b"in the way")
         gate.opened.set()
@@ -144,7 +148,7 @@ async def test_a_worker_killed_while_relaying_one_job_and_running_another_loses_
         queue = await sim_json(http, sim.url, "/queue")
         return bool(queue["queue_running"])  # the first prompt is over: this is the second
 
-    await _until(second_running, "the second job to run in ComfyUI")
+    await eventually(second_running, within=15, what="the second job running in ComfyUI")
     process.signal(signal.SIGKILL)
     assert await process.exit_code() == -signal.SIGKILL
     for job_id in (first, second):
