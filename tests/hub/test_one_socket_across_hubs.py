@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from tests.fixtures.hub import HubProcess
 from tests.fixtures.sim import free_port
-from tests.hub.helpers import eventually, get_job, submit
+from tests.hub.helpers import get_job, submit
 from tests.hub.worker_client import ProtocolWorker
-from tests.worker.test_relay import HubProcess
+from tests.polling import eventually
 from wgpu_protocol.messages import ErrorReply, Hello, RunningJob, Welcome
 
 pytestmark = pytest.mark.redis

@@ -6,16 +6,13 @@ test waits for what a client would see. Timings are shortened through configurat
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.fixtures.hub import HubFactory
+from tests.fixtures.hub import HubFactory, HubProcess
 from tests.fixtures.sim import SimFactory, free_port
 from tests.worker.harness import (
     HubClient,
@@ -324,47 +321,6 @@ async def test_worker_token_is_sent_and_required(
     async with running_worker(right):
         job = await client.wait_for(await client.submit(image_workflow()))
         assert job["status"] == "succeeded" and job["worker_id"] == "test-gpu0"
-
-
-class HubProcess:
-    """`python -m redis_api` as a child, so that it can really be killed (SIGKILL)."""
-
-    def __init__(self, redis_url: str, port: int, tmp_path: Path, lease_s: float = 10) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = dict(
-            os.environ,
-            REDIS_URL=redis_url,
-            REDIS_API_PORT=str(port),
-            REDIS_API_HOST_BIND="127.0.0.1",
-            OUTPUTS_DIR=str(tmp_path / "hub-outputs"),
-            LEASE_S=str(lease_s),
-            HEARTBEAT_S="0.5",
-            LOG_LEVEL="WARNING",
-        )
-        self.log = tmp_path / "hub.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [sys.executable, "-m", "redis_api"], env=self.env, stdout=log, stderr=log
-            )
-        async with aiohttp.ClientSession() as http:
-
-            async def healthy() -> bool:
-                try:
-                    async with http.get(f"{self.url}/health") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await until(healthy, f"the hub to start (log: {self.log})")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 async def _sim_busy(http: aiohttp.ClientSession, url: str) -> bool:
