@@ -16,7 +16,7 @@ import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
-from wgpu_protocol.rest import TERMINAL_STATES
+from wgpu_protocol.rest import HELD_STATES, TERMINAL_STATES
 
 from . import inputs
 from .auth import ApiKey
@@ -24,6 +24,7 @@ from .errors import BadRequest, StoreUnavailable
 from .event_fanout import SubscriberDropped, Subscription
 from .jobs import job_view, parse_body, parse_job_list_query, parse_submit
 from .metrics import QueueGauges
+from .progress import PROGRESS_KIND
 from .runtime import CALLER, HUB_KEY, Hub
 from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_states, worker_views
 from .store import StreamEntry
@@ -241,11 +242,14 @@ async def _wait_for_end(hub: Hub, job_id: str, wait_s: float) -> web.Response:
                 raise web.HTTPServiceUnavailable(reason="the job expired meanwhile; submit again")
             if fields.get("status") in TERMINAL_STATES:
                 return _json(job_view(fields), 200)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if deadline - loop.time() <= 0:
                 return _json(job_view(fields), 202)
             try:
-                await sub.next(min(remaining, 5.0))
+                # Live progress (id-less, not stored) is no change of state: wait on.
+                while (remaining := deadline - loop.time()) > 0:
+                    batch = await sub.next(min(remaining, 5.0))
+                    if not batch or any(entry.id for entry in batch):
+                        break
             except SubscriberDropped:
                 continue  # fell behind: the next look at the job decides
 
@@ -374,8 +378,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
     job_id = await _job_id(request)
     last = _last_event_id(request)
-    if _visible(request, await hub.store.get_job(job_id)) is None:
+    # Read before subscribing: its progress is no newer than any live step that follows.
+    fields = _visible(request, await hub.store.get_job(job_id))
+    if fields is None:
         raise _not_found(job_id)
+    latest = fields.get("progress") if fields.get("status") in HELD_STATES else None
     key = hub.store.events_key(job_id)
     start = QUEUED_EVENT_ID if last == "0" else last
     async with hub.events.subscribe(key, start) as sub:
@@ -406,11 +413,22 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 opening = QUEUED_EVENT if not reason else _queued_event(reason)
                 await _send(response, "status", opening, QUEUED_EVENT_ID)
             batch = backlog
+            if latest:
+                # Live progress is not stored in the stream: a client joining mid-job gets
+                # the job's latest (recorded at a throttle, progress.py) after its history.
+                batch = [*backlog, StreamEntry("", PROGRESS_KIND, latest)]
             while True:
                 for entry in batch:
                     if entry.kind == REASON_KIND:
                         # Not stored in the stream: it describes the queue, not the job's history.
                         await _write(response, f"event: status\ndata: {entry.data}\n\n".encode())
+                        continue
+                    if not entry.id:
+                        # Live progress (progress.py): no id, so a client resuming with
+                        # Last-Event-ID resumes after the last stored event.
+                        await _write(
+                            response, f"event: {entry.kind}\ndata: {entry.data}\n\n".encode()
+                        )
                         continue
                     if not _after(entry.id, sent):
                         continue  # the reader and the backlog may both have it

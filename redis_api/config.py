@@ -46,6 +46,9 @@ class HubConfig:
     webhook_breaker_failures: int = 5
     webhook_breaker_cooldown_s: float = 30.0
     webhook_progress_interval_s: float = 5.0
+    # A job records its latest progress at most this often (every step still reaches its SSE
+    # clients live; redis_api/progress.py).
+    progress_persist_s: float = 1.0
     webhook_poll_s: float = 0.1
     # The dashboard's live feed (`GET /events`): how often it reads, how many may watch.
     live_interval_s: float = 1.0
@@ -209,6 +212,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "webhook_breaker_failures": ("WEBHOOK_BREAKER_FAILURES", int),
     "webhook_breaker_cooldown_s": ("WEBHOOK_BREAKER_COOLDOWN_S", float),
     "webhook_progress_interval_s": ("WEBHOOK_PROGRESS_INTERVAL_S", float),
+    "progress_persist_s": ("PROGRESS_PERSIST_S", float),
     "public_url": ("PUBLIC_URL", str),
     "max_output_bytes": ("MAX_OUTPUT_BYTES", int),
     "affinity": ("AFFINITY", _flag),

@@ -70,6 +70,8 @@ class Dispatcher:
         self._wake_pending = False
         self._wake_task: asyncio.Task[None] | None = None
         self.on_redis_error: Callable[[BaseException], None] = lambda exc: None
+        # Live progress from other hubs (the progress channel; see progress.py).
+        self.on_progress: Callable[[str], None] = lambda data: None
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget sends, kept referenced
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
@@ -243,12 +245,18 @@ class Dispatcher:
     # -- pub/sub ---------------------------------------------------------------------------
 
     async def run_pubsub(self) -> None:
-        """Listen on the work and cancel channels forever, resubscribing after Redis outages."""
+        """Listen on the work, cancel and progress channels forever, resubscribing after Redis
+        outages."""
         failures = 0
         while True:
             pubsub = self.store.pubsub()
             try:
-                channels = [self.store.work_channel, self.store.cancel_channel, self.own_channel]
+                channels = [
+                    self.store.work_channel,
+                    self.store.cancel_channel,
+                    self.store.progress_channel,
+                    self.own_channel,
+                ]
                 await pubsub.subscribe(*filter(None, channels))
                 failures = 0
                 self.wake()  # anything published while we were not listening
@@ -276,6 +284,9 @@ class Dispatcher:
             return
         if channel == self.own_channel and self.on_own_message is not None:
             self._spawn(self.on_own_message(data))
+            return
+        if channel == self.store.progress_channel:
+            self.on_progress(data)
             return
         notice = self.store.parse_cancel(data)
         if notice is None:

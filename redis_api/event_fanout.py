@@ -125,6 +125,12 @@ class EventFanout:
     def open_streams(self) -> int:
         return self._count
 
+    def push(self, key: str, entries: list[StreamEntry]) -> None:
+        """Entries that are not in the stream (ids ''), such as live progress, to every
+        subscriber of `key` on this hub, in the order pushed."""
+        for sub in self._subs.get(key, ()):
+            sub.push(entries)
+
     @contextlib.asynccontextmanager
     async def subscribe(self, key: str, after: str) -> AsyncIterator[Subscription]:
         """Follow stream `key` from after id `after` (exclusive). Raises TooManyStreams."""

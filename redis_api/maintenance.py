@@ -16,12 +16,17 @@ from collections.abc import Callable
 from .config import HubConfig
 from .dispatch import Dispatcher
 from .errors import StorageError
+from .progress import ProgressFeed
 from .storage import Storage
 from .store import Store
 from .tasks import one_round
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# How often a hub says whether it serves event streams, and how long that holds without a
+# refresh (a hub that died stops counting after that).
+PRESENCE_EVERY_S = 1.0
+PRESENCE_TTL_MS = 5_000
 
 
 class Maintenance:
@@ -33,6 +38,7 @@ class Maintenance:
         config: HubConfig,
         on_redis_error: Callable[[BaseException], None],
         on_redis_ok: Callable[[], None],
+        progress: ProgressFeed | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -40,9 +46,11 @@ class Maintenance:
         self.config = config
         self._on_redis_error = on_redis_error
         self._on_redis_ok = on_redis_ok
+        self.progress = progress
         # Sweep about twice per TTL, but not more often than the reaper runs nor less than 1/min.
         self.sweep_interval_s = max(config.reap_interval_s, min(60.0, config.result_ttl_s / 2))
         self._last_sweep = 0.0
+        self._last_presence = -PRESENCE_EVERY_S
 
     async def run(self) -> None:
         while True:
@@ -75,6 +83,12 @@ class Maintenance:
             await self.store.refresh_idle(waiting, self.config.lease_ms)
             self.dispatcher.wake()  # a safety net for a lost wake-up: one claim finds out
         now = time.monotonic()
+        if self.progress is not None and now - self._last_presence >= PRESENCE_EVERY_S:
+            # Live progress goes to other hubs only while one of them serves event streams.
+            self._last_presence = now
+            self.progress.others_watch = await self.store.sse_presence(
+                self.progress.hub_id, self.progress.events.open_streams > 0, PRESENCE_TTL_MS
+            )
         if now - self._last_sweep >= self.sweep_interval_s:
             self._last_sweep = now
             await self.sweep_outputs()

@@ -27,6 +27,7 @@ from .limits import ConnectionCounter, SubmitRateLimiter
 from .live_feed import LiveFeed
 from .maintenance import Maintenance
 from .metrics import HubMetrics
+from .progress import ProgressFeed
 from .storage import LocalDirStorage, Storage
 from .store import QueueLimits, Store
 from .tasks import stop_tasks
@@ -85,6 +86,8 @@ class Hub:
         self.metrics = HubMetrics()
         self.dispatcher = Dispatcher(self.store, config, self.metrics)
         self.dispatcher.on_redis_error = self.redis_failed
+        self.progress = ProgressFeed(self.store, self.events, self.hub_id)
+        self.dispatcher.on_progress = self.progress.on_message
         self.webhooks = WebhookSender(self.store, config, self.metrics, self.storage)
         self.webhooks.on_redis_error = self.redis_failed
         self.live = LiveFeed(self.store, config, config.max_live_feeds)
@@ -96,6 +99,7 @@ class Hub:
             config,
             self.redis_failed,
             self.redis_ok,
+            self.progress,
         )
         # Each worker socket, with an event set once its session has recorded the disconnect.
         self.open_sockets: dict[web.WebSocketResponse, asyncio.Event] = {}
@@ -145,6 +149,7 @@ class Hub:
         await stop_tasks(self._tasks)
         await self.events.close()
         await self.dispatcher.stop()
+        await self.progress.close()
         await self.webhooks.close()
         await self.live.close()
         # Closing worker sockets lets each session record its disconnect (with the grace lease,

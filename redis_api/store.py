@@ -278,7 +278,6 @@ def _load_scripts() -> dict[str, str]:
         "drain_expire",
         "webhook_claim",
         "webhook_result",
-        "webhook_progress",
         "webhook_release",
         "models",
         "why",
@@ -734,11 +733,22 @@ class Store:
         progress_json: str,
         lease_ms: int,
         prompt_id: str = "",
+        webhook: bool = False,
     ) -> str:
-        """`prompt_id`: a `started` the hub held back, recorded first (same fencing)."""
+        """Record the job's latest progress. `prompt_id`: a `started` the hub held back,
+        recorded first (same fencing); `webhook`: also queue a `job.progress` delivery if the
+        job opted in."""
         return str(
             await self._run(
-                "report", "progress", job_id, token, worker_id, lease_ms, progress_json, prompt_id
+                "report",
+                "progress",
+                job_id,
+                token,
+                worker_id,
+                lease_ms,
+                progress_json,
+                prompt_id,
+                "1" if webhook else "",
             )
             or ""
         )
@@ -854,9 +864,6 @@ class Store:
         """Hand back every delivery claimed under `claim` (a stopping hub)."""
         return int(await self._run("webhook_release", claim, limit))
 
-    async def webhook_progress(self, job_id: str) -> bool:
-        return bool(int(await self._run("webhook_progress", job_id)))
-
     # -- inputs (content-addressed uploads, issue #11) -------------------------------------
 
     async def put_input(self, sha256: str, meta: dict[str, Any], ttl_ms: int) -> None:
@@ -945,6 +952,34 @@ class Store:
     def hub_channel(self, hub_id: str) -> str:
         """Requests to one hub about the worker sockets it holds (hello.lua publishes them)."""
         return self.key(f"hub:{hub_id}")
+
+    @property
+    def progress_channel(self) -> str:
+        return self.key("progress")
+
+    async def publish_progress(self, hub_id: str, job_id: str, payload: str) -> None:
+        """A live progress step for other hubs' SSE subscribers (not stored anywhere)."""
+        await self.redis.publish(self.progress_channel, f"{hub_id}\n{job_id}\n{payload}")
+
+    @staticmethod
+    def parse_progress(data: str) -> tuple[str, str, str] | None:
+        parts = data.split("\n", 2)
+        return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+    async def sse_presence(self, hub_id: str, serving: bool, ttl_ms: int) -> bool:
+        """Say whether this hub serves event streams (for `ttl_ms`); returns whether another
+        live hub does (then live progress is worth publishing to them)."""
+        now = await self.now_ms()
+        key = self.key("sse_hubs")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if serving:
+                pipe.zadd(key, {hub_id: now + ttl_ms})
+            else:
+                pipe.zrem(key, hub_id)
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zrange(key, 0, 2)
+            *_, hubs = await pipe.execute()
+        return any(h != hub_id for h in hubs)
 
     @staticmethod
     def parse_cancel(data: str) -> CancelNotice | None:

@@ -294,25 +294,18 @@ class WebhookSender:
 
     # -- progress (opt-in) -----------------------------------------------------------------
 
-    def progress(self, job_id: str) -> None:
-        """A job's progress was recorded on this hub: queue a `job.progress` delivery if the
-        job opted in, at most one per WEBHOOK_PROGRESS_INTERVAL_S per job."""
+    def progress_due(self, job_id: str) -> bool:
+        """Whether this step of a job should also queue a `job.progress` delivery (the script
+        that records it skips jobs that did not opt in): at most one per
+        WEBHOOK_PROGRESS_INTERVAL_S per job. Counts it as sent."""
         now = time.monotonic()
         if now - self._progress_sent.get(job_id, -1e9) < self.config.webhook_progress_interval_s:
-            return
+            return False
         self._progress_sent[job_id] = now
         if len(self._progress_sent) > 10_000:  # forget jobs long finished
             cutoff = now - self.config.webhook_progress_interval_s
             self._progress_sent = {j: t for j, t in self._progress_sent.items() if t > cutoff}
-        task = asyncio.create_task(self._queue_progress(job_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _queue_progress(self, job_id: str) -> None:
-        try:
-            await self.store.webhook_progress(job_id)
-        except StoreUnavailable as exc:
-            self.on_redis_error(exc)
+        return True
 
     async def close(self) -> None:
         """Stop sending and hand back what this hub holds (see lua/webhook_release.lua): its

@@ -63,6 +63,7 @@ from .errors import (
 )
 from .jobs import output_url, progress_json
 from .metrics import AttemptClock, attempt_outcome
+from .progress import ProgressThrottle
 from .runtime import HUB_KEY, Hub
 from .storage import OutputWriter
 from .store import CancelNotice, Claim, ClaimMiss
@@ -236,6 +237,9 @@ class WorkerSession:
         self._reports_execution = False
         self._heard = asyncio.Event()  # set by every frame, a pong included
         self._probe: asyncio.Future[bool] | None = None
+        # Which progress steps of this socket's jobs are recorded in Redis (progress.py).
+        self._progress = ProgressThrottle(hub.config.progress_persist_s, self._record_held)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def is_open(self) -> bool:
@@ -454,6 +458,7 @@ class WorkerSession:
 
     async def _closed(self) -> None:
         self.hub.dispatcher.unregister(self)
+        self._progress.close()
         for incoming in self._incoming.values():
             await incoming.writer.abort()  # the worker resends from the start after a reconnect
         self._incoming.clear()
@@ -508,10 +513,13 @@ class WorkerSession:
             case Progress():
                 await self._on_progress(message)
             case Completed():
+                self._progress.ended(message.job_id, message.token)
                 await self._on_completed(message)
             case Failed():
+                self._progress.ended(message.job_id, message.token)
                 await self._on_failed(message)
             case Released():
+                self._progress.ended(message.job_id, message.token)
                 await self._on_released(message)
             case Models():
                 await self._on_models(message)
@@ -583,17 +591,37 @@ class WorkerSession:
 
     async def _on_progress(self, message: Progress) -> None:
         payload = progress_json(message.node, message.value, message.max, message.node_class)
+        if (message.job_id, message.token) not in self._held_prompts:
+            # Not a job this socket was handed (an earlier attempt's, one resumed after a
+            # reconnect): each step goes through the fenced script, and live once accepted.
+            if await self._record_progress(message.job_id, message.token, payload):
+                self.hub.progress.publish(message.job_id, payload)
+            return
+        # This socket's own job under the token it was handed: live at once, recorded in
+        # Redis at a throttle (the script checks the token then).
+        self.hub.progress.publish(message.job_id, payload)
+        final = message.max > 0 and message.value >= message.max
+        if self._progress.step(message.job_id, message.token, payload, final):
+            await self._record_progress(message.job_id, message.token, payload)
+
+    async def _record_progress(self, job_id: str, token: int, payload: str) -> bool:
         refused = await self.store.progress(
-            message.job_id,
-            message.token,
+            job_id,
+            token,
             self.worker_id,
             payload,
             self.config.lease_ms,
-            self._take_prompt_id(message.job_id, message.token),
+            self._take_prompt_id(job_id, token),
+            webhook=self.hub.webhooks.progress_due(job_id),
         )
-        await self._refuse_report(message.job_id, message.token, "progress", refused)
-        if not refused:
-            self.hub.webhooks.progress(message.job_id)
+        await self._refuse_report(job_id, token, "progress", refused)
+        return not refused
+
+    def _record_held(self, job_id: str, token: int, payload: str) -> None:
+        """The throttle's interval ended with a step held back: record it now."""
+        task = asyncio.create_task(self._guarded(self._record_progress(job_id, token, payload)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_failed(self, message: Failed) -> None:
         await self._drop_incoming(message.job_id, message.token)

@@ -1,6 +1,10 @@
 -- started/execution_started/progress from a worker: ARGV prefix, kind, job_id, token, worker_id,
 -- lease_ms, payload (the prompt id for started and execution_started, the progress JSON), and
--- for progress and execution_started a prompt_id held back from `started` ('' if none).
+-- for progress and execution_started a prompt_id held back from `started` ('' if none), and for
+-- progress '1' when a job.progress webhook is due (the hub rate-limits them; webhook_outbox
+-- skips jobs that did not opt in).
+-- Progress is the job's latest (the hub records it at a throttle, redis_api/progress.py): it is
+-- live state, not history, so it goes in the hash and not in the events stream.
 -- Returns '' when recorded, else why it was refused (stale_token, already_finished, unknown_job).
 local kind, id, token, worker, lease_ms = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local refused = check_owner(id, token, worker)
@@ -17,7 +21,7 @@ elseif kind == 'execution_started' then
 else
   if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
   redis.call('HSET', jkey(id), 'progress', ARGV[7])
-  redis.call('XADD', ekey(id), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'k', 'progress', 'd', ARGV[7])
+  if ARGV[9] == '1' then webhook_outbox(id, 'job.progress', now) end
 end
 -- Any sign of life from the worker is as good as a heartbeat.
 redis.call('ZADD', P .. 'running', now + lease_ms, id)
