@@ -258,6 +258,11 @@ class StreamReader:
         await self._client.aclose()  # type: ignore[attr-defined]
 
 
+def _warm_args(warm: Sequence[str] | None) -> tuple[str, str]:
+    """A worker's warm report as two script arguments: reported (1|0), `folder/file` lines."""
+    return ("", "") if warm is None else ("1", "\n".join(warm))
+
+
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("redis_api") / "lua"
     common = (folder / "common.lua").read_text()
@@ -762,9 +767,10 @@ class Store:
         ttl_ms: int,
         prompt_id: str = "",
         results: dict[str, Any] | None = None,
+        warm: Sequence[str] | None = None,
     ) -> str:
         refused, _ = await self.complete_and_claim(
-            job_id, token, worker_id, outputs, ttl_ms, prompt_id, None, results
+            job_id, token, worker_id, outputs, ttl_ms, prompt_id, None, results, warm
         )
         return refused
 
@@ -778,9 +784,11 @@ class Store:
         prompt_id: str,
         claim: tuple[int, ClaimOptions] | None,
         results: dict[str, Any] | None = None,
+        warm: Sequence[str] | None = None,
     ) -> tuple[str, Claim | ClaimMiss | None]:
         """Record a success; with `claim` = (lease_ms, options) also claim the worker's next
-        job in the same script (`completed.ready_next`). Returns (refusal or '', claim result,
+        job in the same script (`completed.ready_next`). `warm`: the worker's warm set as it
+        reported it (`folder/file`), None when unchanged. Returns (refusal or '', claim result,
         None when refused or not asked)."""
         extra: tuple[Any, ...] = ("", "", "", "")
         if claim is not None:
@@ -796,6 +804,7 @@ class Store:
             *extra,
             json.dumps(results) if results else "",
             fencing_token(),
+            *_warm_args(warm),
         )
         refused = str(r[0] or "")
         return refused, (_claim_result(r[1:]) if len(r) > 1 else None)
@@ -811,8 +820,10 @@ class Store:
         prompt_id: str = "",
         counts_against_worker: bool = False,
         quarantine_after: int = 0,
+        warm: Sequence[str] | None = None,
     ) -> tuple[str, str, bool]:
-        """Returns (refusal or '', the job's new status, whether the worker is now quarantined)."""
+        """Returns (refusal or '', the job's new status, whether the worker is now quarantined).
+        `warm` as in complete_and_claim."""
         refused, status, quarantined = await self._run(
             "fail",
             job_id,
@@ -824,6 +835,7 @@ class Store:
             prompt_id,
             int(counts_against_worker),
             quarantine_after,
+            *_warm_args(warm),
         )
         return str(refused or ""), str(status or ""), bool(int(quarantined or 0))
 

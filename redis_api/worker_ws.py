@@ -641,6 +641,7 @@ class WorkerSession:
             self._take_prompt_id(message.job_id, message.token),
             message.error.type in WORKER_FAULTS,
             self.config.quarantine_after,
+            _warm_lines(message.warm),
         )
         if quarantined:
             log.warning(
@@ -746,6 +747,7 @@ class WorkerSession:
                     prompt_id,
                     (self.config.lease_ms, self.config.claim_options),
                     message.results,
+                    _warm_lines(message.warm),
                 )
                 self._completed(message, refused)
                 if refused:
@@ -765,6 +767,7 @@ class WorkerSession:
             self.config.ttl_ms,
             prompt_id,
             message.results,
+            _warm_lines(message.warm),
         )
         self._completed(message, refused)
         await self._ack(message.job_id, message.token, "completed", refused)
@@ -935,3 +938,8 @@ class WorkerSession:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close(code=1001, message=b"hub shutting down")
+
+
+def _warm_lines(warm: dict[str, list[str]] | None) -> list[str] | None:
+    """A result's warm set as `folder/file` lines (None: the worker's warm set is unchanged)."""
+    return None if warm is None else models.flatten(warm)

@@ -171,6 +171,9 @@ class Completed:
     ready_next: bool = False
     # Non-file UI values per output node (PreviewAny's {"text": [...]}, numbers...).
     results: dict[str, Any] = field(default_factory=dict)
+    # The worker's warm models (see Models.warm) when they changed since it last told this
+    # hub connection; None: unchanged. The hub places by them.
+    warm: dict[str, list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,7 @@ class Failed:
     job_id: str
     token: int
     error: JobError
+    warm: dict[str, list[str]] | None = None  # as in Completed
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +198,10 @@ class Released:
 @dataclass(frozen=True, slots=True)
 class Models:
     """The model files the worker's ComfyUI has (`{folder: [file, ...]}`, see
-    wgpu_protocol.models) and those it has loaded (warm, per loader folder). Sent after each
-    welcome and whenever it changes; `digest` = models.digest(inventory)."""
+    wgpu_protocol.models) and those it has loaded (warm: per loader folder, the models of the
+    jobs it ran most recently, as many as its ComfyUI keeps, WARM_MODELS). Sent after each
+    welcome and whenever either changes outside a job (a ComfyUI restart empties warm; after a
+    job the warm set goes with `completed`/`failed`); `digest` = models.digest(inventory)."""
 
     type: ClassVar[str] = "models"
     digest: str
@@ -571,9 +577,11 @@ _SCHEMA: dict[tuple[type[Any], str], Any] = {
     (Completed, "outputs"): _outputs,
     (Completed, "ready_next"): _bool,
     (Completed, "results"): _results,
+    (Completed, "warm"): _opt(_models),
     (Failed, "job_id"): _str(),
     (Failed, "token"): _int,
     (Failed, "error"): _obj(JobError),
+    (Failed, "warm"): _opt(_models),
     (Released, "job_id"): _str(),
     (Released, "token"): _int,
     (Released, "reason"): _str(1000, name=False),

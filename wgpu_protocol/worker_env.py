@@ -46,6 +46,9 @@ COMFYUI_INPUT_DIR = "COMFYUI_INPUT_DIR"
 # loaders `Class.input=folder;...` (the hub reads the same variable).
 MODEL_SCAN_S = "MODEL_SCAN_S"
 MODEL_LOADERS = "MODEL_LOADERS"
+# How many models of each loader kind its ComfyUI keeps loaded (the simulator's --vram-models):
+# the worker reports the last ones its jobs used as warm.
+WARM_MODELS = "WARM_MODELS"
 
 DEFAULT_HUB_HOST = "127.0.0.1"
 DEFAULT_HUB_PORT = HUB_PORT
@@ -64,6 +67,7 @@ DEFAULT_RECONNECT_MAX_S = 5.0
 DEFAULT_ACK_TIMEOUT_S = 30.0
 DEFAULT_PROGRESS_INTERVAL_S = 0.05  # ~20 a second
 DEFAULT_MODEL_SCAN_S = 60.0
+DEFAULT_WARM_MODELS = 1
 
 
 def worker_environment(

@@ -91,7 +91,13 @@ end
 -- What placement reads of a worker: its caps (fits), whether it reported an inventory (a worker
 -- that never did, such as an old one, is trusted with everything), whether it is connected.
 local WORKER_CAPS = {'machine_id', 'gpu_index', 'gpu_uuid', 'gpu_name', 'vram_mb', 'inv_known',
-  'connected'}
+  'connected', 'quarantined'}
+
+-- May the worker count as having models loaded (caps = HMGET WORKER_CAPS)? A gone or
+-- quarantined one takes nothing, so jobs must not wait for it.
+local function may_be_warm(caps)
+  return caps[7] == '1' and (caps[8] or '') == ''
+end
 
 local function has_all(setkey, lines)
   if lines == '' then return true end
@@ -108,11 +114,20 @@ local function pool_fits(p, worker, caps)
   return has_all(P .. 'inv:' .. worker, p[1] or '')
 end
 
--- Records whether eligible `worker` has pool `pid`'s models (`req`) loaded; a pool without
+-- The pool of the job the worker runs now: it is loading that pool's models, so the pool counts
+-- as warm on it until that attempt ends (with pipelining its relaying job is not this one).
+local function loading_pool(worker)
+  local current = redis.call('HGET', wkey(worker), 'current_job')
+  if not current or current == '' then return nil end
+  return redis.call('HGET', jkey(current), 'pool') or nil
+end
+
+-- Records whether eligible `worker` has pool `pid`'s models (`req`) loaded, as it reported
+-- them, or is loading them (`loading`: the pool of its running job); a pool without
 -- requirements is warm everywhere and has no such set.
-local function set_warm(pid, worker, req, connected)
+local function set_warm(pid, worker, req, warm_ok, loading)
   if req == '' then return end
-  if connected and has_all(P .. 'warm:' .. worker, req) then
+  if warm_ok and (pid == loading or has_all(P .. 'warm:' .. worker, req)) then
     redis.call('SADD', P .. 'pwarm:' .. pid, worker)
   else
     redis.call('SREM', P .. 'pwarm:' .. pid, worker)
@@ -121,11 +136,11 @@ end
 
 -- Records whether `worker` may take pool `pid`'s jobs, and (set_warm) whether it has the
 -- pool's models loaded.
-local function set_eligible(pid, worker, yes, req, connected)
+local function set_eligible(pid, worker, yes, req, warm_ok, loading)
   if yes then
     redis.call('SADD', P .. 'wpools:' .. worker, pid)
     redis.call('SADD', P .. 'pworkers:' .. pid, worker)
-    set_warm(pid, worker, req, connected)
+    set_warm(pid, worker, req, warm_ok, loading)
   else
     redis.call('SREM', P .. 'wpools:' .. worker, pid)
     redis.call('SREM', P .. 'pworkers:' .. pid, worker)
@@ -136,19 +151,28 @@ end
 -- After hello or a models report: which pools may this worker take now? O(pools).
 local function refresh_worker(worker)
   local caps = redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS))
+  local loading = loading_pool(worker)
   for _, pid in ipairs(redis.call('SMEMBERS', P .. 'pools')) do
     local p = redis.call('HMGET', poolkey(pid), 'req', 'c_machine', 'c_gpu', 'c_vram')
-    set_eligible(pid, worker, pool_fits(p, worker, caps), p[1] or '', caps[7] == '1')
+    set_eligible(pid, worker, pool_fits(p, worker, caps), p[1] or '', may_be_warm(caps), loading)
   end
 end
 
--- After the worker's warm models changed: which of its pools are warm on it now?
+-- After the worker's warm models changed (or its quarantine ended): which of its pools are
+-- warm on it now?
 local function refresh_warm(worker)
-  local connected = redis.call('HGET', wkey(worker), 'connected') == '1'
+  local warm_ok = may_be_warm(redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS)))
+  local loading = loading_pool(worker)
   for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. worker)) do
     local req = redis.call('HGET', poolkey(pid), 'req') or ''
-    set_warm(pid, worker, req, connected)
+    set_warm(pid, worker, req, warm_ok, loading)
   end
+end
+
+-- After an attempt of pool `pid` ended on the worker: is the pool still warm there?
+local function refresh_pool_warm(pid, worker)
+  set_warm(pid, worker, redis.call('HGET', poolkey(pid), 'req') or '',
+    may_be_warm(redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS))), loading_pool(worker))
 end
 
 -- A pool appears with its first job: find its eligible workers once. O(workers).
@@ -159,7 +183,9 @@ local function ensure_pool(pid, req, c_machine, c_gpu, c_vram, now)
   local p = {req, c_machine, c_gpu, c_vram}
   for _, worker in ipairs(redis.call('SMEMBERS', P .. 'workers')) do
     local caps = redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS))
-    if caps[1] then set_eligible(pid, worker, pool_fits(p, worker, caps), req, caps[7] == '1') end
+    if caps[1] then
+      set_eligible(pid, worker, pool_fits(p, worker, caps), req, may_be_warm(caps), nil)
+    end
   end
 end
 
@@ -276,12 +302,13 @@ end
 -- Ends an attempt's worker bookkeeping: off the running/deadline sets, history, worker cleared,
 -- the owner's running count down.
 local function end_attempt(id, now, outcome, err)
-  local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner')
+  local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner', 'pool')
   redis.call('ZREM', P .. 'running', id)
   redis.call('ZREM', P .. 'assigned', id)
   redis.call('ZREM', P .. 'deadlines', id)
   add_history(id, j[1], j[2] or '', outcome, err)
   clear_worker_job(j[2], id)
+  if j[2] and j[2] ~= '' and j[4] then refresh_pool_warm(j[4], j[2]) end
   if j[3] and j[3] ~= '' and tonumber(redis.call('HINCRBY', P .. 'orun', j[3], -1)) <= 0 then
     redis.call('HDEL', P .. 'orun', j[3])
   end
@@ -390,23 +417,16 @@ local function record_running(id, worker, prompt_id, now)
   return true
 end
 
--- The worker now has `req`'s files loaded: per folder they replace what it had loaded there
--- (ComfyUI keeps the last-used model of each loader).
-local function set_warm(worker, req)
+-- The worker reported what its ComfyUI has loaded (`folder/file` lines): the worker is the
+-- only source of its warm set (the hub does not guess it at claim).
+local function report_warm(worker, lines)
   local wset = P .. 'warm:' .. worker
-  local lines = split_lines(req)
-  local folders, wanted = {}, {}
-  for _, line in ipairs(lines) do
-    folders[string.match(line, '^[^/]*')] = true
-    wanted[line] = true
+  redis.call('DEL', wset)
+  local loaded = split_lines(lines)
+  if #loaded > 0 then
+    redis.call('SADD', wset, unpack(loaded))
+    redis.call('PEXPIRE', wset, 86400000)
   end
-  for _, have in ipairs(redis.call('SMEMBERS', wset)) do
-    if folders[string.match(have, '^[^/]*')] and not wanted[have] then
-      redis.call('SREM', wset, have)
-    end
-  end
-  redis.call('SADD', wset, unpack(lines))
-  redis.call('PEXPIRE', wset, 86400000)
   refresh_warm(worker)
 end
 
@@ -621,12 +641,12 @@ local function claim_for(worker, lease_ms, now, opts)
   end
   lane_remove(id, pick.pid, pick.owner)
   if pick.owner ~= '' then redis.call('HINCRBY', P .. 'orun', pick.owner, 1) end
+  -- The worker is loading the job's models: while it runs, the pool's other jobs may wait for
+  -- it as for a warm GPU (its warm set itself changes only when it reports one).
+  if pick.req ~= '' then redis.call('SADD', P .. 'pwarm:' .. pick.pid, worker) end
   local round = pick.score % ROUND
   if round > (tonumber(redis.call('HGET', P .. 'fair', 'v')) or 0) then
     redis.call('HSET', P .. 'fair', 'v', round)
-  end
-  if pick.req ~= '' and not pick.warm and not has_all(P .. 'warm:' .. worker, pick.req) then
-    set_warm(worker, pick.req)
   end
   redis.call('ZADD', P .. 'running', now + lease_ms, id)
   redis.call('ZADD', P .. 'assigned', now, id)

@@ -1,10 +1,13 @@
 -- A worker finished a job: ARGV prefix, job_id, token, worker_id, outputs (JSON list), ttl_ms,
 -- prompt_id held back from `started` ('' if none), then, for `completed.ready_next`, lease_ms,
 -- affinity_ms, backlog and cap ('' for no claim), then the non-file UI results (JSON object, ''
--- for none), then the claim's fencing token.
+-- for none), then the claim's fencing token, then whether the worker reported its warm models
+-- (1, else '') and them ('\n'-joined folder/file).
 -- Returns {''} when recorded, {''} followed by claim_for's reply when it also claimed the next
 -- job for the worker, or {why not}. Recorded once: a second report gets already_finished.
 local id, token, worker, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
+-- What is loaded is true whatever became of the job (and the next claim below reads it).
+if ARGV[14] == '1' then report_warm(worker, ARGV[15]) end
 local refused = check_owner(id, token, worker)
 if refused then return {refused} end
 local now = now_ms()

@@ -1,8 +1,10 @@
 -- A worker failed a job: ARGV prefix, job_id, token, worker_id, error (JSON), retryable (1|0), ttl_ms,
 -- prompt_id held back from `started` ('' if none), counts_against_worker (1|0: an execution or
--- ComfyUI error, not the workflow's fault), quarantine_after (0 = never).
+-- ComfyUI error, not the workflow's fault), quarantine_after (0 = never), warm reported (1|'')
+-- and the warm models ('\n'-joined folder/file).
 -- Returns {'' | refusal, new status, quarantined (1|0)}.
 local id, token, worker, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[7])
+if ARGV[11] == '1' then report_warm(worker, ARGV[12]) end
 local refused = check_owner(id, token, worker)
 if refused then return {refused, '', 0} end
 local now = now_ms()

@@ -7,5 +7,6 @@ local was = redis.call('HDEL', P .. 'drains', worker)
 local quarantined = (redis.call('HGET', wk, 'quarantined') or '') ~= '' and 1 or 0
 redis.call('HDEL', wk, 'quarantined', 'quarantined_ms', 'fail_streak')
 redis.call('DEL', P .. 'wfailed:' .. worker)
+if quarantined == 1 then refresh_warm(worker) end  -- its loaded models count again
 redis.call('PUBLISH', P .. 'work', '1')
 return {was, quarantined}

@@ -54,6 +54,8 @@ WORKER_SAMPLES = [
     Progress("j1", 7, "3", 4, 20),
     Completed("j1", 7, (OutputRef("a.png", "image/png", 1234),)),
     Failed("j1", 7, JobError("validation_error", "node 2: blur_radius too big", "2", False)),
+    Completed("j1", 7, warm={"checkpoints": ["a.safetensors"], "loras": ["x.safetensors"]}),
+    Failed("j1", 7, JobError("execution_error", "boom", None, True), warm={}),
     Released("j1", 7, "shutting down"),
     Bye(),
 ]
@@ -216,3 +218,14 @@ def test_random_binary_frames_decode_to_a_valid_frame_or_raise_protocol_error(bl
     assert "/" not in frame.name and "\\" not in frame.name and frame.name not in ("", ".", "..")
     assert decode_output_frame(encode_output_frame(frame)) == frame
     assert blob.endswith(frame.data)
+
+
+def test_a_warm_report_is_checked_like_an_inventory() -> None:
+    bad = '{"type":"completed","job_id":"j1","token":7,"warm":{"checkpoints":"a.safetensors"}}'
+    with pytest.raises(ProtocolError, match="warm"):
+        decode_worker_message(bad)
+    unchanged = decode_worker_message(
+        '{"type":"failed","job_id":"j1","token":7,"error":'
+        '{"type":"x","message":"m","node_id":null,"retryable":true}}'
+    )
+    assert isinstance(unchanged, Failed) and unchanged.warm is None

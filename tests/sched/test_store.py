@@ -56,10 +56,11 @@ async def claim(store: Store, worker: str, options: ClaimOptions = DEFAULT) -> s
     return result.job_id if isinstance(result, Claim) else None
 
 
-async def finish(store: Store, worker: str, job_id: str) -> None:
+async def finish(store: Store, worker: str, job_id: str, warm: list[str] | None = None) -> None:
+    """Complete the job as the worker would; `warm`: what it reports loaded (None: unchanged)."""
     fields = await store.get_job(job_id)
     assert fields is not None
-    assert await store.complete(job_id, int(fields["token"]), worker, [], 60_000) == ""
+    assert await store.complete(job_id, int(fields["token"]), worker, [], 60_000, warm=warm) == ""
 
 
 @pytest.fixture
@@ -154,18 +155,38 @@ async def test_affinity_takes_the_job_whose_models_are_loaded(store: Store) -> N
     )
     await store.enqueue("a1", need_a)
     assert await claim(store, "w", AFFINITY) == "a1"  # nothing loaded anywhere: oldest first
-    await finish(store, "w", "a1")
+    await finish(store, "w", "a1", warm=["checkpoints/a.safetensors"])
     await store.enqueue("b1", need_b)
     await store.enqueue("a2", need_a)
     # b1 is older, but `a` is loaded here and nobody waits long: a2 first.
     assert await claim(store, "w", AFFINITY) == "a2"
-    await finish(store, "w", "a2")
+    await finish(store, "w", "a2")  # warm unchanged
     assert await claim(store, "w", AFFINITY) == "b1"
     # Without affinity, plain order.
     await finish(store, "w", "b1")
     await store.enqueue("a3", need_a)
     await store.enqueue("b2", need_b)
     assert await claim(store, "w", ClaimOptions(affinity_ms=-1)) == "a3"
+
+
+async def test_warm_models_come_from_the_workers_report_not_from_the_claim(store: Store) -> None:
+    files = ["checkpoints/a.safetensors", "checkpoints/b.safetensors"]
+    await register(store, "w", files)
+    need_a, need_b = (
+        spec({"checkpoints": ["a.safetensors"]}),
+        spec({"checkpoints": ["b.safetensors"]}),
+    )
+    await store.enqueue("a1", need_a)
+    assert await claim(store, "w", AFFINITY) == "a1"
+    await finish(store, "w", "a1")  # the worker said nothing about its models (say it failed early)
+    assert (await store.worker_models(["w"]))["w"] == (set(files), set())
+    await store.enqueue("b1", need_b)
+    await store.enqueue("a2", need_a)
+    assert await claim(store, "w", AFFINITY) == "b1"  # nothing reported warm: plain order
+    await finish(store, "w", "b1", warm=["checkpoints/a.safetensors", "checkpoints/b.safetensors"])
+    assert (await store.worker_models(["w"]))["w"] == (set(files), set(files))
+    await store.enqueue("b2", need_b)
+    assert await claim(store, "w", AFFINITY) == "a2"  # both loaded (WARM_MODELS=2): oldest
 
 
 async def test_a_cold_worker_waits_briefly_for_the_warm_one_then_takes_the_job(

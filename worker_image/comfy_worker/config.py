@@ -74,6 +74,7 @@ class WorkerConfig:
     # Take the next job while the previous job's outputs are relayed (off: the "before" of
     # bench/outputs_bench.py, and a worker for a hub without pipelining).
     pipeline: bool = True
+    warm_models: int = names.DEFAULT_WARM_MODELS  # WARM_MODELS: kept loaded per loader kind
 
     @property
     def worker_id(self) -> str:
@@ -141,6 +142,9 @@ class WorkerConfig:
             ),
             "model_scan_s": reader.seconds(names.MODEL_SCAN_S, names.DEFAULT_MODEL_SCAN_S),
             "model_loaders": _loaders(reader.text(names.MODEL_LOADERS, "")),
+            "warm_models": reader.integer(
+                names.WARM_MODELS, names.DEFAULT_WARM_MODELS, minimum=1, maximum=64
+            ),
         }
         if gpu_id >= num_gpus and names.NUM_GPUS in env:
             raise ConfigError(

@@ -48,6 +48,7 @@ class HubSession:
         self.closed = asyncio.Event()
         self.announced: str | None = None  # last availability told to the hub on this socket
         self.models_sent: str | None = None  # digest of the models this hub connection has
+        self.warm_sent: dict[str, list[str]] | None = None  # the warm set it has (None: none)
 
     @property
     def is_open(self) -> bool:

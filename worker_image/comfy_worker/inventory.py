@@ -3,8 +3,10 @@
 On disk: ComfyUI's `/models` and `/models/{folder}` routes, or, where those are missing (an
 older ComfyUI), the COMBO lists of the loader nodes in `/object_info`. Read at start, after each
 ComfyUI restart and every MODEL_SCAN_S; the hub hears the full list only when it changed (the
-digest goes with every heartbeat). Warm: per loader folder, the files the last job named (ComfyUI
-keeps the last-used model of each loader loaded; another one costs a load).
+digest goes with every heartbeat). Warm: per loader folder, the files the most recent jobs named,
+the last `keep` of them (ComfyUI keeps the last-used models of each loader loaded, WARM_MODELS of
+them; another one costs a load). The worker is the hub's only source for what is warm: it sends
+this set with each job's result when it changed.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 class ModelInventory:
-    def __init__(self, client: ComfyClient, loaders: models.LoaderTable) -> None:
+    def __init__(self, client: ComfyClient, loaders: models.LoaderTable, keep: int = 1) -> None:
         self._client = client
         self._loaders = loaders
+        self._keep = max(1, keep)
         self.files: dict[str, list[str]] | None = None  # None: not read (yet)
-        self.warm: dict[str, list[str]] = {}
+        self.warm: dict[str, list[str]] = {}  # per folder, most recently used first
         self.digest = ""
 
     async def scan(self) -> bool:
@@ -62,9 +65,17 @@ class ModelInventory:
         return out
 
     def note_job(self, workflow: Mapping[str, Any]) -> None:
-        """The job about to run loads its models: per folder they replace what was loaded."""
+        """ComfyUI accepted the job: it loads the job's models, which become the most recently
+        used of their folder; the least recently used beyond `keep` are unloaded."""
         for folder, files in models.workflow_requirements(workflow, self._loaders).items():
-            self.warm[folder] = files
+            recent = self.warm.get(folder, [])
+            for name in files:
+                recent = [name] + [other for other in recent if other != name]
+            self.warm[folder] = recent[: self._keep]
+
+    def warm_report(self) -> dict[str, list[str]]:
+        """The warm set as the protocol carries it (sorted, so equal sets compare equal)."""
+        return {folder: sorted(files) for folder, files in sorted(self.warm.items()) if files}
 
     def forget_loaded(self) -> None:
         """ComfyUI restarted: nothing is loaded any more."""

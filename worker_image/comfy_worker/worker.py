@@ -158,7 +158,7 @@ class Worker:
             self._client = ComfyClient(http, cfg.comfyui_url)
             self._events = ComfyEvents(http, cfg.comfyui_url, self.client_id)
             loaders = models.loader_table(models.parse_loader_table(cfg.model_loaders))
-            self._inventory = ModelInventory(self._client, loaders)
+            self._inventory = ModelInventory(self._client, loaders, cfg.warm_models)
             if cfg.comfyui_cmd:
                 env = dict(os.environ, EXECUTION_SERVICE_PORT=str(cfg.comfyui_port))
                 self._supervisor = ComfySupervisor(cfg.comfyui_cmd, env, self._on_comfy_exit)
@@ -197,6 +197,7 @@ class Worker:
 
     def _on_session(self, session: HubSession) -> None:
         session.models_sent = None  # this hub connection has not heard our models yet
+        session.warm_sent = None
         hello, welcome = session.hello, session.welcome
         for held, named, resumed in (
             (self._running, hello.running, welcome.resumed),
@@ -227,8 +228,6 @@ class Worker:
     async def _on_message(self, session: HubSession, message: HubMessage) -> None:
         if isinstance(message, JobAssigned):
             await self._take_job(session, message)
-            if self._inventory is not None:
-                self._inventory.note_job(message.workflow)
         elif isinstance(message, Cancel):
             held = self._find(message.job_id, message.token)
             if held is not None:
@@ -281,7 +280,7 @@ class Worker:
             self._client,
             self._events,
             self.config,
-            on_started=lambda prompt_id: self._send_now(Started(job.job_id, job.token, prompt_id)),
+            on_started=lambda prompt_id: self._on_started(job, prompt_id),
             on_progress=lambda node, value, maximum: self._send_now(
                 Progress(job.job_id, job.token, node, value, maximum, _class_of(job, node))
             ),
@@ -445,7 +444,23 @@ class Worker:
         ):
             final = replace(final, ready_next=True)  # saves the ack -> ready round trip
             held.asked_next_on = session
-        return await session.send(final)
+        return await session.send(self._with_warm(session, final))
+
+    async def _on_started(self, job: JobAssigned, prompt_id: str) -> None:
+        # ComfyUI accepted the prompt (validation passed): it loads the job's models now.
+        if self._inventory is not None:
+            self._inventory.note_job(job.workflow)
+        await self._send_now(Started(job.job_id, job.token, prompt_id))
+
+    def _with_warm(self, session: HubSession, final: Completed | Failed) -> Completed | Failed:
+        """The result carries the warm set when this hub connection does not have it yet."""
+        if self._inventory is None:
+            return final
+        warm = self._inventory.warm_report()
+        if session.warm_sent == warm:
+            return final
+        session.warm_sent = warm
+        return replace(final, warm=warm)
 
     async def _send_now(self, message: Started | Progress) -> None:
         # Best effort: progress lost while cut off is not worth keeping.
@@ -505,11 +520,14 @@ class Worker:
             return
         if inventory.files is None:
             await inventory.scan()
-        if inventory.files is None or session.models_sent == inventory.digest:
+        warm = inventory.warm_report()
+        if inventory.files is None or (
+            session.models_sent == inventory.digest and session.warm_sent == warm
+        ):
             return
-        message = Models(inventory.digest, inventory.files, inventory.warm)
+        message = Models(inventory.digest, inventory.files, warm)
         if await session.send(message):
-            session.models_sent = inventory.digest
+            session.models_sent, session.warm_sent = inventory.digest, warm
 
     async def _model_scans(self) -> None:
         """Re-read ComfyUI's models every model_scan_s (and after a restart, see
@@ -518,8 +536,9 @@ class Worker:
         while True:
             await _wait_event(self._rescan, self.config.model_scan_s)
             self._rescan.clear()
-            if self._comfy_ok and await self._inventory.scan():
-                await self._send_models()
+            if self._comfy_ok:
+                await self._inventory.scan()
+                await self._send_models()  # when the files or the warm set changed
 
     async def _heartbeats(self) -> None:
         while True:
