@@ -507,6 +507,38 @@ local function other_idle(pid, worker, now)
   return false
 end
 
+-- How many queued jobs want the models loaded on `w`: the jobs of the pools warm on it.
+-- O(its eligible pools and their lanes).
+local function warm_need(w)
+  local need = 0
+  for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. w)) do
+    if redis.call('SISMEMBER', P .. 'pwarm:' .. pid, w) == 1 then
+      for _, owner in ipairs(redis.call('SMEMBERS', P .. 'powners:' .. pid)) do
+        need = need + redis.call('ZCARD', lanekey(pid, owner))
+      end
+    end
+  end
+  return need
+end
+
+-- Evict the least needed: is another idle worker eligible for pool `pid` whose loaded models
+-- queued jobs need less than this worker's? Looks at up to EVICT_LOOK idle workers.
+local EVICT_LOOK = 16
+local function less_needed_idle(pid, worker, now)
+  local mine = nil
+  for _, other in ipairs(redis.call('ZRANGEBYSCORE', P .. 'idle', now, '+inf', 'LIMIT', 0,
+      EVICT_LOOK + 1)) do
+    if other ~= worker and redis.call('SISMEMBER', P .. 'pworkers:' .. pid, other) == 1 then
+      if mine == nil then
+        mine = warm_need(worker)
+        if mine == 0 then return false end
+      end
+      if warm_need(other) < mine then return true end
+    end
+  end
+  return false
+end
+
 -- A worker asks for a job (after `ready`, or with `completed.ready_next`). `opts`:
 -- {affinity_ms (< 0: no affinity, plain priority/fair order), backlog, cap (max running per
 -- owner, 0 = none), fencing token, relaying job id, its token (pipelining: `ready.relaying`,
@@ -602,6 +634,7 @@ local function claim_for(worker, lease_ms, now, opts)
         -- A lane nobody has loaded waits affinity_ms for a GPU; one whose warm GPUs are busy
         -- elsewhere (a long job, a drain) STARVE_FACTOR times that.
         local bound = warm_elsewhere == 0 and affinity_ms or STARVE_FACTOR * affinity_ms
+        c.waited = waited
         if waited >= bound then
           first[#first + 1] = c
         elseif warm_elsewhere == 0 or waited >= affinity_ms or
@@ -614,6 +647,15 @@ local function claim_for(worker, lease_ms, now, opts)
       end
     end
     pick = min_of(first) or min_of(helps)
+    -- A job nobody here has loaded goes preferably to the idle GPU whose loaded models the
+    -- queue needs least (it evicts what is least needed); this one leaves it to that GPU for at
+    -- most affinity_ms (then anyone takes it: bounded).
+    if pick and not pick.warm and pick.waited < affinity_ms and
+        less_needed_idle(pick.pid, worker, now) then
+      local left = affinity_ms - pick.waited
+      if retry_ms == nil or left < retry_ms then retry_ms = left end
+      pick = nil
+    end
   end
 
   if pick == nil then

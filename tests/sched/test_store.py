@@ -189,6 +189,57 @@ async def test_warm_models_come_from_the_workers_report_not_from_the_claim(store
     assert await claim(store, "w", AFFINITY) == "a2"  # both loaded (WARM_MODELS=2): oldest
 
 
+async def test_a_job_nobody_has_loaded_goes_to_the_gpu_whose_models_are_needed_least(
+    store: Store,
+) -> None:
+    files = ["checkpoints/a.safetensors", "checkpoints/b.safetensors", "checkpoints/c.safetensors"]
+    for worker, loaded in (
+        ("holds-a", "checkpoints/a.safetensors"),
+        ("holds-b", "checkpoints/b.safetensors"),
+    ):
+        await register(store, worker, files)
+        inventory = models.unflatten(files)
+        assert await store.set_models(
+            worker, "s-" + worker, models.digest(inventory), files, [loaded]
+        )
+        assert await claim(store, worker, AFFINITY) is None  # both idle, nothing queued
+    for i in range(5):  # many queued jobs need `a`...
+        await store.enqueue(f"a{i}", spec({"checkpoints": ["a.safetensors"]}))
+    # ... and a more urgent one needs `c`, which neither GPU has loaded.
+    await store.enqueue("c", spec({"checkpoints": ["c.safetensors"]}, priority=5))
+    # The GPU holding `a` asks first, but loading `c` there would evict what the queue needs:
+    # it leaves the job to the GPU holding `b` (needed by nobody) and asks again soon.
+    miss = await store.claim("holds-a", 10_000, AFFINITY)
+    assert isinstance(miss, ClaimMiss) and 0 < miss.retry_ms <= AFFINITY.affinity_ms
+    assert await claim(store, "holds-b", AFFINITY) == "c"
+    assert await claim(store, "holds-a", AFFINITY) == "a0"
+
+
+async def test_the_gpu_whose_models_are_needed_leaves_a_cold_job_only_for_a_while(
+    store: Store,
+) -> None:
+    files = ["checkpoints/a.safetensors", "checkpoints/c.safetensors"]
+    for worker, loaded in (("holds-a", ["checkpoints/a.safetensors"]), ("idle-cold", [])):
+        await register(store, worker, files)
+        inventory = models.unflatten(files)
+        assert await store.set_models(
+            worker, "s-" + worker, models.digest(inventory), files, loaded
+        )
+        assert await claim(store, worker, AFFINITY) is None
+    options = ClaimOptions(affinity_ms=300, backlog=8)
+    for i in range(3):
+        await store.enqueue(f"a{i}", spec({"checkpoints": ["a.safetensors"]}))
+    await store.enqueue("c", spec({"checkpoints": ["c.safetensors"]}, priority=5))
+    asked = time.monotonic()
+    # The other idle GPU never claims (its hub died, say): after affinity_ms the job is taken.
+    got = None
+    while got is None and time.monotonic() - asked < 3.0:
+        got = await claim(store, "holds-a", options)
+        await asyncio.sleep(0.02)  # poll
+    assert got == "c"
+    assert time.monotonic() - asked >= 0.25
+
+
 async def test_a_cold_worker_waits_briefly_for_the_warm_one_then_takes_the_job(
     store: Store,
 ) -> None:
