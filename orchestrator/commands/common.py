@@ -16,8 +16,8 @@ from typing import Any
 import typer
 
 from orchestrator.backends.base import ActionResult, Backend, Outcome
-from orchestrator.commands.options import BackendKind
-from orchestrator.console import ExitCode, err, out, warn
+from orchestrator.commands.options import BackendKind, SimModels
+from orchestrator.console import ExitCode, err, fail, out, warn
 from orchestrator.gpus.slots import Selection, select_slots, slot_indices
 
 
@@ -114,3 +114,26 @@ def report(results: Sequence[ActionResult], as_json: bool) -> None:
         err.print(f"[bold red]error:[/] {NVIDIA_HINT}", soft_wrap=True)
     if code != ExitCode.OK:
         raise typer.Exit(int(code))
+
+
+def parse_sim_models(value: str | None, simulate: int | None) -> SimModels:
+    """`--sim-models` of `wgpu start` and `wgpu up`: per slot, its simulator's `--models`
+    values (comfyui_sim.model_store.parse_slot_models), checked against `--simulate N`."""
+    if not value:
+        return ()
+    if not simulate:
+        fail(
+            "--sim-models needs --simulate N (it sets the simulators' model files)", ExitCode.USAGE
+        )
+    from comfyui_sim.model_store import ModelStoreError, parse_slot_models
+
+    try:
+        per_slot = parse_slot_models(value)
+    except ModelStoreError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    outside = sorted(i for i in per_slot if i >= simulate)
+    if outside:
+        fail(
+            f"--sim-models names slot {outside[0]}, but --simulate {simulate} has 0..{simulate - 1}"
+        )
+    return tuple((slot, tuple(specs)) for slot, specs in sorted(per_slot.items()))

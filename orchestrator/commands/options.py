@@ -163,3 +163,14 @@ WorkerSrcOption = Annotated[
         "mounted read-only into each worker container; the image then needs only the runtime.",
     ),
 ]
+
+# Per simulated slot, its simulator's model files (parsed by parse_sim_models).
+SimModelsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sim-models",
+        help='With --simulate: model files per simulated slot, "0:checkpoints=a.safetensors;'
+        '1:checkpoints=b.safetensors" (folders as ComfyUI names them).',
+    ),
+]
+SimModels = tuple[tuple[int, tuple[str, ...]], ...]

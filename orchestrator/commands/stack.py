@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.commands.common import select
+from orchestrator.commands.common import parse_sim_models, select
 from orchestrator.commands.options import (
     ComfyuiCmdOption,
     CountOption,
     DockerHostOption,
     GpusOption,
     MachineIdOption,
+    SimModels,
+    SimModelsOption,
     WorkerSrcOption,
     default_machine_id,
 )
@@ -160,6 +162,7 @@ def up(
     ] = "",
     comfyui_cmd: ComfyuiCmdOption = None,
     worker_src: WorkerSrcOption = None,
+    sim_models_option: SimModelsOption = None,
 ) -> None:
     """Start Redis + hub + per GPU ComfyUI and worker (containers, or processes without Docker:
     there, real GPUs need --comfyui-cmd)."""
@@ -168,6 +171,7 @@ def up(
 
     selection = slot_selection(gpus_option, simulate, count)
     simulated = len(selection.slots) if selection.slots[0].simulated else 0
+    sim_models = parse_sim_models(sim_models_option, simulated)
     client = None
     if backend != StackBackend.PROCESS:
         client = open_docker(docker_host, required=backend == StackBackend.DOCKER)
@@ -182,6 +186,7 @@ def up(
         up_processes(
             simulated, machine_id, hub_port, hub_bind, port_base, sim_node_time, state_dir,
             gpu_slots=gpu_slots, comfyui_cmd=comfyui_cmd, worker_src=worker_src,
+            sim_models=sim_models,
         )  # fmt: skip
         return
     options = StackOptions(
@@ -195,6 +200,7 @@ def up(
         port_base=port_base,
         health_interval_s=health_interval,
         sim_node_time_s=sim_node_time,
+        sim_models=sim_models,
         name_prefix=name_prefix,
     )
     options.slots()  # a bad selection fails here, before any image is built
@@ -222,6 +228,7 @@ def up_processes(
     gpu_slots: tuple[Slot, ...] = (),
     comfyui_cmd: str | None = None,
     worker_src: Path | None = None,
+    sim_models: SimModels = (),
 ) -> None:
     from orchestrator.commands.workers import resolve_src
     from orchestrator.errors import StackError
@@ -247,6 +254,7 @@ def up_processes(
         gpu_slots=gpu_slots,
         comfyui_cmd=comfyui_cmd if gpu_slots else None,
         worker_src=resolve_src(worker_src),
+        sim_models=sim_models,
     )
     warn("no Docker engine: running the stack as local processes")
     with step_progress() as progress:

@@ -29,6 +29,7 @@ from orchestrator.backends.base import (
 )
 from orchestrator.commands.common import (
     backend_session,
+    parse_sim_models,
     report,
     report_managed,
     select,
@@ -55,6 +56,7 @@ from orchestrator.commands.options import (
     RestartPolicy,
     ServiceKind,
     ServiceOption,
+    SimModelsOption,
     SimulateOption,
     StopTimeoutOption,
     TargetArgument,
@@ -192,12 +194,7 @@ def start(
     network: NetworkOption = "host",
     restart_policy: RestartOption = RestartPolicy.UNLESS_STOPPED,
     worker_src: WorkerSrcOption = None,
-    sim_models: str | None = typer.Option(
-        None,
-        "--sim-models",
-        help='With --simulate: model files per simulated slot, "0:checkpoints=a.safetensors;'
-        '1:checkpoints=b.safetensors" (folders as ComfyUI names them).',
-    ),
+    sim_models: SimModelsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Start each GPU's worker (and its ComfyUI); running ones with the same config are kept."""
@@ -222,7 +219,7 @@ def start(
         worker_token=worker_token,
         port_base=port_base,
         worker_src=source,
-        sim_models=_sim_models(sim_models, simulate),
+        sim_models=parse_sim_models(sim_models, simulate),
     )
     python = "python3" if is_docker else sys.executable
     plans = plan_slots(slots, settings, selection.num_gpus, python=python, containers=is_docker)
@@ -365,24 +362,3 @@ def register(app: typer.Typer) -> None:
     """Add setup, start, stop, restart, status and logs to `app`."""
     for command in (setup, start, stop, restart, status, logs):
         app.command(command.__name__)(command)
-
-
-def _sim_models(value: str | None, simulate: int | None) -> tuple[tuple[int, tuple[str, ...]], ...]:
-    if not value:
-        return ()
-    if not simulate:
-        fail(
-            "--sim-models needs --simulate N (it sets the simulators' model files)", ExitCode.USAGE
-        )
-    from comfyui_sim.model_store import ModelStoreError, parse_slot_models
-
-    try:
-        per_slot = parse_slot_models(value)
-    except ModelStoreError as exc:
-        fail(str(exc), ExitCode.USAGE)
-    outside = sorted(i for i in per_slot if i >= simulate)
-    if outside:
-        fail(
-            f"--sim-models names slot {outside[0]}, but --simulate {simulate} has 0..{simulate - 1}"
-        )
-    return tuple((slot, tuple(specs)) for slot, specs in sorted(per_slot.items()))

@@ -94,6 +94,8 @@ class StackOptions:
     worker_token: str | None = None
     health_interval_s: float = 5.0
     sim_node_time_s: float | None = None  # the simulator's seconds per node (demos, tests)
+    # Per simulated slot, its simulator's --models values (`wgpu up --sim-models`).
+    sim_models: tuple[tuple[int, tuple[str, ...]], ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
     # Prepended to container names: lets tests run beside a real stack on one engine.
     name_prefix: str = ""
@@ -218,6 +220,7 @@ def _slot_specs(slot: Slot, options: StackOptions, num_gpus: int) -> list[Contai
         comfyui_image=env_image(ROLE_COMFYUI, options.comfyui_image),
         worker_token=options.worker_token,
         port_base=options.port_base,
+        sim_models=options.sim_models,
     )
     (plan,) = plan_slots([slot], settings, num_gpus)
     port = comfyui_port(slot, options.port_base)

@@ -101,6 +101,8 @@ class ProcessStackConfig:
     gpu_slots: tuple[Slot, ...] = ()
     comfyui_cmd: str | None = None
     worker_src: WorkerSource | None = None  # run the workers from this tree (--worker-src)
+    # Per simulated slot, its simulator's --models values (`wgpu up --sim-models`).
+    sim_models: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     @property
     def worker_dir(self) -> Path:
@@ -237,6 +239,7 @@ class ProcessStack:
             port_base=self.config.port_base,
             comfyui_cmd=self.config.comfyui_cmd,
             worker_src=self.config.worker_src,
+            sim_models=self.config.sim_models,
         )
         plans = plan_slots(
             selection.slots, settings, selection.num_gpus, python=sys.executable, containers=False

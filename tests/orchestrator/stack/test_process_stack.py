@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from orchestrator.backends.common import port_answers
@@ -61,3 +62,45 @@ def test_up_runs_detached_processes_and_down_stops_them(tmp_path: Path) -> None:
     again = wgpu("down", *common, "--volumes", cwd=tmp_path)
     assert again.returncode == 0 and "nothing was running" in again.stdout
     assert not (state / "redis").exists()
+
+
+def test_up_sim_models_gives_each_simulated_slot_its_model_files(tmp_path: Path) -> None:
+    need_valkey()
+    state = tmp_path / "state"
+    base = free_port_block(3)
+    common = ["--backend", "process", "--state-dir", str(state)]
+    up = wgpu(
+        "up", "--simulate", "2", *common, "--hub-port", str(base), "--port-base", str(base + 1),
+        "--machine-id", "mdl",
+        "--sim-models", "0:checkpoints=a.safetensors;1:checkpoints=b.safetensors,c.safetensors",
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        hub_url = f"http://127.0.0.1:{base}"
+        hub = HubClient(hub_url)
+        deadline = time.monotonic() + 30
+        while not all(w["models"] is not None for w in hub.get_workers()):  # reported yet?
+            assert time.monotonic() < deadline, hub.get_workers()
+            time.sleep(0.1)
+        listed = wgpu("models", "--hub-url", hub_url, "--json", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        on_disk = {r["model"]: r["on_disk"] for r in json.loads(listed.stdout)["models"]}
+        # Each slot's simulator has exactly its own files (its worker reported them).
+        assert on_disk == {
+            "checkpoints/a.safetensors": ["mdl-gpu0"],
+            "checkpoints/b.safetensors": ["mdl-gpu1"],
+            "checkpoints/c.safetensors": ["mdl-gpu1"],
+        }
+    finally:
+        down = wgpu("down", *common, cwd=tmp_path)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def test_up_refuses_sim_models_for_a_slot_it_does_not_simulate(tmp_path: Path) -> None:
+    up = wgpu(
+        "up", "--simulate", "1", "--backend", "process", "--state-dir", str(tmp_path / "s"),
+        "--sim-models", "1:checkpoints=b.safetensors", cwd=tmp_path,
+    )  # fmt: skip
+    assert up.returncode != 0
+    assert "--sim-models names slot 1, but --simulate 1 has 0..0" in up.stdout + up.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import docker
 import pytest
 
-from orchestrator.backends.base import HubAddress, WorkerSettings, plan_slots
+from orchestrator.backends.base import ROLE_COMFYUI, HubAddress, WorkerSettings, plan_slots
 from orchestrator.backends.engine import create_args
 from orchestrator.gpus.nvml import GpuDevice
 from orchestrator.gpus.slots import select_slots
@@ -15,6 +15,7 @@ from orchestrator.stack.compose_render import (
     compose_service,
     interpolate_all,
     render_stack,
+    stack_specs,
 )
 from orchestrator.stack.compose_runner import spec_of
 from orchestrator.stack.spec import (
@@ -89,3 +90,15 @@ def test_compose_and_the_engine_path_of_wgpu_up_describe_the_same_containers(
         if "volumes" in expected:  # the runner resolves volume keys to their names
             rendered["volumes"] = expected["volumes"]
         assert rendered == expected, name
+
+
+def test_the_stack_gives_each_simulator_its_sim_models() -> None:
+    options = StackOptions(
+        simulate=2, num_gpus=0, sim_models=((1, ("checkpoints=b.safetensors", "loras=x.pt")),)
+    )
+    specs = stack_specs(options)
+    commands = {name: spec.command for name, spec in specs.items() if spec.role == ROLE_COMFYUI}
+    assert len(commands) == 2
+    first, second = (commands[name] or () for name in sorted(commands))
+    assert "--models" not in first
+    assert list(second[-4:]) == ["--models", "checkpoints=b.safetensors", "--models", "loras=x.pt"]
