@@ -23,7 +23,7 @@ from .auth import ApiKey
 from .errors import BadRequest, StoreUnavailable
 from .event_fanout import SubscriberDropped, Subscription
 from .jobs import job_view, parse_body, parse_job_list_query, parse_submit
-from .metrics import QueueGauges
+from .metrics import AttemptHistograms, QueueGauges
 from .progress import PROGRESS_KIND
 from .runtime import CALLER, HUB_KEY, Hub
 from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_states, worker_views
@@ -596,7 +596,8 @@ async def metrics(request: web.Request) -> web.Response:
         summary["queued_scanned"],
         worker_states(await worker_views(hub.store, hub.config)),
     )
-    text = hub.metrics.render(summary["counts"], len(hub.dispatcher.sessions), queue)
+    attempts = AttemptHistograms.from_fields(await hub.store.attempt_histograms())
+    text = hub.metrics.render(summary["counts"], len(hub.dispatcher.sessions), queue, attempts)
     return web.Response(
         text=text,
         content_type="text/plain",

@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
-from typing import Any, Protocol
-
-
-class _Claimed(Protocol):
-    @property
-    def job_id(self) -> str: ...
-    @property
-    def token(self) -> int: ...
-    @property
-    def enqueued_ms(self) -> int: ...
-    @property
-    def claimed_ms(self) -> int: ...
-
 
 # Dispatch latency buckets in seconds: from well under a Redis round trip to a slow queue.
 LATENCY_BUCKETS = (
@@ -45,8 +31,12 @@ LATENCY_BUCKETS = (
 WEBHOOK_OUTCOMES = ("delivered", "retry", "gave_up", "refused")
 
 
-# Job durations and queue waits: from a fraction of a second to hours.
+# Job durations and queue waits: from a fraction of a second to hours. The scripts that end an
+# attempt count into these in Redis (lua/common.lua observe_attempt; the loader hands them over).
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+# The outcome of an ended attempt: the job's status after it (succeeded, failed, dead,
+# cancelled, timed_out), `retried` (queued again after a failure or a lost lease) or `released`
+# (handed back unfinished, not counted: a drain, a stopping worker).
 
 
 def _label(value: str) -> str:
@@ -115,6 +105,15 @@ class Histogram:
         self.total = 0.0
         self.count = 0
 
+    @classmethod
+    def of_counts(cls, buckets: tuple[float, ...], counts: list[int], total: float) -> Histogram:
+        """One counted elsewhere (in Redis): `counts` per bucket, the last one past them all."""
+        histogram = cls(buckets)
+        histogram.counts = counts
+        histogram.total = total
+        histogram.count = sum(counts)
+        return histogram
+
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.buckets, value)] += 1
         self.total += value
@@ -145,24 +144,18 @@ class HubMetrics:
         self.refused_reports = 0
         self.bad_messages = 0
         self.webhooks: dict[str, int] = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
-        # Per attempt that a worker of this hub ended, by outcome (succeeded, failed, dead,
-        # retried): how long the job had waited in the queue, and how long it ran.
-        self.queue_wait: dict[str, Histogram] = {}
-        self.job_duration: dict[str, Histogram] = {}
 
     def webhook(self, outcome: str) -> None:
         self.webhooks[outcome] = self.webhooks.get(outcome, 0) + 1
-
-    def attempt_ended(self, outcome: str, queue_wait_s: float, run_s: float) -> None:
-        self.queue_wait.setdefault(outcome, Histogram(DURATION_BUCKETS)).observe(queue_wait_s)
-        self.job_duration.setdefault(outcome, Histogram(DURATION_BUCKETS)).observe(run_s)
 
     def render(
         self,
         jobs_by_state: dict[str, int],
         workers_connected: int,
         queue: QueueGauges | None = None,
+        attempts: AttemptHistograms | None = None,
     ) -> str:
+        attempts = attempts or AttemptHistograms({}, {})
         lines = [
             "# HELP wgpu_jobs Jobs in Redis per state (all hubs).",
             "# TYPE wgpu_jobs gauge",
@@ -194,51 +187,52 @@ class HubMetrics:
                 f'wgpu_webhook_deliveries_total{{outcome="{outcome}"}} {n}'
                 for outcome, n in self.webhooks.items()
             ),
-            "# HELP wgpu_job_queue_wait_seconds Enqueue to execution_start, by outcome.",
+            "# HELP wgpu_job_queue_wait_seconds Enqueue to execution_start (or to the claim, if it"
+            " never ran), per attempt ended, by outcome (all hubs).",
             "# TYPE wgpu_job_queue_wait_seconds histogram",
-            *_labelled("wgpu_job_queue_wait_seconds", self.queue_wait),
-            "# HELP wgpu_job_duration_seconds execution_start to the worker's report, by outcome.",
+            *_labelled("wgpu_job_queue_wait_seconds", attempts.queue_wait),
+            "# HELP wgpu_job_duration_seconds execution_start (or the claim) to the attempt's end,"
+            " by outcome (all hubs).",
             "# TYPE wgpu_job_duration_seconds histogram",
-            *_labelled("wgpu_job_duration_seconds", self.job_duration),
+            *_labelled("wgpu_job_duration_seconds", attempts.duration),
             *(queue.render() if queue is not None else []),
         ]
         return "\n".join(lines) + "\n"
 
 
-def attempt_outcome(status: str) -> str:
-    """The outcome label of an attempt that failed, from the job's status after it."""
-    return "retried" if status == "queued" else status or "failed"
+class AttemptHistograms:
+    """Queue wait and run time of every ended attempt, by outcome, as the scripts that end
+    attempts counted them in Redis (so every attempt counts once, whichever hub ended it)."""
+
+    def __init__(self, queue_wait: dict[str, Histogram], duration: dict[str, Histogram]) -> None:
+        self.queue_wait = queue_wait
+        self.duration = duration
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> AttemptHistograms:
+        """From the Redis hash: `<outcome>:<w|d>:<bucket, 1-based>` counts, `...:sum` in ms."""
+        size = len(DURATION_BUCKETS) + 1
+        counts: dict[tuple[str, str], list[int]] = {}
+        sums: dict[tuple[str, str], float] = {}
+        for name, value in fields.items():
+            outcome, _, rest = name.partition(":")
+            kind, _, slot = rest.partition(":")
+            if kind not in ("w", "d"):
+                continue
+            if slot == "sum":
+                sums[(outcome, kind)] = int(value) / 1000
+            elif slot.isdigit() and 1 <= int(slot) <= size:
+                counts.setdefault((outcome, kind), [0] * size)[int(slot) - 1] = int(value)
+        made = {
+            key: Histogram.of_counts(DURATION_BUCKETS, n, sums.get(key, 0.0))
+            for key, n in counts.items()
+        }
+        return cls(
+            {outcome: h for (outcome, kind), h in made.items() if kind == "w"},
+            {outcome: h for (outcome, kind), h in made.items() if kind == "d"},
+        )
 
 
-class AttemptClock:
-    """When a worker session's jobs were claimed and began executing, so their end observes
-    how long they waited and ran (HubMetrics.attempt_ended). The split is ComfyUI's
-    execution_start (the job became `running`): the wait includes the time `assigned` in
-    ComfyUI's queue. An attempt that never ran (ended while assigned, or a worker that does
-    not report execution_start) splits at the claim. One per session; a handful of entries."""
-
-    KEEP = 8
-
-    def __init__(self, metrics: HubMetrics) -> None:
-        self.metrics = metrics
-        # (job, token) -> [wait until the claim, claimed at, began running at or None]
-        self._started: dict[tuple[str, int], list[Any]] = {}
-
-    def start(self, claim: _Claimed) -> None:
-        if len(self._started) >= self.KEEP:  # ends that never came (cancelled, timed out)
-            self._started.pop(next(iter(self._started)))
-        wait_s = max(0, claim.claimed_ms - claim.enqueued_ms) / 1000
-        self._started[(claim.job_id, claim.token)] = [wait_s, time.monotonic(), None]
-
-    def running(self, job_id: str, token: int) -> None:
-        started = self._started.get((job_id, token))
-        if started is not None and started[2] is None:
-            started[2] = time.monotonic()
-
-    def end(self, job_id: str, token: int, outcome: str) -> None:
-        started = self._started.pop((job_id, token), None)
-        if started is not None:
-            wait_s, claimed_at, running_at = started
-            split = claimed_at if running_at is None else running_at
-            wait_s += split - claimed_at
-            self.metrics.attempt_ended(outcome, wait_s, time.monotonic() - split)
+def lua_buckets_ms() -> str:
+    """DURATION_BUCKETS for the scripts (lua/common.lua observe_attempt), in ms."""
+    return ", ".join(str(round(b * 1000)) for b in DURATION_BUCKETS)

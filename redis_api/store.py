@@ -25,6 +25,7 @@ from wgpu_protocol.rest import HELD_STATES, JOB_STATES, TERMINAL_STATES
 
 from .batching import ScriptBatcher
 from .errors import QueueFull, RedisOutOfMemory, StoreUnavailable, WorkerConnected
+from .metrics import lua_buckets_ms
 from .redis_conn import HiredisPackConnection
 
 REAP_BATCH = 500
@@ -265,7 +266,8 @@ def _warm_args(warm: Sequence[str] | None) -> tuple[str, str]:
 
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("redis_api") / "lua"
-    common = (folder / "common.lua").read_text()
+    buckets = f"local DURATION_BUCKETS_MS = {{{lua_buckets_ms()}}}\n"
+    common = buckets + (folder / "common.lua").read_text()
     names = (
         "enqueue",
         "claim",
@@ -485,6 +487,11 @@ class Store:
                 pipe.hmget(self.key(f"job:{job_id}"), ["priority", "owner", "pool"])
             rows: list[list[str | None]] = await pipe.execute()
         return [(row[0] or "0", row[1] or "", row[2] or "") for row in rows if row[0] is not None]
+
+    async def attempt_histograms(self) -> dict[str, str]:
+        """The attempt histograms' raw fields (lua/common.lua observe_attempt)."""
+        fields: dict[str, str] = await self.redis.hgetall(self.key("attempt_hist"))
+        return fields
 
     async def cancel(self, job_id: str, ttl_ms: int) -> Cancelled:
         outcome, worker, token = await self._run("cancel", job_id, ttl_ms)

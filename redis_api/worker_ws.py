@@ -62,7 +62,6 @@ from .errors import (
     WorkerConnected,
 )
 from .jobs import output_url, progress_json
-from .metrics import AttemptClock, attempt_outcome
 from .progress import ProgressThrottle
 from .runtime import HUB_KEY, Hub
 from .storage import OutputWriter
@@ -228,7 +227,6 @@ class WorkerSession:
         # `started`, held back to go with that job's next script (progress/completed/failed):
         # one script per job fewer.
         self._held_prompts: dict[tuple[str, int], str] = {}
-        self._attempt_clock = AttemptClock(hub.metrics)
         # Pipelining: the finished job whose outputs the worker still relays (`ready.relaying`);
         # claims for this worker keep it as the worker's own.
         self.relaying: tuple[str, int] | None = None
@@ -311,7 +309,6 @@ class WorkerSession:
         self._received = {k: v for k, v in self._received.items() if k == self.relaying}
         self._held_prompts = {k: v for k, v in self._held_prompts.items() if k == self.relaying}
         self._held_prompts[(claim.job_id, claim.token)] = ""
-        self._attempt_clock.start(claim)
         if ack:
             return await self._send_texts(ack, job_frame(claim))
         return await self.send_frame(job_frame(claim))
@@ -586,8 +583,6 @@ class WorkerSession:
             self._take_prompt_id(message.job_id, message.token),
         )
         await self._refuse_report(message.job_id, message.token, of, refused)
-        if not refused:
-            self._attempt_clock.running(message.job_id, message.token)
 
     async def _on_progress(self, message: Progress) -> None:
         payload = progress_json(message.node, message.value, message.max, message.node_class)
@@ -652,7 +647,6 @@ class WorkerSession:
         self._report_ended(message.job_id, message.token)
         if not refused:
             self.hub.metrics.failed += 1
-            self._attempt_clock.end(message.job_id, message.token, attempt_outcome(status))
             log.info(
                 "job %s failed on %s: %s (now %s)",
                 message.job_id,
@@ -776,7 +770,6 @@ class WorkerSession:
         self._report_ended(message.job_id, message.token)
         if not refused:
             self.hub.metrics.completed += 1
-            self._attempt_clock.end(message.job_id, message.token, "succeeded")
             self._received.pop((message.job_id, message.token), None)
 
     async def _on_output(self, blob: bytes) -> None:
@@ -913,7 +906,6 @@ class WorkerSession:
         self._received.pop((job_id, token), None)
         if not refused:
             self.hub.metrics.failed += 1
-            self._attempt_clock.end(job_id, token, attempt_outcome(status))
         return refused, status
 
     async def _fail_output(self, job_id: str, token: int, kind: str, message: str) -> None:

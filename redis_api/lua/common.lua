@@ -299,10 +299,36 @@ local function clear_worker_job(worker, id)
   end
 end
 
+-- The attempt histograms of /metrics (all hubs, whichever ends the attempt): per outcome, how
+-- long the job waited before this attempt ran and how long it ran. The split is ComfyUI's
+-- execution_start (running_ms: the wait includes the time `assigned` in ComfyUI's queue), or
+-- the claim for an attempt that never ran. t = {enqueued_ms, started_ms (claim), now, running_ms}.
+-- Fields `<outcome>:<w|d>:<bucket>` (1-based into DURATION_BUCKETS_MS, which the loader prepends
+-- from redis_api/metrics.py; one past the end is +Inf) and `<outcome>:<w|d>:sum` in ms.
+local function bucket_of(ms)
+  for i, bound in ipairs(DURATION_BUCKETS_MS) do
+    if ms <= bound then return i end
+  end
+  return #DURATION_BUCKETS_MS + 1
+end
+
+local function observe_attempt(outcome, t)
+  if not t[2] then return end  -- claimed by a hub that did not record when
+  local split = t[4] or t[2]
+  local wait, ran = math.max(0, split - t[1]), math.max(0, t[3] - split)
+  local h = P .. 'attempt_hist'
+  redis.call('HINCRBY', h, outcome .. ':w:' .. bucket_of(wait), 1)
+  redis.call('HINCRBY', h, outcome .. ':w:sum', wait)
+  redis.call('HINCRBY', h, outcome .. ':d:' .. bucket_of(ran), 1)
+  redis.call('HINCRBY', h, outcome .. ':d:sum', ran)
+end
+
 -- Ends an attempt's worker bookkeeping: off the running/deadline sets, history, worker cleared,
--- the owner's running count down.
-local function end_attempt(id, now, outcome, err)
-  local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner', 'pool')
+-- the owner's running count down; observed in the histograms under `label` (default: outcome;
+-- false: the caller observes it once it knows, with the timings returned second).
+local function end_attempt(id, now, outcome, err, label)
+  local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner', 'pool',
+    'enqueued_ms', 'started_ms', 'running_ms')
   redis.call('ZREM', P .. 'running', id)
   redis.call('ZREM', P .. 'assigned', id)
   redis.call('ZREM', P .. 'deadlines', id)
@@ -312,7 +338,9 @@ local function end_attempt(id, now, outcome, err)
   if j[3] and j[3] ~= '' and tonumber(redis.call('HINCRBY', P .. 'orun', j[3], -1)) <= 0 then
     redis.call('HDEL', P .. 'orun', j[3])
   end
-  return j[2] or ''
+  local timings = {tonumber(j[5]) or 0, tonumber(j[6]), now, tonumber(j[7])}
+  if label ~= false then observe_attempt(label or outcome, timings) end
+  return j[2] or '', timings
 end
 
 -- Webhook outbox (redis_api/webhooks.py delivers it): a delivery record `wh:<job>.<event>` and
@@ -368,16 +396,20 @@ end
 
 -- After an attempt ends without success: requeue while attempts remain, else `dead`
 -- (or `failed` at once when the error says retrying cannot help).
+-- Observed as `retried`, `failed` or `dead`.
 local function retry_or_end(id, now, ttl_ms, outcome, err, retryable)
-  local worker = end_attempt(id, now, outcome, err)
+  local worker, timings = end_attempt(id, now, outcome, err, false)
   local j = redis.call('HMGET', jkey(id), 'attempts', 'max_attempts')
+  local status = 'queued'
   if not retryable then
-    finish(id, 'failed', now, ttl_ms, err)
-    return 'failed'
+    status = 'failed'
+  elseif tonumber(j[1]) >= tonumber(j[2]) then
+    status = 'dead'
   end
-  if tonumber(j[1]) >= tonumber(j[2]) then
-    finish(id, 'dead', now, ttl_ms, err)
-    return 'dead'
+  observe_attempt(status == 'queued' and 'retried' or status, timings)
+  if status ~= 'queued' then
+    finish(id, status, now, ttl_ms, err)
+    return status
   end
   if err then redis.call('HSET', jkey(id), 'error', cjson.encode(err)) end
   requeue(id, now, worker)

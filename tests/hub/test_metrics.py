@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, submit
+from tests.hub.helpers import call, get_job, job_status, submit
 from tests.hub.worker_client import ProtocolWorker
 from tests.paths import REPO
+from wgpu_protocol.messages import Cancel, Released
 
 pytestmark = pytest.mark.redis
 
@@ -78,3 +79,69 @@ async def test_the_monitoring_docs_scale_on_metrics_that_exist(hub_factory: HubF
     names = set(re.findall(r"^(wgpu_\w+)", metrics, re.M))
     used = set(re.findall(r"\b(wgpu_\w+)", trigger["metadata"]["query"]))
     assert used and used <= names, used - names
+
+
+def attempt_counts(text: str) -> dict[str, dict[str, float]]:
+    """{histogram: {outcome: count}} of the two attempt histograms."""
+    got = samples(text)
+    found: dict[str, dict[str, float]] = {}
+    for name in ("wgpu_job_queue_wait_seconds", "wgpu_job_duration_seconds"):
+        prefix = f'{name}_count{{outcome="'
+        found[name] = {k[len(prefix) : -2]: v for k, v in got.items() if k.startswith(prefix)}
+    return found
+
+
+async def test_every_ended_attempt_counts_once_whichever_hub_ends_it(
+    hub_factory: HubFactory,
+) -> None:
+    """Cancelled (through another hub), timed out by a reaper, lease lost (retried, then dead),
+    released: each attempt counts once, under its outcome, on every hub's /metrics (the
+    histograms live in Redis, counted by the script that ended the attempt)."""
+    first = await hub_factory(lease_s=30)
+    second = await hub_factory(lease_s=30)
+    worker = ProtocolWorker(first.url, worker_id="m1-gpu0")
+    await worker.connect()
+
+    cancelled = await submit(first.url)
+    await worker.take_job()
+    status, body = await call(second.url, "DELETE", f"/jobs/{cancelled['id']}")
+    assert status == 200 and body["status"] == "cancelled"
+    await worker.expect(Cancel)
+
+    timed = await submit(first.url, timeout_s=0.3)
+    await worker.take_job()
+    await worker.expect(Cancel, within=5.0, reason="timed_out")
+    await job_status(first.url, timed["id"], "timed_out")
+
+    released = await submit(first.url)
+    taken = await worker.take_job()
+    await worker.send(Released(taken.job_id, taken.token, "shutting down"))
+    await job_status(first.url, released["id"], "queued")
+    ok = await worker.take_job()
+    assert ok.job_id == released["id"] and (await worker.complete(ok)).ok
+
+    lost = await submit(first.url, max_attempts=2)
+    await worker.take_job()
+    await worker.cut()  # the lease runs out after the disconnect grace: retried
+    await job_status(second.url, lost["id"], "queued")
+    other = ProtocolWorker(second.url, worker_id="m2-gpu0", machine_id="m2")
+    await other.connect()
+    assert (await other.take_job()).attempt == 2
+    await other.cut()  # the last attempt: dead
+    await job_status(second.url, lost["id"], "dead")
+
+    expected = {"cancelled": 1, "timed_out": 1, "released": 1, "succeeded": 1}
+    expected |= {"retried": 1, "dead": 1}
+    history = 0
+    for job in (cancelled, timed, released, lost):
+        history += len((await get_job(first.url, job["id"]))["history"])
+    assert sum(expected.values()) == history
+    for hub in (first, second):
+        _, text = await call(hub.url, "GET", "/metrics")
+        counts = attempt_counts(text)
+        assert counts["wgpu_job_queue_wait_seconds"] == expected, hub.url
+        assert counts["wgpu_job_duration_seconds"] == expected, hub.url
+        got = samples(text)
+        # The timed-out attempt ran at least its timeout (Redis' clock, claim to the reaper).
+        assert got['wgpu_job_duration_seconds_sum{outcome="timed_out"}'] >= 0.3
+        assert got['wgpu_job_duration_seconds_bucket{outcome="timed_out",le="0.1"}'] == 0

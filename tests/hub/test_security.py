@@ -286,7 +286,7 @@ async def test_after_ttl_no_job_keys_remain(
     async def job_keys() -> list[str]:
         keys = client.keys(hub.config.key_prefix + "*")
         per_worker_or_counter = (
-            *("seq", "fair", "workers", "worker:", "idle"),
+            *("seq", "fair", "workers", "worker:", "idle", "attempt_hist"),
             *("wpools:", "inv:", "warm:", "wfailed:"),
         )
         return sorted(
