@@ -50,7 +50,8 @@ class HubConfig:
     # clients live; redis_api/progress.py).
     progress_persist_s: float = 1.0
     webhook_poll_s: float = 0.1
-    # The dashboard's live feed (`GET /events`): how often it reads, how many may watch.
+    # The dashboard's live feed (`GET /events`): changes are pushed; worker stats (heartbeats)
+    # are re-read this often; how many may watch (each also counts in max_event_streams).
     live_interval_s: float = 1.0
     max_live_feeds: int = 500
     # Where clients reach the hub (e.g. https://gpu.example.com): makes URLs in webhooks absolute.

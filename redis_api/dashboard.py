@@ -8,13 +8,15 @@ and sends it as a bearer header on every call (kept in the tab's sessionStorage 
 from __future__ import annotations
 
 import asyncio
+import time
 from importlib import resources
 
 from aiohttp import web
 
-from .errors import BadRequest
+from .errors import BadRequest, StoreUnavailable
+from .event_fanout import SubscriberDropped
 from .jobs import parse_job_list_query
-from .live_feed import TOPICS
+from .live_feed import TOPICS, Viewer
 from .runtime import CALLER, HUB_KEY
 
 STATIC = resources.files("redis_api") / "static"
@@ -69,13 +71,19 @@ def _feed_query(request: web.Request) -> tuple[frozenset[str], str | None, int]:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events of everything the caller may see: `workers`, `queue`, `jobs`
-    (filters: `topics`, `status` and `limit` of the job list)."""
+    """Server-sent events of everything the caller may see: `workers`, `queue`, `jobs` at
+    connect, then `job` per change (filters: `topics`, `status` and `limit` of the job list).
+    Follows the hub's feed of changes (live_feed.py): pushed as they happen, not polled."""
     hub = request.app[HUB_KEY]
     topics, status, limit = _feed_query(request)
     key = request.get(CALLER)  # tenancy: a key sees its own jobs (all of them when admin)
-    may_see = key.may_see if key is not None else (lambda owner: True)
-    async with hub.live.watch(topics, status, limit, may_see) as viewer:
+    viewer = Viewer(topics, status, limit, key.may_see if key is not None else _everyone)
+    async with hub.live.watch() as sub:
+        transport = request.transport
+        sub.alive = lambda: transport is not None and not transport.is_closing()
+        # Subscribed first, then the snapshot: a change in between comes as an event. Read
+        # before the 200, so that a Redis error is still a 503.
+        snapshot = await hub.live.snapshot(viewer)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -86,19 +94,35 @@ async def events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         try:
             await response.write(b"retry: 2000\n\n")
+            await _send(response, snapshot)
+            quiet_since = time.monotonic()
             while not hub.closing:
                 try:
-                    item = await viewer.next(KEEPALIVE_S)
-                except EOFError:
+                    batch = await sub.next(min(hub.config.live_interval_s, KEEPALIVE_S))
+                except SubscriberDropped:
                     break  # fell behind (or the hub stops): the page reconnects
-                if item is None:
+                batch += sub.pending()  # all that came meanwhile, in one go
+                items = await hub.live.changes(batch, viewer)
+                if items:
+                    await _send(response, items)
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= KEEPALIVE_S:
                     await response.write(b": keep-alive\n\n")
-                    continue
-                topic, data = item
-                await response.write(f"event: {topic}\ndata: {data}\n\n".encode())
+                    quiet_since = time.monotonic()
+        except StoreUnavailable as exc:
+            hub.redis_failed(exc)  # the stream ends; the page reconnects to a fresh snapshot
         except (ConnectionError, asyncio.CancelledError):
             pass  # the viewer went away
         return response
+
+
+def _everyone(owner: str | None) -> bool:
+    return True
+
+
+async def _send(response: web.StreamResponse, items: list[tuple[str, str]]) -> None:
+    text = "".join(f"event: {topic}\ndata: {data}\n\n" for topic, data in items)
+    await response.write(text.encode())
 
 
 def add_routes(app: web.Application) -> None:

@@ -80,6 +80,18 @@ class Subscription:
             raise SubscriberDropped("the event stream fell behind")
         return batch
 
+    def pending(self) -> list[StreamEntry]:
+        """The entries of every batch already waiting, without waiting (an end marker stays
+        queued for next())."""
+        entries: list[StreamEntry] = []
+        while not self.queue.empty():
+            batch = self.queue.get_nowait()
+            if batch is None:
+                self.queue.put_nowait(None)
+                break
+            entries += batch
+        return entries
+
     def offer(self, entries: list[StreamEntry]) -> None:
         fresh = [e for e in entries if _id_after(e.id, self.last_id)]
         if not fresh or self.dropped:

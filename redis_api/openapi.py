@@ -46,6 +46,7 @@ COMPONENTS: dict[str, type] = {
     "ResumeAnswer": rest.ResumeAnswerJson,
     "QueueSummary": rest.QueueSummaryJson,
     "LiveJobs": rest.LiveJobsJson,
+    "LiveJob": rest.LiveJobJson,
     "InputRef": rest.InputRefJson,
     "InputData": rest.InputDataJson,
     "InputUrl": rest.InputUrlJson,
@@ -344,7 +345,7 @@ def _operations() -> dict[str, dict[str, Any]]:
         "/events": {
             "get": {
                 "operationId": "liveFeed",
-                "summary": "The dashboard's live feed: workers, queue and a job list",
+                "summary": "The dashboard's live feed: workers, queue, a job list, then changes",
                 "parameters": [
                     _param("topics", "query", "comma-separated subset of workers,queue,jobs"),
                     *_job_list_params("the job list's state filter", MAX_FEED_JOBS),
@@ -356,11 +357,12 @@ def _operations() -> dict[str, dict[str, Any]]:
                             "workers": _ref("WorkerList"),
                             "queue": _ref("QueueSummary"),
                             "jobs": _ref("LiveJobs"),
+                            "job": _ref("LiveJob"),
                         },
                     },
                     "400": BAD,
-                    "429": _error("too many live feeds on this hub (Retry-After)"),
-                    "401": UNAUTHORIZED,  # Redis down: the stream opens and waits for it
+                    "429": _error("too many live feeds or event streams on this hub (Retry-After)"),
+                    **common,  # Redis down at connect: 503 (the snapshot needs it)
                 },
             },
         },

@@ -90,7 +90,7 @@ class Hub:
         self.dispatcher.on_progress = self.progress.on_message
         self.webhooks = WebhookSender(self.store, config, self.metrics, self.storage)
         self.webhooks.on_redis_error = self.redis_failed
-        self.live = LiveFeed(self.store, config, config.max_live_feeds)
+        self.live = LiveFeed(self.store, config, self.events, config.max_live_feeds)
         self.live.on_redis_error = self.redis_failed
         self.maintenance = Maintenance(
             self.store,

@@ -930,6 +930,21 @@ class Store:
     def events_key(self, job_id: str) -> str:
         return self.key(f"events:{job_id}")
 
+    @property
+    def feed_key(self) -> str:
+        """The dashboards' hub-wide stream of changes (lua/common.lua `feed`)."""
+        return self.key("feed")
+
+    async def feed_on(self, ttl_ms: int) -> None:
+        """Have the scripts write the feed for ttl_ms more (some viewer is watching)."""
+        await self.redis.set(self.key("feed_on"), "1", px=ttl_ms)
+
+    async def feed_last_id(self) -> str:
+        """The feed's newest entry id ('0-0' when empty): following it from there misses
+        nothing written later."""
+        newest = await self.redis.xrevrange(self.feed_key, count=1)
+        return str(newest[0][0]) if newest else "0-0"
+
     def stream_reader(self, block_s: float) -> StreamReader:
         """A reader for the event fan-out, on a connection of its own."""
         return StreamReader(self.redis, block_s + self.timeout_s)

@@ -285,3 +285,9 @@ class LiveJobsJson(TypedDict):
 
     status: JobStatus | None
     jobs: list[JobJson]
+
+
+class LiveJobJson(TypedDict):
+    """The `job` event of `GET /events`: one job changed (it may enter or leave the list)."""
+
+    job: JobJson

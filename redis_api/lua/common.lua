@@ -35,8 +35,19 @@ local ROUND = 4398046511104  -- 2^42
 -- A lane whose models are loaded on some GPU waits at most this many affinity waits for it.
 local STARVE_FACTOR = 10
 
+-- The dashboards' live feed (redis_api/live_feed.py): one hub-wide stream of what changed,
+-- kind `job` or `progress` (data: the job id) or `worker` (the worker id). Written only while
+-- some hub has a viewer (that hub keeps `feed_on` alive): nobody pays for it otherwise.
+local FEED_MAXLEN = 10000
+local function feed(kind, id)
+  if redis.call('EXISTS', P .. 'feed_on') == 1 then
+    redis.call('XADD', P .. 'feed', 'MAXLEN', '~', FEED_MAXLEN, '*', 'k', kind, 'd', id)
+  end
+end
+
 local function event(id, kind, data)
   redis.call('XADD', ekey(id), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'k', kind, 'd', cjson.encode(data))
+  if kind == 'status' then feed('job', id) end
 end
 
 -- Wake idle workers on every hub, but only when some worker is waiting (saves a publish per job

@@ -22,4 +22,5 @@ for _, held in ipairs(redis.call('HMGET', wk, 'current_job', 'relay_job')) do
     end
   end
 end
+feed('worker', worker)
 return 1

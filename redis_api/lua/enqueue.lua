@@ -62,6 +62,7 @@ place(id, score, now, {pid, owner, requires, ARGV[8], ARGV[9], ARGV[10]})
 if sched_ms > 0 then redis.call('ZADD', P .. 'schedcheck', now + sched_ms, id) end
 if queue_ms > 0 then redis.call('ZADD', P .. 'qdeadlines', now + queue_ms, id) end
 redis.call('ZADD', P .. 'ids', 0, id)  -- every job id, for id-prefix lookups
+feed('job', id)
 -- No `queued` event: the events stream starts at the claim (a queued job costs one key, not two);
 -- the SSE route opens every stream with the `queued` status it leaves out.
 publish_work(now)

@@ -63,4 +63,5 @@ for i, field in ipairs({'current_job', 'relay_job'}) do
 end
 if resumed == 0 and (held[1] or '') ~= '' then redis.call('HSET', wk, 'current_job', '') end
 if relay_resumed == 0 and (held[2] or '') ~= '' then redis.call('HSET', wk, 'relay_job', '') end
+feed('worker', worker)
 return {resumed, relay_resumed}

@@ -22,6 +22,7 @@ else
   if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
   redis.call('HSET', jkey(id), 'progress', ARGV[7])
   if ARGV[9] == '1' then webhook_outbox(id, 'job.progress', now) end
+  feed('progress', id)  -- at the hub's throttle, like the hash
 end
 -- Any sign of life from the worker is as good as a heartbeat.
 redis.call('ZADD', P .. 'running', now + lease_ms, id)

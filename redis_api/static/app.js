@@ -99,7 +99,7 @@ async function followFeed() {
   let delay = 500;
   for (;;) {
     feedAbort = new AbortController();
-    const query = new URLSearchParams({ topics: "workers,queue,jobs", limit: "200" });
+    const query = new URLSearchParams({ topics: "workers,queue,jobs", limit: String(JOB_LIST_LIMIT) });
     if (state.status) query.set("status", state.status);
     try {
       const response = await api(`/events?${query}`, {
@@ -138,10 +138,38 @@ function onFeedEvent(kind, data) {
     state.jobs = data.jobs;
     renderJobs();
     const open = state.detail && data.jobs.find((job) => job.id === state.detail.id);
-    if (open && (open.status !== state.detail.status || changed(open, state.detail))) {
-      openJob(open.id, false);
-    }
+    if (open) refreshDetail(open);
+  } else if (kind === "job") {
+    upsertJob(data.job);
+    renderJobs();
+    if (state.detail && data.job.id === state.detail.id) refreshDetail(data.job);
   }
+}
+
+function refreshDetail(job) {
+  if (job.status !== state.detail.status || changed(job, state.detail)) openJob(job.id, false);
+}
+
+// The list as GET /jobs orders it: queued (priority, then age), running, then finished
+// newest first; a changed job moves into, within or out of the filtered list.
+const JOB_LIST_LIMIT = 200;
+const ACTIVE_RANK = { queued: 0, assigned: 1, running: 1 };
+function jobOrder(a, b) {
+  const ra = ACTIVE_RANK[a.status] ?? 2;
+  const rb = ACTIVE_RANK[b.status] ?? 2;
+  if (ra !== rb) return ra - rb;
+  if (ra === 0) return (b.priority - a.priority) || (a.created_at - b.created_at);
+  if (ra === 1) return (a.started_at || 0) - (b.started_at || 0);
+  return (b.finished_at || 0) - (a.finished_at || 0);
+}
+
+function upsertJob(job) {
+  const at = state.jobs.findIndex((other) => other.id === job.id);
+  if (at >= 0) state.jobs.splice(at, 1);
+  if (state.status && job.status !== state.status) return;
+  const before = state.jobs.findIndex((other) => jobOrder(job, other) < 0);
+  state.jobs.splice(before < 0 ? state.jobs.length : before, 0, job);
+  state.jobs.length = Math.min(state.jobs.length, JOB_LIST_LIMIT);
 }
 
 function changed(a, b) {

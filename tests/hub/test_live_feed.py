@@ -4,6 +4,7 @@ the static page (shipped in the package, served with a strict CSP, open without 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -11,11 +12,15 @@ import pytest
 
 from tests.fixtures.http import sse_events
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, submit
+from tests.hub.helpers import WORKFLOW, call, submit
 from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.messages import Progress
 
 pytestmark = pytest.mark.redis
+
+
+def _as(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
 
 
 async def test_one_stream_carries_workers_queue_and_jobs(hub_factory: HubFactory) -> None:
@@ -108,3 +113,111 @@ async def test_the_page_is_served_from_the_package_with_a_strict_policy(
             assert response.status == 401  # the data needs the key
         async with http.get(hub.url + "/events", headers={"Authorization": "Bearer k"}) as ok:
             assert ok.status == 200
+
+
+async def until_event(
+    events: Any, wanted: Any, seen: list[tuple[str, Any]], within: float = 10.0
+) -> tuple[str, Any]:
+    """Read events (into `seen`) until one satisfies `wanted(kind, data)`."""
+
+    async def scan() -> tuple[str, Any]:
+        async for kind, data in events:
+            seen.append((kind, data))
+            if wanted(kind, data):
+                return kind, data
+        raise AssertionError(f"the feed ended; seen: {seen}")
+
+    return await asyncio.wait_for(scan(), within)
+
+
+def job_is(job_id: str, status: str) -> Any:
+    return lambda kind, data: (
+        kind == "job" and data["job"]["id"] == job_id and (data["job"]["status"] == status)
+    )
+
+
+async def test_changes_are_pushed_as_they_happen_not_polled(hub_factory: HubFactory) -> None:
+    """No timer can deliver them (live_interval_s is an hour): each change of the job reaches
+    the viewer, in order, because the script that made it wrote the feed."""
+    hub = await hub_factory(live_interval_s=3600)
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    url = f"{hub.url}/events?topics=jobs,queue"
+    seen: list[tuple[str, Any]] = []
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        events = sse_events(response)
+        await until_event(events, lambda kind, data: kind == "queue", seen)
+        await until_event(events, lambda kind, data: kind == "jobs", seen)
+        assert seen[-1][1]["jobs"] == []  # the snapshot at connect
+        job = await submit(hub.url)
+        await until_event(events, job_is(job["id"], "queued"), seen)
+        counted = await until_event(
+            events, lambda kind, data: kind == "queue" and data["counts"]["queued"] == 1, seen
+        )
+        assert counted[1]["counts"]["succeeded"] == 0
+        taken = await worker.take_job()
+        await worker.send(Progress(taken.job_id, taken.token, "3", 1, 4))
+        _, progressed = await until_event(
+            events,
+            lambda kind, data: kind == "job" and (data["job"]["progress"] or {}).get("value") == 1,
+            seen,
+        )
+        assert progressed["job"]["status"] == "running"
+        assert (await worker.complete(taken)).ok
+        await until_event(events, job_is(job["id"], "succeeded"), seen)
+    statuses = [data["job"]["status"] for kind, data in seen if kind == "job"]
+    assert statuses[0] == "queued" and statuses[-1] == "succeeded"
+    assert set(statuses) == {"queued", "running", "succeeded"}
+    assert statuses == sorted(statuses, key=["queued", "running", "succeeded"].index)
+    await worker.close()
+
+
+async def test_a_key_never_sees_another_keys_jobs_on_the_feed(hub_factory: HubFactory) -> None:
+    alice, bob, root = "alice-feed-1", "bob-feed-2", "root-feed-3"
+    hub = await hub_factory(
+        api_keys=(f"alice:{alice}", f"bob:{bob}"),
+        admin_api_keys=(f"root:{root}",),
+        worker_token="wt-feed",
+        live_interval_s=3600,
+    )
+    worker = ProtocolWorker(hub.url, token="wt-feed")
+    await worker.connect()
+    theirs = await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW}, _as(bob))
+    assert theirs[0] == 201
+    async with aiohttp.ClientSession() as http:
+        feeds = [
+            await http.get(f"{hub.url}/events", headers=_as(secret)) for secret in (alice, root)
+        ]
+        streams = [sse_events(feed) for feed in feeds]
+        seen: list[list[tuple[str, Any]]] = [[], []]
+        for events, log in zip(streams, seen, strict=True):
+            await until_event(events, lambda kind, data: kind == "jobs", log)
+        # Bob's job runs and ends, then Alice's is submitted: by the time Alice's arrives, any
+        # of Bob's changes would have arrived before it (one stream, in order).
+        taken = await worker.take_job()
+        await worker.send(Progress(taken.job_id, taken.token, "3", 1, 4))
+        assert (await worker.complete(taken)).ok
+        status, mine = await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW}, _as(alice))
+        assert status == 201
+        for events, log in zip(streams, seen, strict=True):
+            await until_event(events, job_is(mine["id"], "queued"), log)
+        for feed in feeds:
+            feed.close()
+    alice_saw, root_saw = (json.dumps(log) for log in seen)
+    assert theirs[1]["id"] not in alice_saw and '"bob"' not in alice_saw
+    assert theirs[1]["id"] in root_saw  # the admin key sees everyone's
+    tiles = [data for kind, data in seen[0] if kind == "workers"]
+    assert tiles and all(w["current_job"] != theirs[1]["id"] for t in tiles for w in t["workers"])
+    await worker.close()
+
+
+async def test_feed_viewers_count_against_max_event_streams(hub_factory: HubFactory) -> None:
+    hub = await hub_factory(max_event_streams=1)
+    async with aiohttp.ClientSession() as http, http.get(f"{hub.url}/events") as first:
+        assert first.status == 200
+        await first.content.readline()
+        status, body = await call(hub.url, "GET", "/events")
+        assert status == 429 and "MAX_EVENT_STREAMS" in body["error"]
+        job = await submit(hub.url)
+        status, _ = await call(hub.url, "GET", f"/jobs/{job['id']}/events")
+        assert status == 429  # one budget for job streams and feeds

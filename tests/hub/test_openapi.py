@@ -5,6 +5,7 @@ server-sent event's data) validates against the document (objects allow no undec
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -19,7 +20,7 @@ from redis_api.server import RunningHub
 from tests.fixtures.http import sse_events
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
-from tests.hub.helpers import WORKFLOW
+from tests.hub.helpers import WORKFLOW, eventually
 from tests.hub.worker_client import ProtocolWorker
 from wgpu_protocol.credentials import worker_credential
 from wgpu_protocol.messages import Progress
@@ -93,6 +94,11 @@ class Checker:
             if len(seen) >= count:
                 break
         return seen
+
+
+async def _feeds(hub: RunningHub) -> int:
+    """Feeds subscribed on this hub (each viewer subscribes before its snapshot)."""
+    return hub.hub.events.open_streams
 
 
 @pytest.fixture
@@ -231,7 +237,16 @@ async def test_the_document_describes_every_route_status_and_field(
     async with http.get(hub.url + "/events", headers={"X-API-Key": KEY}) as first:
         await first.content.readline()  # the one feed this hub allows is open
         await check.call(hub, "GET", "/events", "/events", 429)
+    # A change after the snapshot comes as a `job` event (the feed follows the hub's changes).
+    await eventually(lambda: _feeds(hub), lambda n: n == 0)  # the feed above has closed
+    watching = asyncio.create_task(
+        check.call(hub, "GET", "/events", "/events?topics=jobs", 200, events=2)
+    )
+    await eventually(lambda: _feeds(hub), lambda n: n == 1)
     await check.call(hub, "DELETE", item, f"/jobs/{queued['id']}", 200)
+    changed = await asyncio.wait_for(watching, 20)
+    assert [kind for kind, _ in changed] == ["jobs", "job"]
+    assert changed[1][1]["job"]["id"] == queued["id"]
 
     # The worker socket: 101 with the token, 401 without.
     ws_path = "/ws/worker/{worker_id}"
