@@ -9,6 +9,7 @@ on the test's event loop. Each test saves a screenshot under $WGPU_ARTIFACTS (de
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -26,7 +27,8 @@ from tests.fixtures.sim import SimFactory
 from tests.hub.helpers import call
 from tests.paths import REPO
 from tests.polling import eventually
-from tests.worker.harness import running_worker, worker_config
+from tests.worker.harness import PNG as INPUT_PNG
+from tests.worker.harness import REAL_INVERTED, invert_workflow, running_worker, worker_config
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser]
 
@@ -304,3 +306,81 @@ async def test_with_api_keys_the_page_asks_once_and_keeps_the_key_for_the_tab(
     assert not await asyncio.to_thread(
         js, page, "return document.querySelector('#key-dialog').open"
     )
+
+
+# [width, height, [r, g, b] at each of arguments[0]'s [x, y]] of the detail's first image, read
+# back through a canvas (the blob: URL is the hub's origin: the canvas is not tainted).
+IMAGE_PIXELS_JS = (
+    "const img = document.querySelector('#detail-outputs img');"
+    "if (!img || !img.complete || !img.naturalWidth) return null;"
+    "const canvas = document.createElement('canvas');"
+    "canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;"
+    "const context = canvas.getContext('2d');"
+    "context.drawImage(img, 0, 0);"
+    "return [img.naturalWidth, img.naturalHeight, arguments[0].map(([x, y]) =>"
+    " [...context.getImageData(x, y, 1, 1).data.slice(0, 3)])];"
+)
+DROP_FILE_JS = (  # drop a file (name, type, base64 bytes) on the drop zone, as a user would
+    "const [name, type, b64] = arguments;"
+    "const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));"
+    "const transfer = new DataTransfer();"
+    "transfer.items.add(new File([bytes], name, { type }));"
+    "const zone = document.querySelector('#drop-zone');"
+    "for (const kind of ['dragover', 'drop']) {"
+    "  zone.dispatchEvent(new DragEvent(kind, { dataTransfer: transfer, bubbles: true,"
+    "    cancelable: true }));"
+    "}"
+)
+
+
+async def test_submit_a_workflow_with_its_input_image_and_see_it_inverted(
+    hub_factory: HubFactory, sim_factory: SimFactory, page: Any, tmp_path: Path
+) -> None:
+    """Submit: pick a workflow JSON (API format), drop its input PNG, see it run, open it and
+    find the inverted image rendered, pixel for pixel as real ComfyUI made it (recorded)."""
+    hub = await hub_factory()
+    async with two_workers(hub, sim_factory, tmp_path):
+        await asyncio.to_thread(page.get, hub.url + "/")
+        await until(lambda: js(page, TILES_JS), lambda t: len(t) == 2, "two worker tiles")
+        workflow = tmp_path / "invert.json"
+        workflow.write_text(json.dumps(invert_workflow("in.png")))
+        await asyncio.to_thread(
+            lambda: page.find_element("css selector", "#file-input").send_keys(str(workflow))
+        )
+        png = base64.b64encode(INPUT_PNG).decode()
+        await asyncio.to_thread(js, page, DROP_FILE_JS, "in.png", "image/png", png)
+        await until(
+            lambda: js(page, "return document.querySelector('#submit-inputs').textContent"),
+            lambda text: "in.png" in text,
+            "the dropped input listed",
+        )
+        await asyncio.to_thread(lambda: page.find_element("css selector", "#submit-button").click())
+        job_id = await until(
+            lambda: js(page, "return document.querySelector('#submit-result').dataset.jobId || ''"),
+            bool,
+            "the submitted job's id",
+        )
+        statuses: list[str] = []
+
+        def row_status() -> str:
+            status = str(js(page, TILE_PROGRESS_JS, job_id)[0])
+            if status and (not statuses or statuses[-1] != status):
+                statuses.append(status)
+            return status
+
+        await until(row_status, lambda s: s == "succeeded", "the job succeeded in the list")
+        assert statuses[-1] == "succeeded" and set(statuses) <= {"queued", "running", "succeeded"}
+        await asyncio.to_thread(
+            lambda: page.find_element("css selector", f"#jobs tr[data-job-id='{job_id}']").click()
+        )
+        width, height, rgb, _ = REAL_INVERTED
+        points = [[0, 0], [width // 2, height // 2], [width - 1, height - 1], [3, height - 2]]
+        shown = await until(
+            lambda: js(page, IMAGE_PIXELS_JS, points), bool, "the inverted image rendered"
+        )
+        assert shown[:2] == [width, height]
+        expected = [list(rgb[3 * (y * width + x) : 3 * (y * width + x) + 3]) for x, y in points]
+        assert shown[2] == expected
+        _, job = await call(hub.url, "GET", f"/jobs/{job_id}")
+        assert job["status"] == "succeeded" and job["workflow"]["1"]["class_type"] == "LoadImage"
+        await asyncio.to_thread(screenshot, page, "dashboard-inverted.png")

@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
-from tests.hub.helpers import call, get_job, submit
+from tests.hub.helpers import call, get_job, job_status, submit
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
 from wgpu_protocol.messages import Progress
@@ -390,4 +390,45 @@ async def test_each_api_key_name_can_have_its_own_secret(
     assert verified(to_bob)["id"] == jobs["bob"]  # no secret of its own: WEBHOOK_SECRET
     with pytest.raises(Exception, match="signature"):
         verified(to_alice)
+    await worker.close()
+
+
+async def test_jobs_ended_by_the_hub_get_their_webhooks_too(
+    hub_factory: HubFactory, receivers: Receivers
+) -> None:
+    """job.timed_out (the reaper), job.dead (the last attempt failed), job.expired (not started
+    within queue_timeout_s) and job.unschedulable (no connected worker can take it): signed,
+    once each, the body the job JSON with that status; the job JSON shows the delivery."""
+    port = await receivers.add()
+    url = f"http://127.0.0.1:{port}/hook"
+    hub = await hub_factory(**LOCAL, lease_s=30)
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    nowhere = {"machine_id": "nowhere"}  # no worker fits: it stays queued
+    expired = await submit(hub.url, webhook_url=url, constraints=nowhere, queue_timeout_s=0.3)
+    unschedulable = await submit(
+        hub.url, webhook_url=url, constraints=nowhere, schedule_timeout_s=0.3
+    )
+    timed_out = await submit(hub.url, webhook_url=url, timeout_s=0.3)
+    await worker.take_job()  # and never reports: the reaper ends it
+    await job_status(hub.url, timed_out["id"], "timed_out")
+    dead = await submit(hub.url, webhook_url=url, max_attempts=1)
+    assert (await worker.fail(await worker.take_job(), retryable=True)).ok
+
+    jobs = {"job.expired": expired, "job.unschedulable": unschedulable}
+    jobs |= {"job.timed_out": timed_out, "job.dead": dead}
+    for job in jobs.values():
+        state = await webhook_of(hub, job["id"], lambda w: w["delivered_at"] is not None)
+        assert state["attempts"] == 1 and state["last_status"] == 200
+        assert state["next_attempt_at"] is None
+    events = [verified(c) for c in receivers.calls]
+    assert sorted(e["event"] for e in events) == sorted(jobs)  # once each
+    errors = {"job.expired": "expired", "job.unschedulable": "unschedulable"}
+    errors |= {"job.timed_out": "timeout", "job.dead": "execution_error"}
+    for event in events:
+        job = jobs[event["event"]]
+        assert event["id"] == job["id"] and event["status"] == event["event"].removeprefix("job.")
+        assert event["error"]["type"] == errors[event["event"]]
+    _, text = await call(hub.url, "GET", "/metrics")
+    assert 'wgpu_webhook_deliveries_total{outcome="delivered"} 4' in text
     await worker.close()

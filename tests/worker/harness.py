@@ -13,10 +13,27 @@ from typing import Any
 import aiohttp
 from comfy_worker import Worker, WorkerConfig
 
+from comfyui_sim.png import decode_png
 from tests.fixtures.http import sse_events
+from tests.fixtures.sim_traffic import RECORDED
 from tests.polling import eventually
 
 DEADLINE_S = 15.0
+
+# The input-file workflow (LoadImage -> ImageInvert -> SaveImage) and its recorded PNGs: the
+# input, and what real ComfyUI made of it. Used by the worker's and the dashboard's tests.
+PNG = (RECORDED / "upload_image_in.png").read_bytes()  # real, with PNG row filters
+REAL_INVERTED = decode_png((RECORDED / "upload_image_uploaded_00001_.png").read_bytes())
+
+
+def invert_workflow(name: str = "in.png") -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+    }
+
+
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "dead"}
 
 

@@ -19,22 +19,16 @@ from comfyui_sim.media_nodes import INVERT_TABLE
 from comfyui_sim.png import decode_png
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.fixtures.sim_traffic import RECORDED
 from tests.hub.worker_client import ProtocolWorker
-from tests.worker.harness import HubClient, running_worker, worker_config
+from tests.worker.harness import (
+    PNG,
+    REAL_INVERTED,
+    HubClient,
+    invert_workflow,
+    running_worker,
+    worker_config,
+)
 from wgpu_protocol.credentials import worker_credential
-
-PNG = (RECORDED / "upload_image_in.png").read_bytes()  # real, with PNG row filters
-# What real ComfyUI made of it (LoadImage -> ImageInvert -> SaveImage), recorded.
-REAL_INVERTED = decode_png((RECORDED / "upload_image_uploaded_00001_.png").read_bytes())
-
-
-def invert_workflow(name: str = "in.png") -> dict[str, Any]:
-    return {
-        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
-    }
 
 
 @pytest.fixture
