@@ -24,6 +24,7 @@ from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.services import service_missing
 from tests.fixtures.sim import SimFactory
+from tests.fixtures.sim_traffic import WORKFLOWS
 from tests.hub.helpers import call
 from tests.paths import REPO
 from tests.polling import eventually
@@ -369,7 +370,12 @@ async def test_submit_a_workflow_with_its_input_image_and_see_it_inverted(
             return status
 
         await until(row_status, lambda s: s == "succeeded", "the job succeeded in the list")
-        assert statuses[-1] == "succeeded" and set(statuses) <= {"queued", "running", "succeeded"}
+        assert statuses[-1] == "succeeded" and set(statuses) <= {
+            "queued",
+            "assigned",
+            "running",
+            "succeeded",
+        }
         await asyncio.to_thread(
             lambda: page.find_element("css selector", f"#jobs tr[data-job-id='{job_id}']").click()
         )
@@ -384,3 +390,42 @@ async def test_submit_a_workflow_with_its_input_image_and_see_it_inverted(
         _, job = await call(hub.url, "GET", f"/jobs/{job_id}")
         assert job["status"] == "succeeded" and job["workflow"]["1"]["class_type"] == "LoadImage"
         await asyncio.to_thread(screenshot, page, "dashboard-inverted.png")
+
+
+MEDIA_JS = (  # [tag, blob: src?, caption] of each output the job detail shows
+    "return [...document.querySelectorAll('#detail-outputs .output')].map(box => {"
+    "  const media = box.querySelector('img, video, audio');"
+    "  return [media ? media.tagName.toLowerCase() : '',"
+    "    media ? media.src.startsWith('blob:') : false,"
+    "    media && media.tagName === 'IMG' && media.complete ? media.naturalWidth : 0,"
+    "    (box.querySelector('.caption') || {}).textContent || ''];"
+    "})"
+)
+
+
+async def test_animated_images_and_video_preview_inline(
+    hub_factory: HubFactory, sim_factory: SimFactory, page: Any, tmp_path: Path
+) -> None:
+    """An animated PNG renders as an image, an mp4 as a <video> (the simulator's mp4 is not a
+    playable encoding: the element and its blob are what is checked), each downloadable."""
+    hub = await hub_factory()
+    async with two_workers(hub, sim_factory, tmp_path):
+        for name, tag, kind in (
+            ("animated_png.json", "img", "image/png"),
+            ("video_mp4.json", "video", "video/mp4"),
+        ):
+            workflow = json.loads((WORKFLOWS / name).read_text())
+            status, job = await call(hub.url, "POST", "/jobs?wait=30", {"workflow": workflow})
+            assert status == 200 and job["status"] == "succeeded", job
+            await asyncio.to_thread(page.get, f"{hub.url}/#job={job['id']}")
+
+            def ready(boxes: list[Any], tag: str = tag) -> bool:
+                if not boxes or boxes[0][0] != tag or not boxes[0][3]:
+                    return False
+                return tag != "img" or boxes[0][2] > 0
+
+            shown = await until(lambda: js(page, MEDIA_JS), ready, f"{name}'s output inline")
+            ((_, from_blob, _, caption),) = shown
+            assert from_blob and kind in caption, shown
+            await asyncio.to_thread(js, page, "window.scrollTo(0, 0)")
+        await asyncio.to_thread(screenshot, page, "dashboard-video.png")

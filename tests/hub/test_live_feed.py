@@ -14,7 +14,7 @@ from tests.fixtures.http import sse_events
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import WORKFLOW, call, submit
 from tests.hub.worker_client import ProtocolWorker
-from wgpu_protocol.messages import Progress
+from wgpu_protocol.messages import ExecutionStarted, Progress
 
 pytestmark = pytest.mark.redis
 
@@ -140,7 +140,7 @@ async def test_changes_are_pushed_as_they_happen_not_polled(hub_factory: HubFact
     """No timer can deliver them (live_interval_s is an hour): each change of the job reaches
     the viewer, in order, because the script that made it wrote the feed."""
     hub = await hub_factory(live_interval_s=3600)
-    worker = ProtocolWorker(hub.url)
+    worker = ProtocolWorker(hub.url, execution_started=True)
     await worker.connect()
     url = f"{hub.url}/events?topics=jobs,queue"
     seen: list[tuple[str, Any]] = []
@@ -156,6 +156,9 @@ async def test_changes_are_pushed_as_they_happen_not_polled(hub_factory: HubFact
         )
         assert counted[1]["counts"]["succeeded"] == 0
         taken = await worker.take_job()
+        await until_event(events, job_is(job["id"], "assigned"), seen)
+        await worker.send(ExecutionStarted(taken.job_id, taken.token, "prompt-1"))
+        await until_event(events, job_is(job["id"], "running"), seen)
         await worker.send(Progress(taken.job_id, taken.token, "3", 1, 4))
         _, progressed = await until_event(
             events,
@@ -167,8 +170,8 @@ async def test_changes_are_pushed_as_they_happen_not_polled(hub_factory: HubFact
         await until_event(events, job_is(job["id"], "succeeded"), seen)
     statuses = [data["job"]["status"] for kind, data in seen if kind == "job"]
     assert statuses[0] == "queued" and statuses[-1] == "succeeded"
-    assert set(statuses) == {"queued", "running", "succeeded"}
-    assert statuses == sorted(statuses, key=["queued", "running", "succeeded"].index)
+    order = ["queued", "assigned", "running", "succeeded"]
+    assert set(statuses) == set(order) and statuses == sorted(statuses, key=order.index)
     await worker.close()
 
 

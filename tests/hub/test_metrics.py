@@ -13,7 +13,7 @@ from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import call, get_job, job_status, submit
 from tests.hub.worker_client import ProtocolWorker
 from tests.paths import REPO
-from wgpu_protocol.messages import Cancel, Released
+from wgpu_protocol.messages import Cancel, ExecutionStarted, Released
 
 pytestmark = pytest.mark.redis
 
@@ -145,3 +145,26 @@ async def test_every_ended_attempt_counts_once_whichever_hub_ends_it(
         # The timed-out attempt ran at least its timeout (Redis' clock, claim to the reaper).
         assert got['wgpu_job_duration_seconds_sum{outcome="timed_out"}'] >= 0.3
         assert got['wgpu_job_duration_seconds_bucket{outcome="timed_out",le="0.1"}'] == 0
+
+
+async def test_wait_and_duration_split_at_execution_start(hub_factory: HubFactory) -> None:
+    """Wait: enqueue to ComfyUI's execution_start (the time `assigned` included); duration:
+    from there to the end; together the job's whole life, to the millisecond."""
+    hub = await hub_factory(lease_s=30)
+    worker = ProtocolWorker(hub.url, execution_started=True)
+    await worker.connect()
+    job = await submit(hub.url)
+    taken = await worker.take_job()
+    await job_status(hub.url, job["id"], "assigned")
+    await worker.send(ExecutionStarted(taken.job_id, taken.token, "prompt-1"))
+    await job_status(hub.url, job["id"], "running")
+    assert (await worker.complete(taken)).ok
+    done = await get_job(hub.url, job["id"])
+    _, text = await call(hub.url, "GET", "/metrics")
+    got = samples(text)
+    wait = got['wgpu_job_queue_wait_seconds_sum{outcome="succeeded"}']
+    ran = got['wgpu_job_duration_seconds_sum{outcome="succeeded"}']
+    assert wait == pytest.approx(done["running_at"] - done["created_at"], abs=0.0015)
+    assert ran == pytest.approx(done["finished_at"] - done["running_at"], abs=0.0015)
+    assert done["running_at"] > done["started_at"]  # it was assigned for a while first
+    await worker.close()
