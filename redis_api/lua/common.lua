@@ -215,8 +215,9 @@ end
 
 -- What backpressure counts (enqueue.lua refuses beyond the limits), kept with the `queue` set:
 -- workflow bytes queued in all, and jobs and bytes queued per owner (API key name).
-local function queue_count(id, sign)
-  local f = redis.call('HMGET', jkey(id), 'owner', 'wf_bytes')
+-- `f`: the job's {owner, wf_bytes} when the caller has read them already.
+local function queue_count(id, sign, f)
+  f = f or redis.call('HMGET', jkey(id), 'owner', 'wf_bytes')
   local bytes = tonumber(f[2]) or 0
   if bytes ~= 0 and redis.call('INCRBY', P .. 'queued_bytes', sign * bytes) <= 0 then
     redis.call('DEL', P .. 'queued_bytes')  -- an empty queue leaves no key behind
@@ -231,34 +232,34 @@ local function queue_count(id, sign)
   end
 end
 
-local function queue_add(id, score)
-  if redis.call('ZADD', P .. 'queue', score, id) == 1 then queue_count(id, 1) end
+local function queue_add(id, score, f)
+  if redis.call('ZADD', P .. 'queue', score, id) == 1 then queue_count(id, 1, f) end
 end
 
-local function queue_remove(id)
-  if redis.call('ZREM', P .. 'queue', id) == 1 then queue_count(id, -1) end
+local function queue_remove(id, f)
+  if redis.call('ZREM', P .. 'queue', id) == 1 then queue_count(id, -1, f) end
 end
 
 -- Worker registrations expire: a day after the last heartbeat, or an hour for a worker that
 -- never completed a job (so that ids made up by a client do not pile up).
-local function expire_worker(wk)
-  local done = tonumber(redis.call('HGET', wk, 'jobs_done')) or 0
+local function expire_worker(wk, done)
+  done = done or tonumber(redis.call('HGET', wk, 'jobs_done')) or 0
   redis.call('PEXPIRE', wk, done > 0 and 86400000 or 3600000)
 end
 
 -- Lanes stay listed in powners while empty (a claim meets an empty one as an empty ZRANGE);
 -- the reaper forgets lanes and pools that stayed empty for a while (gc_pools).
-local function lane_add(id, pid, owner, score, now)
+local function lane_add(id, pid, owner, score, now, f)
   redis.call('ZADD', lanekey(pid, owner), score, id)
   if redis.call('SADD', P .. 'powners:' .. pid, owner) == 1 then
     redis.call('HSET', P .. 'lserved', pid .. ':' .. owner, now)
   end
-  queue_add(id, score)
+  queue_add(id, score, f)
 end
 
-local function lane_remove(id, pid, owner)
+local function lane_remove(id, pid, owner, f)
   redis.call('ZREM', lanekey(pid, owner), id)
-  queue_remove(id)
+  queue_remove(id, f)
 end
 
 -- Forgets lanes empty and unserved for idle_ms, and pools without lanes. Looks at `count`
@@ -280,31 +281,41 @@ local function gc_pools(now, idle_ms, count)
 end
 
 -- Puts a job (its hash already written) in its pool's lane, creating the pool if needed.
--- `j` = {pool, owner, requires JSON, c_machine, c_gpu, c_vram} (read from the hash if nil).
+-- `j` = {pool, owner, requires JSON, c_machine, c_gpu, c_vram[, wf_bytes]} (read from the hash
+-- if nil).
 local function place(id, score, now, j)
   j = j or redis.call('HMGET', jkey(id), 'pool', 'owner', 'requires', 'c_machine', 'c_gpu',
     'c_vram')
   local pid, owner = j[1] or '', j[2] or ''
   ensure_pool(pid, req_lines(j[3]), j[4], j[5], j[6], now)
-  lane_add(id, pid, owner, score, now)
+  lane_add(id, pid, owner, score, now, j[7] and {owner, j[7]})  -- j[7]: wf_bytes, if known
 end
 
-local function add_history(id, attempt, worker, outcome, err)
+-- `into`: a list of hash fields the caller writes itself (one HSET fewer), else written here.
+local function add_history(id, attempt, worker, outcome, err, into)
   local raw = redis.call('HGET', jkey(id), 'history')
   local history = {}
   if raw and raw ~= '' then history = cjson.decode(raw) end
   local entry = {attempt = tonumber(attempt) or 0, worker_id = worker, outcome = outcome}
   if err then entry['error'] = err else entry['error'] = cjson.null end
   history[#history + 1] = entry
-  redis.call('HSET', jkey(id), 'history', cjson.encode(history))
+  if into then
+    into[#into + 1] = 'history'
+    into[#into + 1] = cjson.encode(history)
+  else
+    redis.call('HSET', jkey(id), 'history', cjson.encode(history))
+  end
 end
 
 local function clear_worker_job(worker, id)
   if not worker or worker == '' then return end
   local w = redis.call('HMGET', wkey(worker), 'current_job', 'relay_job', 'state')
   if w[1] == id then
-    redis.call('HSET', wkey(worker), 'current_job', '')
-    if w[3] == 'busy' then redis.call('HSET', wkey(worker), 'state', 'idle') end
+    if w[3] == 'busy' then
+      redis.call('HSET', wkey(worker), 'current_job', '', 'state', 'idle')
+    else
+      redis.call('HSET', wkey(worker), 'current_job', '')
+    end
   elseif w[2] == id then
     redis.call('HSET', wkey(worker), 'relay_job', '')  -- pipelining: its relay ended
   end
@@ -336,14 +347,15 @@ end
 
 -- Ends an attempt's worker bookkeeping: off the running/deadline sets, history, worker cleared,
 -- the owner's running count down; observed in the histograms under `label` (default: outcome;
--- false: the caller observes it once it knows, with the timings returned second).
-local function end_attempt(id, now, outcome, err, label)
+-- false: the caller observes it once it knows, with the timings returned second). `into`: see
+-- add_history.
+local function end_attempt(id, now, outcome, err, label, into)
   local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner', 'pool',
     'enqueued_ms', 'started_ms', 'running_ms')
   redis.call('ZREM', P .. 'running', id)
   redis.call('ZREM', P .. 'assigned', id)
   redis.call('ZREM', P .. 'deadlines', id)
-  add_history(id, j[1], j[2] or '', outcome, err)
+  add_history(id, j[1], j[2] or '', outcome, err, into)
   clear_worker_job(j[2], id)
   if j[2] and j[2] ~= '' and j[4] then refresh_pool_warm(j[4], j[2]) end
   if j[3] and j[3] ~= '' and tonumber(redis.call('HINCRBY', P .. 'orun', j[3], -1)) <= 0 then
@@ -356,8 +368,9 @@ end
 
 -- Webhook outbox (redis_api/webhooks.py delivers it): a delivery record `wh:<job>.<event>` and
 -- its due time in `wh:due`, written in the same script that ends the job, so no end is lost.
-local function webhook_outbox(id, event, now)
-  local f = redis.call('HMGET', jkey(id), 'webhook_url', 'wh_events')
+-- `f`: the job's {webhook_url, wh_events} when the caller has read them already.
+local function webhook_outbox(id, event, now, f)
+  f = f or redis.call('HMGET', jkey(id), 'webhook_url', 'wh_events')
   if not f[1] or f[1] == '' then return end
   -- `webhook_events` given at submit: only those; else every final event (no progress).
   local chosen = f[2] and f[2] ~= ''
@@ -370,15 +383,23 @@ local function webhook_outbox(id, event, now)
   if event ~= 'job.progress' then redis.call('HSET', jkey(id), 'wh_next_ms', now) end
 end
 
--- Moves a job to a terminal state and starts its result TTL.
-local function finish(id, status, now, ttl_ms, err)
+-- Moves a job to a terminal state and starts its result TTL. `ended`: end_attempt already took
+-- it off the running/assigned/deadline sets; `extra`: more hash fields to write with the status.
+local function finish(id, status, now, ttl_ms, err, ended, extra)
   local key = jkey(id)
-  local was = redis.call('HMGET', key, 'status', 'pool', 'owner')
+  local was = redis.call('HMGET', key, 'status', 'pool', 'owner', 'idempotency_key', 'webhook_url',
+    'wh_events')
   if was[1] == 'queued' then lane_remove(id, was[2] or '', was[3] or '') end
-  redis.call('ZREM', P .. 'running', id)
-  redis.call('ZREM', P .. 'assigned', id)
-  redis.call('ZREM', P .. 'deadlines', id)
-  local fields = {'status', status, 'finished_ms', now}
+  if not ended then
+    redis.call('ZREM', P .. 'running', id)
+    redis.call('ZREM', P .. 'assigned', id)
+    redis.call('ZREM', P .. 'deadlines', id)
+  end
+  local fields = extra or {}
+  fields[#fields + 1] = 'status'
+  fields[#fields + 1] = status
+  fields[#fields + 1] = 'finished_ms'
+  fields[#fields + 1] = now
   if err then
     fields[#fields + 1] = 'error'
     fields[#fields + 1] = cjson.encode(err)
@@ -390,9 +411,9 @@ local function finish(id, status, now, ttl_ms, err)
   redis.call('PEXPIRE', key, ttl_ms)
   redis.call('PEXPIRE', ekey(id), ttl_ms)
   redis.call('PEXPIRE', wfkey(id), ttl_ms)
-  local idem = redis.call('HGET', key, 'idempotency_key')
+  local idem = was[4]
   if idem and idem ~= '' then redis.call('PEXPIRE', P .. 'idem:' .. idem, ttl_ms) end
-  webhook_outbox(id, 'job.' .. status, now)
+  webhook_outbox(id, 'job.' .. status, now, {was[5], was[6]})
 end
 
 -- Puts a job back in its place in the queue (its original score: retries keep their turn).
@@ -713,18 +734,19 @@ local function claim_for(worker, lease_ms, now, opts)
   local key = jkey(id)
   -- The fencing token: random, chosen by the hub (opts[4]), so it cannot be guessed.
   local token = opts[4] or redis.call('INCR', P .. 'seq')
-  local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-  local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras')
+  local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras', 'attempts',
+    'owner', 'wf_bytes')
+  local attempt = (tonumber(f[5]) or 0) + 1
   f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub
   -- `assigned` until the worker says ComfyUI began executing it (record_running).
   redis.call('HSET', key, 'status', 'assigned', 'token', token, 'worker_id', worker,
-    'started_ms', now, 'running_ms', '', 'progress', '', 'prompt_id', '')
+    'started_ms', now, 'running_ms', '', 'progress', '', 'prompt_id', '', 'attempts', attempt)
   if pick.req == nil then pick.req = redis.call('HGET', poolkey(pick.pid), 'req') or '' end
   -- When the lane was last served (affinity reads it; gc_pools forgets idle lanes by it).
   if pick.req ~= '' then
     redis.call('HSET', P .. 'lserved', pick.pid .. ':' .. pick.owner, now)
   end
-  lane_remove(id, pick.pid, pick.owner)
+  lane_remove(id, pick.pid, pick.owner, {f[6], f[7]})
   if pick.owner ~= '' then redis.call('HINCRBY', P .. 'orun', pick.owner, 1) end
   -- The worker is loading the job's models: while it runs, the pool's other jobs may wait for
   -- it as for a warm GPU (its warm set itself changes only when it reports one).

@@ -12,18 +12,22 @@ local refused = check_owner(id, token, worker)
 if refused then return {refused} end
 local now = now_ms()
 if ARGV[7] ~= '' then record_started(id, worker, ARGV[7]) end
-end_attempt(id, now, 'succeeded', nil)
-redis.call('HSET', jkey(id), 'outputs', ARGV[5], 'error', '')
-if ARGV[12] and ARGV[12] ~= '' then redis.call('HSET', jkey(id), 'results', ARGV[12]) end
+-- The job's fields are written once, with its status (finish): history, outputs, results.
+local fields = {'outputs', ARGV[5], 'error', ''}
+end_attempt(id, now, 'succeeded', nil, nil, fields)
+if ARGV[12] and ARGV[12] ~= '' then
+  fields[#fields + 1] = 'results'
+  fields[#fields + 1] = ARGV[12]
+end
 for _, output in ipairs(cjson.decode(ARGV[5])) do event(id, 'output', output) end
 -- A success ends a run of failures (quarantine counts consecutive ones).
-if tonumber(redis.call('HINCRBY', wkey(worker), 'jobs_done', 1)) > 0 and
-    redis.call('HGET', wkey(worker), 'fail_streak') then
+local done = tonumber(redis.call('HINCRBY', wkey(worker), 'jobs_done', 1))
+if done > 0 and redis.call('HGET', wkey(worker), 'fail_streak') then
   redis.call('HDEL', wkey(worker), 'fail_streak')
   redis.call('DEL', P .. 'wfailed:' .. worker)
 end
-expire_worker(wkey(worker))
-finish(id, 'succeeded', now, ttl_ms, nil)
+expire_worker(wkey(worker), done)
+finish(id, 'succeeded', now, ttl_ms, nil, true, fields)
 if ARGV[8] == '' then return {''} end
 local claimed = claim_for(worker, tonumber(ARGV[8]), now,
   {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[13]})

@@ -16,19 +16,23 @@ if idem ~= '' then
   end
 end
 local bytes = #ARGV[6]
-local function over(limit, current, add)
+-- Over a limit (0: none, and then nothing is read)? `read` gives the current count.
+local function over(limit, read, add)
   limit = tonumber(limit) or 0
-  return limit > 0 and (tonumber(current) or 0) + add > limit
+  return limit > 0 and (tonumber(read()) or 0) + add > limit
 end
-if over(ARGV[19], redis.call('ZCARD', P .. 'queue'), 1) then return {'', 0, 0, 'max_queued_jobs'} end
-if over(ARGV[20], redis.call('GET', P .. 'queued_bytes'), bytes) then
+if over(ARGV[19], function() return redis.call('ZCARD', P .. 'queue') end, 1) then
+  return {'', 0, 0, 'max_queued_jobs'}
+end
+if over(ARGV[20], function() return redis.call('GET', P .. 'queued_bytes') end, bytes) then
   return {'', 0, 0, 'max_queued_bytes'}
 end
 if owner ~= '' then
-  if over(ARGV[21], redis.call('HGET', P .. 'queued_jobs_by', owner), 1) then
+  if over(ARGV[21], function() return redis.call('HGET', P .. 'queued_jobs_by', owner) end, 1) then
     return {'', 0, 0, 'max_queued_jobs_per_key'}
   end
-  if over(ARGV[22], redis.call('HGET', P .. 'queued_bytes_by', owner), bytes) then
+  if over(ARGV[22], function() return redis.call('HGET', P .. 'queued_bytes_by', owner) end,
+      bytes) then
     return {'', 0, 0, 'max_queued_bytes_per_key'}
   end
 end
@@ -58,7 +62,7 @@ end
 redis.call('HSET', jkey(id), unpack(fields))
 redis.call('SET', wfkey(id), ARGV[6])
 if ARGV[18] and ARGV[18] ~= '' then redis.call('HSET', jkey(id), 'extras', ARGV[18]) end
-place(id, score, now, {pid, owner, requires, ARGV[8], ARGV[9], ARGV[10]})
+place(id, score, now, {pid, owner, requires, ARGV[8], ARGV[9], ARGV[10], bytes})
 if sched_ms > 0 then redis.call('ZADD', P .. 'schedcheck', now + sched_ms, id) end
 if queue_ms > 0 then redis.call('ZADD', P .. 'qdeadlines', now + queue_ms, id) end
 redis.call('ZADD', P .. 'ids', 0, id)  -- every job id, for id-prefix lookups
