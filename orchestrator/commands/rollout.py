@@ -26,6 +26,7 @@ from orchestrator.commands.options import (
     default_machine_id,
 )
 from orchestrator.console import ExitCode, err, fail, out
+from wgpu_protocol import worker_env
 
 # The hub client (aiohttp), Rich's live view and the update engine are imported by the
 # commands that use them, so that `wgpu --help` stays fast.
@@ -167,11 +168,12 @@ def progress_table(updates: list[SlotUpdate]) -> Table:
 
 
 def _hub_url_of(plan_env: dict[str, str]) -> str:
-    if plan_env.get("HUB_URL"):
-        return plan_env["HUB_URL"]
-    host = plan_env.get("REDIS_API_HOST", "127.0.0.1")
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    return f"http://{host}:{plan_env.get('REDIS_API_PORT', '8001')}"
+    if plan_env.get(worker_env.HUB_URL):
+        return plan_env[worker_env.HUB_URL]
+    host = plan_env.get(worker_env.HUB_HOST, worker_env.DEFAULT_HUB_HOST)
+    host = worker_env.DEFAULT_HUB_HOST if host in ("0.0.0.0", "") else host
+    port = plan_env.get(worker_env.HUB_PORT_VAR, str(worker_env.DEFAULT_HUB_PORT))
+    return f"http://{host}:{port}"
 
 
 def update(

@@ -127,7 +127,9 @@ def apply_change(plan: SlotPlan, change: Change, containers: bool = True) -> Slo
             comfyui = replace(comfyui, image=change.image)
     if change.comfyui_image and not simulated:
         if comfyui is None:
-            port = int(worker.env.get("EXECUTION_SERVICE_PORT", "8188"))
+            port = int(
+                worker.env.get(worker_env.COMFYUI_PORT, ports.comfyui_port(plan.slot.index))
+            )
             comfyui = ServicePlan(ROLE_COMFYUI, env={"PORT": str(port)}, port=port)
         comfyui = replace(comfyui, image=change.comfyui_image)
     if change.worker_src is not None:

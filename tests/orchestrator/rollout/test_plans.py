@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from orchestrator.gpus.slots import Slot
 from orchestrator.rollout.update import Change, apply_change, version_of
 from orchestrator.rollout.worker_src import MOUNT_POINT, WorkerSrcError, resolve_worker_src
 from tests.orchestrator.rollout.load import worker_tree
+from wgpu_protocol import worker_env
 
 SETTINGS = WorkerSettings(machine_id="m1", hub=HubAddress("http://hub:8001"), image="img:1")
 
@@ -52,6 +54,11 @@ def test_apply_change_changes_only_what_was_asked(tmp_path: Path) -> None:
     with_comfy = apply_change(plan, Change(comfyui_image="comfy:2"))
     assert with_comfy.comfyui is not None and with_comfy.comfyui.image == "comfy:2"
     assert with_comfy.comfyui.port == 8189 and with_comfy.worker == plan.worker
+    # A worker env without the port still puts the ComfyUI on its own GPU's port, not GPU 0's.
+    env = {k: v for k, v in plan.worker.env.items() if k != worker_env.COMFYUI_PORT}
+    bare = replace(plan, worker=replace(plan.worker, env=env))
+    bare_comfy = apply_change(bare, Change(comfyui_image="comfy:2")).comfyui
+    assert bare_comfy is not None and bare_comfy.port == 8189
     # A second tree replaces the first one's variables instead of adding to them.
     newer = resolve_worker_src(worker_tree(tmp_path / "newer", marker="newer"))
     again = apply_change(changed, Change(worker_src=newer))
