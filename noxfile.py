@@ -1,6 +1,6 @@
 """Developer sessions: `nox` runs lint, typecheck and tests; bench and chaos run on demand.
 
-Extra arguments go to the tool: `nox -s tests -- tests/orchestrator/test_count.py -x`.
+Extra arguments go to the tool: `nox -s tests -- tests/orchestrator/gpus/test_nvml.py -x`.
 `nox -s mutants` applies the curated mutations of mutants/mutations.toml (`-- -k fencing`).
 """
 
