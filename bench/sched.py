@@ -43,11 +43,17 @@ STEPS = 10
 ENDED = {"succeeded", "failed", "cancelled", "timed_out", "dead", "unschedulable", "expired"}
 
 
-def job_graph(ckpt: str, seed: int) -> dict[str, Any]:
+def txt2img(ckpt: str, seed: int = 1, steps: int = 2) -> dict[str, Any]:
+    """ComfyUI's default text-to-image graph (examples/txt2img.json) naming `ckpt`; the
+    scheduling tests use it too."""
     graph = copy.deepcopy(TXT2IMG)
     graph["4"]["inputs"]["ckpt_name"] = ckpt
-    graph["3"]["inputs"].update(seed=seed, steps=STEPS)
+    graph["3"]["inputs"].update(seed=seed, steps=steps)
     return graph
+
+
+def job_graph(ckpt: str, seed: int) -> dict[str, Any]:
+    return txt2img(ckpt, seed, STEPS)
 
 
 @contextlib.asynccontextmanager

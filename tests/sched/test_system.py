@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -16,29 +15,20 @@ import aiohttp
 import pytest
 from typer.testing import CliRunner
 
+from bench.sched import txt2img
 from comfyui_sim.server import RunningSim
 from orchestrator.cli import app
 from redis_api.server import RunningHub
 from redis_api.store import JobSpec, Store
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.paths import REPO
 from tests.polling import eventually
 from tests.worker.harness import HubClient, running_worker, worker_config
 from wgpu_protocol import models
 
 pytestmark = pytest.mark.redis
 
-TXT2IMG: dict[str, Any] = json.loads((REPO / "examples" / "txt2img.json").read_text())
 ENDED = {"succeeded", "failed", "cancelled", "timed_out", "dead", "unschedulable", "expired"}
-
-
-def txt2img(ckpt: str, seed: int = 1, steps: int = 2) -> dict[str, Any]:
-    """ComfyUI's default text-to-image graph naming `ckpt`."""
-    graph = copy.deepcopy(TXT2IMG)
-    graph["4"]["inputs"]["ckpt_name"] = ckpt
-    graph["3"]["inputs"].update(seed=seed, steps=steps)
-    return graph
 
 
 @contextlib.asynccontextmanager
