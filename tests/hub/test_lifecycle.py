@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from orchestrator.hub_client.client import parse_sse
+from tests.fixtures.http import serving
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import WORKFLOW, call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
@@ -139,12 +140,7 @@ async def test_priorities_then_fifo(hub_factory: HubFactory, any_redis_url: str)
 
     worker = ProtocolWorker(hub.url)
     await worker.connect()
-    order = []
-    for _ in expected:
-        assigned = await worker.take_job()
-        order.append(assigned.job_id)
-        assert (await worker.complete(assigned)).ok
-    assert order == expected
+    assert await worker.complete_each(len(expected)) == expected
     await worker.close()
 
 
@@ -305,16 +301,11 @@ async def test_webhook_gets_the_final_job(hub_factory: HubFactory) -> None:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as receiver:
         hub = await hub_factory(webhook_allowed_hosts=("127.0.0.1",))
         worker = ProtocolWorker(hub.url)
         await worker.connect()
-        job = await submit(hub.url, webhook_url=f"http://127.0.0.1:{port}/hook")
+        job = await submit(hub.url, webhook_url=f"{receiver}/hook")
         assert (await worker.complete(await worker.take_job())).ok
         called = await asyncio.wait_for(received.get(), 5)
         assert called["id"] == job["id"] and called["status"] == "succeeded"
@@ -322,10 +313,8 @@ async def test_webhook_gets_the_final_job(hub_factory: HubFactory) -> None:
         assert (await worker.complete(await worker.take_job())).ok
         assert (await get_job(hub.url, plain["id"]))["status"] == "succeeded"
         # Calls go out in the order jobs finish: the next one is for the job after `plain`.
-        after = await submit(hub.url, webhook_url=f"http://127.0.0.1:{port}/hook")
+        after = await submit(hub.url, webhook_url=f"{receiver}/hook")
         assert (await worker.complete(await worker.take_job())).ok
         called = await asyncio.wait_for(received.get(), 5)
         assert called["id"] == after["id"] and received.empty()
         await worker.close()
-    finally:
-        await runner.cleanup()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from redis_api.server import RunningHub
+from tests.fixtures.http import serving
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
 from tests.hub.helpers import call, get_job, job_status, submit
@@ -45,7 +47,7 @@ class Receivers:
 
     calls: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    runners: list[web.AppRunner] = field(default_factory=list)
+    servers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def add(self, handler: Handler | None = None, port: int = 0) -> int:
         async def record(request: web.Request) -> web.StreamResponse:
@@ -57,19 +59,14 @@ class Receivers:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", record)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        self.runners.append(runner)
-        return int(runner.addresses[0][1])
+        url = await self.servers.enter_async_context(serving(app, port, shutdown_timeout_s=0.5))
+        return int(url.rsplit(":", 1)[1])
 
     def to(self, path: str) -> list[Received]:
         return [c for c in self.calls if c.path == path]
 
     async def close(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
+        await self.servers.aclose()
 
 
 @pytest.fixture

@@ -169,6 +169,15 @@ class ProtocolWorker:
         await self.send(Completed(job.job_id, token, tuple(refs)))
         return await self.expect(Ack, job_id=job.job_id, of="completed")
 
+    async def complete_each(self, count: int) -> list[str]:
+        """Take and complete `count` jobs, one at a time: their ids in the order they came."""
+        order = []
+        for _ in range(count):
+            assigned = await self.take_job()
+            order.append(assigned.job_id)
+            assert (await self.complete(assigned)).ok
+        return order
+
     async def fail(
         self,
         job: JobAssigned,

@@ -51,6 +51,16 @@ def image_workflow(width: int = 64) -> dict[str, Any]:
     }
 
 
+def blob_workflow(size_bytes: int, prefix: str) -> dict[str, Any]:
+    """One output of `size_bytes` bytes (the simulator's WgpuSimBlob), named `prefix`*.bin."""
+    return {
+        "1": {
+            "class_type": "WgpuSimBlob",
+            "inputs": {"size_bytes": size_bytes, "filename_prefix": prefix, "extension": "bin"},
+        }
+    }
+
+
 def fault_workflow(mode: str, after_s: float = 0.0) -> dict[str, Any]:
     workflow = image_workflow()
     workflow["4"] = {

@@ -17,6 +17,7 @@ from yarl import URL
 
 from comfyui_sim.media_nodes import INVERT_TABLE
 from comfyui_sim.png import decode_png
+from tests.fixtures.http import serving
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.hub.worker_client import ProtocolWorker
@@ -44,13 +45,8 @@ async def file_server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/in.png", image)
     app.router.add_get("/redirect", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def upload(client: HubClient, multipart: bool) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 from comfyui_sim.png import decode_png
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.harness import HubClient, running_worker, worker_config
+from tests.worker.harness import HubClient, blob_workflow, running_worker, worker_config
 
 OUTPUT_FIELDS = {"name", "url", "size", "content_type", "sha256", "node_id", "kind", "subfolder"}
 GIB = 1 << 30
@@ -167,12 +167,7 @@ async def test_a_1_gib_output_streams_with_bounded_memory(
     hub = await hub_factory(outputs_dir=str(tmp_path / "hub-outputs"))
     sim = await sim_factory()
     client = HubClient(http, hub.url)
-    workflow = {
-        "1": {
-            "class_type": "WgpuSimBlob",
-            "inputs": {"size_bytes": size, "filename_prefix": "big/blob", "extension": "bin"},
-        }
-    }
+    workflow = blob_workflow(size, "big/blob")
     peak = 0
     sampling = True
 
@@ -216,12 +211,7 @@ async def test_an_output_over_max_output_bytes_fails_as_too_large(
     hub = await hub_factory(max_output_bytes=3 << 20)
     sim = await sim_factory()
     client = HubClient(http, hub.url)
-    workflow = {
-        "1": {
-            "class_type": "WgpuSimBlob",
-            "inputs": {"size_bytes": 5 << 20, "filename_prefix": "b", "extension": "bin"},
-        }
-    }
+    workflow = blob_workflow(5 << 20, "b")
     # The worker allows it, the hub does not: the hub's limit ends the attempt for good.
     async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
         job = await client.wait_for(await client.submit(workflow))

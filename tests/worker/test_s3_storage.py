@@ -18,7 +18,7 @@ from tests.fixtures.s3 import S3Bucket, S3Server
 from tests.fixtures.sim import SimFactory
 from tests.hub.test_webhooks import LOCAL, Receivers, receivers, verified
 from tests.worker import test_inputs, test_outputs
-from tests.worker.harness import HubClient, running_worker, worker_config
+from tests.worker.harness import HubClient, blob_workflow, running_worker, worker_config
 from tests.worker.test_inputs import file_server
 
 __all__ = ["file_server", "receivers"]
@@ -92,12 +92,7 @@ async def test_a_multipart_output_is_checked_and_served_by_redirect(
     hub = await hub_factory(storage_url=storage_url, output_redirect="presigned")
     sim = await sim_factory()
     client = HubClient(http, hub.url)
-    workflow = {
-        "1": {
-            "class_type": "WgpuSimBlob",
-            "inputs": {"size_bytes": size, "filename_prefix": "s3/blob", "extension": "bin"},
-        }
-    }
+    workflow = blob_workflow(size, "s3/blob")
     async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
         job = await client.wait_for(await client.submit(workflow), timeout_s=120.0)
     assert job["status"] == "succeeded", job
@@ -129,12 +124,7 @@ async def test_a_webhook_names_presigned_output_urls(
     sim = await sim_factory()
     port = await receivers.add()
     client = HubClient(http, hub.url)
-    workflow = {
-        "1": {
-            "class_type": "WgpuSimBlob",
-            "inputs": {"size_bytes": 4096, "filename_prefix": "hook/blob", "extension": "bin"},
-        }
-    }
+    workflow = blob_workflow(4096, "hook/blob")
     async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
         job_id = await client.submit(workflow, webhook_url=f"http://127.0.0.1:{port}/done")
         job = await client.wait_for(job_id, timeout_s=60.0)

@@ -17,15 +17,9 @@ from orchestrator.backends.base import (
     slot_plan_from_json,
 )
 from orchestrator.backends.docker_backend import DockerBackend
-from orchestrator.gpus.nvml import GpuDevice
 from orchestrator.gpus.slots import select_slots, simulated_slots
+from tests.orchestrator.gpus.devices import DEVICES
 from wgpu_protocol.credentials import worker_credential
-
-DEVICES = [
-    GpuDevice(0, "GPU-aaa", "NVIDIA H100", 81559),
-    GpuDevice(1, "GPU-bbb", "NVIDIA H100", 81559),
-    GpuDevice(2, "GPU-ccc", "NVIDIA H100", 81559),
-]
 
 
 def _backend() -> DockerBackend:

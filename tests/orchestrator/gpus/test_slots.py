@@ -13,15 +13,9 @@ from orchestrator.backends.base import (
 from orchestrator.backends.common import humanize_duration, parse_since
 from orchestrator.backends.docker_backend import parse_docker_time
 from orchestrator.errors import GpuNotFound, SlotError
-from orchestrator.gpus.nvml import GpuDevice
 from orchestrator.gpus.slots import parse_target, select_slots, slot_indices
+from tests.orchestrator.gpus.devices import DEVICES
 from wgpu_protocol.credentials import worker_credential
-
-DEVICES = [
-    GpuDevice(0, "GPU-aaa", "NVIDIA H100", 81559),
-    GpuDevice(1, "GPU-bbb", "NVIDIA H100", 81559),
-    GpuDevice(2, "GPU-ccc", "NVIDIA H100", 81559),
-]
 
 
 def test_all_gpus_nvml_sees_are_pinned_by_uuid() -> None:
