@@ -4,12 +4,13 @@ with an output missing; the sweeper deletes only what the hub made."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from redis_api.config import HubConfig
 from redis_api.errors import ConfigError, HubError, StorageError, StoreUnavailable
-from redis_api.server import start_hub
+from redis_api.server import RunningHub, start_hub
 from redis_api.storage import MARKER, LocalDirStorage
 from tests.fixtures.hub import TEST_DEFAULTS, HubFactory
 from tests.hub.helpers import get_job, job_status, submit
@@ -34,19 +35,27 @@ def test_hierarchy_has_one_root() -> None:
     assert not issubclass(StorageError, OSError)
 
 
-async def test_failed_output_write_is_a_storage_error(
-    hub_factory: HubFactory, tmp_path: Path
-) -> None:
+async def _output_write_fails(
+    hub_factory: HubFactory, tmp_path: Path, max_attempts: int
+) -> tuple[RunningHub, ProtocolWorker, dict[str, Any], JobAssigned, OutputFrame]:
+    """A job whose first output the hub cannot write: a file stands where the job's directory
+    (under tmp_path/out) should go, so the write fails with a real OSError."""
     outputs = tmp_path / "out"
     hub = await hub_factory(outputs_dir=str(outputs))
     worker = ProtocolWorker(hub.url)
     await worker.connect()
-    job = await submit(hub.url, max_attempts=2)
+    job = await submit(hub.url, max_attempts=max_attempts)
     assigned = await worker.take_job()
-    # A file where the job's directory should go: the write fails with a real OSError.
     (outputs / job["id"]).write_bytes(b"in the way")
     frame = OutputFrame(job["id"], assigned.token, "a.png", "image/png", b"png")
     await worker.send_raw(encode_output_frame(frame))
+    return hub, worker, job, assigned, frame
+
+
+async def test_failed_output_write_is_a_storage_error(
+    hub_factory: HubFactory, tmp_path: Path
+) -> None:
+    hub, worker, job, assigned, frame = await _output_write_fails(hub_factory, tmp_path, 2)
     cancel = await worker.expect(Cancel, job_id=job["id"])
     assert cancel.reason == "storage_error"
     await worker.send(Completed(job["id"], assigned.token, (frame.ref,)))
@@ -152,15 +161,8 @@ async def test_a_storage_failure_pauses_claims_on_that_hub(
 ) -> None:
     """A full disk must not burn every queued job's attempts in a second: after a storage
     failure the hub claims nothing for its workers for a while, then carries on."""
+    hub, worker, job, _, _ = await _output_write_fails(hub_factory, tmp_path, 3)
     outputs = tmp_path / "out"
-    hub = await hub_factory(outputs_dir=str(outputs))
-    worker = ProtocolWorker(hub.url)
-    await worker.connect()
-    job = await submit(hub.url, max_attempts=3)
-    assigned = await worker.take_job()
-    (outputs / job["id"]).write_bytes(b"in the way")
-    frame = OutputFrame(job["id"], assigned.token, "a.png", "image/png", b"png")
-    await worker.send_raw(encode_output_frame(frame))
     await worker.expect(Cancel, job_id=job["id"])
     assert hub.hub.dispatcher.paused
     await worker.ready()
