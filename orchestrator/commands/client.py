@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from orchestrator.backends.base import DEFAULT_HUB_URL
+from orchestrator.commands.common import hub_errors
 from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
 from orchestrator.console import ExitCode, err, fail, one_line, out
-from orchestrator.errors import HubError, HubUnreachable
 from orchestrator.hub_client.client import HubClient
 from orchestrator.hub_client.job_watch import (
     JobBoard,
@@ -41,22 +39,6 @@ STATUS_STYLE = {
     "unschedulable": "red",
     "expired": "red",
 }
-
-
-@contextmanager
-def hub_errors(hub_url: str) -> Iterator[None]:
-    """One line for the user when the hub does not answer or refuses."""
-    try:
-        yield
-    except HubUnreachable as exc:
-        fail(f"{exc}: start the stack with `wgpu up`, or pass --hub-url", ExitCode.UNREACHABLE)
-    except HubError as exc:
-        if exc.status == 404:
-            fail(f"not found: {exc}", ExitCode.NOT_FOUND)
-        if exc.status in (401, 403):
-            fail(f"the hub at {hub_url} refused the key: pass --api-key", ExitCode.USAGE)
-        code = ExitCode.USAGE if exc.status in (400, 413) else ExitCode.FAILED
-        fail(f"the hub at {hub_url} refused: {exc}", code)
 
 
 def submit(

@@ -18,6 +18,7 @@ import typer
 from orchestrator.backends.base import ActionResult, Backend, Outcome
 from orchestrator.commands.options import BackendKind, SimModels
 from orchestrator.console import ExitCode, err, fail, out, warn
+from orchestrator.errors import HubError, HubUnreachable
 from orchestrator.gpus.slots import Selection, select_slots, slot_indices
 
 
@@ -137,3 +138,24 @@ def parse_sim_models(value: str | None, simulate: int | None) -> SimModels:
             f"--sim-models names slot {outside[0]}, but --simulate {simulate} has 0..{simulate - 1}"
         )
     return tuple((slot, tuple(specs)) for slot, specs in sorted(per_slot.items()))
+
+
+@contextlib.contextmanager
+def hub_errors(hub_url: str, doing: str = "") -> Iterator[None]:
+    """What every command that talks to the hub says when it does not answer or refuses: one
+    line (prefixed with what was being done) and the exit code the status calls for."""
+    prefix = f"{doing}: " if doing else ""
+    try:
+        yield
+    except HubUnreachable as exc:
+        fail(
+            f"{prefix}{exc}: start the stack with `wgpu up`, or pass --hub-url",
+            ExitCode.UNREACHABLE,
+        )
+    except HubError as exc:
+        if exc.status == 404:
+            fail(f"{prefix}not found: {exc}", ExitCode.NOT_FOUND)
+        if exc.status in (401, 403):
+            fail(f"{prefix}the hub at {hub_url} refused the key: pass --api-key", ExitCode.USAGE)
+        code = ExitCode.USAGE if exc.status in (400, 413) else ExitCode.FAILED
+        fail(f"{prefix}the hub at {hub_url} refused: {exc}", code)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from orchestrator.backends.base import DEFAULT_HUB_URL, DEFAULT_STOP_TIMEOUT_S
-from orchestrator.commands.common import backend_session, target_indices
+from orchestrator.commands.common import backend_session, hub_errors, target_indices
 from orchestrator.commands.options import (
     ApiKeyOption,
     BackendKind,
@@ -18,6 +18,7 @@ from orchestrator.commands.options import (
     ComfyuiImageOption,
     DockerHostOption,
     GpusOption,
+    HubUrlOption,
     ImageOption,
     JsonOption,
     MachineIdOption,
@@ -56,15 +57,9 @@ _STEP_STYLE = {
 }
 
 
-def _hub_call(what: str, call: Any) -> Any:
-    from orchestrator.errors import HubError, HubUnreachable
-
-    try:
+def _hub_call(hub: HubClient, what: str, call: Any) -> Any:
+    with hub_errors(hub.base_url, what):
         return call()
-    except HubUnreachable as exc:
-        fail(f"{exc}: pass --hub-url", ExitCode.UNREACHABLE)
-    except HubError as exc:
-        fail(f"{what}: {exc}", ExitCode.FAILED)
 
 
 def _worker_ids(
@@ -75,7 +70,7 @@ def _worker_ids(
         from wgpu_protocol.ports import worker_id
 
         return [worker_id(machine_id, i) for i in indices]
-    workers = _hub_call("listing workers", hub.get_workers)
+    workers = _hub_call(hub, "listing workers", hub.get_workers)
     ids = [str(w["id"]) for w in workers if w.get("machine_id") == machine_id]
     if not ids:
         fail(
@@ -97,7 +92,7 @@ def drain(
     target: TargetArgument = "all",
     gpus_option: GpusOption = None,
     timeout: float | None = DrainTimeoutOption,
-    hub_url: str = typer.Option(DEFAULT_HUB_URL, "--hub-url", envvar="WGPU_HUB_URL"),
+    hub_url: HubUrlOption = DEFAULT_HUB_URL,
     api_key: ApiKeyOption = None,
     machine_id: MachineIdOption = None,
     as_json: JsonOption = False,
@@ -109,7 +104,7 @@ def drain(
     hub = HubClient(hub_url, api_key=api_key)
     machine = machine_id or default_machine_id()
     answers = [
-        _hub_call(f"draining {wid}", lambda wid=wid: hub.drain(wid, timeout))
+        _hub_call(hub, f"draining {wid}", lambda wid=wid: hub.drain(wid, timeout))
         for wid in _worker_ids(hub, target, machine, gpus_option)
     ]
     if as_json:
@@ -122,7 +117,7 @@ def drain(
 def resume(
     target: TargetArgument = "all",
     gpus_option: GpusOption = None,
-    hub_url: str = typer.Option(DEFAULT_HUB_URL, "--hub-url", envvar="WGPU_HUB_URL"),
+    hub_url: HubUrlOption = DEFAULT_HUB_URL,
     api_key: ApiKeyOption = None,
     machine_id: MachineIdOption = None,
     as_json: JsonOption = False,
@@ -133,7 +128,7 @@ def resume(
     hub = HubClient(hub_url, api_key=api_key)
     machine = machine_id or default_machine_id()
     answers = [
-        _hub_call(f"resuming {wid}", lambda wid=wid: hub.resume(wid))
+        _hub_call(hub, f"resuming {wid}", lambda wid=wid: hub.resume(wid))
         for wid in _worker_ids(hub, target, machine, gpus_option)
     ]
     if as_json:

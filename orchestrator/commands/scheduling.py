@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import typer
 
 from orchestrator.backends.base import DEFAULT_HUB_URL
-from orchestrator.commands.client import hub_errors
+from orchestrator.commands.common import hub_errors
 from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
 from orchestrator.console import one_line, out
 from orchestrator.hub_client.client import HubClient

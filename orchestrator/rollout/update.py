@@ -127,9 +127,7 @@ def apply_change(plan: SlotPlan, change: Change, containers: bool = True) -> Slo
             comfyui = replace(comfyui, image=change.image)
     if change.comfyui_image and not simulated:
         if comfyui is None:
-            port = int(
-                worker.env.get(worker_env.COMFYUI_PORT, ports.comfyui_port(plan.slot.index))
-            )
+            port = int(worker.env.get(worker_env.COMFYUI_PORT, ports.comfyui_port(plan.slot.index)))
             comfyui = ServicePlan(ROLE_COMFYUI, env={"PORT": str(port)}, port=port)
         comfyui = replace(comfyui, image=change.comfyui_image)
     if change.worker_src is not None:
