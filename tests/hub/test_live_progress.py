@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 
 from orchestrator.hub_client.client import HubEvent, parse_sse
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import eventually, get_job, submit
+from tests.hub.helpers import get_job, submit
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.messages import Progress
 
 pytestmark = pytest.mark.redis

@@ -13,7 +13,7 @@ from comfyui_sim.server import RunningSim
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.sched.test_system import ENDED, eventually, fleet, txt2img
-from tests.worker.test_relay import HubClient
+from tests.worker.harness import HubClient
 
 pytestmark = pytest.mark.redis
 
