@@ -20,8 +20,9 @@ from redis_api.server import RunningHub
 from tests.fixtures.http import sse_events
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
-from tests.hub.helpers import WORKFLOW, eventually
+from tests.hub.helpers import WORKFLOW
 from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
 from wgpu_protocol.credentials import worker_credential
 from wgpu_protocol.messages import Progress
 
