@@ -247,10 +247,13 @@ function workerTile(worker) {
   const drain = worker.drain ? worker.drain.state : null;
   const status = drain || worker.status;
   const warm = worker.warm ? Object.values(worker.warm).flat() : [];
+  // `assigned`: the worker took it, but it waits in its ComfyUI's queue (not executing yet).
+  const assigned = worker.current_job_status === "assigned";
   const job = worker.current_job
-    ? el("div", { class: "job" },
+    ? el("div", { class: "job", dataset: { jobStatus: worker.current_job_status || "" } },
         el("a", { href: `#job=${worker.current_job}`, dataset: { jobId: worker.current_job } },
           shortId(worker.current_job)),
+        assigned ? el("span", { class: "dim" }, " assigned, in ComfyUI's queue") : "",
         worker.progress && worker.progress.node ? ` node ${worker.progress.node}` : "",
         percent === null ? "" : ` ${percent.toFixed(0)}%`,
         el("progress", { max: "100", value: String(percent ?? 0) }))

@@ -25,11 +25,13 @@ from tests.fixtures.hub import HubFactory
 from tests.fixtures.services import service_missing
 from tests.fixtures.sim import SimFactory
 from tests.fixtures.sim_traffic import WORKFLOWS
-from tests.hub.helpers import call
+from tests.hub.helpers import call, submit
+from tests.hub.worker_client import ProtocolWorker
 from tests.paths import REPO
 from tests.polling import eventually
 from tests.worker.harness import PNG as INPUT_PNG
 from tests.worker.harness import REAL_INVERTED, invert_workflow, running_worker, worker_config
+from wgpu_protocol.messages import ExecutionStarted
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser]
 
@@ -429,3 +431,37 @@ async def test_animated_images_and_video_preview_inline(
             assert from_blob and kind in caption, shown
             await asyncio.to_thread(js, page, "window.scrollTo(0, 0)")
         await asyncio.to_thread(screenshot, page, "dashboard-video.png")
+
+
+TILE_JOB_JS = (  # [the tile's job status, its text] of worker arguments[0]
+    "const job = document.querySelector(`.tile[data-worker='${arguments[0]}'] .job`);"
+    "return job ? [job.dataset.jobStatus || '', job.textContent] : ['', ''];"
+)
+
+
+async def test_a_tile_shows_a_job_assigned_then_running_as_the_feed_pushes_it(
+    hub_factory: HubFactory, page: Any
+) -> None:
+    """No timer can refresh the page (live_interval_s is an hour): the tile changes because the
+    claim and ComfyUI's execution_start each pushed a change through the feed."""
+    hub = await hub_factory(live_interval_s=3600, lease_s=30)
+    worker = ProtocolWorker(hub.url, execution_started=True)
+    await worker.connect()
+    await asyncio.to_thread(page.get, hub.url + "/")
+    await until(lambda: js(page, TILES_JS), lambda t: len(t) == 1, "the worker's tile")
+    job = await submit(hub.url)
+    taken = await worker.take_job()
+    _, text = await until(
+        lambda: js(page, TILE_JOB_JS, worker.worker_id), lambda t: t[0] == "assigned", "assigned"
+    )
+    assert job["id"][:12] in text and "in ComfyUI's queue" in text
+    await worker.send(ExecutionStarted(taken.job_id, taken.token, "prompt-1"))
+    _, text = await until(
+        lambda: js(page, TILE_JOB_JS, worker.worker_id), lambda t: t[0] == "running", "running"
+    )
+    assert "ComfyUI's queue" not in text
+    assert (await worker.complete(taken)).ok
+    await until(
+        lambda: js(page, TILE_PROGRESS_JS, job["id"])[0], lambda s: s == "succeeded", "the end"
+    )
+    await worker.close()
