@@ -178,12 +178,13 @@ MEDIA_CLASSES: list[NodeClass] = [
         },
         [],
         Behaviour.BLOB,
-        optional={"seed": _int(0, 0, 0xFFFFFFFF)},
+        optional={"seed": _int(0, 0, 0xFFFFFFFF), "image": IMAGE},
         output_node=True,
         display_name="wgpu sim: blob",
         category="wgpu_sim",
         python_module="comfyui_sim",
-        description="Writes one output file of exactly `size_bytes` pseudo-random bytes.",
+        description="Writes one output file of exactly `size_bytes` pseudo-random bytes (after "
+        "the node that makes `image`, if linked; its pixels are not used).",
     ),
 ]
 

@@ -49,6 +49,8 @@ MODEL_LOADERS = "MODEL_LOADERS"
 # How many models of each loader kind its ComfyUI keeps loaded (the simulator's --vram-models):
 # the worker reports the last ones its jobs used as warm.
 WARM_MODELS = "WARM_MODELS"
+# 1 (default): take the next job while the previous job's outputs are relayed; 0: after.
+PIPELINE = "WORKER_PIPELINE"
 
 DEFAULT_HUB_HOST = "127.0.0.1"
 DEFAULT_HUB_PORT = HUB_PORT

@@ -88,6 +88,12 @@ def test_hub_url_overrides_host_and_port(url: str, expected: str) -> None:
     assert config.hub_url == expected
 
 
+@pytest.mark.parametrize(("raw", "on"), [(None, True), ("1", True), ("0", False), ("off", False)])
+def test_pipelining_is_on_unless_turned_off(raw: str | None, on: bool) -> None:
+    env = {"MACHINE_ID": "m"} | ({"WORKER_PIPELINE": raw} if raw is not None else {})
+    assert WorkerConfig.from_env(env).pipeline is on
+
+
 @pytest.mark.parametrize(
     ("env", "names"),
     [
@@ -101,6 +107,7 @@ def test_hub_url_overrides_host_and_port(url: str, expected: str) -> None:
         ({"WORKER_GRACE_S": "-3"}, "WORKER_GRACE_S"),
         ({"WORKER_PROGRESS_INTERVAL_S": "0"}, "WORKER_PROGRESS_INTERVAL_S"),
         ({"MACHINE_ID": "a b/c"}, "MACHINE_ID"),
+        ({"WORKER_PIPELINE": "maybe"}, "WORKER_PIPELINE"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(env: dict[str, str], names: str) -> None:

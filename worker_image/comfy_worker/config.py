@@ -145,6 +145,7 @@ class WorkerConfig:
             "warm_models": reader.integer(
                 names.WARM_MODELS, names.DEFAULT_WARM_MODELS, minimum=1, maximum=64
             ),
+            "pipeline": reader.flag(names.PIPELINE, True),
         }
         if gpu_id >= num_gpus and names.NUM_GPUS in env:
             raise ConfigError(
@@ -224,6 +225,16 @@ class _EnvReader:
             bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ConfigError(f"{name}={value} is out of range: use a number {bounds}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not valid: use 1 or 0")
 
     def seconds(self, name: str, default: float) -> float:
         raw = self.optional(name)
