@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
+import math
 import os
 import shutil
+import struct
+import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -464,4 +468,54 @@ async def test_a_tile_shows_a_job_assigned_then_running_as_the_feed_pushes_it(
     await until(
         lambda: js(page, TILE_PROGRESS_JS, job["id"])[0], lambda s: s == "succeeded", "the end"
     )
+    await worker.close()
+
+
+def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
+    """A playable mono 16-bit PCM WAV of a 440 Hz tone."""
+    samples = int(seconds * rate)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        tone = (int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(samples))
+        wav.writeframes(b"".join(struct.pack("<h", v) for v in tone))
+    return out.getvalue()
+
+
+AUDIO_JS = (  # [blob: src?, duration once its metadata loaded (0 before)] of the detail's audio
+    "const a = document.querySelector('#detail-outputs audio');"
+    "return a ? [a.src.startsWith('blob:'), a.readyState >= 1 ? a.duration : 0] : [false, 0];"
+)
+DETAIL_ERROR_JS = (
+    "const e = document.querySelector('#detail-error');"
+    "return [document.querySelector('#job-detail').dataset.jobId || '', e.hidden, e.textContent];"
+)
+
+
+async def test_audio_plays_inline_and_a_failed_jobs_error_is_shown(
+    hub_factory: HubFactory, page: Any
+) -> None:
+    """Audio output (a real WAV from a worker) loads in an <audio> element with its duration;
+    a failed job's detail shows its error type, message and node."""
+    hub = await hub_factory(lease_s=30)
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    sound = await submit(hub.url)
+    taken = await worker.take_job()
+    ack = await worker.complete(taken, {"tone.wav": ("audio/wav", wav_bytes(0.5))})
+    assert ack.ok
+    await asyncio.to_thread(page.get, f"{hub.url}/#job={sound['id']}")
+    played = await until(lambda: js(page, AUDIO_JS), lambda a: a[1] > 0, "the audio's metadata")
+    assert played[0] and played[1] == pytest.approx(0.5, abs=0.01)
+
+    failed = await submit(hub.url, max_attempts=1)
+    ack = await worker.fail(await worker.take_job(), retryable=False, message="bad node input")
+    assert ack.ok
+    await asyncio.to_thread(page.get, f"{hub.url}/#job={failed['id']}")
+    shown = await until(
+        lambda: js(page, DETAIL_ERROR_JS), lambda d: d[0] == failed["id"] and not d[1], "error"
+    )
+    assert shown[2] == "execution_error: bad node input (node 3)"
     await worker.close()

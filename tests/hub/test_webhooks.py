@@ -429,3 +429,33 @@ async def test_jobs_ended_by_the_hub_get_their_webhooks_too(
     _, text = await call(hub.url, "GET", "/metrics")
     assert 'wgpu_webhook_deliveries_total{outcome="delivered"} 4' in text
     await worker.close()
+
+
+async def test_a_receiver_that_never_answers_times_out_and_is_given_up(
+    hub_factory: HubFactory, receivers: Receivers
+) -> None:
+    """WEBHOOK_TIMEOUT_S bounds each attempt (15 s by default; 0.5 s here): a receiver that
+    takes the request and never answers costs one timeout per attempt, then the delivery is
+    given up; /metrics counts the retry and the give-up."""
+    answered = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await answered.wait()  # never set: the hub must not wait for it
+        return web.Response(text="late")
+
+    port = await receivers.add(hang)
+    hub = await hub_factory(**LOCAL, webhook_retry_schedule=(0.1,), webhook_timeout_s=0.5)
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    job = await run_one(hub, worker, webhook_url=f"http://127.0.0.1:{port}/hook")
+    state = await webhook_of(
+        hub, job["id"], lambda w: w["attempts"] == 2 and w["next_attempt_at"] is None
+    )
+    assert state["delivered_at"] is None and state["last_status"] is None
+    assert "Timeout" in state["error"], state
+    assert len(receivers.to("/hook")) == 2  # it was reached, and did not answer, twice
+    _, text = await call(hub.url, "GET", "/metrics")
+    assert 'wgpu_webhook_deliveries_total{outcome="retry"} 1' in text
+    assert 'wgpu_webhook_deliveries_total{outcome="gave_up"} 1' in text
+    assert 'wgpu_webhook_deliveries_total{outcome="delivered"} 0' in text
+    await worker.close()
