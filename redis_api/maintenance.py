@@ -1,5 +1,6 @@
-"""Background work every hub does: reaping expired leases and timeouts, keeping its idle
-workers' entries fresh, and sweeping output files of jobs whose results expired.
+"""Background work every hub does: moving jobs an older hub queued into today's layout (once,
+at start), reaping expired leases and timeouts, keeping its idle workers' entries fresh, and
+sweeping output files of jobs whose results expired.
 
 Safe with any number of hubs: the reap script is idempotent, and the sweeper only deletes
 outputs of jobs that no longer exist in Redis.
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from .config import HubConfig
 from .dispatch import Dispatcher
 from .errors import StorageError
+from .migrate import migrate_old_jobs
 from .progress import ProgressFeed
 from .storage import Storage
 from .store import Store
@@ -50,6 +52,7 @@ class Maintenance:
         # Sweep about twice per TTL, but not more often than the reaper runs nor less than 1/min.
         self.sweep_interval_s = max(config.reap_interval_s, min(60.0, config.result_ttl_s / 2))
         self._last_sweep = 0.0
+        self._migrated = False
         self._last_presence = -PRESENCE_EVERY_S
 
     async def run(self) -> None:
@@ -63,6 +66,10 @@ class Maintenance:
             await asyncio.sleep(self.config.reap_interval_s)
 
     async def tick(self) -> None:
+        if not self._migrated:
+            # Once per hub start, before the first reap: jobs an older hub queued (migrate.py).
+            await migrate_old_jobs(self.store, self.config)
+            self._migrated = True
         reaped = await self.store.reap(
             self.config.ttl_ms, self.config.stale_ms, int(self.config.pool_idle_s * 1000)
         )

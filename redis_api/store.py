@@ -288,6 +288,8 @@ def _load_scripts() -> dict[str, str]:
         "webhook_release",
         "models",
         "why",
+        "migrate",
+        "unplaced",
     )
 
     # Under Redis OOM (maxmemory, noeviction) every script but enqueue runs (allow-oom): they
@@ -848,6 +850,52 @@ class Store:
 
     async def release(self, job_id: str, token: int, worker_id: str, reason: str) -> str:
         return str(await self._run("release", job_id, token, worker_id, reason) or "")
+
+    # -- jobs of an older hub (migrate.py) ---------------------------------------------------
+
+    async def jobs_without_pool(self) -> list[tuple[str, str, str]]:
+        """Queued and running jobs an older hub stored (their hash has no `pool`): (id,
+        workflow JSON, constraints JSON); the queued ones first, in their queue order."""
+        found: list[tuple[str, str, str]] = []
+        # Scanning the whole queue costs seconds at 100,000 jobs: only when some are in no lane.
+        # The running set is small (one job per worker, two with pipelining).
+        scan = ("queue", "running") if int(await self._run("unplaced")) > 0 else ("running",)
+        for zset in scan:
+            members = [
+                (score, member)
+                async for member, score in self.redis.zscan_iter(self.key(zset), count=1000)
+            ]
+            ids = [member for _score, member in sorted(set(members))]
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id in chunk:
+                        key = self.key(f"job:{job_id}")
+                        pipe.hmget(key, "status", "pool", "constraints", "workflow")
+                    rows = await pipe.execute()
+                old = [
+                    (job_id, row)
+                    for job_id, row in zip(chunk, rows, strict=True)
+                    if row[0] is not None and row[1] is None
+                ]
+                if not old:
+                    continue
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id, _row in old:
+                        pipe.get(self.key(f"wf:{job_id}"))
+                    workflows = await pipe.execute()
+                for (job_id, row), workflow in zip(old, workflows, strict=True):
+                    found.append((job_id, workflow or row[3] or "", row[2] or ""))
+        return found
+
+    async def migrate_jobs(
+        self, rows: Sequence[tuple[str, str, str]], schedule_ms: int
+    ) -> tuple[int, int]:
+        """Give old jobs (id, pool, requires JSON) today's fields and lanes (lua/migrate.lua).
+        Returns (queued jobs moved, running jobs given their pool)."""
+        args = [value for row in rows for value in row]
+        moved, fixed = await self._run("migrate", schedule_ms, *args)
+        return int(moved), int(fixed)
 
     # -- maintenance -----------------------------------------------------------------------
 

@@ -298,3 +298,20 @@ def test_a_drained_worker_and_the_worker_versions_show() -> None:
     row = next(line for line in text.splitlines() if line.strip().startswith("gpu0"))
     assert "draining" in row
     assert "src-aaa (gpu0)" in text and "src-bbb (gpu1)" in text
+
+
+def test_a_quarantined_worker_shows_why_in_wgpu_status() -> None:
+    reason = "5 jobs in a row failed here; last: execution_error: boom"
+    quarantined = [
+        {**HUB_WORKERS[0], "status": "idle", "quarantined": {"reason": reason, "since": NOW - 9}}
+    ]
+    snap = build_snapshot(
+        RECORDS, DEVICES, STATS, quarantined, now=NOW, backend="docker", hub_url="http://h:1"
+    )
+    slot0 = next(slot for slot in snap.slots if slot.index == 0)
+    assert slot0.quarantined == reason
+    assert json.loads(json.dumps(snap.to_json()))["slots"][0]["quarantined"] == reason
+    console = Console(record=True, width=200, color_system=None)
+    console.print(render_table(snap))
+    row0 = next(line for line in console.export_text().splitlines() if "gpu0" in line)
+    assert "quarantined" in row0

@@ -285,3 +285,30 @@ async def test_quarantine_after_k_failures_and_one_more_attempt_elsewhere(store:
     assert await store.resume("bad") == (False, True)
     await store.enqueue("after", spec())
     assert await claim(store, "bad") == "after"
+
+
+async def test_a_worker_restart_ends_its_quarantine(store: Store) -> None:
+    await register(store, "w", [])
+    err = {"type": "comfyui_crashed", "message": "gone", "node_id": None}
+    for i in range(2):
+        await store.enqueue(f"j{i}", spec())
+        result = await store.claim("w", 10_000)
+        assert isinstance(result, Claim)
+        await store.fail(result.job_id, result.token, "w", err, True, 60_000, "", True, 2)
+    assert isinstance(await store.claim("w", 10_000), ClaimMiss)  # quarantined
+    gpu = {"index": 0, "uuid": "GPU-w", "name": "T", "vram_total_mb": 1000}
+    # The same process reconnecting stays quarantined; a new process (boot id) starts clean.
+    await store.hello("w", "s-w2", "hub", "m1", gpu, "t", None, 10_000, "boot1")
+    assert isinstance(await store.claim("w", 10_000), ClaimMiss)
+    await store.hello("w", "s-w3", "hub", "m1", gpu, "t", None, 10_000, "boot2")
+    assert await claim(store, "w") in {"j0", "j1"}
+
+
+async def test_priority_wins_over_affinity(store: Store) -> None:
+    files = ["checkpoints/a.safetensors", "checkpoints/b.safetensors"]
+    await register(store, "w", files)
+    inventory = models.unflatten(files)
+    assert await store.set_models("w", "s-w", models.digest(inventory), files, files[:1])
+    await store.enqueue("warm", spec({"checkpoints": ["a.safetensors"]}))
+    await store.enqueue("urgent-cold", spec({"checkpoints": ["b.safetensors"]}, priority=1))
+    assert await claim(store, "w", AFFINITY) == "urgent-cold"
