@@ -64,6 +64,7 @@ def test_explicit_values_win() -> None:
             "WORKER_GRACE_S": "2.5",
             "WORKER_WATCHDOG_S": "0.5",
             "WORKER_PROGRESS_INTERVAL_S": "0.2",
+            "WARM_MODELS": "3",
         }
     )
     assert config.hub_ws_url == "ws://hub.internal:9001/ws/worker/m-gpu1"
@@ -73,6 +74,7 @@ def test_explicit_values_win() -> None:
     assert config.comfyui_cmd == "python main.py --port $EXECUTION_SERVICE_PORT"
     assert (config.grace_s, config.watchdog_s) == (2.5, 0.5)
     assert config.progress_interval_s == 0.2
+    assert config.warm_models == 3
 
 
 @pytest.mark.parametrize(
@@ -108,6 +110,7 @@ def test_pipelining_is_on_unless_turned_off(raw: str | None, on: bool) -> None:
         ({"WORKER_PROGRESS_INTERVAL_S": "0"}, "WORKER_PROGRESS_INTERVAL_S"),
         ({"MACHINE_ID": "a b/c"}, "MACHINE_ID"),
         ({"WORKER_PIPELINE": "maybe"}, "WORKER_PIPELINE"),
+        ({"WARM_MODELS": "0"}, "WARM_MODELS"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(env: dict[str, str], names: str) -> None:

@@ -263,5 +263,6 @@ async def test_inputs_expire_like_results(
     sha = expired["ref"].removeprefix("sha256:")
     assert await redis_client.delete(f"{hub.config.key_prefix}input:{sha}") == 1
     await redis_client.aclose()
-    assert await hub.hub.maintenance.sweep_outputs() == 1
+    # The hub's own first sweep may run after the delete and take it first: the outcome counts.
+    assert await hub.hub.maintenance.sweep_outputs() in (0, 1)
     assert [p.name for p in blobs.iterdir()] == [kept["ref"].removeprefix("sha256:")]
