@@ -49,6 +49,8 @@ END_EVENTS = frozenset({"execution_success", "execution_error", "execution_inter
 PROGRESS_EVENTS = frozenset(
     {"progress", "progress_state", "executing", "executed", "execution_cached"}
 )
+# ComfyUI took the prompt from its queue and runs it (the job goes assigned -> running).
+EXECUTION_START = "execution_start"
 _POKE = "wgpu.poke"  # pseudo event: something changed outside (cancel, ComfyUI died); look now
 _OOM_MARKERS = ("outofmemory", "out of memory", "allocation on device")
 # The node whose images arrive only as binary WebSocket frames.
@@ -91,6 +93,7 @@ class JobRunner:
         config: WorkerConfig,
         on_started: SendStarted,
         on_progress: SendProgress,
+        on_running: SendStarted | None = None,
     ) -> None:
         self.job = job
         self._client = client
@@ -98,6 +101,8 @@ class JobRunner:
         self._config = config
         self._on_started = on_started
         self._on_progress = on_progress
+        self._on_running = on_running
+        self.executing = False  # ComfyUI began executing our prompt (told once via on_running)
         self.prompt_id = uuid.uuid4().hex
         self._queue = events.subscribe(self.prompt_id)
         self._submitted = False
@@ -221,6 +226,9 @@ class JobRunner:
             except TimeoutError:
                 kind, data = "", {}
             now = time.monotonic()
+            if kind == EXECUTION_START or (kind in PROGRESS_EVENTS and not self.executing):
+                # Any sign of our prompt running says so too (a missed execution_start frame).
+                await self._executing()
             if (kind in PROGRESS_EVENTS and kind != "executing") or (
                 kind == "executing" and data.get("node") is not None
             ):
@@ -262,6 +270,8 @@ class JobRunner:
                 check_at = now + min(0.25, config.comfyui_lost_s / 4)
                 continue
             unreachable_since = None
+            if self.prompt_id in queue.running or entry is not None:
+                await self._executing()  # the watchdog saw it run (or end) without our events
             if entry is not None:
                 return entry
             if self.prompt_id not in queue:
@@ -287,6 +297,12 @@ class JobRunner:
                 check_at = now + min(1.0, config.watchdog_s)
             else:
                 check_at = max(self._events.last_frame_at, now) + config.watchdog_s
+
+    async def _executing(self) -> None:
+        if not self.executing:
+            self.executing = True
+            if self._on_running is not None:
+                await self._on_running(self.prompt_id)
 
     async def _interrupt(self, reason: str) -> None:
         self._pending_stop = None

@@ -36,6 +36,7 @@ from wgpu_protocol.messages import (
     Cancel,
     Completed,
     ErrorReply,
+    ExecutionStarted,
     Failed,
     Heartbeat,
     Hello,
@@ -193,6 +194,7 @@ class Worker:
             running=_ref(self._running),
             boot_id=self._boot_id,
             relaying=_ref(self._relaying),
+            execution_started=True,
         )
 
     def _on_session(self, session: HubSession) -> None:
@@ -209,6 +211,17 @@ class Worker:
                 held.given_away = True
                 if held.outcome is None and held.task is not None:
                     held.task.cancel()  # the runner stops the prompt in ComfyUI
+            elif (
+                held is not None
+                and held is self._running
+                and named == held.ref
+                and held.runner.executing
+            ):
+                # The hub kept the job; it may not have heard that ComfyUI began executing it.
+                job = held.assignment
+                self._spawn(
+                    self._send_now(ExecutionStarted(job.job_id, job.token, held.runner.prompt_id))
+                )
         self._spawn(self._announce())
         self._write_health()
 
@@ -283,6 +296,9 @@ class Worker:
             on_started=lambda prompt_id: self._on_started(job, prompt_id),
             on_progress=lambda node, value, maximum: self._send_now(
                 Progress(job.job_id, job.token, node, value, maximum, _class_of(job, node))
+            ),
+            on_running=lambda prompt_id: self._send_now(
+                ExecutionStarted(job.job_id, job.token, prompt_id)
             ),
         )
         held = HeldJob(job, runner)
@@ -462,11 +478,15 @@ class Worker:
         session.warm_sent = warm
         return replace(final, warm=warm)
 
-    async def _send_now(self, message: Started | Progress) -> None:
-        # Best effort: progress lost while cut off is not worth keeping.
+    async def _send_now(self, message: Started | Progress | ExecutionStarted) -> None:
+        # Best effort: progress lost while cut off is not worth keeping (execution_started is
+        # sent again after a resume, see _on_session).
         session = self._link.session
-        if session is not None:
-            await session.send(message)
+        if session is None:
+            return
+        if isinstance(message, ExecutionStarted) and not session.welcome.execution_started:
+            return  # an older hub: it takes `started` for the execution start
+        await session.send(message)
 
     # -- availability, heartbeats, ComfyUI state, health -----------------------------------
 
