@@ -14,16 +14,7 @@ from comfy_worker import job_runner
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.worker.test_relay import (
-    HubClient,
-    http,
-    image_workflow,
-    running_worker,
-    sim_json,
-    worker_config,
-)
-
-__all__ = ["http"]
+from tests.worker.harness import HubClient, image_workflow, running_worker, sim_json, worker_config
 
 pytestmark = pytest.mark.redis
 
