@@ -13,8 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fixtures.hub import HubFactory
-from tests.fixtures.sim import SimFactory
+from tests.fixtures.hub import HubFactory, HubProcess
+from tests.fixtures.sim import SimFactory, free_port
+from tests.hub.helpers import lease_left_s
 from tests.polling import eventually
 from tests.worker.harness import HubClient, running_worker, sim_json, worker_config
 from tests.worker.test_process import worker_process
@@ -162,3 +163,50 @@ async def test_a_worker_killed_while_relaying_one_job_and_running_another_loses_
         for job_id in (first, second):
             done = await client.wait_for(job_id, timeout_s=30)
             assert done["status"] == "succeeded" and len(done["outputs"]) == 1, done
+
+
+async def test_a_hub_lost_while_relaying_one_job_and_running_another_resumes_both_once(
+    redis_url: str, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gate = RelayGate("first")
+    sim = await sim_factory(view_hook=gate.hook)
+    hub = HubProcess(redis_url, free_port(), tmp_path)
+    await hub.start()
+    client = HubClient(http, hub.url)
+    try:
+        async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
+            first = await client.submit(saving_workflow("wgpu/first"))
+            second = await client.submit(saving_workflow("wgpu/second", sleep_s=1.0))
+            await asyncio.wait_for(gate.reached.wait(), 15)
+            await eventually(
+                lambda: client.job(second), lambda j: j["status"] in ("assigned", "running")
+            )
+            before = worker.hub_link.session
+            hub.kill()
+            await hub.start()
+            await eventually(
+                lambda: _session(worker), lambda now: now is not None and now is not before
+            )
+            # The hello named both jobs and the hub kept both leases (a job it did not name
+            # would have lost its lease at once)...
+            for job_id in (first, second):
+                assert (await lease_left_s(redis_url, job_id) or 0.0) > 1.0
+            # ...so the first job's output is relayed again from its start on the new socket
+            # while the second runs on.
+            gate.opened.set()
+            jobs = [await client.wait_for(job_id, timeout_s=30) for job_id in (first, second)]
+            await eventually(lambda: _recorded(worker), lambda n: n >= 2, within=15)
+    finally:
+        hub.kill()
+    for job in jobs:
+        assert job["status"] == "succeeded" and len(job["outputs"]) == 1, job
+        assert job["attempts"] == 1 and len(job["history"]) == 1, job
+    assert len(await sim_json(http, sim.url, "/history")) == 2  # ComfyUI ran each once
+
+
+async def _recorded(worker: Any) -> int:
+    return int(worker.results_recorded)
+
+
+async def _session(worker: Any) -> object:
+    return worker.hub_link.session
