@@ -714,6 +714,15 @@ class Store:
             or ""
         )
 
+    async def record_held(
+        self, job_id: str, token: int, worker_id: str, held: str, lease_ms: int
+    ) -> str:
+        """Record what the hub held back of a job's reports (lua/common.lua record_held), on
+        its own: fenced, renews the lease."""
+        return str(
+            await self._run("report", "held", job_id, token, worker_id, lease_ms, held) or ""
+        )
+
     async def execution_started(
         self,
         job_id: str,

@@ -71,6 +71,9 @@ from .ws_frames import text_frames
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+# How long ComfyUI's execution start may wait for the job's next script before it is recorded
+# alone (the job shows `running` at most this late; running_ms is when it was heard).
+RUNNING_HOLD_S = 0.25
 MAX_FRAME_BYTES = max(MAX_TEXT_FRAME_BYTES, MAX_CHUNK_FRAME_BYTES)
 # Frames written together only while the socket has nothing buffered and they are this small:
 # bigger or backed-up writes go through aiohttp, which applies its flow control.
@@ -235,6 +238,11 @@ class WorkerSession:
         self._reports_execution = False
         self._heard = asyncio.Event()  # set by every frame, a pong included
         self._probe: asyncio.Future[bool] | None = None
+        # ComfyUI's execution start of a job this socket holds, held back like `started`'s
+        # prompt id: (prompt id, when heard, the message it came as). Recorded by the job's next
+        # fenced script or, if none comes within RUNNING_HOLD_S, on its own (issue #16: one
+        # script and one Redis round trip per job fewer).
+        self._held_running: dict[tuple[str, int], tuple[str, float, str]] = {}
         # Which progress steps of this socket's jobs are recorded in Redis (progress.py).
         self._progress = ProgressThrottle(hub.config.progress_persist_s, self._record_held)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -308,6 +316,7 @@ class WorkerSession:
         # it still relays.
         self._received = {k: v for k, v in self._received.items() if k == self.relaying}
         self._held_prompts = {k: v for k, v in self._held_prompts.items() if k == self.relaying}
+        self._held_running = {k: v for k, v in self._held_running.items() if k == self.relaying}
         self._held_prompts[(claim.job_id, claim.token)] = ""
         if ack:
             return await self._send_texts(ack, job_frame(claim))
@@ -316,16 +325,22 @@ class WorkerSession:
     def _report_ended(self, job_id: str, token: int) -> None:
         """A final report was handled: later `started` for that job go through Redis again."""
         self._held_prompts.pop((job_id, token), None)
+        self._held_running.pop((job_id, token), None)
         if self.relaying == (job_id, token):
             self.relaying = None
 
     def _take_prompt_id(self, job_id: str, token: int) -> str:
-        """The held-back `started` prompt id if it belongs to this report's job, once."""
+        """What was held back of this report's job, once: `started`'s prompt id, or with
+        ComfyUI's execution start `run:<ms ago>:<prompt id>` (lua/common.lua record_held)."""
         key = (job_id, token)
         prompt_id = self._held_prompts.get(key, "")
         if prompt_id:
             self._held_prompts[key] = ""
-        return prompt_id
+        running = self._held_running.pop(key, None)
+        if running is None:
+            return prompt_id
+        ago_ms = max(0, int((time.monotonic() - running[1]) * 1000))
+        return f"run:{ago_ms}:{prompt_id or running[0]}"
 
     async def send_cancel(self, notice: CancelNotice) -> None:
         await self.send(Cancel(notice.job_id, notice.token, notice.reason))
@@ -574,6 +589,15 @@ class WorkerSession:
     async def _on_execution_started(
         self, message: ExecutionStarted, of: str = "execution_started"
     ) -> None:
+        key = (message.job_id, message.token)
+        if key in self._held_prompts:
+            # This socket's own job: assigned -> running goes with the job's next script (a
+            # no-op job's completion, a sampler's first step), dated when it was heard.
+            if key not in self._held_running:
+                self._held_running[key] = (message.prompt_id, time.monotonic(), of)
+                loop = asyncio.get_running_loop()
+                loop.call_later(RUNNING_HOLD_S, self._running_due, key)
+            return
         refused = await self.store.execution_started(
             message.job_id,
             message.token,
@@ -583,6 +607,24 @@ class WorkerSession:
             self._take_prompt_id(message.job_id, message.token),
         )
         await self._refuse_report(message.job_id, message.token, of, refused)
+
+    def _running_due(self, key: tuple[str, int]) -> None:
+        """No script of the job came within RUNNING_HOLD_S: record its execution start now."""
+        held = self._held_running.get(key)
+        if held is None:
+            return
+        task = asyncio.create_task(self._guarded(self._record_running(key, held[2])))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record_running(self, key: tuple[str, int], of: str) -> None:
+        held = self._take_prompt_id(*key)
+        if not held:
+            return  # taken meanwhile by the job's next script
+        refused = await self.store.record_held(
+            key[0], key[1], self.worker_id, held, self.config.lease_ms
+        )
+        await self._refuse_report(key[0], key[1], of, refused)
 
     async def _on_progress(self, message: Progress) -> None:
         payload = progress_json(message.node, message.value, message.max, message.node_class)

@@ -473,11 +473,14 @@ end
 local function record_running(id, worker, prompt_id, now)
   local key = jkey(id)
   if redis.call('HGET', key, 'status') ~= 'assigned' then return false end
-  redis.call('HSET', key, 'status', 'running', 'running_ms', now)
-  if prompt_id ~= '' then redis.call('HSET', key, 'prompt_id', prompt_id) end
+  if prompt_id ~= '' then
+    redis.call('HSET', key, 'status', 'running', 'running_ms', now, 'prompt_id', prompt_id)
+  else
+    redis.call('HSET', key, 'status', 'running', 'running_ms', now)
+    prompt_id = redis.call('HGET', key, 'prompt_id') or ''
+  end
   redis.call('ZREM', P .. 'assigned', id)
-  event(id, 'status', {status = 'running', worker_id = worker,
-    prompt_id = redis.call('HGET', key, 'prompt_id') or ''})
+  event(id, 'status', {status = 'running', worker_id = worker, prompt_id = prompt_id})
   return true
 end
 
@@ -492,6 +495,19 @@ local function report_warm(worker, lines)
     redis.call('PEXPIRE', wset, 86400000)
   end
   refresh_warm(worker)
+end
+
+-- What the hub held back of a job's reports, recorded by its next fenced script: `started`'s
+-- prompt id, or 'run:<ms ago>:<prompt id>' for ComfyUI's execution start (assigned -> running,
+-- dated when the worker said it; see redis_api/worker_ws.py RUNNING_HOLD_S).
+local function record_held(id, worker, held, now)
+  if not held or held == '' then return end
+  local ago, prompt_id = string.match(held, '^run:(%d+):(.*)$')
+  if not ago then
+    record_started(id, worker, held)
+  elseif not record_running(id, worker, prompt_id, now - tonumber(ago)) and prompt_id ~= '' then
+    record_started(id, worker, prompt_id)
+  end
 end
 
 -- Is some connected, unquarantined worker eligible for the pool? If not, why (for people).

@@ -1,6 +1,6 @@
 -- A worker finished a job: ARGV prefix, job_id, token, worker_id, outputs (JSON list), ttl_ms,
--- prompt_id held back from `started` ('' if none), then, for `completed.ready_next`, lease_ms,
--- affinity_ms, backlog and cap ('' for no claim), then the non-file UI results (JSON object, ''
+-- what the hub held back of the job's reports ('' if none; record_held), then, for
+-- `completed.ready_next`, lease_ms, affinity_ms, backlog and cap ('' for no claim), then the non-file UI results (JSON object, ''
 -- for none), then the claim's fencing token, then whether the worker reported its warm models
 -- (1, else '') and them ('\n'-joined folder/file).
 -- Returns {''} when recorded, {''} followed by claim_for's reply when it also claimed the next
@@ -11,7 +11,7 @@ if ARGV[14] == '1' then report_warm(worker, ARGV[15]) end
 local refused = check_owner(id, token, worker)
 if refused then return {refused} end
 local now = now_ms()
-if ARGV[7] ~= '' then record_started(id, worker, ARGV[7]) end
+record_held(id, worker, ARGV[7], now)
 -- The job's fields are written once, with its status (finish): history, outputs, results.
 local fields = {'outputs', ARGV[5], 'error', ''}
 end_attempt(id, now, 'succeeded', nil, nil, fields)

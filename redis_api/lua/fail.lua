@@ -1,6 +1,6 @@
 -- A worker failed a job: ARGV prefix, job_id, token, worker_id, error (JSON), retryable (1|0), ttl_ms,
--- prompt_id held back from `started` ('' if none), counts_against_worker (1|0: an execution or
--- ComfyUI error, not the workflow's fault), quarantine_after (0 = never), warm reported (1|'')
+-- what the hub held back of the job's reports ('' if none; record_held), counts_against_worker
+-- (1|0: an execution or ComfyUI error, not the workflow's fault), quarantine_after (0 = never), warm reported (1|'')
 -- and the warm models ('\n'-joined folder/file).
 -- Returns {'' | refusal, new status, quarantined (1|0)}.
 local id, token, worker, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[7])
@@ -9,7 +9,7 @@ local refused = check_owner(id, token, worker)
 if refused then return {refused, '', 0} end
 local now = now_ms()
 local wk = wkey(worker)
-if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
+record_held(id, worker, ARGV[8], now)
 redis.call('HINCRBY', wk, 'jobs_failed', 1)
 local err = cjson.decode(ARGV[5])
 local status

@@ -1,4 +1,5 @@
--- started/execution_started/progress from a worker: ARGV prefix, kind, job_id, token, worker_id,
+-- started/execution_started/progress from a worker, or `held` (what the hub held back of them,
+-- recorded alone: payload as record_held takes it): ARGV prefix, kind, job_id, token, worker_id,
 -- lease_ms, payload (the prompt id for started and execution_started, the progress JSON), and
 -- for progress and execution_started a prompt_id held back from `started` ('' if none), and for
 -- progress '1' when a job.progress webhook is due (the hub rate-limits them; webhook_outbox
@@ -12,6 +13,8 @@ if refused then return refused end
 local now = now_ms()
 if kind == 'started' then
   record_started(id, worker, ARGV[7])
+elseif kind == 'held' then
+  record_held(id, worker, ARGV[7], now)
 elseif kind == 'execution_started' then
   -- A held-back `started` is folded in: its prompt id goes with the running event.
   local prompt_id = ARGV[8] and ARGV[8] ~= '' and ARGV[8] or ARGV[7]
@@ -19,7 +22,7 @@ elseif kind == 'execution_started' then
     record_started(id, worker, ARGV[8])
   end
 else
-  if ARGV[8] and ARGV[8] ~= '' then record_started(id, worker, ARGV[8]) end
+  record_held(id, worker, ARGV[8], now)
   redis.call('HSET', jkey(id), 'progress', ARGV[7])
   if ARGV[9] == '1' then webhook_outbox(id, 'job.progress', now) end
   feed('progress', id)  -- at the hub's throttle, like the hash

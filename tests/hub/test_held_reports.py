@@ -1,0 +1,79 @@
+"""ComfyUI's execution start of a socket's own job is held back like `started`'s prompt id
+(issue #16): recorded by the job's next fenced script, or alone after RUNNING_HOLD_S, dated when
+the worker said it either way."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from redis_api.worker_ws import RUNNING_HOLD_S
+from tests.fixtures.hub import HubFactory
+from tests.hub.helpers import get_job, submit
+from tests.hub.test_live_progress import _recorded_progress, redis_commands
+from tests.hub.worker_client import ProtocolWorker
+from tests.polling import eventually
+from wgpu_protocol.messages import ExecutionStarted, Progress
+
+pytestmark = pytest.mark.redis
+
+
+async def test_execution_start_goes_with_the_completion(
+    hub_factory: HubFactory, redis_url: str
+) -> None:
+    hub = await hub_factory(lease_s=30.0)
+    worker = ProtocolWorker(hub.url, execution_started=True)
+    await worker.connect()
+    job = await submit(hub.url)
+    taken = await worker.take_job()
+    async with redis_commands(redis_url) as commands:
+        heard = time.time()
+        await worker.send(ExecutionStarted(job["id"], taken.token, "prompt-1"))
+        ack = await worker.complete(taken)
+    assert ack.ok
+    done = await get_job(hub.url, job["id"])
+    # running was recorded (dated when heard, not at the completion) by the completion's script:
+    # no script of its own.
+    assert done["status"] == "succeeded" and done["running_at"] is not None
+    assert heard - 0.5 <= done["running_at"] <= done["finished_at"]
+    scripts = [c for c in commands if c.startswith("EVALSHA") and job["id"] in c]
+    assert len(scripts) == 1, scripts
+    await worker.close()
+
+
+async def test_execution_start_alone_is_recorded_after_the_hold(hub_factory: HubFactory) -> None:
+    hub = await hub_factory(lease_s=30.0, progress_persist_s=60.0)
+    worker = ProtocolWorker(hub.url, execution_started=True)
+    await worker.connect()
+    job = await submit(hub.url)
+    taken = await worker.take_job()
+    heard = time.time()
+    await worker.send(ExecutionStarted(job["id"], taken.token, "prompt-1"))
+    running = await eventually(
+        lambda: get_job(hub.url, job["id"]), lambda j: j["status"] == "running", within=5
+    )
+    assert heard - 0.5 <= running["running_at"] <= heard + RUNNING_HOLD_S + 5
+    await worker.complete(taken)
+    await worker.close()
+
+
+async def test_execution_start_goes_with_the_first_recorded_step(
+    hub_factory: HubFactory, redis_url: str
+) -> None:
+    hub = await hub_factory(lease_s=30.0, progress_persist_s=60.0)
+    worker = ProtocolWorker(hub.url, execution_started=True)
+    await worker.connect()
+    job = await submit(hub.url)
+    taken = await worker.take_job()
+    async with redis_commands(redis_url) as commands:
+        await worker.send(ExecutionStarted(job["id"], taken.token, "prompt-1"))
+        await worker.send(Progress(job["id"], taken.token, "5", 1, 10))
+        running = await eventually(
+            lambda: get_job(hub.url, job["id"]), lambda j: j["progress"] is not None
+        )
+    assert running["status"] == "running"
+    assert _recorded_progress(commands, job["id"]) == 1
+    assert not [c for c in commands if c.startswith("EVALSHA") and " held " in c]
+    await worker.complete(taken)
+    await worker.close()
