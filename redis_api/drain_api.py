@@ -9,12 +9,11 @@ so it holds for a worker that is not connected yet and across reconnects, on eve
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aiohttp import web
 
 from wgpu_protocol.messages import MAX_ID_LENGTH
-from wgpu_protocol.rest import HELD_STATES
+from wgpu_protocol.rest import HELD_STATES, DrainAnswerJson, ResumeAnswerJson
 
 from .errors import BadRequest
 from .jobs import drain_view
@@ -80,7 +79,7 @@ async def resume(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     worker_id = _worker_id(request)
     was_drained, was_quarantined = await hub.store.resume(worker_id)
-    body: dict[str, Any] = {
+    body: ResumeAnswerJson = {
         "worker_id": worker_id,
         "drain": None,
         "was_drained": was_drained,
@@ -90,8 +89,12 @@ async def resume(request: web.Request) -> web.Response:
 
 
 def _answer(worker_id: str, record: Drain, current_job: str | None) -> web.Response:
-    view = drain_view(record, current_job)
-    return web.json_response({"worker_id": worker_id, "drain": view, "current_job": current_job})
+    body: DrainAnswerJson = {
+        "worker_id": worker_id,
+        "drain": drain_view(record, current_job),
+        "current_job": current_job,
+    }
+    return web.json_response(body)
 
 
 def add_routes(app: web.Application) -> None:

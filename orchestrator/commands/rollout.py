@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from orchestrator.hub_client.client import HubClient
     from orchestrator.rollout.update import RollingUpdate, SlotUpdate
+    from wgpu_protocol.rest import DrainAnswerJson, ResumeAnswerJson
 
 HubOption = typer.Option(
     None, "--hub-url", envvar="WGPU_HUB_URL", help="The hub (default: the one the workers use)."
@@ -80,8 +81,8 @@ def _worker_ids(
     return sorted(ids)
 
 
-def _drain_state(answer: dict[str, Any]) -> str:
-    drain = answer.get("drain")
+def _drain_state(answer: DrainAnswerJson | ResumeAnswerJson) -> str:
+    drain = answer["drain"]
     if not drain:
         return "in service"
     job = answer.get("current_job")

@@ -22,7 +22,15 @@ if TYPE_CHECKING:  # imported where used: the CLI's sync calls do not pay aiohtt
     import aiohttp
 
 from orchestrator.errors import HubError, HubUnreachable
-from wgpu_protocol.rest import HealthJson, JobJson, WorkerJson
+from wgpu_protocol.rest import (
+    DrainAnswerJson,
+    DrainRequestJson,
+    HealthJson,
+    JobJson,
+    ResumeAnswerJson,
+    UploadJson,
+    WorkerJson,
+)
 
 JsonObject = dict[str, Any]
 
@@ -160,17 +168,17 @@ class HubClient:
         job: JobJson = self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
 
-    def drain(self, worker_id: str, timeout_s: float | None = None) -> JsonObject:
+    def drain(self, worker_id: str, timeout_s: float | None = None) -> DrainAnswerJson:
         """`POST /workers/{id}/drain`: no new jobs; past `timeout_s` its job is released."""
-        body: JsonObject = {} if timeout_s is None else {"timeout_s": timeout_s}
+        body: DrainRequestJson = {} if timeout_s is None else {"timeout_s": timeout_s}
         path = f"/workers/{urllib.parse.quote(worker_id, safe='')}/drain"
-        answer: JsonObject = self._json("POST", path, body)
+        answer: DrainAnswerJson = self._json("POST", path, dict(body))
         return answer
 
-    def resume(self, worker_id: str) -> JsonObject:
+    def resume(self, worker_id: str) -> ResumeAnswerJson:
         """`POST /workers/{id}/resume`: back in service."""
         path = f"/workers/{urllib.parse.quote(worker_id, safe='')}/resume"
-        answer: JsonObject = self._json("POST", path, {})
+        answer: ResumeAnswerJson = self._json("POST", path, {})
         return answer
 
     def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobJson]:
@@ -186,7 +194,7 @@ class HubClient:
         job: JobJson = self._json("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
         return job
 
-    def upload(self, path: Path, name: str | None = None) -> JsonObject:
+    def upload(self, path: Path, name: str | None = None) -> UploadJson:
         """`POST /uploads` of a file (streamed from disk): `{"ref", "name", "size",
         "content_type"}`; jobs then name it as `{"ref": ...}`."""
         query = urllib.parse.urlencode({"name": name or path.name})
@@ -204,7 +212,7 @@ class HubClient:
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    answer: JsonObject = json.loads(response.read())
+                    answer: UploadJson = json.loads(response.read())
                     return answer
             except urllib.error.HTTPError as exc:
                 raise HubError(_error_text(exc.read(), exc.code), exc.code) from None

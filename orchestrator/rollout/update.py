@@ -34,7 +34,7 @@ from orchestrator.backends.common import fan_out
 from orchestrator.errors import ExitCode, HubError, WgpuError
 from orchestrator.rollout.worker_src import MOUNT_POINT, VERSION_ENV, WorkerSource
 from wgpu_protocol import ports, worker_env
-from wgpu_protocol.rest import WorkerJson
+from wgpu_protocol.rest import DrainAnswerJson, ResumeAnswerJson, WorkerJson
 
 _SRC_ENV = ("PYTHONPATH", VERSION_ENV, worker_env.SRC_DESCRIBE)
 
@@ -166,8 +166,8 @@ class Replaceable(Protocol):
 
 class DrainingHub(Protocol):
     def get_workers(self) -> list[WorkerJson]: ...
-    def drain(self, worker_id: str, timeout_s: float | None = None) -> dict[str, Any]: ...
-    def resume(self, worker_id: str) -> dict[str, Any]: ...
+    def drain(self, worker_id: str, timeout_s: float | None = None) -> DrainAnswerJson: ...
+    def resume(self, worker_id: str) -> ResumeAnswerJson: ...
 
 
 def prepare_update(
