@@ -10,11 +10,13 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from .errors import ConfigError, StorageError
+
+T = TypeVar("T")
 
 READ_CHUNK_BYTES = 1 << 20
 PRESIGN_MAX_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
@@ -118,10 +120,7 @@ class LocalDirStorage:
                 tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
                 raise
 
-        try:
-            await asyncio.to_thread(write)
-        except OSError as exc:
-            raise StorageError(f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc}") from exc
+        await _in_thread(write)
         return len(data)
 
     async def get(self, job_id: str, name: str) -> bytes | None:
@@ -136,10 +135,7 @@ class LocalDirStorage:
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 return None
 
-        try:
-            return await asyncio.to_thread(read)
-        except OSError as exc:
-            raise StorageError(str(exc)) from exc
+        return await _in_thread(read)
 
     async def size(self, job_id: str, name: str) -> int | None:
         try:
@@ -155,11 +151,8 @@ class LocalDirStorage:
 
     async def open_writer(self, job_id: str, name: str) -> OutputWriter:
         path = self._path(job_id, name)
-        try:
-            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-            return await asyncio.to_thread(_LocalWriter, path)
-        except OSError as exc:
-            raise StorageError(_describe(exc)) from exc
+        await _in_thread(lambda: path.parent.mkdir(parents=True, exist_ok=True))
+        return await _in_thread(_LocalWriter, path)
 
     async def read_chunks(self, job_id: str, name: str) -> AsyncIterator[bytes]:
         try:
@@ -189,17 +182,11 @@ class LocalDirStorage:
             except (FileNotFoundError, NotADirectoryError):
                 return []
 
-        try:
-            return await asyncio.to_thread(scan)
-        except OSError as exc:
-            raise StorageError(_describe(exc)) from exc
+        return await _in_thread(scan)
 
     async def delete_name(self, job_id: str, name: str) -> None:
         path = self._path(job_id, name)
-        try:
-            await asyncio.to_thread(path.unlink, True)
-        except OSError as exc:
-            raise StorageError(_describe(exc)) from exc
+        await _in_thread(path.unlink, True)
 
     async def job_ids(self) -> list[str]:
         """Job directories, only in a root marked as ours (see claim_root)."""
@@ -211,10 +198,16 @@ class LocalDirStorage:
                 p.name for p in self.root.iterdir() if _JOB_DIR.fullmatch(p.name) and p.is_dir()
             ]
 
-        try:
-            return await asyncio.to_thread(scan)
-        except OSError as exc:
-            raise StorageError(str(exc)) from exc
+        return await _in_thread(scan)
+
+
+async def _in_thread(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` off the event loop; a failing disk is a StorageError (the attempt ends as
+    storage_error), never taken for anything else."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except OSError as exc:
+        raise StorageError(_describe(exc)) from exc
 
 
 def _describe(exc: OSError) -> str:
