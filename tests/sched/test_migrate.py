@@ -20,7 +20,7 @@ from redis_api.store import Store
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.sched.test_system import ENDED, fleet, txt2img
-from tests.worker.test_relay import HubClient
+from tests.worker.harness import HubClient
 
 pytestmark = pytest.mark.redis
 
