@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,17 +92,48 @@ def _commands(client: redis.Redis[bytes]) -> dict[str, float]:
 
 
 def _cpu(stack: RelayStack) -> dict[str, float]:
-    pids = {
-        "redis": stack.redis_pid,
-        "hub": stack.hub.pid,
-        "worker": stack.worker.pid,
-        "simulator": stack.sim.pid,
-    }
-    return {name: procs.cpu_seconds(pid) for name, pid in pids.items()}
+    """CPU seconds so far: Redis' own getrusage (INFO cpu, µs resolution), the others from
+    /proc (10 ms ticks)."""
+    pids = {"hub": stack.hub.pid, "worker": stack.worker.pid, "simulator": stack.sim.pid}
+    out = {name: procs.cpu_seconds(pid) for name, pid in pids.items()}
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        cpu: Mapping[str, Any] = client.info("cpu")
+    finally:
+        client.close()
+    out["redis"] = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    return out
 
 
-async def batch(stack: RelayStack, kind: str, jobs: int, first_seed: int) -> dict[str, Any]:
-    """`jobs` jobs of `kind` one after another; the per-job cost over the batch."""
+IDLE_S = 5.0  # how long the idle baseline of each round is measured
+
+
+def _counters(stack: RelayStack, client: redis.Redis[bytes]) -> dict[str, float]:
+    out = _redis_counters(client)
+    out.update({f"{name}_cpu": seconds for name, seconds in _cpu(stack).items()})
+    out["t"] = time.monotonic()
+    return out
+
+
+async def idle_rates(stack: RelayStack, seconds: float = IDLE_S) -> dict[str, float]:
+    """What the stack costs per second with no job (the hub's reaper, webhook poll and idle
+    worker refresh, the worker's heartbeat): a per-hub cost, not a per-job one."""
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        before = _counters(stack, client)
+        await asyncio.sleep(seconds)  # measuring an interval: the wait is the measurement
+        after = _counters(stack, client)
+    finally:
+        client.close()
+    elapsed = after["t"] - before["t"]
+    return {k: (after[k] - before[k]) / elapsed for k in after if k != "t"}
+
+
+async def batch(
+    stack: RelayStack, kind: str, jobs: int, first_seed: int, idle: dict[str, float]
+) -> dict[str, Any]:
+    """`jobs` jobs of `kind` one after another; the per-job cost over the batch, and net of
+    the stack's idle cost over the batch's duration (`idle`, per second)."""
     client = redis.Redis.from_url(stack.redis_url)
     make = KINDS[kind]
     try:
@@ -110,11 +142,13 @@ async def batch(stack: RelayStack, kind: str, jobs: int, first_seed: int) -> dic
             await hub_once(session, stack.hub.url, make(first_seed - 1))  # warm, not counted
             before_redis, before_cpu = _redis_counters(client), _cpu(stack)
             before_cmds = _commands(client)
+            t0 = time.monotonic()
             latencies = []
             for i in range(jobs):
                 latencies.append(await hub_once(session, stack.hub.url, make(first_seed + i)))
             after_redis, after_cpu = _redis_counters(client), _cpu(stack)
             after_cmds = _commands(client)
+            elapsed = time.monotonic() - t0
     finally:
         client.close()
     per_job = {k: (after_redis[k] - before_redis[k]) / jobs for k in after_redis}
@@ -124,7 +158,16 @@ async def batch(stack: RelayStack, kind: str, jobs: int, first_seed: int) -> dic
         for k, v in after_cmds.items()
         if v - before_cmds.get(k, 0.0) > 0
     }
+    # The idle cost that fell into the batch, per job: what a job of this kind adds is the rest.
+    idle_share = {k: v * elapsed / jobs for k, v in idle.items()}
     return {
+        "idle_share": idle_share,
+        "net_redis_usec": per_job["usec"] - idle_share["usec"],
+        "net_redis_calls": per_job["calls"] - idle_share["calls"],
+        "net_redis_bytes_in": per_job["bytes_in"] - idle_share["bytes_in"],
+        "net_redis_cpu_us": cpu_us["redis"] - idle_share["redis_cpu"] * 1e6,
+        "net_hub_cpu_us": cpu_us["hub"] - idle_share["hub_cpu"] * 1e6,
+        "net_worker_cpu_us": cpu_us["worker"] - idle_share["worker_cpu"] * 1e6,
         "redis_usec": per_job["usec"],
         "redis_calls": per_job["calls"],
         "redis_bytes_in": per_job["bytes_in"],
@@ -148,8 +191,10 @@ def run(
     jobs = jobs or (30 if quick else 100)
     rounds = rounds or 3
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    idles: list[dict[str, float]] = []
     table = Table(
-        "Cost of one job: hub + real worker + simulator (no compute), a client on SSE",
+        "Cost of one job: hub + real worker + simulator (no compute), a client on SSE, net of"
+        " the stack's idle cost",
         [
             "job",
             "Redis µs (commandstats)",
@@ -172,8 +217,10 @@ def run(
             with relay_stack(tmp, sim_args, every_step) as stack:
                 seed = 1
                 for _ in range(rounds):  # alternated, so drift falls on both kinds
+                    idle = asyncio.run(idle_rates(stack))
+                    idles.append(idle)
                     for kind in KINDS:
-                        results[kind].append(asyncio.run(batch(stack, kind, jobs, seed)))
+                        results[kind].append(asyncio.run(batch(stack, kind, jobs, seed, idle)))
                         seed += jobs + 1
         except Exception as exc:
             table.notes.append(f"failed: {type(exc).__name__}: {exc}")
@@ -185,35 +232,56 @@ def run(
             mid, lo, hi = _median(runs, key)
             return f"{mid:,.0f} ({lo:,.0f}-{hi:,.0f})"
 
-        redis_cpu = _median(runs, "redis_cpu_us")[0]
+        redis_cpu = _median(runs, "net_redis_cpu_us")[0]
         capacity = GPU_SECONDS_PER_JOB / (redis_cpu / 1e6) if redis_cpu > 0 else float("nan")
         table.add(
             kind,
-            cell("redis_usec"),
-            f"{_median(runs, 'redis_calls')[0]:.1f}",
-            cell("redis_cpu_us"),
-            cell("redis_bytes_in"),
-            cell("hub_cpu_us"),
-            cell("worker_cpu_us"),
+            cell("net_redis_usec"),
+            f"{_median(runs, 'net_redis_calls')[0]:.1f}",
+            cell("net_redis_cpu_us"),
+            cell("net_redis_bytes_in"),
+            cell("net_hub_cpu_us"),
+            cell("net_worker_cpu_us"),
             capacity,
             _median(runs, "latency_p50_ms")[0],
         )
     kinds = list(KINDS)
     if all(results[k] for k in kinds):
-        for key, what in (("redis_usec", "commandstats µs"), ("redis_cpu_us", "CPU µs")):
+        for key, what in (
+            ("net_redis_usec", "commandstats µs"),
+            ("net_redis_cpu_us", "CPU µs"),
+            ("net_redis_calls", "commands"),
+        ):
             minimal, realistic = (_median(results[k], key)[0] for k in kinds)
             ratio = realistic / minimal if minimal else float("nan")
             table.notes.append(
                 f"realistic / minimal Redis {what} per job: {ratio:.2f}x (goal <= 2x)"
             )
+        raw = [_median(results[k], "redis_cpu_us")[0] for k in kinds]
+        calls = [_median(results[k], "redis_calls")[0] for k in kinds]
+        table.notes.append(
+            "before taking off the idle cost: Redis CPU µs "
+            f"{raw[0]:,.0f} / {raw[1]:,.0f} ({raw[1] / raw[0]:.2f}x), commands "
+            f"{calls[0]:.1f} / {calls[1]:.1f} ({calls[1] / calls[0]:.2f}x)"
+        )
+    if idles:
+        rate = {k: percentile([i[k] for i in idles], 50) for k in idles[0]}
+        table.notes.append(
+            f"cells are net of the stack's idle cost (measured {IDLE_S:g} s before each round:"
+            f" {rate['calls']:.0f} Redis commands/s, {rate['redis_cpu'] * 1e6:,.0f} µs/s Redis"
+            f" CPU, {rate['hub_cpu'] * 1e6:,.0f} µs/s hub CPU: the reaper, the webhook poll,"
+            " heartbeats): a cost per hub, not per job, that a long job would otherwise carry"
+            " more of than a short one; raw deltas are in realjob.json"
+        )
     table.notes += [
         f"median (min-max) of {rounds} alternated batches of {jobs} jobs, one at a time",
-        f"process CPU comes from /proc in {1e6 / procs.CLOCK_TICKS:,.0f} µs ticks:"
-        f" +- {1e6 / procs.CLOCK_TICKS / jobs:,.0f} µs per job",
+        "Redis CPU is Redis' own (INFO cpu, µs); hub and worker CPU come from /proc in"
+        f" {1e6 / procs.CLOCK_TICKS:,.0f} µs ticks: +- {1e6 / procs.CLOCK_TICKS / jobs:,.0f} µs"
+        " per job",
         "the client's SSE stream is part of each job's cost (it is what a watching client costs)",
         f"load average at the end: {os.getloadavg()[0]:.2f}",
     ]
-    return [table], {"jobs_per_batch": jobs, "rounds": rounds, "runs": results}
+    return [table], {"jobs_per_batch": jobs, "rounds": rounds, "runs": results, "idle": idles}
 
 
 def main() -> None:
