@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import functools
 import json
 import os
 import random
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench import procs
@@ -132,7 +134,29 @@ def _run_loop(plan: list[tuple[list[str], int | None]], wait_for_comfyui: bool) 
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def _engine_lock() -> Iterator[None]:
+    """On a shared machine (WGPU_DOCKER_LOCK=/tmp/wgpu-docker.lock), hold the Docker Engine's
+    lock while this benchmark uses it, and only then, as `flock` around a test run does."""
+    path = os.environ.get("WGPU_DOCKER_LOCK", "")
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        print(f"orchestrator: waiting for {path} ...", flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run(quick: bool, slots: int = 8) -> tuple[list[Table], dict[str, Any]]:
+    with _engine_lock():
+        return _run(quick, slots)
+
+
+def _run(quick: bool, slots: int) -> tuple[list[Table], dict[str, Any]]:
     table = Table(f"Orchestrator: {slots} simulated slots", ["measure", "ms", "ratio"])
     raw: dict[str, Any] = {}
     try:
