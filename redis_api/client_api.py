@@ -26,7 +26,14 @@ from .jobs import job_view, parse_body, parse_job_list_query, parse_submit
 from .metrics import AttemptHistograms, QueueGauges
 from .progress import PROGRESS_KIND
 from .runtime import CALLER, HUB_KEY, Hub
-from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_states, worker_views
+from .snapshots import (
+    queue_summary,
+    recent_jobs,
+    waiting_reasons,
+    worker_for,
+    worker_states,
+    worker_views,
+)
 from .store import StreamEntry
 from .version import hub_version
 
@@ -537,7 +544,9 @@ async def _look_up_reason(hub: Hub, job_id: str) -> str | None:
 async def list_workers(request: web.Request) -> web.Response:
     hub = _hub(request)
     views = await worker_views(hub.store, hub.config)
-    return _json({"workers": [view for view, _owner in views]})
+    key = caller(request)  # tenancy: another key's job is not named
+    may_see = key.may_see if key is not None else (lambda owner: True)
+    return _json({"workers": [worker_for(view, owner, may_see) for view, owner in views]})
 
 
 HEALTH_TIMEOUT_S = 1.5  # /health answers within 2 s, even when Redis hangs

@@ -36,7 +36,7 @@ from .config import HubConfig
 from .errors import TooManyStreams
 from .event_fanout import EventFanout, Subscription
 from .jobs import job_view
-from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_views
+from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_for, worker_views
 from .store import Store, StreamEntry
 from .tasks import one_round, stop_tasks
 
@@ -164,7 +164,7 @@ class LiveFeed:
         return out
 
     def _summary_for(self, summary: _Summary, viewer: Viewer) -> list[tuple[str, str]]:
-        shown = [_worker_for(w, owner, viewer) for w, owner in summary.workers]
+        shown = [worker_for(w, owner, viewer.may_see) for w, owner in summary.workers]
         return [
             *viewer.changed("workers", {"workers": shown}),
             *viewer.changed("queue", _queue_for(summary.queue, viewer)),
@@ -245,14 +245,6 @@ def _id(stream_id: str) -> tuple[int, int]:
 def _owner(job: JobJson) -> str | None:
     owner = dict(job).get("owner")  # API key name, once tenancy records it
     return owner if isinstance(owner, str) and owner else None
-
-
-def _worker_for(worker: WorkerJson, owner: str | None, viewer: Viewer) -> dict[str, Any]:
-    view: dict[str, Any] = dict(worker)
-    if view.get("current_job") and not viewer.may_see(owner):
-        view["current_job"] = None  # another key's job: the viewer sees the GPU busy, no more
-        view["progress"] = None
-    return view
 
 
 def _queue_for(queue: QueueSummaryJson, viewer: Viewer) -> dict[str, Any]:

@@ -3,6 +3,8 @@ jobs. Shared by the REST routes (`GET /workers`) and the dashboard's live feed."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from wgpu_protocol.rest import JobJson, QueueSummaryJson, WorkerJson
 
 from .config import HubConfig
@@ -36,6 +38,16 @@ async def worker_views(store: Store, config: HubConfig) -> list[tuple[WorkerJson
         for row in rows
     ]
     return [(view, jobs.get(view["current_job"] or "", {}).get("owner") or None) for view in views]
+
+
+def worker_for(
+    worker: WorkerJson, owner: str | None, may_see: Callable[[str | None], bool]
+) -> WorkerJson:
+    """A worker's view for a caller: another key's job is not named (the caller sees the GPU
+    busy, no more)."""
+    if not worker.get("current_job") or may_see(owner):
+        return worker
+    return {**worker, "current_job": None, "progress": None}
 
 
 async def waiting_reasons(

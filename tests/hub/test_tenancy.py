@@ -108,3 +108,27 @@ async def test_outputs_are_served_safely(hub_factory: HubFactory) -> None:
                 assert "attachment" in response.headers["Content-Disposition"]
                 assert name in response.headers["Content-Disposition"]
     await worker.close()
+
+
+async def test_workers_name_only_the_callers_own_running_job(hub_factory: HubFactory) -> None:
+    """GET /workers shows every GPU (busy or not) to every key, but names the job it runs only
+    to the key that owns it (and to admin keys), as the dashboard's feed does."""
+    hub = await hub_factory(
+        api_keys=(f"alice:{ALICE}", f"bob:{BOB}"),
+        admin_api_keys=(f"root:{ROOT}",),
+        worker_token=TOKEN,
+    )
+    worker = ProtocolWorker(hub.url, token=TOKEN)
+    await worker.connect()
+    status, job = await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW}, _as(ALICE))
+    assert status == 201
+    await worker.take_job()
+    seen = {}
+    for name, secret in (("alice", ALICE), ("bob", BOB), ("root", ROOT)):
+        status, body = await call(hub.url, "GET", "/workers", headers=_as(secret))
+        assert status == 200
+        (tile,) = body["workers"]
+        assert tile["status"] == "busy"
+        seen[name] = tile["current_job"]
+    assert seen == {"alice": job["id"], "bob": None, "root": job["id"]}
+    await worker.close()
