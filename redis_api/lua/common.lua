@@ -39,8 +39,10 @@ local STARVE_FACTOR = 10
 -- kind `job` or `progress` (data: the job id) or `worker` (the worker id). Written only while
 -- some hub has a viewer (that hub keeps `feed_on` alive): nobody pays for it otherwise.
 local FEED_MAXLEN = 10000
+local feed_on = nil  -- looked up once per script (a script is atomic: it cannot change meanwhile)
 local function feed(kind, id)
-  if redis.call('EXISTS', P .. 'feed_on') == 1 then
+  if feed_on == nil then feed_on = redis.call('EXISTS', P .. 'feed_on') == 1 end
+  if feed_on then
     redis.call('XADD', P .. 'feed', 'MAXLEN', '~', FEED_MAXLEN, '*', 'k', kind, 'd', id)
   end
 end
