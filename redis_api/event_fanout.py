@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # the next read includes its stream; should the interrupt miss (it raced the read), the
 # subscription's entries come with the next read: late by at most this, never lost.
 BLOCK_MS = 1_000
+# Subscriptions arriving within this of each other share one interrupt (a burst of a thousand
+# streams costs a few dozen reads, not a thousand).
+INTERRUPT_DELAY_S = 0.02
 QUEUE_LIMIT = 256  # batches a subscriber may fall behind before it is dropped
 RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -127,11 +130,15 @@ class EventFanout:
         self.on_tick: OnTick | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._subs: dict[str, set[Subscription]] = {}
+        # Where the next XREAD starts, per followed key: kept up to date as entries are handed
+        # out, so that a read costs nothing per subscriber (a thousand streams, one event each:
+        # no pass over every subscription per event).
+        self._positions: dict[str, str] = {}
         self._count = 0
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reading = False
-        self._interrupting = False
+        self._interrupter: asyncio.Task[None] | None = None
 
     @property
     def open_streams(self) -> int:
@@ -155,8 +162,11 @@ class EventFanout:
         sub = Subscription(key, after)
         self._count += 1
         self._subs.setdefault(key, set()).add(sub)
+        known = self._positions.get(key)
+        if known is None or _id_after(known, after):
+            self._positions[key] = after
         self._start()
-        await self._interrupt()
+        self._interrupt_soon()
         try:
             yield sub
         finally:
@@ -166,6 +176,7 @@ class EventFanout:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[key]
+                    self._positions.pop(key, None)
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
@@ -188,16 +199,17 @@ class EventFanout:
                 except StoreUnavailable as exc:
                     log.debug("event tick: %s", exc)
 
+    def _interrupt_soon(self) -> None:
+        """A new subscriber: end the XREAD in flight shortly, so the next one reads from its
+        position (one interrupt at a time; subscribers arriving meanwhile ride on it)."""
+        if self._reading and (self._interrupter is None or self._interrupter.done()):
+            self._interrupter = asyncio.create_task(self._interrupt(), name="hub-event-unblock")
+
     async def _interrupt(self) -> None:
-        """A new subscriber: end the XREAD in flight so the next one reads from its position
-        (one interrupt at a time; those arriving meanwhile ride on it)."""
-        if self._reading and not self._interrupting:
-            self._interrupting = True
-            try:
-                with contextlib.suppress(StoreUnavailable):
-                    await self.reader.interrupt()
-            finally:
-                self._interrupting = False
+        await asyncio.sleep(INTERRUPT_DELAY_S)
+        if self._reading:
+            with contextlib.suppress(StoreUnavailable):
+                await self.reader.interrupt()
 
     async def _run(self) -> None:
         failures = 0
@@ -206,13 +218,9 @@ class EventFanout:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            positions = {
-                key: min((s.last_id for s in subs), key=_id_tuple)
-                for key, subs in self._subs.items()
-            }
             self._reading = True
             try:
-                entries = await self.reader.read(positions, BLOCK_MS)
+                entries = await self.reader.read(dict(self._positions), BLOCK_MS)
                 failures = 0
             except StoreUnavailable as exc:
                 if cancel_requested():
@@ -224,9 +232,15 @@ class EventFanout:
             finally:
                 self._reading = False
             for key, batch in entries.items():
-                for sub in list(self._subs.get(key, ())):
+                subs = self._subs.get(key)
+                if not subs or not batch:
+                    continue
+                for sub in list(subs):
                     sub.offer(batch)
+                if _id_after(batch[-1].id, self._positions.get(key, "0")):
+                    self._positions[key] = batch[-1].id  # every subscriber has it now
 
     async def close(self) -> None:
-        await stop_tasks([t for t in (self._task, self._ticker) if t is not None])
+        tasks = (self._task, self._ticker, self._interrupter)
+        await stop_tasks([t for t in tasks if t is not None])
         await self.reader.close()

@@ -5,12 +5,14 @@ Last-Event-ID is a 400 before the stream starts."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from redis_api.server import RunningHub
+from tests.fixtures.http import sse_events
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import WORKFLOW, call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
@@ -148,3 +150,44 @@ async def test_streams_opened_and_dropped_fast_leave_nothing(hub_factory: HubFac
         assert status == 201
     await eventually(lambda: _count(hub), lambda n: n == 0, within=10)
     assert (await call(hub.url, "GET", "/health"))[0] == 200
+
+
+async def test_a_queued_jobs_stream_follows_why_it_waits(
+    hub_factory: HubFactory, http: aiohttp.ClientSession
+) -> None:
+    """The once-a-second tick pushes a changed waiting reason to the stream of a queued job; the
+    job's own status events tell the stream when it leaves the queue and when it is back."""
+    hub = await hub_factory()
+    job = await submit(hub.url, constraints={"machine_id": "m9"})
+    async with http.get(f"{hub.url}/jobs/{job['id']}/events") as response:
+        events = sse_events(response)
+
+        async def next_event() -> tuple[str, Any]:
+            return await asyncio.wait_for(anext(events), 10)
+
+        assert await next_event() == (
+            "status",
+            {"status": "queued", "waiting_reason": "no worker is connected"},
+        )
+        elsewhere = ProtocolWorker(hub.url, "m1-gpu0", "m1")
+        await elsewhere.connect()  # a worker, but not on machine m9
+        kind, data = await next_event()
+        assert kind == "status" and data["status"] == "queued"
+        assert data["waiting_reason"] not in (None, "no worker is connected")
+        other_reason = data["waiting_reason"]
+
+        fits = ProtocolWorker(hub.url, "m9-gpu0", "m9")
+        await fits.connect()
+        assigned = await fits.take_job()
+        kind, data = await next_event()
+        if data == {"status": "queued", "waiting_reason": None}:
+            kind, data = await next_event()  # the tick saw m9 before the claim did
+        assert (kind, data["status"]) == ("status", "assigned")
+        assert (await fits.fail(assigned)).ok  # retried: back in the queue
+        assert (await next_event())[1]["status"] == "queued"
+        await fits.close()  # m9 is gone again: the stream says so, as before the claim
+        assert await next_event() == (
+            "status",
+            {"status": "queued", "waiting_reason": other_reason},
+        )
+        await elsewhere.close()
