@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import random
 import re
 import time
 import uuid
@@ -457,7 +458,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                         return response
                 if _after(sent, sub.last_id):
                     sub.last_id = sent
-                batch = await sub.next(SSE_KEEPALIVE_S)
+                # A random share of the interval: streams opened together (a thousand at
+                # once) do not all wake, check and write at the same moment.
+                batch = await sub.next(SSE_KEEPALIVE_S * random.uniform(0.5, 1.0))
                 if not batch:
                     if not await hub.store.job_exists(job_id):
                         return response  # expired: nothing more will come
