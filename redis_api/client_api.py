@@ -159,8 +159,9 @@ async def _submitted_body(request: web.Request, hub: Hub) -> tuple[Any, dict[str
             if not inputs.input_name_ok(name):
                 raise BadRequest(f"file part {name!r} needs a plain input name", "inputs")
             content_type = part.headers.get("Content-Type", "")
+            filename = part.filename if inputs.input_name_ok(part.filename or "") else name
             files[name] = await inputs.store_input(
-                hub, inputs.part_chunks(part), part.filename or name, content_type
+                hub, inputs.part_chunks(part), filename, content_type
             )
         else:
             raise BadRequest(f"unexpected form field {name!r}: send 'job' and file parts", name)
@@ -426,6 +427,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 # Live progress is not stored in the stream: a client joining mid-job gets
                 # the job's latest (recorded at a throttle, progress.py) after its history.
                 batch = [*backlog, StreamEntry("", PROGRESS_KIND, latest)]
+            quiet = 0  # keep-alives sent so far
             while True:
                 for entry in batch:
                     if entry.kind == REASON_KIND:
@@ -462,7 +464,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 # once) do not all wake, check and write at the same moment.
                 batch = await sub.next(SSE_KEEPALIVE_S * random.uniform(0.5, 1.0))
                 if not batch:
-                    if not await hub.store.job_exists(job_id):
+                    quiet += 1
+                    # A job ends with `done` on its stream; whether it still exists is only a
+                    # safety net, looked at every few keep-alives (a Redis call per stream
+                    # and keep-alive was most of what a thousand idle streams cost).
+                    if quiet % SSE_EXISTS_EVERY == 0 and not await hub.store.job_exists(job_id):
                         return response  # expired: nothing more will come
                     await _write(response, b": keep-alive\n\n")
         except (ConnectionResetError, ConnectionError, TimeoutError, SubscriberDropped):
@@ -474,6 +480,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 
 SSE_KEEPALIVE_S = 15.0
+SSE_EXISTS_EVERY = 4  # keep-alives between looks at whether the job still exists
 SSE_WRITE_TIMEOUT_S = 30.0  # a client that reads nothing for this long is dropped
 REASON_KIND = "_reason"  # an entry the tick pushes: a queued job's new waiting reason
 

@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from wgpu_protocol.messages import MAX_ID_LENGTH, ProtocolError, check_text
+from wgpu_protocol.messages import MAX_ID_LENGTH, MAX_NAME_BYTES, ProtocolError, check_text
 
 from .errors import BadRequest
 from .runtime import Hub
@@ -44,7 +44,15 @@ _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata"})
 
 
 def input_name_ok(name: str) -> bool:
-    return bool(_NAME.match(name)) and name not in (".", "..")
+    """A plain file name: valid UTF-8 text without separators, NUL or control characters, of
+    at most MAX_NAME_BYTES (it becomes a file name in ComfyUI's input directory)."""
+    try:
+        check_text(name, "name", name=True)
+    except ProtocolError:
+        return False
+    return (
+        bool(_NAME.match(name)) and name not in (".", "..") and len(name.encode()) <= MAX_NAME_BYTES
+    )
 
 
 async def store_input(

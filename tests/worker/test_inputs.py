@@ -266,3 +266,27 @@ async def test_inputs_expire_like_results(
     # The hub's own first sweep may run after the delete and take it first: the outcome counts.
     assert await hub.hub.maintenance.sweep_outputs() in (0, 1)
     assert [p.name for p in blobs.iterdir()] == [kept["ref"].removeprefix("sha256:")]
+
+
+@pytest.mark.parametrize("name", ["a\nb.png", "a\x7fb.png", "\u00e9" * 130 + ".png"])
+async def test_input_names_are_plain_file_names(
+    hub_factory: HubFactory, http: aiohttp.ClientSession, name: str
+) -> None:
+    """An input's name becomes a file name in ComfyUI's input directory: control characters
+    and names over 255 bytes are refused at the edge (400 naming the field), not by ComfyUI."""
+    hub = await hub_factory()
+    data = base64.b64encode(PNG).decode()
+    body = {"workflow": invert_workflow(name), "inputs": {name: {"data": data}}}
+    async with http.post(f"{hub.url}/jobs", json=body) as r:
+        answer = await r.json()
+    assert r.status == 400 and "plain file name" in answer["error"], answer
+    async with http.post(f"{hub.url}/uploads", params={"name": name}, data=PNG) as r:
+        answer = await r.json()
+    assert r.status == 400 and "plain file name" in answer["error"], answer
+    if not name.isprintable():
+        return  # aiohttp's client refuses to send that as a part's file name
+    form = aiohttp.FormData()
+    form.add_field("file", PNG, filename=name, content_type="image/png")
+    async with http.post(f"{hub.url}/uploads", data=form) as r:
+        answer = await r.json()
+    assert r.status == 400 and "plain file name" in answer["error"], answer
