@@ -422,15 +422,6 @@ async function retryJob() {
 
 const pending = { workflow: null, name: "", inputs: {} };
 
-function readAsBase64(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(file);
-  });
-}
-
 async function takeFiles(files) {
   const result = $("#submit-result");
   for (const file of files) {
@@ -444,7 +435,7 @@ async function takeFiles(files) {
         return;
       }
     } else {
-      pending.inputs[file.name] = { data: await readAsBase64(file) };
+      pending.inputs[file.name] = file; // uploaded at submit (POST /uploads), not inlined
     }
   }
   $("#submit-form").hidden = !pending.workflow;
@@ -465,9 +456,18 @@ function clearSubmit() {
 async function submitJob() {
   const result = $("#submit-result");
   const body = { workflow: pending.workflow, priority: Number($("#submit-priority").value || 0) };
-  if (Object.keys(pending.inputs).length) body.inputs = pending.inputs;
   $("#submit-button").disabled = true;
   try {
+    // Each input goes up once, streamed (no size limit of a JSON body), and the job names it
+    // by its content address.
+    const inputs = {};
+    for (const [name, file] of Object.entries(pending.inputs)) {
+      result.textContent = `uploading ${name}`;
+      const uploaded = await apiJson(`/uploads?name=${encodeURIComponent(name)}`, {
+        method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" }, body: file });
+      inputs[name] = { ref: uploaded.ref };
+    }
+    if (Object.keys(inputs).length) body.inputs = inputs;
     const job = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     result.textContent = `submitted ${job.id}`;
     result.dataset.jobId = job.id;

@@ -395,6 +395,11 @@ async def test_submit_a_workflow_with_its_input_image_and_see_it_inverted(
         assert shown[2] == expected
         _, job = await call(hub.url, "GET", f"/jobs/{job_id}")
         assert job["status"] == "succeeded" and job["workflow"]["1"]["class_type"] == "LoadImage"
+        # The input went up on its own (POST /uploads, streamed), not inlined in the job's JSON.
+        requests = await asyncio.to_thread(
+            js, page, "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert f"{hub.url}/uploads?name=in.png" in requests, requests
         await asyncio.to_thread(screenshot, page, "dashboard-inverted.png")
 
 
