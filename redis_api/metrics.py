@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from wgpu_protocol.rest import HELD_STATES
+
 # Dispatch latency buckets in seconds: from well under a Redis round trip to a slow queue.
 LATENCY_BUCKETS = (
     0.0005,
@@ -160,6 +162,9 @@ class HubMetrics:
             "# HELP wgpu_jobs Jobs in Redis per state (all hubs).",
             "# TYPE wgpu_jobs gauge",
             *(f'wgpu_jobs{{state="{state}"}} {n}' for state, n in jobs_by_state.items()),
+            "# HELP wgpu_jobs_held Jobs a worker holds (assigned + running), for autoscalers.",
+            "# TYPE wgpu_jobs_held gauge",
+            f"wgpu_jobs_held {sum(jobs_by_state.get(s, 0) for s in HELD_STATES)}",
             "# HELP wgpu_workers_connected Worker sockets connected to this hub.",
             "# TYPE wgpu_workers_connected gauge",
             f"wgpu_workers_connected {workers_connected}",

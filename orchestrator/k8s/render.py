@@ -59,7 +59,8 @@ S3_SECRET = "wgpu-s3"
 HUB_REPLICAS = 2
 GPU_RESOURCE = "nvidia.com/gpu"
 QUEUE_METRIC = 'wgpu_jobs{state="queued"}'  # redis_api.metrics: queued jobs, all hubs
-RUNNING_METRIC = 'wgpu_jobs{state="running"}'
+# Jobs a worker holds: assigned (waiting in its ComfyUI's queue) and running alike.
+RUNNING_METRIC = "wgpu_jobs_held"
 _PROBE_URL = re.compile(r"urlopen\('(http://[^']+)'")
 
 

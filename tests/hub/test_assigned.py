@@ -47,6 +47,7 @@ async def test_assigned_until_execution_started_then_running_in_json_and_sse(
     _, text = await call(hub.url, "GET", "/metrics")
     assert metric(text, 'wgpu_jobs{state="assigned"}') == 1
     assert metric(text, 'wgpu_jobs{state="running"}') == 0
+    assert metric(text, "wgpu_jobs_held") == 1  # what an autoscaler keeps pods for
     _, workers = await call(hub.url, "GET", "/workers")
     assert workers["workers"][0]["current_job"] == job["id"]
 

@@ -171,7 +171,8 @@ def test_keda_scales_the_gpu_pods_on_metrics_the_hub_exports() -> None:
         "name": "wgpu-gpu",
     }
     assert scaled["spec"]["maxReplicaCount"] == 3 and scaled["spec"]["minReplicaCount"] == 0
-    exported = HubMetrics().render({"queued": 7, "running": 2}, 1)
+    exported = HubMetrics().render({"queued": 7, "assigned": 1, "running": 2}, 1)
+    assert "\nwgpu_jobs_held 3\n" in exported
     for trigger, metric in zip(
         scaled["spec"]["triggers"], (QUEUE_METRIC, RUNNING_METRIC), strict=True
     ):
