@@ -137,7 +137,7 @@ def _not_found(job_id: str) -> web.HTTPNotFound:
     return web.HTTPNotFound(reason=f"no job {job_id!r}")
 
 
-async def _submitted_body(request: web.Request, hub: Hub) -> tuple[Any, dict[str, Any]]:
+async def _submitted_body(request: web.Request, hub: Hub, owner: str) -> tuple[Any, dict[str, Any]]:
     """(job body, inputs from file parts). Multipart: a `job` part with the JSON body and one
     file part per input, streamed to storage as it comes (bounded by MAX_INPUT_BYTES, not by
     the body limit)."""
@@ -161,7 +161,7 @@ async def _submitted_body(request: web.Request, hub: Hub) -> tuple[Any, dict[str
             content_type = part.headers.get("Content-Type", "")
             filename = part.filename if inputs.input_name_ok(part.filename or "") else name
             files[name] = await inputs.store_input(
-                hub, inputs.part_chunks(part), filename, content_type
+                hub, inputs.part_chunks(part), filename, content_type, owner
             )
         else:
             raise BadRequest(f"unexpected form field {name!r}: send 'job' and file parts", name)
@@ -175,10 +175,12 @@ async def submit(request: web.Request) -> web.Response:
     owner = _owner(request)
     hub.limiter.check(owner)
     wait_s = _wait_seconds(request)
-    body, files = await _submitted_body(request, hub)
+    body, files = await _submitted_body(request, hub, owner)
     spec = parse_submit(body, hub.config)
     if isinstance(body, dict) and (body.get("inputs") is not None or files):
-        resolved = await inputs.resolve_inputs(hub, body.get("inputs"), body.get("workflow"), files)
+        resolved = await inputs.resolve_inputs(
+            hub, body.get("inputs"), body.get("workflow"), files, owner
+        )
         spec = replace(spec, extras={**(spec.extras or {}), "inputs": resolved})
     idempotency_key = spec.idempotency_key
     if owner:

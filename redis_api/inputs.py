@@ -31,8 +31,8 @@ from yarl import URL
 
 from wgpu_protocol.messages import MAX_ID_LENGTH, MAX_NAME_BYTES, ProtocolError, check_text
 
-from .errors import BadRequest
-from .runtime import Hub
+from .errors import BadRequest, QueueFull
+from .runtime import CALLER, Hub
 
 INPUTS_DIR = "inputs"  # the storage "job" holding input blobs
 MAX_INPUTS = 32
@@ -55,11 +55,35 @@ def input_name_ok(name: str) -> bool:
     )
 
 
+def _over_quota(limit: int, retry_after_s: float) -> QueueFull:
+    return QueueFull(
+        f"this key's stored inputs and queued workflows would exceed MAX_QUEUED_BYTES_PER_KEY "
+        f"({limit} bytes); retry when its earlier uploads expire",
+        retry_after_s=retry_after_s if retry_after_s > 0 else 5,
+    )
+
+
+async def check_room(hub: Hub, owner: str) -> bool:
+    """Whether `owner`'s inputs are counted (a per-key byte limit is set); refuses at once,
+    before any byte is read, when the key's stored and queued bytes already fill it. (Whether
+    an upload fits is known only from its sha256: an input the key stored already counts once.)"""
+    limit = hub.config.max_queued_bytes_per_key
+    if not owner or limit <= 0:
+        return False
+    used, retry_after_s = await hub.store.owner_bytes(owner)
+    if used >= limit:
+        raise _over_quota(limit, retry_after_s)
+    return True
+
+
 async def store_input(
-    hub: Hub, chunks: AsyncIterator[bytes], name: str, content_type: str
+    hub: Hub, chunks: AsyncIterator[bytes], name: str, content_type: str, owner: str = ""
 ) -> dict[str, Any]:
-    """Stream an input into storage under its sha256; returns its description."""
+    """Stream an input into storage under its sha256; returns its description. An owner's
+    inputs count against its byte limit (MAX_QUEUED_BYTES_PER_KEY) until they expire: beyond
+    it, 429 (QueueFull) and nothing is kept."""
     limit = hub.config.max_input_bytes
+    counted = await check_room(hub, owner)
     writer = await hub.storage.open_writer(INPUTS_DIR, f".upload-{uuid.uuid4().hex}")
     digest = hashlib.sha256()
     size = 0
@@ -76,6 +100,13 @@ async def store_input(
         await writer.abort()
         raise
     sha256 = digest.hexdigest()
+    if counted:
+        charged, retry_after_s, _ = await hub.store.charge_input(
+            owner, sha256, size, hub.config.ttl_ms, hub.config.max_queued_bytes_per_key
+        )
+        if not charged:
+            await writer.abort()
+            raise _over_quota(hub.config.max_queued_bytes_per_key, retry_after_s)
     guessed = mimetypes.guess_type(name)[0]
     if not content_type or content_type == "application/octet-stream":
         content_type = guessed or "application/octet-stream"
@@ -96,7 +127,7 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def from_base64(hub: Hub, name: str, data: Any) -> dict[str, Any]:
+async def from_base64(hub: Hub, name: str, data: Any, owner: str = "") -> dict[str, Any]:
     if not isinstance(data, str):
         raise BadRequest(f"inputs.{name}.data must be a base64 string", f"inputs.{name}")
     if len(data) > hub.config.max_input_bytes * 4 // 3 + 4:
@@ -105,7 +136,7 @@ async def from_base64(hub: Hub, name: str, data: Any) -> dict[str, Any]:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"inputs.{name}.data is not valid base64", f"inputs.{name}") from None
-    return await store_input(hub, _one(raw), name, "")
+    return await store_input(hub, _one(raw), name, "", owner)
 
 
 async def from_ref(hub: Hub, name: str, ref: Any) -> dict[str, Any]:
@@ -160,7 +191,7 @@ async def check_fetchable(hub: Hub, url: str, field: str) -> None:
             )
 
 
-async def from_url(hub: Hub, name: str, url: Any) -> dict[str, Any]:
+async def from_url(hub: Hub, name: str, url: Any, owner: str = "") -> dict[str, Any]:
     field = f"inputs.{name}.url"
     if not isinstance(url, str) or len(url) > 4000:
         raise BadRequest(f"{field} must be a URL string", field)
@@ -183,7 +214,11 @@ async def from_url(hub: Hub, name: str, url: Any) -> dict[str, Any]:
                         )
                     filename = urlsplit(url).path.rsplit("/", 1)[-1] or name
                     return await store_input(
-                        hub, response.content.iter_chunked(1 << 20), filename, response.content_type
+                        hub,
+                        response.content.iter_chunked(1 << 20),
+                        filename,
+                        response.content_type,
+                        owner,
                     )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise BadRequest(
@@ -202,7 +237,7 @@ def names_in_workflow(workflow: dict[str, Any]) -> set[str]:
 
 
 async def resolve_inputs(
-    hub: Hub, raw: Any, workflow: Any, files: dict[str, dict[str, Any]]
+    hub: Hub, raw: Any, workflow: Any, files: dict[str, dict[str, Any]], owner: str = ""
 ) -> dict[str, dict[str, Any]]:
     """`inputs` of a job body (plus multipart file parts) -> {name: description}; 400 for an
     input no node names, undecodable base64, an unknown ref, a refused URL or too many bytes."""
@@ -230,9 +265,9 @@ async def resolve_inputs(
         if "ref" in spec:
             resolved[name] = await from_ref(hub, name, spec["ref"])
         elif "data" in spec:
-            resolved[name] = await from_base64(hub, name, spec["data"])
+            resolved[name] = await from_base64(hub, name, spec["data"], owner)
         else:
-            resolved[name] = await from_url(hub, name, spec["url"])
+            resolved[name] = await from_url(hub, name, spec["url"], owner)
     resolved.update(files)
     total = sum(int(meta["size"]) for meta in resolved.values())
     if total > hub.config.max_input_bytes:
@@ -260,6 +295,9 @@ async def post_upload(request: web.Request) -> web.Response:
     from .runtime import HUB_KEY
 
     hub = request.app[HUB_KEY]
+    caller = request.get(CALLER)
+    owner = caller.name if caller is not None else ""
+    await check_room(hub, owner)  # a full key is refused before its body is read
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
         async for part in reader:
@@ -268,14 +306,18 @@ async def post_upload(request: web.Request) -> web.Response:
                 if not input_name_ok(name):
                     raise BadRequest("the file name must be a plain file name", "file")
                 content_type = part.headers.get("Content-Type", "")
-                meta = await store_input(hub, part_chunks(part), name, content_type)
+                meta = await store_input(hub, part_chunks(part), name, content_type, owner)
                 return web.json_response(_public(meta), status=201)
         raise BadRequest("a multipart upload needs a 'file' field", "file")
     name = request.query.get("name", "")
     if not input_name_ok(name):
         raise BadRequest("a raw upload needs ?name=<file name> (a plain file name)", "name")
     meta = await store_input(
-        hub, request.content.iter_chunked(1 << 20), name, request.headers.get("Content-Type", "")
+        hub,
+        request.content.iter_chunked(1 << 20),
+        name,
+        request.headers.get("Content-Type", ""),
+        owner,
     )
     return web.json_response(_public(meta), status=201)
 

@@ -290,13 +290,14 @@ def _load_scripts() -> dict[str, str]:
         "why",
         "migrate",
         "unplaced",
+        "upload",
     )
 
     # Under Redis OOM (maxmemory, noeviction) every script but enqueue runs (allow-oom): they
     # end or rewrite jobs, so the queue drains. Without the flag a script could stop half way,
     # at its first growing write. enqueue is flagged without it: refused whole, before it runs.
     def shebang(name: str) -> str:
-        return "#!lua" if name == "enqueue" else "#!lua flags=allow-oom"
+        return "#!lua" if name in ("enqueue", "upload") else "#!lua flags=allow-oom"
 
     return {
         name: shebang(name) + "\n" + common + "\n" + (folder / f"{name}.lua").read_text()
@@ -949,6 +950,20 @@ class Store:
             pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
             pipe.pexpire(key, ttl_ms)
             await pipe.execute()
+
+    async def charge_input(
+        self, owner: str, sha256: str, size: int, ttl_ms: int, limit: int
+    ) -> tuple[bool, float, int]:
+        """Count an owner's stored input against its byte limit (lua/upload.lua). Returns
+        (charged, seconds until room may come (-1: unknown), bytes counted)."""
+        ok, retry_ms, used = await self._run("upload", owner, sha256, size, ttl_ms, limit)
+        return bool(int(ok)), int(retry_ms) / 1000 if int(retry_ms) > 0 else -1.0, int(used)
+
+    async def owner_bytes(self, owner: str) -> tuple[int, float]:
+        """(bytes counted against an owner's limit now: queued workflows and live inputs,
+        seconds until its first input expires or -1) for an early refusal; upload.lua decides."""
+        _, retry_s, used = await self.charge_input(owner, "", 0, 0, 0)
+        return used, retry_s
 
     async def existing_inputs(self, hashes: Sequence[str]) -> set[str]:
         return await self._existing("input", hashes)

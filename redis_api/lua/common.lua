@@ -234,6 +234,26 @@ local function queue_count(id, sign, f)
   end
 end
 
+-- Input bytes an owner stored (POST /uploads, inline and URL inputs) count against its byte
+-- limit until they expire: `uploads:<owner>` (sha256 -> expiry ms), `upsize:<owner>` (sha256
+-- -> size), `upbytes:<owner>` (their sum). All three expire with the owner's last input.
+-- Returns the live bytes, forgetting (up to 1000) expired inputs first.
+local function upload_bytes(owner, now)
+  local zkey, sizes = P .. 'uploads:' .. owner, P .. 'upsize:' .. owner
+  local total = P .. 'upbytes:' .. owner
+  local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 1000)
+  if #gone > 0 then
+    local freed = 0
+    for _, size in ipairs(redis.call('HMGET', sizes, unpack(gone))) do
+      freed = freed + (tonumber(size) or 0)
+    end
+    redis.call('ZREM', zkey, unpack(gone))
+    redis.call('HDEL', sizes, unpack(gone))
+    if redis.call('DECRBY', total, freed) <= 0 then redis.call('DEL', total) end
+  end
+  return tonumber(redis.call('GET', total)) or 0
+end
+
 local function queue_add(id, score, f)
   if redis.call('ZADD', P .. 'queue', score, id) == 1 then queue_count(id, 1, f) end
 end

@@ -31,8 +31,11 @@ if owner ~= '' then
   if over(ARGV[21], function() return redis.call('HGET', P .. 'queued_jobs_by', owner) end, 1) then
     return {'', 0, 0, 'max_queued_jobs_per_key'}
   end
-  if over(ARGV[22], function() return redis.call('HGET', P .. 'queued_bytes_by', owner) end,
-      bytes) then
+  -- Its stored inputs count too (upload.lua), until they expire.
+  if over(ARGV[22], function()
+        return (tonumber(redis.call('HGET', P .. 'queued_bytes_by', owner)) or 0) +
+          upload_bytes(owner, now)
+      end, bytes) then
     return {'', 0, 0, 'max_queued_bytes_per_key'}
   end
 end
