@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fixtures.http import read_sse
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import WORKFLOW, call, get_job, submit
-from tests.hub.test_lifecycle import read_sse
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
 from wgpu_protocol.messages import Ack, Cancel, ExecutionStarted, JobAssigned, Progress, Started

@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from orchestrator.hub_client.client import parse_sse
-from tests.fixtures.http import serving
+from tests.fixtures.http import read_sse, serving
 from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import WORKFLOW, call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
@@ -21,15 +20,6 @@ from tests.polling import eventually
 from wgpu_protocol.messages import GpuInfo, GpuStats, Heartbeat, JobAssigned, Progress, Started
 
 pytestmark = pytest.mark.redis
-
-
-async def read_sse(url: str, last_event_id: str | None = None) -> list[tuple[str, object, str]]:
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        lines = [raw.decode().rstrip("\r\n") async for raw in response.content]
-    return [(e.kind, e.data, e.id or "") for e in parse_sse(lines)]
 
 
 async def test_job_lifecycle_end_to_end(hub_factory: HubFactory, any_redis_url: str) -> None:
