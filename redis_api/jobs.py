@@ -16,6 +16,7 @@ from wgpu_protocol.rest import (
     JOB_STATES,
     WORKER_STATES,
     DrainJson,
+    JobErrorJson,
     JobJson,
     JobStatus,
     WebhookEvent,
@@ -278,6 +279,18 @@ def _unscoped(key: str | None, owner: str) -> str:
     return key or ""
 
 
+def _error_view(error: Any) -> JobErrorJson | None:
+    """An error as the contract shows it: every key present (Lua scripts leave `node_id` out)."""
+    if not isinstance(error, dict):
+        return None
+    node_id = error.get("node_id")
+    return {
+        "type": str(error.get("type", "")),
+        "message": str(error.get("message", "")),
+        "node_id": None if node_id is None else str(node_id),
+    }
+
+
 def job_view(
     fields: dict[str, str], with_workflow: bool = False, waiting_reason: str | None = None
 ) -> JobJson:
@@ -286,9 +299,10 @@ def job_view(
     owner = fields.get("owner") or ""
     status = fields.get("status", "")
     running = status in HELD_STATES
-    error = _json(fields.get("error"), None)
-    if isinstance(error, dict):
-        error = {k: error.get(k) for k in ("type", "message", "node_id")}
+    error = _error_view(_json(fields.get("error"), None))
+    history = _json(fields.get("history"), [])
+    for attempt in history:
+        attempt["error"] = _error_view(attempt.get("error"))
     view: JobJson = {
         "id": fields.get("id", ""),
         "status": cast(JobStatus, status),
@@ -310,7 +324,7 @@ def job_view(
         "owner": owner or None,
         "webhook_url": fields.get("webhook_url") or None,
         "webhook": webhook_state(fields),
-        "history": _json(fields.get("history"), []),
+        "history": history,
         "requires": _json(fields.get("requires"), {}),
         "queue_timeout_s": int(fields["queue_ms"]) / 1000.0 if fields.get("queue_ms") else None,
         "schedule_timeout_s": int(fields["sched_ms"]) / 1000.0 if fields.get("sched_ms") else None,

@@ -84,6 +84,12 @@ async def test_cut_socket_requeues_to_another_worker_within_2s(
     final = await get_job(hub.url, job["id"])
     assert final["status"] == "succeeded" and final["worker_id"] == "m1-gpu1"
     assert [h["outcome"] for h in final["history"]] == ["lease_expired", "succeeded"]
+    # The reaper's error has the contract's shape (node_id too), as /openapi.json describes it.
+    assert final["history"][0]["error"] == {
+        "type": "lease_expired",
+        "message": "the worker stopped renewing its lease",
+        "node_id": None,
+    }
     await second.close()
 
 
