@@ -1,7 +1,8 @@
 """The hub as a separate process for benchmarks: `python -m bench.hub_process`, configured by the
 hub's own environment variables (REDIS_URL, REDIS_API_PORT, ...). With BENCH_PROFILE=FILE it
 runs under pyinstrument and writes an HTML profile when it stops (SIGTERM); a FILE ending in
-.prof runs it under cProfile instead."""
+.prof runs it under cProfile instead. With BENCH_GC_LOG=FILE it appends every garbage
+collection over 1 ms to FILE (when, generation, ms)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,29 @@ from redis_api.config import HubConfig
 from redis_api.server import run_hub
 
 
+def log_gc_pauses(path: str) -> None:
+    """Append "wall_time generation milliseconds" for every collection over 1 ms to `path`."""
+    import gc
+    import time
+
+    started: list[float] = [0.0]
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the process' life
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - started[0]) * 1000
+        if ms > 1.0:
+            out.write(f"{time.time():.3f} {info['generation']} {ms:.1f}\n")
+
+    gc.callbacks.append(callback)
+
+
 def main() -> None:
     config = HubConfig.from_env()
+    if os.environ.get("BENCH_GC_LOG"):
+        log_gc_pauses(os.environ["BENCH_GC_LOG"])
     profile_path = os.environ.get("BENCH_PROFILE")
     if not profile_path:
         run_hub(config)

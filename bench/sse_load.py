@@ -48,14 +48,19 @@ class Sample:
     submit_ms: list[float] = field(default_factory=list)
     dispatch_ms: list[float] = field(default_factory=list)
     hub_cpu_percent: float = 0.0
+    window: tuple[float, float] = (0.0, 0.0)  # wall clock, for the hub's GC log
+    gc_pauses_ms: list[float] = field(default_factory=list)
 
     def figures(self) -> dict[str, float]:
+        seconds = max(1e-9, self.window[1] - self.window[0])
         return {
             "submit p50 ms": percentile(self.submit_ms, 50),
             "submit p99 ms": percentile(self.submit_ms, 99),
             "dispatch p50 ms": percentile(self.dispatch_ms, 50),
             "dispatch p99 ms": percentile(self.dispatch_ms, 99),
             "hub CPU %": self.hub_cpu_percent,
+            "hub GC ms per s (pauses > 1 ms)": sum(self.gc_pauses_ms) / seconds,
+            "hub longest GC pause ms": max(self.gc_pauses_ms, default=0.0),
         }
 
 
@@ -108,7 +113,7 @@ async def _paced_load(
     sample = Sample()
     client.delete(STARTS_KEY)
     loop = asyncio.get_running_loop()
-    cpu0, t_start = procs.cpu_seconds(hub_pid), loop.time()
+    cpu0, t_start, wall0 = procs.cpu_seconds(hub_pid), loop.time(), time.time()
     tasks = []
     for i in range(cfg.jobs):
         delay = t_start + i / cfg.rate - loop.time()
@@ -123,6 +128,7 @@ async def _paced_load(
         await asyncio.sleep(0.02)
     elapsed = loop.time() - t_start
     sample.hub_cpu_percent = 100 * (procs.cpu_seconds(hub_pid) - cpu0) / elapsed
+    sample.window = (wall0, time.time())
     sample.dispatch_ms = [(start - submit) * 1000 for _, submit, start in read_records(client)]
     return sample
 
@@ -143,6 +149,7 @@ def _holder(url: str, jobs_file: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def run_sse_load(cfg: SseLoadConfig, work_dir: Path, profile: Path | None) -> dict[str, Any]:
+    gc_log = work_dir / "hub-gc.log"
     with procs.local_redis(work_dir / "redis") as server:
         client = redis.Redis.from_url(server.url)
         hub = HubProcess(
@@ -151,6 +158,7 @@ async def run_sse_load(cfg: SseLoadConfig, work_dir: Path, profile: Path | None)
             profile=profile,
             max_connections_per_ip=0,  # every stream comes from 127.0.0.1
             max_event_streams=max(2000, cfg.streams + 100),
+            bench_gc_log=str(gc_log),
         ).start()
         worker_args = ["--hub", hub.url, "--machine", "sse", "--count", str(cfg.workers)]
         workers = procs.spawn(
@@ -192,6 +200,11 @@ async def run_sse_load(cfg: SseLoadConfig, work_dir: Path, profile: Path | None)
             hub.stop()
             client.close()
         load["end"] = os.getloadavg()
+    logged = gc_log.read_text().splitlines() if gc_log.exists() else []
+    pauses = [tuple(map(float, line.split())) for line in logged]
+    for sample in samples[NONE] + samples[HELD]:
+        start, end = sample.window
+        sample.gc_pauses_ms = [ms for when, _, ms in pauses if start <= when <= end]
     return {"samples": samples, "load": load}
 
 

@@ -138,7 +138,9 @@ async def test_resume_after_last_event_id_misses_nothing(hub_factory: HubFactory
     await worker.close()
 
 
-async def test_streams_opened_and_dropped_fast_leave_nothing(hub_factory: HubFactory) -> None:
+async def test_streams_opened_and_dropped_fast_leave_nothing(
+    hub_factory: HubFactory, redis_url: str
+) -> None:
     hub = await hub_factory(max_connections_per_ip=0)
     job = await submit(hub.url)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -146,6 +148,10 @@ async def test_streams_opened_and_dropped_fast_leave_nothing(hub_factory: HubFac
             responses = await _open_streams(http, hub, [job["id"]] * 60)
             for response in responses:
                 response.close()
+        # Dropped streams hold no Redis connection, not even for a while (each one stayed
+        # blocked in its own read, on a pooled connection, after its client left).
+        connected, blocked = await _redis_clients(redis_url)
+        assert blocked <= 1 and connected < 60, (connected, blocked)
         status, _ = await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW})
         assert status == 201
     await eventually(lambda: _count(hub), lambda n: n == 0, within=10)
