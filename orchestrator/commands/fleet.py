@@ -14,6 +14,7 @@ from orchestrator.commands.options import (
     ComfyuiImageOption,
     ImageOption,
     JsonOption,
+    StopTimeoutOption,
     WorkerSrcOption,
 )
 from orchestrator.console import ExitCode, err, fail, out
@@ -118,7 +119,7 @@ def up(
 @fleet_app.command("down")
 def down(
     inventory: InventoryOption = DEFAULT_INVENTORY,
-    timeout: Annotated[float, typer.Option("--timeout", "-t", min=0)] = 30.0,
+    timeout: StopTimeoutOption = 30.0,
     as_json: JsonOption = False,
 ) -> None:
     """Stop and remove every host's workers (and their ComfyUI)."""
