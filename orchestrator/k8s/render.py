@@ -39,6 +39,7 @@ from orchestrator.stack.compose_render import (
     worker_service_name,
 )
 from orchestrator.stack.spec import ContainerSpec, HealthCheck
+from wgpu_protocol import worker_env as names
 
 API_VERSIONS = {
     "Secret": "v1",
@@ -352,22 +353,22 @@ def _gpu_pods(specs: Mapping[str, ContainerSpec], options: K8sOptions) -> list[d
     worker_env = _env_values(worker_spec, options)
     worker_env.update(
         {
-            "REDIS_API_HOST": f"{HUB}.{options.namespace}.svc",
-            "REDIS_API_PORT": str(options.stack.hub_port),
-            "NUM_GPUS": "1",
-            "GPU_ID": "0",
+            names.HUB_HOST: f"{HUB}.{options.namespace}.svc",
+            names.HUB_PORT_VAR: str(options.stack.hub_port),
+            names.NUM_GPUS: "1",
+            names.GPU_ID: "0",
             # The pod's GPU is ComfyUI's; the worker reports no NVML figures of its own.
             "NVIDIA_VISIBLE_DEVICES": "void",
         }
     )
-    worker_env.pop("MACHINE_ID", None)
-    worker_env.pop("WORKER_TOKEN", None)
+    worker_env.pop(names.MACHINE_ID, None)
+    worker_env.pop(names.WORKER_TOKEN, None)
     worker = _container(ROLE_WORKER, worker_spec, options)
     worker["env"] = [
         # The pod's name (wgpu-gpu-0, ...) is stable across restarts: so is the worker's id,
         # and a drain in the hub holds when the pod comes back.
-        {"name": "MACHINE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        *_env(worker_env, ["WORKER_TOKEN"]),
+        {"name": names.MACHINE_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *_env(worker_env, [names.WORKER_TOKEN]),
     ]
     worker["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}}
     # The worker's own stop timeout: past its SIGTERM grace, so a job finishing in it lives.
