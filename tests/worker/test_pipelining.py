@@ -129,6 +129,29 @@ async def test_a_storage_failure_while_relaying_fails_that_job_alone(
         assert done["attempts"] == 1 and done["history"][0]["outcome"] == "succeeded"
 
 
+async def test_a_job_cancelled_while_relaying_stops_its_relay_and_the_next_job_goes_on(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gate = RelayGate("first")
+    hub = await hub_factory()
+    sim = await sim_factory(view_hook=gate.hook)
+    client = HubClient(http, hub.url)
+    try:
+        async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+            first = await client.submit(saving_workflow("wgpu/first"))
+            second = await client.submit(saving_workflow("wgpu/second"))
+            await asyncio.wait_for(gate.reached.wait(), 15)
+            assert (await client.cancel(first))["status"] == "cancelled"
+            # The first job's output is still held in ComfyUI's /view, yet the second job's
+            # relay does not wait for it: the worker dropped the cancelled job's relay.
+            done = await client.wait_for(second)
+            assert done["status"] == "succeeded" and len(done["outputs"]) == 1, done
+            cancelled = await client.job(first)
+            assert cancelled["status"] == "cancelled" and cancelled["outputs"] == []
+    finally:
+        gate.opened.set()
+
+
 async def test_a_worker_killed_while_relaying_one_job_and_running_another_loses_neither(
     hub_factory: HubFactory,
     sim_factory: SimFactory,

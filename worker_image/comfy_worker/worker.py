@@ -5,7 +5,8 @@ Promises kept here:
 - pipelining (`config.pipeline`, to a hub whose welcome offers it): once ComfyUI is done with a
   job that has outputs, the worker says `ready` naming it as `relaying` and relays its outputs
   while ComfyUI runs the next job. At most two jobs are held: one relaying and one running (or
-  waiting to relay: one relay at a time, so memory stays bounded);
+  waiting to relay: one relay at a time, so memory stays bounded); a `cancel` of a relaying job
+  stops its relay;
 - a job's result is held until the hub acks it; after a reconnect the hello names the held jobs,
   and a result is sent again only if the hub kept that job's lease (`welcome.resumed`,
   `welcome.relaying_resumed`); otherwise the job was given away: it is stopped in ComfyUI and
@@ -86,6 +87,10 @@ class HeldJob:
     asked_next_on: HubSession | None = None
     # The socket whose hub heard `ready` naming this job as relaying (pipelining).
     announced_relaying_on: HubSession | None = None
+    # The hub ended the job (its `cancel` reason) after ComfyUI was done with it: its outputs
+    # are not relayed (any more), so that the next job's relay does not wait for them.
+    stop_relay: str | None = None
+    relay_task: asyncio.Task[bool] | None = None
     hub_unavailable: asyncio.Event = field(default_factory=asyncio.Event)  # hub could not record
     ack: asyncio.Future[Ack] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -246,6 +251,10 @@ class Worker:
             if held is not None:
                 log.info("hub cancelled job %s (%s)", message.job_id, message.reason)
                 held.runner.cancel()
+                if held.outcome is not None:
+                    held.stop_relay = message.reason
+                    if held.relay_task is not None:
+                        held.relay_task.cancel()
         elif isinstance(message, Ack):
             held = self._find(message.job_id, message.token)
             if (
@@ -402,8 +411,30 @@ class Worker:
 
     async def _relay_outputs(self, session: HubSession, held: HeldJob) -> bool:
         """Stream the outcome's outputs to the hub; afterwards its final message has their refs
-        (or is a failure saying which output could not be relayed). False: the socket closed
-        meanwhile."""
+        (or is a failure saying which output could not be relayed, or that the hub ended the
+        job meanwhile). False: the socket closed meanwhile."""
+        if held.stop_relay is None:
+            relay = asyncio.ensure_future(self._stream_outputs(session, held))
+            held.relay_task = relay
+            try:
+                await asyncio.wait({relay})
+            except asyncio.CancelledError:
+                relay.cancel()  # this job's task was cancelled (shutdown, given away)
+                raise
+            finally:
+                held.relay_task = None
+            if not relay.cancelled():
+                return relay.result()
+        outcome = held.outcome
+        job = held.assignment
+        if outcome is not None and outcome.sources and isinstance(outcome.final, Completed):
+            log.info("job %s: the hub ended it (%s): relay stopped", job.job_id, held.stop_relay)
+            message = f"the hub ended the job ({held.stop_relay}) while its outputs were relayed"
+            error = JobError("cancelled", message, None, False)
+            held.outcome = Outcome(Failed(job.job_id, job.token, error), (), outcome.spool_dir)
+        return True
+
+    async def _stream_outputs(self, session: HubSession, held: HeldJob) -> bool:
         outcome = held.outcome
         assert outcome is not None and self._client is not None
         final = outcome.final
