@@ -44,12 +44,14 @@ async def relaying_one_running_another(
 async def test_the_next_job_comes_while_the_previous_relays_and_both_stay_the_workers(
     hub_factory: HubFactory, redis_url: str
 ) -> None:
-    hub = await hub_factory()
+    hub = await hub_factory(lease_s=30.0)
     worker = ProtocolWorker(hub.url)
     welcome = await worker.connect()
     assert welcome.pipelining is True
     first, second = await relaying_one_running_another(hub.url, worker)
     for job in (first, second):
+        # Both keep their lease (a job a claim gives up gets a lease that ends now).
+        assert (await lease_left_s(redis_url, job.job_id) or 0.0) > 20.0
         view = await get_job(hub.url, job.job_id)
         assert view["status"] == "assigned" and view["worker_id"] == worker.worker_id, view
         assert view["attempts"] == 1 and view["history"] == []  # nothing requeued
@@ -106,7 +108,7 @@ async def test_heartbeats_renew_the_relaying_jobs_lease_too(
 
 
 async def test_a_lost_socket_requeues_both_jobs(hub_factory: HubFactory) -> None:
-    hub = await hub_factory()
+    hub = await hub_factory(lease_s=30.0)  # requeued by the disconnect's grace, not the lease
     worker = ProtocolWorker(hub.url)
     await worker.connect()
     first, second = await relaying_one_running_another(hub.url, worker)
