@@ -82,12 +82,11 @@ def draw(results_dir: Path = RESULTS_DIR, out_dir: Path = DOCS_DIR) -> list[Path
         raw = json.loads(real_path.read_text())["raw"]
         real = (raw.get("realjob") or raw)["runs"]  # as `python -m bench` or real_job wrote it
         for kind, rs in real.items():
-            bars.append(
-                (
-                    f"wgpu hub, {kind.split(' (')[0]} (real worker)",
-                    _median([r["redis_cpu_us"] for r in rs]),
-                )
-            )
+            name = f"wgpu hub, {kind.split(' (')[0]} (real worker)"
+            bars.append((name, _median([r["redis_cpu_us"] for r in rs])))
+            if all("net_redis_cpu_us" in r for r in rs):  # without the stack's idle cost
+                net = _median([r["net_redis_cpu_us"] for r in rs])
+                bars.append((f"{name}, net of idle", net))
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(bars) + 1.5))
     labels = [b[0] for b in bars]
     values = [b[1] for b in bars]
