@@ -85,7 +85,8 @@ def _cpu_percent(pid: int, window_s: float) -> float:
 def memory_per_job(redis_url: str, log_dir: Path, jobs: int) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    hub = HubProcess(redis_url, log_dir).start()
+    # The fill is the measurement: the queue limit must not be what stops it.
+    hub = HubProcess(redis_url, log_dir, max_queued_jobs=2 * jobs + 1).start()
     try:
 
         async def fill() -> None:
