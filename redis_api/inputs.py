@@ -236,32 +236,73 @@ def names_in_workflow(workflow: dict[str, Any]) -> set[str]:
     return found
 
 
+def _mask_targets(raw: dict[str, Any], files: dict[str, Any], named: set[str]) -> dict[str, str]:
+    """{mask input: the input it masks} from `mask_for`: the mask's alpha goes onto that image
+    (ComfyUI's /upload/mask) and the nodes naming the image load the merged RGBA file, so a
+    LoadImage gives both IMAGE and MASK. The image must be another input a node names."""
+    masks: dict[str, str] = {}
+    for name, spec in raw.items():
+        target = spec.get("mask_for") if isinstance(spec, dict) else None
+        if target is None:
+            continue
+        field = f"inputs.{name}.mask_for"
+        if (
+            not isinstance(target, str)
+            or target == name
+            or (target not in raw and target not in files)
+        ):
+            raise BadRequest(f"{field} must name another input of this job (the image)", field)
+        if target not in named:
+            raise BadRequest(f"{field}: input {target!r} is not named by any node", field)
+        if isinstance(raw.get(target), dict) and raw[target].get("mask_for") is not None:
+            raise BadRequest(f"{field}: input {target!r} is a mask itself", field)
+        if target in masks.values():
+            raise BadRequest(f"{field}: input {target!r} has a mask already", field)
+        masks[name] = target
+    return masks
+
+
 async def resolve_inputs(
     hub: Hub, raw: Any, workflow: Any, files: dict[str, dict[str, Any]], owner: str = ""
 ) -> dict[str, dict[str, Any]]:
     """`inputs` of a job body (plus multipart file parts) -> {name: description}; 400 for an
-    input no node names, undecodable base64, an unknown ref, a refused URL or too many bytes."""
+    input no node names (but a mask: `mask_for`), undecodable base64, an unknown ref, a refused
+    URL or too many bytes. A multipart job gives a mask's bytes as a file part and declares it
+    in `inputs` with `{"mask_for"}` alone."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise BadRequest("inputs must be an object {name: {ref}|{data}|{url}}", "inputs")
-    if len(raw) + len(files) > MAX_INPUTS:
+    if len(raw.keys() | files.keys()) > MAX_INPUTS:
         raise BadRequest(f"a job takes at most {MAX_INPUTS} inputs", "inputs")
     named = names_in_workflow(workflow) if isinstance(workflow, dict) else set()
-    resolved: dict[str, dict[str, Any]] = {}
     for name in list(raw) + list(files):
         if not isinstance(name, str) or not input_name_ok(name):
             raise BadRequest(f"input name {name!r} must be a plain file name", "inputs")
-        if name not in named:
+    masks = _mask_targets(raw, files, named)
+    for name in list(raw) + list(files):
+        if name not in named and name not in masks:
             raise BadRequest(
                 f"input {name!r} is not named by any node of the workflow (e.g. LoadImage's image)",
                 f"inputs.{name}",
             )
+    resolved: dict[str, dict[str, Any]] = {}
     for name, spec in raw.items():
-        if not isinstance(spec, dict) or len(spec.keys() & {"ref", "data", "url"}) != 1:
+        sources = spec.keys() & {"ref", "data", "url"} if isinstance(spec, dict) else set()
+        if name in files and name in masks and not sources:
+            continue  # its bytes are the file part of that name
+        if (
+            not isinstance(spec, dict)
+            or len(sources) != 1
+            or not spec.keys() <= {*sources, "mask_for"}
+        ):
             raise BadRequest(
-                f"inputs.{name} must be one of {{ref}}, {{data}} or {{url}}", f"inputs.{name}"
+                f"inputs.{name} must be one of {{ref}}, {{data}} or {{url}} (and a mask's "
+                "mask_for)",
+                f"inputs.{name}",
             )
+        if name in files:
+            raise BadRequest(f"input {name!r} is given twice (a file part too)", f"inputs.{name}")
         if "ref" in spec:
             resolved[name] = await from_ref(hub, name, spec["ref"])
         elif "data" in spec:
@@ -276,10 +317,13 @@ async def resolve_inputs(
             f"{hub.config.max_input_bytes}",
             "inputs",
         )
-    return {
+    described = {
         name: {k: meta[k] for k in ("ref", "name", "size", "content_type")}
         for name, meta in resolved.items()
     }
+    for name, target in masks.items():
+        described[name]["mask_for"] = target
+    return described
 
 
 # ----------------------------------------------------------------------------- routes

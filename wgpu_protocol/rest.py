@@ -205,14 +205,21 @@ WebhookEvent: TypeAlias = Literal[
 
 class InputRefJson(TypedDict):
     ref: str  # "sha256:<hex>" from POST /uploads
+    mask_for: NotRequired[str]  # this file is the mask (alpha) of that image input
 
 
 class InputDataJson(TypedDict):
     data: str  # base64
+    mask_for: NotRequired[str]  # this file is the mask (alpha) of that image input
+
+
+class InputMaskJson(TypedDict):
+    mask_for: str  # the image input this file part (of the same name) masks
 
 
 class InputUrlJson(TypedDict):
     url: str  # http(s), fetched by the hub (FETCH_ALLOWED_HOSTS for internal hosts)
+    mask_for: NotRequired[str]  # this file is the mask (alpha) of that image input
 
 
 class UploadJson(TypedDict):
@@ -239,7 +246,8 @@ class SubmitJson(TypedDict):
     requires: NotRequired[dict[str, list[str]]]
     schedule_timeout_s: NotRequired[float]
     queue_timeout_s: NotRequired[float]
-    inputs: NotRequired[dict[str, InputRefJson | InputDataJson | InputUrlJson]]  # by file name
+    # By file name; InputMaskJson: a multipart job's mask, its bytes in the file part.
+    inputs: NotRequired[dict[str, InputRefJson | InputDataJson | InputUrlJson | InputMaskJson]]
 
 
 class ErrorJson(TypedDict):

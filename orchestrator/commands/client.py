@@ -64,6 +64,15 @@ def submit(
             "Repeatable; uploaded once for all jobs.",
         ),
     ] = None,
+    mask_files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mask",
+            metavar="IMAGE=FILE",
+            help="FILE's alpha is the mask of input IMAGE: its LoadImage gives that MASK "
+            "(ComfyUI's /upload/mask). Repeatable.",
+        ),
+    ] = None,
     hub_url: HubUrlOption = DEFAULT_HUB_URL,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
@@ -71,10 +80,13 @@ def submit(
     """Submit workflows; with --wait, a progress bar per job and the outputs downloaded."""
     loaded = [(path, load_workflow(path)) for path in workflows]
     named = [parse_input_option(option) for option in input_files or []]
+    masks = [parse_mask_option(option) for option in mask_files or []]
     hub = HubClient(hub_url, api_key=api_key)
     board = JobBoard()
     with hub_errors(hub_url):
-        inputs = {name: {"ref": hub.upload(path)["ref"]} for name, path in named}
+        inputs: dict[str, Any] = {name: {"ref": hub.upload(path)["ref"]} for name, path in named}
+        for image, path in masks:
+            inputs[f"mask-of-{image}"] = {"ref": hub.upload(path)["ref"], "mask_for": image}
         for path, workflow in loaded:
             for _ in range(count):
                 job = hub.submit(workflow, priority=priority, timeout_s=timeout, inputs=inputs)
@@ -103,6 +115,17 @@ def parse_input_option(option: str) -> tuple[str, Path]:
     if not path.is_file():
         fail(f"--input {option!r}: no file {path}", ExitCode.USAGE)
     return name, path
+
+
+def parse_mask_option(option: str) -> tuple[str, Path]:
+    """`--mask in.png=mask.png` -> ("in.png", mask.png): the image input it masks, the file."""
+    image, sep, file = option.partition("=")
+    if not sep or not image or "/" in image:
+        fail(f"--mask {option!r}: give IMAGE=FILE, IMAGE an input's name", ExitCode.USAGE)
+    path = Path(file)
+    if not path.is_file():
+        fail(f"--mask {option!r}: no file {path}", ExitCode.USAGE)
+    return image, path
 
 
 def follow_with_progress(hub: HubClient, board: JobBoard, timeout_s: float, quiet: bool) -> None:

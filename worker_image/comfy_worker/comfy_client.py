@@ -247,6 +247,19 @@ class ComfyClient:
     async def upload_input(self, path: str, filename: str, subfolder: str) -> str:
         """POST /upload/image (type input, overwrite): streams the file; returns the name
         ComfyUI stored it under (inside `subfolder`)."""
+        return await self._upload("/upload/image", path, filename, subfolder, {})
+
+    async def upload_mask(self, path: str, filename: str, subfolder: str, original: str) -> str:
+        """POST /upload/mask: ComfyUI saves the input `original` (a name in `subfolder`) with
+        this file's alpha channel as an RGBA PNG named `filename`; returns that name. (Stock
+        answers 200 even when the original is missing, and then writes nothing.)"""
+        ref = {"filename": original, "subfolder": subfolder, "type": "input"}
+        extra = {"original_ref": json.dumps(ref)}
+        return await self._upload("/upload/mask", path, filename, subfolder, extra)
+
+    async def _upload(
+        self, route: str, path: str, filename: str, subfolder: str, extra: dict[str, str]
+    ) -> str:
         try:
             with open(path, "rb") as handle:  # noqa: ASYNC230 (aiohttp reads it in chunks)
                 form = aiohttp.FormData()
@@ -254,20 +267,22 @@ class ComfyClient:
                 form.add_field("type", "input")
                 form.add_field("subfolder", subfolder)
                 form.add_field("overwrite", "true")
+                for name, value in extra.items():
+                    form.add_field(name, value)
                 async with self._session.post(
-                    self.base_url + "/upload/image", data=form, timeout=STREAM_TIMEOUT
+                    self.base_url + route, data=form, timeout=STREAM_TIMEOUT
                 ) as response:
                     body = await response.read()
                     status = response.status
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ComfyUnreachable(f"POST /upload/image: {exc or type(exc).__name__}") from exc
+            raise ComfyUnreachable(f"POST {route}: {exc or type(exc).__name__}") from exc
         if status != 200:
-            raise ComfyError(f"POST /upload/image of {filename} answered HTTP {status}")
+            raise ComfyError(f"POST {route} of {filename} answered HTTP {status}")
         try:
             answer = json.loads(body)
             return str(answer["name"])
         except (ValueError, KeyError, TypeError):
-            raise ComfyError(f"POST /upload/image answered {body[:200]!r}") from None
+            raise ComfyError(f"POST {route} answered {body[:200]!r}") from None
 
     async def interrupt(self, prompt_id: str) -> None:
         # Always name the prompt: a bare interrupt can hit whatever runs now.

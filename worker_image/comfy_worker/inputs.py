@@ -1,5 +1,10 @@
 """A job's input files: fetched from the hub, uploaded to this worker's ComfyUI under
-`wgpu/<job_id>/`, and the workflow's references rewritten to the uploaded names."""
+`wgpu/<job_id>/`, and the workflow's references rewritten to the uploaded names.
+
+A mask (an input with `mask_for`: the image input it masks) goes through ComfyUI's
+`/upload/mask` after its image: ComfyUI writes the image with the mask's alpha as an RGBA PNG,
+and the nodes naming the image load that file instead, so a LoadImage gives both the image and
+its MASK (1 - alpha), as ComfyUI's own mask editor arranges it."""
 
 from __future__ import annotations
 
@@ -63,8 +68,10 @@ async def place_inputs(
     credential = config.credential
     headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     holder = {"worker_id": config.worker_id, "job_id": job_id}
+    # Images before the masks that refer to them.
+    ordered = sorted(inputs.items(), key=lambda item: _mask_for(item[1]) is not None)
     try:
-        for name, meta in inputs.items():
+        for name, meta in ordered:
             match = _REF.match(str(meta.get("ref", ""))) if isinstance(meta, dict) else None
             if match is None:
                 raise InputUnavailable(f"input {name!r} has no valid ref")
@@ -84,12 +91,31 @@ async def place_inputs(
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise InputUnavailable(f"input {name!r}: fetching from the hub: {exc}") from None
             filename = os.path.basename(str(meta.get("name") or name)) or "input"
-            stored = await client.upload_input(path, filename, subfolder)
-            placed[name] = f"{subfolder}/{stored}"
+            target = _mask_for(meta)
+            if target is None:
+                stored = await client.upload_input(path, filename, subfolder)
+                placed[name] = f"{subfolder}/{stored}"
+            else:
+                original = placed.get(target, "").removeprefix(subfolder + "/")
+                if not original:
+                    raise InputUnavailable(f"mask {name!r}: its image {target!r} is not an input")
+                merged = await client.upload_mask(path, masked_name(original), subfolder, original)
+                placed[target] = f"{subfolder}/{merged}"  # the image, with the mask as alpha
             await asyncio.to_thread(os.unlink, path)
     finally:
         await asyncio.to_thread(shutil.rmtree, spool, True)
     return placed
+
+
+def _mask_for(meta: Any) -> str | None:
+    target = meta.get("mask_for") if isinstance(meta, dict) else None
+    return target if isinstance(target, str) else None
+
+
+def masked_name(original: str) -> str:
+    """Where ComfyUI writes an image with its mask: beside it, always a PNG (ComfyUI picks the
+    format from the name, and only PNG keeps the alpha)."""
+    return os.path.splitext(original)[0] + "-masked.png"
 
 
 async def remove_inputs(config: WorkerConfig, job_id: str) -> None:

@@ -179,3 +179,34 @@ def test_submit_with_input_files_uploads_them_once(hub_url: str, tmp_path: Path)
     assert missing.exit_code != 0 and "no file nope.png" in missing.output
     unnamed = wgpu("submit", str(workflow), "--input", str(png), "--hub-url", hub_url)
     assert unnamed.exit_code != 0 and "not named by any node" in unnamed.output
+
+
+def test_submit_with_a_mask_gives_loadimage_that_mask(hub_url: str, tmp_path: Path) -> None:
+    """`wgpu submit wf.json --input photo=in.png --mask photo=mask.png`: LoadImage's MASK is
+    1 - the mask file's alpha, pixel by pixel."""
+    from comfyui_sim.png import decode_png, encode_png
+    from tests.fixtures.sim_traffic import RECORDED
+
+    png = tmp_path / "in.png"
+    png.write_bytes((RECORDED / "upload_image_in.png").read_bytes())
+    width, height, _, _ = decode_png(png.read_bytes())
+    alpha = bytes((5 * i) % 256 for i in range(width * height))
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(encode_png(width, height, bytes(3 * width * height), alpha=alpha))
+    workflow = tmp_path / "mask.json"
+    nodes = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo"}},
+        "2": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 1]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "m"}},
+    }
+    workflow.write_text(json.dumps(nodes))
+    out = tmp_path / "out"
+    result = wgpu(
+        "submit", str(workflow), "--input", f"photo={png}", "--mask", f"photo={mask}",
+        "--out", str(out), "--hub-url", hub_url, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (saved,) = sorted(out.rglob("*.png"))
+    assert decode_png(saved.read_bytes())[2] == bytes(v for a in alpha for v in (255 - a,) * 3)
+    bad = wgpu("submit", str(workflow), "--mask", f"{mask}", "--hub-url", hub_url)
+    assert bad.exit_code == 2 and "IMAGE=FILE" in bad.output
