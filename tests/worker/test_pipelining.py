@@ -6,6 +6,7 @@ simulator; the simulator's `view_hook` holds a job's relay until the test lets i
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,14 @@ async def test_a_hub_lost_while_relaying_one_job_and_running_another_resumes_bot
             first = await client.submit(saving_workflow("wgpu/first"))
             second = await client.submit(saving_workflow("wgpu/second", sleep_s=1.0))
             await asyncio.wait_for(gate.reached.wait(), 15)
+            # The worker holds the second job once its prompt is in ComfyUI (the hub's status
+            # alone says it was claimed, maybe not yet delivered).
             await eventually(
-                lambda: client.job(second), lambda j: j["status"] in ("assigned", "running")
+                lambda: sim_json(http, sim.url, "/queue"),
+                lambda q: any(
+                    "wgpu/second" in json.dumps(entry[2])
+                    for entry in q["queue_running"] + q["queue_pending"]
+                ),
             )
             before = worker.hub_link.session
             hub.kill()
