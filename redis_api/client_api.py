@@ -569,7 +569,7 @@ async def list_workers(request: web.Request) -> web.Response:
     views = await worker_views(hub.store, hub.config)
     key = caller(request)  # tenancy: another key's job is not named
     may_see = key.may_see if key is not None else (lambda owner: True)
-    return _json({"workers": [worker_for(view, owner, may_see) for view, owner in views]})
+    return _json({"workers": [worker_for(view, owners, may_see) for view, owners in views]})
 
 
 HEALTH_TIMEOUT_S = 1.5  # /health answers within 2 s, even when Redis hangs

@@ -1,7 +1,8 @@
 """Drain and resume a worker (REST): the hub gives a drained worker no new job.
 
-`POST /workers/{id}/drain` body `{"timeout_s"?: number}`: its current job finishes (or, past
-`timeout_s`, is released to the queue without counting an attempt). `POST /workers/{id}/resume`
+`POST /workers/{id}/drain` body `{"timeout_s"?: number}`: its current job finishes, and so does
+the relay of a pipelined job's outputs (or, past `timeout_s`, both are released to the queue
+without counting an attempt). `POST /workers/{id}/resume`
 puts it back in service (and ends a quarantine). Drained state lives in Redis (store `drains`),
 so it holds for a worker that is not connected yet and across reconnects, on every hub.
 """
@@ -18,7 +19,6 @@ from wgpu_protocol.rest import HELD_STATES, DrainAnswerJson, ResumeAnswerJson
 from .errors import BadRequest
 from .jobs import drain_view
 from .runtime import HUB_KEY
-from .store import Drain
 
 MAX_DRAIN_TIMEOUT_S = 7 * 86400
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:@")
@@ -56,9 +56,10 @@ def parse_drain(raw: bytes) -> float | None:
     return float(value)
 
 
-async def _current_job(request: web.Request, worker_id: str) -> str | None:
+async def _held_job(request: web.Request, worker_id: str, field: str) -> str | None:
+    """The job the worker hash names in `field` (current_job, relay_job), if still its own."""
     store = request.app[HUB_KEY].store
-    job_id = await store.redis.hget(store.key(f"worker:{worker_id}"), "current_job")
+    job_id = await store.redis.hget(store.key(f"worker:{worker_id}"), field)
     if not job_id:
         return None
     job = await store.get_job(job_id)
@@ -72,7 +73,15 @@ async def drain(request: web.Request) -> web.Response:
     worker_id = _worker_id(request)
     timeout_s = parse_drain(await request.read())
     record = await hub.store.drain(worker_id, int(timeout_s * 1000) if timeout_s else 0)
-    return _answer(worker_id, record, await _current_job(request, worker_id))
+    current = await _held_job(request, worker_id, "current_job")
+    relaying = await _held_job(request, worker_id, "relay_job")
+    body: DrainAnswerJson = {
+        "worker_id": worker_id,
+        "drain": drain_view(record, bool(current or relaying)),
+        "current_job": current,
+        "relaying_job": relaying,
+    }
+    return web.json_response(body)
 
 
 async def resume(request: web.Request) -> web.Response:
@@ -84,15 +93,6 @@ async def resume(request: web.Request) -> web.Response:
         "drain": None,
         "was_drained": was_drained,
         "was_quarantined": was_quarantined,
-    }
-    return web.json_response(body)
-
-
-def _answer(worker_id: str, record: Drain, current_job: str | None) -> web.Response:
-    body: DrainAnswerJson = {
-        "worker_id": worker_id,
-        "drain": drain_view(record, current_job),
-        "current_job": current_job,
     }
     return web.json_response(body)
 

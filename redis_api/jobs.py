@@ -359,12 +359,13 @@ def progress_json(
     )
 
 
-def drain_view(record: Drain | None, current_job: str | None) -> DrainJson | None:
-    """A worker's drain as `/workers` shows it: draining while its job runs, then drained."""
+def drain_view(record: Drain | None, holds_job: bool) -> DrainJson | None:
+    """A worker's drain as `/workers` shows it: draining while it holds a job (its current one or
+    one whose outputs it still relays), then drained."""
     if record is None:
         return None
     return {
-        "state": "draining" if current_job else "drained",
+        "state": "draining" if holds_job else "drained",
         "since": record.since_ms / 1000.0,
         "deadline": record.deadline_ms / 1000.0 if record.deadline_ms else None,
     }
@@ -388,6 +389,15 @@ def worker_view(
         state = "offline"
     gpu_index = fields.get("gpu_index", "")
     running = current if job and job.get("status") in HELD_STATES else None
+    relay = fields.get("relay_job") or None
+    relay_row = jobs.get(relay) if relay else None
+    relaying = (
+        relay
+        if relay_row
+        and relay_row.get("status") in HELD_STATES
+        and relay_row.get("worker_id") == fields.get("id")
+        else None
+    )
     return {
         "id": fields.get("id", ""),
         "machine_id": fields.get("machine_id", ""),
@@ -402,13 +412,14 @@ def worker_view(
         "current_job": running,
         "current_job_status": cast(JobStatus, job.get("status")) if running and job else None,
         "progress": _json(job.get("progress"), None) if job else None,
+        "relaying_job": relaying,
         "last_heartbeat": seen / 1000.0 if seen else None,
         "gpu_stats": _json(fields.get("gpu_stats"), {}),
         "comfyui_ok": fields.get("comfyui_ok") == "1" if "comfyui_ok" in fields else None,
         "jobs_done": int(fields.get("jobs_done") or 0),
         "jobs_failed": int(fields.get("jobs_failed") or 0),
         "version": fields.get("version", ""),
-        "drain": drain_view(drain, running),
+        "drain": drain_view(drain, bool(running or relaying)),
         # None until the worker reported them (an old worker): it is then trusted with any job.
         "models": models.unflatten(model_files[0])
         if model_files and fields.get("inv_known") == "1"

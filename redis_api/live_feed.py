@@ -36,7 +36,14 @@ from .config import HubConfig
 from .errors import TooManyStreams
 from .event_fanout import EventFanout, Subscription
 from .jobs import job_view
-from .snapshots import queue_summary, recent_jobs, waiting_reasons, worker_for, worker_views
+from .snapshots import (
+    JobOwners,
+    queue_summary,
+    recent_jobs,
+    waiting_reasons,
+    worker_for,
+    worker_views,
+)
 from .store import Store, StreamEntry
 from .tasks import one_round, stop_tasks
 
@@ -77,7 +84,7 @@ class Viewer:
 class _Summary:
     covers: tuple[int, int]  # the feed entries read before it (their effects are in it)
     taken_at: float
-    workers: list[tuple[WorkerJson, str | None]]
+    workers: list[tuple[WorkerJson, JobOwners]]
     queue: QueueSummaryJson
 
 
@@ -164,7 +171,7 @@ class LiveFeed:
         return out
 
     def _summary_for(self, summary: _Summary, viewer: Viewer) -> list[tuple[str, str]]:
-        shown = [worker_for(w, owner, viewer.may_see) for w, owner in summary.workers]
+        shown = [worker_for(w, owners, viewer.may_see) for w, owners in summary.workers]
         return [
             *viewer.changed("workers", {"workers": shown}),
             *viewer.changed("queue", _queue_for(summary.queue, viewer)),

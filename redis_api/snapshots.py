@@ -17,11 +17,17 @@ BREAKDOWN_SCAN = 10_000
 WAITING_SHOWN = 20
 
 
-async def worker_views(store: Store, config: HubConfig) -> list[tuple[WorkerJson, str | None]]:
-    """Each worker's view with the owner (API key name) of the job it runs, so that a viewer's
-    visibility can be applied."""
+# The owners (API key names) of a worker's current job and of the job it relays (pipelining).
+JobOwners = tuple[str | None, str | None]
+
+
+async def worker_views(store: Store, config: HubConfig) -> list[tuple[WorkerJson, JobOwners]]:
+    """Each worker's view with the owners of the jobs it holds, so that a viewer's visibility
+    can be applied."""
     rows = await store.workers()
-    current = [row["current_job"] for row in rows if row.get("current_job")]
+    current = [
+        row[field] for row in rows for field in ("current_job", "relay_job") if row.get(field)
+    ]
     jobs = {row["id"]: row for row in await store.get_jobs(current)} if current else {}
     now = await store.now_ms()
     drains = await store.drains()
@@ -37,17 +43,24 @@ async def worker_views(store: Store, config: HubConfig) -> list[tuple[WorkerJson
         )
         for row in rows
     ]
-    return [(view, jobs.get(view["current_job"] or "", {}).get("owner") or None) for view in views]
+
+    def owner(job_id: str | None) -> str | None:
+        return jobs.get(job_id or "", {}).get("owner") or None
+
+    return [(view, (owner(view["current_job"]), owner(view["relaying_job"]))) for view in views]
 
 
 def worker_for(
-    worker: WorkerJson, owner: str | None, may_see: Callable[[str | None], bool]
+    worker: WorkerJson, owners: JobOwners, may_see: Callable[[str | None], bool]
 ) -> WorkerJson:
     """A worker's view for a caller: another key's job is not named (the caller sees the GPU
     busy, no more)."""
-    if not worker.get("current_job") or may_see(owner):
-        return worker
-    return {**worker, "current_job": None, "progress": None}
+    shown = worker
+    if worker.get("current_job") and not may_see(owners[0]):
+        shown = {**shown, "current_job": None, "progress": None}
+    if worker.get("relaying_job") and not may_see(owners[1]):
+        shown = {**shown, "relaying_job": None}
+    return shown
 
 
 async def waiting_reasons(
@@ -78,11 +91,11 @@ async def queue_summary(store: Store) -> QueueSummaryJson:
     }
 
 
-def worker_states(workers: list[tuple[WorkerJson, str | None]]) -> dict[str, int]:
+def worker_states(workers: list[tuple[WorkerJson, JobOwners]]) -> dict[str, int]:
     """Workers per state: idle, busy, unavailable, offline, or draining/drained/quarantined
     when that says more."""
     states: dict[str, int] = {}
-    for view, _owner in workers:
+    for view, _owners in workers:
         drain = view.get("drain")
         state: str = drain["state"] if drain else view["status"]
         if view.get("quarantined"):

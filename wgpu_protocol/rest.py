@@ -158,6 +158,7 @@ class WorkerJson(TypedDict):
     current_job: str | None
     current_job_status: JobStatus | None  # assigned (in ComfyUI's queue) or running
     progress: ProgressJson | None
+    relaying_job: str | None  # pipelining: done in ComfyUI, its outputs still being relayed
     last_heartbeat: float | None  # unix seconds
     gpu_stats: GpuStatsJson
     comfyui_ok: bool | None
@@ -267,6 +268,7 @@ class DrainAnswerJson(TypedDict):
     worker_id: str
     drain: DrainJson | None
     current_job: str | None
+    relaying_job: str | None  # pipelining: the drain waits for its relay too
 
 
 class ResumeAnswerJson(TypedDict):

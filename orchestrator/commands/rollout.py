@@ -85,8 +85,9 @@ def _drain_state(answer: DrainAnswerJson | ResumeAnswerJson) -> str:
     drain = answer["drain"]
     if not drain:
         return "in service"
-    job = answer.get("current_job")
-    return f"{drain['state']}" + (f" (job {job})" if job else "")
+    jobs = [answer.get("current_job"), answer.get("relaying_job")]
+    held = ", ".join(str(job) for job in jobs if job)
+    return f"{drain['state']}" + (f" (job {held})" if held else "")
 
 
 def drain(

@@ -104,6 +104,44 @@ async def test_the_next_job_runs_while_the_previous_relays_and_succeeds_only_onc
         assert later["finished_at"] >= done["finished_at"]
 
 
+async def test_a_worker_relaying_outputs_is_not_drained_until_the_relay_is_recorded(
+    hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """What `wgpu update` waits for before it stops the worker: `drained` only once no job is
+    held, not while the last job's outputs are still on their way (that would cut the relay)."""
+    gate = RelayGate("first")
+    hub = await hub_factory()
+    sim = await sim_factory(view_hook=gate.hook)
+    client = HubClient(http, hub.url)
+    try:
+        async with running_worker(worker_config(hub.url, sim.url, tmp_path)) as worker:
+            first = await client.submit(saving_workflow("wgpu/first"))
+            await asyncio.wait_for(gate.reached.wait(), 15)  # its relay has begun
+            # The worker said `ready {relaying}`: ComfyUI is free, the job still its own.
+            entry = await eventually(
+                client.workers,
+                lambda found: found[0].get("relaying_job") == first,
+                within=15,
+                what="the relaying job in /workers",
+            )
+            assert entry[0]["current_job"] is None, entry
+            async with http.post(
+                f"{hub.url}/workers/{worker.config.worker_id}/drain", json={}
+            ) as r:
+                answer = await r.json()
+            assert answer["drain"]["state"] == "draining", answer
+            assert answer["relaying_job"] == first, answer
+            [entry] = await client.workers()
+            assert entry["drain"]["state"] == "draining", entry
+            gate.opened.set()
+            done = await client.wait_for(first)
+            assert done["status"] == "succeeded" and len(done["outputs"]) == 1, done
+            [entry] = await client.workers()
+            assert entry["drain"]["state"] == "drained" and entry["relaying_job"] is None, entry
+    finally:
+        gate.opened.set()
+
+
 async def test_a_storage_failure_while_relaying_fails_that_job_alone(
     hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
