@@ -5,8 +5,11 @@ the ack).
 
 `python -m bench.fake_worker --hub http://127.0.0.1:8001 [--count N] [--record-redis URL]
 [--completions-file F] [--job-time S]`. It records, per job, when it had the job (RPUSH to
-bench:starts, the same record the anchors write) and, per acknowledged completion, the job id
-(one line in a file: survives a Redis restart and a SIGKILL). A dropped socket is retried;
+bench:starts, the same record the anchors write) and, in --completions-file, a line
+`<job> <token> <worker> <what>` flushed as it happens (survives a Redis restart and a SIGKILL):
+`sent` just before each `completed` goes out, `acked` per acknowledged completion, and
+`not_resumed` when a reconnect finds the hub no longer gives it back the job it held (an ack
+lost to a hub or Redis restart: the hub may have recorded the success). A dropped socket is retried;
 the job it held is offered back in hello.running, as a real worker does. A result left without
 an ack (--ack-timeout) or an `unavailable` error from the hub makes it reconnect and resend."""
 
@@ -126,6 +129,8 @@ class FakeWorker:
                 if self.held is not None and welcome.resumed:
                     await ws.send(encode(Completed(self.held.job_id, self.held.token)))
                 else:
+                    if self.held is not None:
+                        self._record(self.held.job_id, self.held.token, "not_resumed")
                     self.held = None
                     await ws.send(encode(Ready()))
                 async for frame in ws:
@@ -152,9 +157,8 @@ class FakeWorker:
                 and self.held is not None
                 and message.job_id == self.held.job_id
             ):
-                if message.ok and self.completions is not None:
-                    self.completions.write(f"{message.job_id} {message.token} {self.worker_id}\n")
-                    self.completions.flush()
+                if message.ok:
+                    self._record(message.job_id, message.token, "acked")
                 self.held = None
                 if not self.args.eager_ready and not (self.sent_ready_next and message.ok):
                     await ws.send(encode(Ready()))
@@ -189,6 +193,7 @@ class FakeWorker:
             await ws.send(encode_output_frame(frame))
             refs = (frame.ref,)
         self.sent_ready_next = self.ready_next and not self.args.eager_ready
+        self._record(job.job_id, job.token, "sent")  # before the send: the ack may never come
         await ws.send(
             encode(Completed(job.job_id, job.token, refs, ready_next=self.sent_ready_next))
         )
@@ -197,6 +202,11 @@ class FakeWorker:
         asyncio.get_running_loop().call_later(
             self.args.ack_timeout, self._ack_overdue, ws, self.held
         )
+
+    def _record(self, job_id: str, token: int, what: str) -> None:
+        if self.completions is not None:
+            self.completions.write(f"{job_id} {token} {self.worker_id} {what}\n")
+            self.completions.flush()
 
     def _ack_overdue(self, ws: ClientConnection, sent: RunningJob | None) -> None:
         if self.held is not None and self.held == sent and self.ws is ws:
