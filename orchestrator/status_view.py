@@ -53,6 +53,7 @@ class SlotStatus:
     hub_status: str | None = None
     current_job: str | None = None
     current_job_status: str | None = None  # assigned (waiting in ComfyUI's queue) or running
+    relaying_job: str | None = None  # pipelining: done in ComfyUI, its outputs still relayed
     progress_pct: float | None = None
     jobs_done: int | None = None
     jobs_failed: int | None = None
@@ -170,6 +171,7 @@ def build_snapshot(
                 hub_status=None if hub is None else hub.get("status"),
                 current_job=None if hub is None else hub.get("current_job"),
                 current_job_status=None if hub is None else hub.get("current_job_status"),
+                relaying_job=None if hub is None else hub.get("relaying_job"),
                 progress_pct=None if hub is None else _progress_pct(hub.get("progress")),
                 jobs_done=None if hub is None else hub.get("jobs_done"),
                 jobs_failed=None if hub is None else hub.get("jobs_failed"),
@@ -336,12 +338,14 @@ STATUS_JOB_ID = 8  # a unique prefix is enough for every job command
 
 
 def _job_cell(slot: SlotStatus) -> str:
-    if not slot.current_job:
-        return ""
+    if not slot.current_job:  # an idle ComfyUI may still have its last job's outputs relayed
+        return f"{slot.relaying_job[:STATUS_JOB_ID]} relaying" if slot.relaying_job else ""
     if slot.current_job_status == "assigned":  # waiting in its ComfyUI's queue, not running
-        return f"{slot.current_job[:STATUS_JOB_ID]} assigned"
-    progress = "" if slot.progress_pct is None else f" {slot.progress_pct:.0f}%"
-    return f"{slot.current_job[:STATUS_JOB_ID]}{progress}"
+        current = f"{slot.current_job[:STATUS_JOB_ID]} assigned"
+    else:
+        progress = "" if slot.progress_pct is None else f" {slot.progress_pct:.0f}%"
+        current = f"{slot.current_job[:STATUS_JOB_ID]}{progress}"
+    return f"{current} +relay" if slot.relaying_job else current
 
 
 def short_count(n: int) -> str:

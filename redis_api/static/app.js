@@ -258,6 +258,12 @@ function workerTile(worker) {
         percent === null ? "" : ` ${percent.toFixed(0)}%`,
         el("progress", { max: "100", value: String(percent ?? 0) }))
     : el("div", { class: "job dim" }, worker.status === "idle" ? "waiting for work" : "");
+  // Pipelining: a job done in ComfyUI whose outputs this worker still relays (it holds it).
+  const relay = worker.relaying_job
+    ? el("div", { class: "relay dim" }, "relaying outputs of ",
+        el("a", { href: `#job=${worker.relaying_job}`, dataset: { jobId: worker.relaying_job } },
+          shortId(worker.relaying_job)))
+    : null;
   return el("div", { class: "tile", dataset: { worker: worker.id, status: worker.status } },
     el("div", { class: "title" }, el("span", {}, `gpu${worker.gpu.index ?? "?"}`), statusBadge(status)),
     el("div", { class: "gpu-name", title: worker.gpu.uuid || "" }, worker.gpu.name || "no GPU reported (simulated?)"),
@@ -267,6 +273,7 @@ function workerTile(worker) {
       el("span", {}, "temp", el("b", {}, stats.temperature_c == null ? "–" : `${Math.round(stats.temperature_c)}°C`))),
     total && stats.vram_used_mb != null ? vramBar(stats.vram_used_mb, total) : null,
     job,
+    relay,
     worker.quarantined ? el("div", { class: "error" }, `quarantined: ${worker.quarantined.reason}`) : null,
     warm.length ? el("div", { class: "meta", title: warm.join("\n") }, `warm: ${warm.join(", ")}`) : null,
     el("div", { class: "meta" },

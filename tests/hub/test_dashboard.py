@@ -35,7 +35,7 @@ from tests.paths import REPO
 from tests.polling import eventually
 from tests.worker.harness import PNG as INPUT_PNG
 from tests.worker.harness import REAL_INVERTED, invert_workflow, running_worker, worker_config
-from wgpu_protocol.messages import ExecutionStarted
+from wgpu_protocol.messages import ExecutionStarted, Ready, RunningJob
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser]
 
@@ -473,6 +473,30 @@ async def test_a_tile_shows_a_job_assigned_then_running_as_the_feed_pushes_it(
     await until(
         lambda: js(page, TILE_PROGRESS_JS, job["id"])[0], lambda s: s == "succeeded", "the end"
     )
+    await worker.close()
+
+
+TILE_RELAY_JS = (  # the text of worker arguments[0]'s relay line ('' when it has none)
+    "const r = document.querySelector(`.tile[data-worker='${arguments[0]}'] .relay`);"
+    "return r ? r.textContent : '';"
+)
+
+
+async def test_a_tile_shows_the_job_whose_outputs_its_worker_still_relays(
+    hub_factory: HubFactory, page: Any
+) -> None:
+    hub = await hub_factory(live_interval_s=3600, lease_s=30)
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    await asyncio.to_thread(page.get, hub.url + "/")
+    await until(lambda: js(page, TILES_JS), lambda t: len(t) == 1, "the worker's tile")
+    job = await submit(hub.url)
+    taken = await worker.take_job()
+    await worker.send(Ready(relaying=RunningJob(taken.job_id, taken.token)))
+    text = await until(lambda: js(page, TILE_RELAY_JS, worker.worker_id), bool, "the relay line")
+    assert job["id"][:12] in text, text
+    assert (await worker.complete(taken)).ok
+    await until(lambda: js(page, TILE_RELAY_JS, worker.worker_id), lambda t: t == "", "no relay")
     await worker.close()
 
 

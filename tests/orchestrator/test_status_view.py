@@ -315,3 +315,19 @@ def test_a_quarantined_worker_shows_why_in_wgpu_status() -> None:
     console.print(render_table(snap))
     row0 = next(line for line in console.export_text().splitlines() if "gpu0" in line)
     assert "quarantined" in row0
+
+
+def test_a_job_whose_outputs_are_still_relayed_shows_in_wgpu_status() -> None:
+    relaying = [
+        {**HUB_WORKERS[0], "relaying_job": "relay-abcdef0123"},
+        {**HUB_WORKERS[2], "connected": True, "status": "idle", "relaying_job": "last-9876543210"},
+    ]
+    snap = build_snapshot(RECORDS, DEVICES, STATS, relaying, now=NOW, backend="docker")  # type: ignore[arg-type]
+    by_index = {slot.index: slot for slot in snap.slots}
+    assert by_index[1].relaying_job == "last-9876543210" and by_index[1].current_job is None
+    assert json.loads(json.dumps(snap.to_json()))["slots"][0]["relaying_job"] == "relay-abcdef0123"
+    console = Console(record=True, width=200, color_system=None)
+    console.print(render_table(snap))
+    rows = {line.split()[0]: line for line in console.export_text().splitlines() if "gpu" in line}
+    assert "job-1234 75% +relay" in rows["gpu0"], rows
+    assert "last-987 relaying" in rows["gpu1"], rows
