@@ -43,11 +43,15 @@ class ProgressFeed:
 
     def publish(self, job_id: str, payload: str) -> None:
         """A step of a job whose worker is connected here (already checked to be its own)."""
-        self.events.push(self.store.events_key(job_id), [StreamEntry("", PROGRESS_KIND, payload)])
+        self._push_local(job_id, payload)
         if self.others_watch:
             task = asyncio.create_task(self._publish_remote(job_id, payload))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _push_local(self, job_id: str, payload: str) -> None:
+        """To this hub's SSE subscribers of the job: an id-less entry, not stored."""
+        self.events.push(self.store.events_key(job_id), [StreamEntry("", PROGRESS_KIND, payload)])
 
     async def _publish_remote(self, job_id: str, payload: str) -> None:
         with contextlib.suppress(Exception):  # live progress is best effort; the job has it
@@ -59,7 +63,7 @@ class ProgressFeed:
         if parsed is None or parsed[0] == self.hub_id:
             return
         _, job_id, payload = parsed
-        self.events.push(self.store.events_key(job_id), [StreamEntry("", PROGRESS_KIND, payload)])
+        self._push_local(job_id, payload)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -93,7 +97,6 @@ class ProgressThrottle:
         if held is not None:
             self._held[key] = (payload, held[1])  # the timer records the newest step
             return False
-        assert last is not None
         handle = asyncio.get_running_loop().call_later(last + self.interval_s - now, self._due, key)
         self._held[key] = (payload, handle)
         return False
