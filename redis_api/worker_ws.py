@@ -314,9 +314,9 @@ class WorkerSession:
         """The job frame, after `ack` (the report that claimed it) in one write when given."""
         # What is kept per job is bounded by the jobs the worker holds: the new one and the one
         # it still relays.
-        self._received = {k: v for k, v in self._received.items() if k == self.relaying}
-        self._held_prompts = {k: v for k, v in self._held_prompts.items() if k == self.relaying}
-        self._held_running = {k: v for k, v in self._held_running.items() if k == self.relaying}
+        for per_job in (self._received, self._held_prompts, self._held_running):
+            for key in [k for k in per_job if k != self.relaying]:
+                del per_job[key]
         self._held_prompts[(claim.job_id, claim.token)] = ""
         if ack:
             return await self._send_texts(ack, job_frame(claim))
