@@ -153,10 +153,7 @@ async def test_hung_redis_answers_fast(hub_factory: HubFactory, own_redis: Local
     async def healthy() -> int:
         return (await call(hub.url, "GET", "/health"))[0]
 
-    for _ in range(100):
-        if await healthy() == 200:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(healthy, lambda status: status == 200, what="/health answering 200 again")
     assert (await call(hub.url, "POST", "/jobs", {"workflow": WORKFLOW}))[0] == 201
 
 
