@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from orchestrator.backends.common import port_answers
@@ -16,6 +15,7 @@ from orchestrator.hub_client.job_watch import load_workflow
 from orchestrator.stack.lifecycle import free_port_block
 from tests.orchestrator.stack.test_demo import need_valkey, processes_under
 from tests.paths import REPO
+from tests.polling import eventually_blocking
 
 
 def wgpu(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -79,10 +79,12 @@ def test_up_sim_models_gives_each_simulated_slot_its_model_files(tmp_path: Path)
         assert up.returncode == 0, up.stdout + up.stderr
         hub_url = f"http://127.0.0.1:{base}"
         hub = HubClient(hub_url)
-        deadline = time.monotonic() + 30
-        while not all(w["models"] is not None for w in hub.get_workers()):  # reported yet?
-            assert time.monotonic() < deadline, hub.get_workers()
-            time.sleep(0.1)
+        eventually_blocking(
+            hub.get_workers,
+            lambda workers: len(workers) == 2 and all(w["models"] is not None for w in workers),
+            within=30,
+            what="every worker reporting its models",
+        )
         listed = wgpu("models", "--hub-url", hub_url, "--json", cwd=tmp_path)
         assert listed.returncode == 0, listed.stdout + listed.stderr
         on_disk = {r["model"]: r["on_disk"] for r in json.loads(listed.stdout)["models"]}
