@@ -14,6 +14,7 @@ from comfy_worker import job_runner
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
+from tests.polling import eventually
 from tests.worker.harness import HubClient, image_workflow, running_worker, sim_json, worker_config
 
 pytestmark = pytest.mark.redis
@@ -45,11 +46,12 @@ def _width(graph: Any) -> Any:
 
 
 async def running_in_comfyui(http: aiohttp.ClientSession, sim_url: str, prompt_id: str) -> None:
-    for _ in range(400):
-        if prompt_id in (await queue_ids(http, sim_url))[0]:
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"prompt {prompt_id} never ran")
+    await eventually(
+        lambda: queue_ids(http, sim_url),
+        lambda ids: prompt_id in ids[0],
+        within=10.0,
+        what=f"prompt {prompt_id} running in ComfyUI",
+    )
 
 
 async def waiting_in_comfyui(
@@ -57,12 +59,13 @@ async def waiting_in_comfyui(
 ) -> dict[str, Any]:
     """The job once its prompt (told by the image `width` of its graph) waits in ComfyUI's
     queue: pending, not running."""
-    for _ in range(400):
-        queue = await sim_json(http, sim_url, "/queue")
-        if any(_width(entry[2]) == width for entry in queue["queue_pending"]):
-            return await client.job(job_id)
-        await asyncio.sleep(0.025)
-    raise AssertionError("the job's prompt never reached ComfyUI's queue")
+    await eventually(
+        lambda: sim_json(http, sim_url, "/queue"),
+        lambda queue: any(_width(entry[2]) == width for entry in queue["queue_pending"]),
+        within=10.0,
+        what="the job's prompt pending in ComfyUI's queue",
+    )
+    return await client.job(job_id)
 
 
 async def prompt_ended_at(http: aiohttp.ClientSession, sim_url: str, width: int | None) -> float:
