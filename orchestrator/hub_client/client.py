@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:  # imported where used: the CLI's sync calls do not pay aiohttp's import
     import aiohttp
@@ -127,11 +127,13 @@ class HubClient:
         body: JsonObject | None = None,
         headers: dict[str, str] | None = None,
         timeout_s: float | None = None,
+        data: BinaryIO | None = None,
     ) -> Any:
+        """`data` streams a raw body (an upload) instead of the JSON `body`."""
         request = urllib.request.Request(
             self.base_url + path,
             method=method,
-            data=None if body is None else json.dumps(body).encode(),
+            data=data if body is None else json.dumps(body).encode(),
             headers=self._headers(headers, json_body=body is not None),
         )
         try:
@@ -199,26 +201,13 @@ class HubClient:
         "content_type"}`; jobs then name it as `{"ref": ...}`."""
         query = urllib.parse.urlencode({"name": name or path.name})
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        with open(path, "rb") as handle:
-            request = urllib.request.Request(
-                f"{self.base_url}/uploads?{query}",
-                method="POST",
-                data=handle,
-                headers={
-                    **self._headers(None, json_body=False),
-                    "Content-Type": content_type,
-                    "Content-Length": str(path.stat().st_size),
-                },
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    answer: UploadJson = json.loads(response.read())
-                    return answer
-            except urllib.error.HTTPError as exc:
-                raise HubError(_error_text(exc.read(), exc.code), exc.code) from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise HubUnreachable(f"hub at {self.base_url} does not answer ({reason})") from None
+        headers = {"Content-Type": content_type, "Content-Length": str(path.stat().st_size)}
+        with (
+            open(path, "rb") as handle,
+            self._request("POST", f"/uploads?{query}", headers=headers, data=handle) as response,
+        ):
+            answer: UploadJson = json.loads(response.read())
+            return answer
 
     def get_output(self, job_id: str, name: str) -> bytes:
         path = f"/jobs/{urllib.parse.quote(job_id)}/outputs/{urllib.parse.quote(name)}"
