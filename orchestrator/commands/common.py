@@ -11,7 +11,7 @@ import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from orchestrator.commands.options import BackendKind, SimModels
 from orchestrator.console import ExitCode, err, fail, out, warn
 from orchestrator.errors import HubError, HubUnreachable
 from orchestrator.gpus.slots import Selection, select_slots, slot_indices
+
+if TYPE_CHECKING:
+    from orchestrator.gpus.nvml import GpuInventory
 
 
 def open_backend(
@@ -52,17 +55,28 @@ def backend_session(*args: Any, **kwargs: Any) -> Iterator[Backend]:
         backend.close()
 
 
-def target_indices(target: str, gpus_option: str | None = None) -> list[int] | None:
+def target_indices(
+    target: str, gpus_option: str | None = None, inventory: GpuInventory | None = None
+) -> list[int] | None:
     """The slots stop/restart/status/logs act on: GPU_ID|all, or --gpus (indices or UUIDs)."""
-    selection = select(gpus_option, None) if gpus_option else None
+    selection = select(gpus_option, None, inventory=inventory) if gpus_option else None
     return slot_indices(target, selection)
 
 
-def select(gpus_option: str | None, simulate: int | None, count: int | None = None) -> Selection:
-    """The slots to manage: --simulate, --gpus, --count, or every GPU NVML sees."""
+def select(
+    gpus_option: str | None,
+    simulate: int | None,
+    count: int | None = None,
+    inventory: GpuInventory | None = None,
+) -> Selection:
+    """The slots to manage: --simulate, --gpus, --count, or every GPU NVML sees (`inventory`,
+    when the caller already discovered it, so NVML is not asked twice)."""
     from orchestrator.gpus import nvml
 
-    inventory = nvml.GpuInventory() if simulate is not None else nvml.discover()
+    if simulate is not None:
+        inventory = nvml.GpuInventory()
+    elif inventory is None:
+        inventory = nvml.discover()
     selection = select_slots(gpus_option, simulate, inventory.gpus, inventory.error, count)
     if selection.note:
         warn(selection.note)

@@ -103,7 +103,7 @@ def slot_selection(gpus_option: str | None, simulate: int | None, count: int | N
         why = f" ({inventory.error})" if inventory.error else ""
         warn(f"no NVIDIA GPU found{why}: running {DEFAULT_SIMULATED_SLOTS} simulated slots")
         return simulated_slots(DEFAULT_SIMULATED_SLOTS)
-    return select(None, None)
+    return select(None, None, inventory=inventory)
 
 
 def stack_images(client: Any, base_image: str | None, on_step: StepProgress) -> dict[str, str]:

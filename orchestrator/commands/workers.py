@@ -285,8 +285,8 @@ def status(
     from orchestrator.hub_client.client import HubClient
     from orchestrator.status_view import collect_snapshot, render_table, watch
 
-    indices = target_indices(target, gpus_option)
     inventory = nvml.discover()
+    indices = target_indices(target, gpus_option, inventory)
     hub = HubClient(hub_url, api_key=api_key, timeout_s=0.5)
     with (
         backend_session(backend, docker_host, base_dir, machine_id) as session,
