@@ -18,7 +18,6 @@ import copy
 import json
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -27,9 +26,10 @@ from typing import Any
 import aiohttp
 from comfy_worker import Worker, WorkerConfig
 
+from bench import procs
 from bench.report import Table, emit
+from bench.stats import percentile
 from comfyui_sim.server import RunningSim, SimConfig, start_sim
-from orchestrator.stack.local_redis import LocalRedis
 from redis_api.config import HubConfig
 from redis_api.server import RunningHub, start_hub
 from redis_api.store import JobSpec, Store
@@ -152,9 +152,9 @@ async def run_jobs(
             j["created_at"] for j in jobs.values()
         )
         del started
-    waits = sorted(
+    waits = [
         j["started_at"] - j["created_at"] for j in jobs.values() if j["started_at"] is not None
-    )
+    ]
     failed = [j for j in jobs.values() if j["status"] != "succeeded"]
     validation = [
         j
@@ -165,18 +165,12 @@ async def run_jobs(
     return {
         "loads": sum(s.server.executor.models.loads for s in sims) - loads_before,
         "makespan_s": makespan,
-        "p50_wait_s": _pct(waits, 50),
-        "p99_wait_s": _pct(waits, 99),
+        "p50_wait_s": percentile(waits, 50),
+        "p99_wait_s": percentile(waits, 99),
         "failed": len(failed),
         "validation_failures": len(validation),
         "jobs": len(jobs),
     }
-
-
-def _pct(values: Sequence[float], pct: int) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
 
 
 async def head_of_line(redis_url: str, base: Path, blockers: int, repeats: int) -> dict[str, Any]:
@@ -233,42 +227,37 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Table], dict[str, A
     rng = random.Random(12)
     order = [rng.choice(CHECKPOINTS) for _ in range(jobs)]
     raw: dict[str, Any] = {"scale": scale, "jobs": jobs}
-    with tempfile.TemporaryDirectory(prefix="wgpu-bench-sched-") as tmp:
-        base = Path(tmp)
-        redis = LocalRedis(base / "redis").start()
-        try:
-            everywhere = [list(CHECKPOINTS) for _ in range(GPUS)]
-            modes = {
-                "affinity on": ({"affinity": True}, False),
-                "affinity off (FIFO)": ({"affinity": False}, False),
-                "round robin": ({"affinity": False}, True),
-            }
-            for name, (settings, pin) in modes.items():
-                print(f"-- {name}", flush=True)
-                async with stack(redis.url, everywhere, scale, base / name, **settings) as (
-                    hub,
-                    sims,
-                ):
-                    raw[name] = await run_jobs(hub, sims, order, pin)
-                print(raw[name], flush=True)
-            # Each checkpoint on 1 or 2 of the 4 GPUs.
-            hetero = [
-                [CHECKPOINTS[0], CHECKPOINTS[1]],
-                [CHECKPOINTS[1], CHECKPOINTS[2]],
-                [CHECKPOINTS[2], CHECKPOINTS[0]],
-                [CHECKPOINTS[3]],
-            ]
-            print("-- heterogeneous fleet", flush=True)
-            async with stack(redis.url, hetero, scale, base / "hetero") as (hub, sims):
-                raw["heterogeneous"] = await run_jobs(hub, sims, order, False)
-            print(raw["heterogeneous"], flush=True)
-            print("-- head-of-line", flush=True)
-            raw["head_of_line"] = await head_of_line(
-                redis.url, base / "hol", 10_000 if args.quick else 100_000, 15
-            )
-            print(raw["head_of_line"], flush=True)
-        finally:
-            redis.stop()
+    with procs.scratch_dir("wgpu-bench-sched-") as base, procs.local_redis(base / "redis") as redis:
+        everywhere = [list(CHECKPOINTS) for _ in range(GPUS)]
+        modes = {
+            "affinity on": ({"affinity": True}, False),
+            "affinity off (FIFO)": ({"affinity": False}, False),
+            "round robin": ({"affinity": False}, True),
+        }
+        for name, (settings, pin) in modes.items():
+            print(f"-- {name}", flush=True)
+            async with stack(redis.url, everywhere, scale, base / name, **settings) as (
+                hub,
+                sims,
+            ):
+                raw[name] = await run_jobs(hub, sims, order, pin)
+            print(raw[name], flush=True)
+        # Each checkpoint on 1 or 2 of the 4 GPUs.
+        hetero = [
+            [CHECKPOINTS[0], CHECKPOINTS[1]],
+            [CHECKPOINTS[1], CHECKPOINTS[2]],
+            [CHECKPOINTS[2], CHECKPOINTS[0]],
+            [CHECKPOINTS[3]],
+        ]
+        print("-- heterogeneous fleet", flush=True)
+        async with stack(redis.url, hetero, scale, base / "hetero") as (hub, sims):
+            raw["heterogeneous"] = await run_jobs(hub, sims, order, False)
+        print(raw["heterogeneous"], flush=True)
+        print("-- head-of-line", flush=True)
+        raw["head_of_line"] = await head_of_line(
+            redis.url, base / "hol", 10_000 if args.quick else 100_000, 15
+        )
+        print(raw["head_of_line"], flush=True)
     return tables(raw), raw
 
 
