@@ -203,8 +203,6 @@ class Worker:
         )
 
     def _on_session(self, session: HubSession) -> None:
-        session.models_sent = None  # this hub connection has not heard our models yet
-        session.warm_sent = None
         hello, welcome = session.hello, session.welcome
         for held, named, resumed in (
             (self._running, hello.running, welcome.resumed),
