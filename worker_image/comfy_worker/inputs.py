@@ -53,7 +53,6 @@ def rewrite(workflow: dict[str, Any], placed: dict[str, str]) -> dict[str, Any]:
 
 
 async def place_inputs(
-    session: aiohttp.ClientSession,
     client: ComfyClient,
     config: WorkerConfig,
     job_id: str,
@@ -78,7 +77,7 @@ async def place_inputs(
             path = os.path.join(spool, match.group(1))
             url = f"{hub_http_url(config)}/worker/inputs/{match.group(1)}"
             try:
-                async with session.get(
+                async with client.http.get(
                     url, params=holder, headers=headers, timeout=FETCH_TIMEOUT
                 ) as response:
                     if response.status != 200:

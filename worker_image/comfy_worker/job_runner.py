@@ -147,9 +147,7 @@ class JobRunner:
         workflow = job.workflow
         if job.inputs:
             try:
-                placed = await place_inputs(
-                    self._client.http, self._client, self._config, job.job_id, job.inputs
-                )
+                placed = await place_inputs(self._client, self._config, job.job_id, job.inputs)
             except InputUnavailable as exc:
                 return self._fail("input_unavailable", str(exc), True)
             except ComfyUnreachable as exc:
