@@ -508,7 +508,6 @@ class ProgressTracker:
     def __init__(self, workflow: dict[str, Any] | int) -> None:
         if isinstance(workflow, int):
             workflow = {str(i): {} for i in range(workflow)}
-        self.workflow = workflow
         self.weights = node_weights(workflow)
         self.total = max(sum(self.weights.values()), 1.0)
         self.done: set[str] = set()
@@ -516,10 +515,6 @@ class ProgressTracker:
         self.fraction = 0.0
         self._high = 0.0
         self._last: tuple[str | None, float, float] | None = None
-
-    def node_class(self, node: str | None) -> str | None:
-        entry = self.workflow.get(node) if node is not None else None
-        return str(entry.get("class_type")) if isinstance(entry, dict) else None
 
     def update(self, kind: str, data: dict[str, Any]) -> bool:
         if kind == "execution_cached":
