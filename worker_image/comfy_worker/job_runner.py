@@ -191,10 +191,6 @@ class JobRunner:
             entry = await self._wait_for_end()
         except _RunEnded as ended:
             return Outcome(Failed(job.job_id, job.token, ended.error))
-        if _succeeded(entry) and self._stop_reason is None:
-            # The last update is never throttled away: 100 % goes out before the result.
-            total = self._tracker.total if self._tracker is not None else 1.0
-            await self._on_progress(None, total, total)
         return await self._outcome_from_history(entry)
 
     def _fail(
@@ -348,6 +344,9 @@ class JobRunner:
         status_str = status.get("status_str")
         if status_str not in (None, "success"):
             return self._fail("execution_error", f"ComfyUI reported status {status_str!r}", False)
+        # The last update is never throttled away: 100 % goes out before the result.
+        total = self._tracker.total if self._tracker is not None else 1.0
+        await self._on_progress(None, total, total)
         sources, results = collect(entry.get("outputs"), self._ws_images)
         log.info("job %s succeeded with %d output(s)", job.job_id, len(sources))
         return Outcome(
@@ -387,11 +386,6 @@ def _messages(raw: Any) -> dict[str, dict[str, Any]]:
             if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], dict):
                 found[str(item[0])] = item[1]
     return found
-
-
-def _succeeded(entry: dict[str, Any]) -> bool:
-    status = entry.get("status")
-    return not isinstance(status, dict) or status.get("status_str") in (None, "success")
 
 
 def _write(path: str, data: bytes) -> None:
