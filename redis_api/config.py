@@ -27,7 +27,10 @@ class HubConfig:
     lease_s: float = 30.0
     heartbeat_s: float = 5.0
     disconnect_grace_s: float = 1.0
-    reap_interval_s: float = 0.25
+    # The longest the reaper sleeps (redis_api/maintenance.py): it wakes at the earliest deadline
+    # it knows of and for those this hub writes, so this only bounds how late it notices one
+    # that another hub wrote and then died.
+    reap_interval_s: float = 2.0
     result_ttl_s: float = 86400.0
     outputs_dir: str = "./wgpu-outputs"
     max_body_bytes: int = 8 * MIB

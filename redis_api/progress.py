@@ -6,7 +6,8 @@ A sampler reports every step; writing each one to Redis (job hash, events stream
 - every step of the job a socket was handed goes straight to this hub's SSE subscribers of the
   job (`ProgressFeed.publish`: an id-less `progress` entry on the event fan-out, not stored), and
   to other hubs over the `progress` channel only while some other hub serves event streams
-  (each hub says so in the `sse_hubs` set, refreshed by its maintenance tick);
+  (a hub serving them says so on that channel every PRESENCE_EVERY_S, `announce`: nothing is
+  written, and a hub serving none costs Redis nothing);
 - the job records its latest progress (`job.progress`, fenced, renews the lease) at most once per
   `PROGRESS_PERSIST_S` per job (`ProgressThrottle`): the first step at once, the latest of the
   steps held back when the interval ends, and 100 % always at once. A client that connects or
@@ -25,8 +26,12 @@ from collections.abc import Callable
 
 from .event_fanout import EventFanout
 from .store import Store, StreamEntry
+from .tasks import one_round
 
 PROGRESS_KIND = "progress"
+# A hub serving event streams says so this often; another hub believes it this long.
+PRESENCE_EVERY_S = 1.0
+PRESENCE_TTL_S = 5.0
 
 
 class ProgressFeed:
@@ -36,10 +41,22 @@ class ProgressFeed:
         self.store = store
         self.events = events
         self.hub_id = hub_id
-        # Whether some other hub serves event streams (Maintenance refreshes it every tick):
-        # only then is a step worth a PUBLISH.
-        self.others_watch = False
+        self._others_until = 0.0  # monotonic time until which another hub serves streams
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def others_watch(self) -> bool:
+        """Whether some other hub serves event streams: only then is a step worth a PUBLISH."""
+        return time.monotonic() < self._others_until
+
+    async def announce(self) -> None:
+        """Forever: while this hub serves event streams, tell the other hubs (an empty step on
+        the progress channel), so that they publish the steps of their workers' jobs."""
+        while True:
+            if self.events.open_streams > 0:
+                with one_round("live progress presence", lambda exc: None):
+                    await self.store.publish_progress(self.hub_id, "", "")
+            await asyncio.sleep(PRESENCE_EVERY_S)  # a local check; Redis hears only a server
 
     def publish(self, job_id: str, payload: str) -> None:
         """A step of a job whose worker is connected here (already checked to be its own)."""
@@ -63,6 +80,9 @@ class ProgressFeed:
         if parsed is None or parsed[0] == self.hub_id:
             return
         _, job_id, payload = parsed
+        if not job_id:  # another hub's `announce`
+            self._others_until = time.monotonic() + PRESENCE_TTL_S
+            return
         self._push_local(job_id, payload)
 
     async def close(self) -> None:

@@ -99,8 +99,8 @@ class Hub:
             config,
             self.redis_failed,
             self.redis_ok,
-            self.progress,
         )
+        self.store.on_deadline = self.maintenance.deadline_in
         # Each worker socket, with an event set once its session has recorded the disconnect.
         self.open_sockets: dict[web.WebSocketResponse, asyncio.Event] = {}
         self.pending_sockets = 0  # worker sockets not yet welcomed
@@ -142,6 +142,7 @@ class Hub:
             asyncio.create_task(self.dispatcher.run_pubsub(), name="hub-pubsub"),
             asyncio.create_task(self.maintenance.run(), name="hub-maintenance"),
             asyncio.create_task(self.webhooks.run(), name="hub-webhooks"),
+            asyncio.create_task(self.progress.announce(), name="hub-progress-presence"),
         ]
 
     async def close(self) -> None:

@@ -118,6 +118,7 @@ class Reaped:
     timed_out: tuple[tuple[str, str, int], ...]  # (job_id, worker_id, token)
     expired: tuple[str, ...]
     ended_in_queue: int = 0  # queued jobs that became expired or unschedulable
+    next_ms: int = -1  # until the earliest deadline the reaper guards (0: now; -1: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +318,9 @@ class Store:
             name: client.register_script(source) for name, source in _SOURCES.items()
         }
         self._batcher = ScriptBatcher(client)
+        # Told the seconds until the nearest deadline a write of this hub set (the reaper sleeps
+        # until the earliest one it knows of: Maintenance.deadline_in).
+        self.on_deadline: Callable[[float], None] = lambda seconds: None
         self.timeout_s = float(
             client.connection_pool.connection_kwargs.get("socket_timeout") or 2.0
         )
@@ -388,6 +392,9 @@ class Store:
         if not result[0]:
             limit = str(result[3])
             raise QueueFull(f"the queue is full ({limit.upper()}); retry later", retry_after_s=5)
+        timeouts = [t for t in (spec.schedule_timeout_s, spec.queue_timeout_s) if t > 0]
+        if timeouts:
+            self.on_deadline(min(timeouts))
         return Enqueued(str(result[0]), bool(int(result[1])), int(result[2]))
 
     async def jobs_with_prefix(self, prefix: str, limit: int = 50) -> list[tuple[str, str]]:
@@ -498,6 +505,7 @@ class Store:
 
     async def cancel(self, job_id: str, ttl_ms: int) -> Cancelled:
         outcome, worker, token = await self._run("cancel", job_id, ttl_ms)
+        self.on_deadline(ttl_ms / 1000)
         return Cancelled(str(outcome), str(worker), int(token or 0))
 
     async def output_allowed(self, job_id: str, token: int, worker_id: str) -> str:
@@ -551,6 +559,7 @@ class Store:
             relay_id,
             relay_token if relaying else "",
         )
+        self.on_deadline(0.0)  # a job the worker no longer runs is requeued by the reaper now
         if int(resumed[0]) < 0:
             raise WorkerConnected(
                 f"worker {worker_id} has a live socket on another hub; that hub pings it and "
@@ -568,17 +577,25 @@ class Store:
         """Claim a job for the worker; `relaying` (pipelining) is the finished job whose outputs
         it still relays: it stays the worker's, any other job recorded as its own is lost."""
         relay_id, relay_token = relaying if relaying else ("", 0)
-        return _claim_result(
-            await self._run(
-                "claim",
-                worker_id,
-                lease_ms,
-                *options.args(),
-                fencing_token(),
-                relay_id,
-                relay_token if relaying else "",
-            )
+        return self._claimed(
+            _claim_result(
+                await self._run(
+                    "claim",
+                    worker_id,
+                    lease_ms,
+                    *options.args(),
+                    fencing_token(),
+                    relay_id,
+                    relay_token if relaying else "",
+                )
+            ),
+            lease_ms,
         )
+
+    def _claimed(self, result: Claim | ClaimMiss, lease_ms: int) -> Claim | ClaimMiss:
+        if isinstance(result, Claim):  # its lease and its timeout start now
+            self.on_deadline(min(lease_ms / 1000, result.timeout_s))
+        return result
 
     async def set_models(
         self,
@@ -660,6 +677,7 @@ class Store:
 
     async def disconnect(self, worker_id: str, session: str, grace_ms: int) -> None:
         await self._run("disconnect", worker_id, session, grace_ms)
+        self.on_deadline(grace_ms / 1000)
 
     async def refresh_idle(self, worker_ids: Sequence[str], lease_ms: int) -> None:
         """Keep idle entries of workers waiting on this hub alive (they expire if the hub dies)."""
@@ -684,6 +702,8 @@ class Store:
 
     async def drain(self, worker_id: str, timeout_ms: int) -> Drain:
         since, deadline = await self._run("drain", worker_id, timeout_ms)
+        if timeout_ms > 0:
+            self.on_deadline(timeout_ms / 1000)
         return Drain(worker_id, int(since), int(deadline))
 
     async def resume(self, worker_id: str) -> tuple[bool, bool]:
@@ -826,6 +846,10 @@ class Store:
             *_warm_args(warm),
         )
         refused = str(r[0] or "")
+        if not refused:
+            self.on_deadline(ttl_ms / 1000)  # its result expires then
+        if len(r) > 1 and claim is not None:
+            return refused, self._claimed(_claim_result(r[1:]), claim[0])
         return refused, (_claim_result(r[1:]) if len(r) > 1 else None)
 
     async def fail(
@@ -856,6 +880,8 @@ class Store:
             quarantine_after,
             *_warm_args(warm),
         )
+        if not refused:
+            self.on_deadline(ttl_ms / 1000)  # a result that ends it expires then
         return str(refused or ""), str(status or ""), bool(int(quarantined or 0))
 
     async def release(self, job_id: str, token: int, worker_id: str, reason: str) -> str:
@@ -910,14 +936,16 @@ class Store:
     # -- maintenance -----------------------------------------------------------------------
 
     async def reap(self, ttl_ms: int, stale_ms: int = 60_000, pool_idle_ms: int = 60_000) -> Reaped:
-        requeued, dead, timed, expired, ended = await self._run(
+        """One reaper round (lua/reap.lua); pool_idle_ms < 0 skips the pool sweep."""
+        requeued, dead, timed, expired, ended, next_ms = await self._run(
             "reap", ttl_ms, REAP_BATCH, stale_ms, pool_idle_ms
         )
         triples = tuple(
             (str(timed[i]), str(timed[i + 1]), int(timed[i + 2] or 0))
             for i in range(0, len(timed), 3)
         )
-        return Reaped(int(requeued), int(dead), triples, tuple(str(x) for x in expired), int(ended))
+        expired_ids = tuple(str(x) for x in expired)
+        return Reaped(int(requeued), int(dead), triples, expired_ids, int(ended), int(next_ms))
 
     # -- webhook outbox (see redis_api/webhooks.py) ------------------------------------------
 
@@ -1071,21 +1099,6 @@ class Store:
     def parse_progress(data: str) -> tuple[str, str, str] | None:
         parts = data.split("\n", 2)
         return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
-
-    async def sse_presence(self, hub_id: str, serving: bool, ttl_ms: int) -> bool:
-        """Say whether this hub serves event streams (for `ttl_ms`); returns whether another
-        live hub does (then live progress is worth publishing to them)."""
-        now = await self.now_ms()
-        key = self.key("sse_hubs")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if serving:
-                pipe.zadd(key, {hub_id: now + ttl_ms})
-            else:
-                pipe.zrem(key, hub_id)
-            pipe.zremrangebyscore(key, "-inf", now)
-            pipe.zrange(key, 0, 2)
-            *_, hubs = await pipe.execute()
-        return any(h != hub_id for h in hubs)
 
     @staticmethod
     def parse_cancel(data: str) -> CancelNotice | None:

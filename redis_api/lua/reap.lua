@@ -1,16 +1,34 @@
--- Run by every hub every reap_interval_s; idempotent, so any number of hubs may run it at once.
--- ARGV prefix, ttl_ms, batch, stale_ms, pool_idle_ms. Requeues (or kills) jobs whose lease
--- expired, ends jobs past their timeout, queued jobs past their queue deadline (`expired`) or
--- with no worker able to take them past their schedule timeout (`unschedulable`), drops pools
--- empty for pool_idle_ms, and drops expired finished jobs from the indexes.
+-- Run by every hub at the earliest deadline it knows of (and at least every reap_interval_s);
+-- idempotent, so any number of hubs may run it at once.
+-- ARGV prefix, ttl_ms, batch, stale_ms, pool_idle_ms (< 0: no pool sweep this round). Requeues
+-- (or kills) jobs whose lease expired, ends jobs past their timeout, queued jobs past their queue
+-- deadline (`expired`) or with no worker able to take them past their schedule timeout
+-- (`unschedulable`), drops pools empty for pool_idle_ms, and drops expired finished jobs from the
+-- indexes.
 -- Returns {requeued, dead, {timed-out job, worker, token, ...}, {expired job ids...},
--- ended_in_queue}.
+-- ended_in_queue, next_ms}: next_ms is how long until the earliest deadline it guards (0: some
+-- were due, look again at once as more may be due than one batch; -1: none at all).
 local ttl_ms, batch = tonumber(ARGV[2]), tonumber(ARGV[3])
 local stale_ms, pool_idle_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
 local requeued, dead, timed_out, expired, ended = 0, 0, {}, {}, 0
+local next_at, again = nil, false
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'qdeadlines', '-inf', now, 'LIMIT', 0, batch)) do
+-- The members of `zkey` due now (at most `batch`); one read when none is: its first score, which
+-- is also when to look next.
+local function due(zkey)
+  local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
+  if #first == 0 then return {} end
+  local at = tonumber(first[2])
+  if at > now then
+    if next_at == nil or at < next_at then next_at = at end
+    return {}
+  end
+  again = true
+  return redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, batch)
+end
+
+for _, id in ipairs(due(P .. 'qdeadlines')) do
   redis.call('ZREM', P .. 'qdeadlines', id)
   local j = redis.call('HMGET', jkey(id), 'status', 'attempts', 'queue_ms')
   if j[1] == 'queued' and tonumber(j[2]) == 0 then
@@ -21,7 +39,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'qdeadlines', '-inf', now, 
 end
 
 local reasons = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'schedcheck', '-inf', now, 'LIMIT', 0, batch)) do
+for _, id in ipairs(due(P .. 'schedcheck')) do
   local j = redis.call('HMGET', jkey(id), 'status', 'pool', 'sched_ms')
   if j[1] ~= 'queued' then
     redis.call('ZREM', P .. 'schedcheck', id)
@@ -39,9 +57,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'schedcheck', '-inf', now, 
   end
 end
 
-gc_pools(now, pool_idle_ms, 20)
+if pool_idle_ms >= 0 then gc_pools(now, pool_idle_ms, 20) end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', now, 'LIMIT', 0, batch)) do
+for _, id in ipairs(due(P .. 'running')) do
   local j = redis.call('HMGET', jkey(id), 'status', 'worker_id', 'token')
   if HELD[j[1]] then
     publish_cancel(j[2], id, j[3], 'lease_expired')
@@ -53,7 +71,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', now, 'LI
   end
 end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'deadlines', '-inf', now, 'LIMIT', 0, batch)) do
+for _, id in ipairs(due(P .. 'deadlines')) do
   local j = redis.call('HMGET', jkey(id), 'status', 'worker_id', 'token', 'timeout_s')
   if HELD[j[1]] then
     -- One outcome whoever notices first: the worker's own deadline ends it the same way (fail.lua).
@@ -72,7 +90,7 @@ end
 for _, status in ipairs({'succeeded', 'failed', 'cancelled', 'timed_out', 'dead', 'unschedulable',
     'expired'}) do
   local zkey = P .. 'done:' .. status
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, batch)) do
+  for _, id in ipairs(due(zkey)) do
     redis.call('ZREM', zkey, id)
     local idem = redis.call('HGET', jkey(id), 'idempotency_key')
     if idem and idem ~= '' and redis.call('GET', P .. 'idem:' .. idem) == id then
@@ -87,4 +105,6 @@ for _, status in ipairs({'succeeded', 'failed', 'cancelled', 'timed_out', 'dead'
 end
 -- Idle entries of workers whose hub stopped refreshing them (the hub died) go too.
 redis.call('ZREMRANGEBYSCORE', P .. 'idle', '-inf', now)
-return {requeued, dead, timed_out, expired, ended}
+local next_ms = -1
+if again then next_ms = 0 elseif next_at then next_ms = next_at - now end
+return {requeued, dead, timed_out, expired, ended, next_ms}

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from redis_api.tasks import stop_tasks
 from tests.fixtures.hub import HubFactory, HubProcess
 from tests.fixtures.sim import SimFactory, free_port
 from tests.worker.harness import (
@@ -287,9 +288,11 @@ async def test_the_worker_enforces_the_timeout_itself_and_stops_the_prompt(
     hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """The worker's own deadline: with the hub's reaper (its timeout path, tested in
-    tests/hub/test_failures.py) an hour away, the worker interrupts the prompt at timeout_s and
+    tests/hub/test_failures.py) stopped, the worker interrupts the prompt at timeout_s and
     fails the job, not retryable, with error type `timeout`: one outcome for this path."""
     hub = await hub_factory(reap_interval_s=3600)
+    # The reaper wakes for the job's deadline whatever its interval: no reaper at all here.
+    await stop_tasks([t for t in hub.hub._tasks if t.get_name() == "hub-maintenance"])
     sim = await sim_factory()
     client = HubClient(http, hub.url)
     async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
