@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeAlias, TypeVar
@@ -370,6 +371,11 @@ def check_json_value(value: Any, where: str, max_depth: int = MAX_JSON_DEPTH) ->
             raise ProtocolError(f"{path or where}: numbers must be finite")
 
 
+# NUL, the C0 controls and DEL: what a name may not contain (one regex search, not a Python
+# loop per character: this runs on every id in every frame).
+_CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_text(value: str, where: str, name: bool = False) -> str:
     """Valid Unicode text (encodable as UTF-8); a `name` also has no NUL or control bytes."""
     if not value.isascii():
@@ -377,7 +383,7 @@ def check_text(value: str, where: str, name: bool = False) -> str:
             value.encode()
         except UnicodeEncodeError:
             raise ProtocolError(f"{where} is not valid UTF-8 text (a lone surrogate)") from None
-    if name and any(ord(ch) < 32 or ch == "\x7f" for ch in value):
+    if name and _CONTROL_CHAR.search(value):
         raise ProtocolError(f"{where} contains a NUL or control character")
     return value
 

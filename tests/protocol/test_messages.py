@@ -112,6 +112,14 @@ def test_a_worker_cannot_send_hub_messages() -> None:
             "execution_started.job_id",
         ),
         (
+            '{"type": "started", "job_id": "j", "token": 1, "prompt_id": "p\\u001f"}',
+            "started.prompt_id contains a NUL or control character",
+        ),
+        (
+            '{"type": "ready", "relaying": {"job_id": "j\\u007f", "token": 1}}',
+            "contains a NUL or control character",
+        ),
+        (
             '{"type": "hello", "worker_id": "w", "machine_id": "m", "gpu": 3, "version": "1"}',
             "hello.gpu must be an object",
         ),
