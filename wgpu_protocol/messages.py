@@ -11,7 +11,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
 from .errors import ProtocolError as ProtocolError  # re-exported: decode raises it
@@ -317,9 +317,24 @@ HUB_MESSAGES: dict[str, type[Any]] = {
 
 
 def encode(message: Message) -> str:
-    body = asdict(message)
+    # As json.dumps(asdict(message)) writes it, without asdict's deep copy of every value:
+    # json walks lists, tuples and dicts itself and asks _fields for each nested message part.
+    body = _fields(message)
     body["type"] = message.type
-    return json.dumps(body, separators=(",", ":"))
+    return json.dumps(body, separators=(",", ":"), default=_fields)
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A dataclass instance's fields in declaration order, one level deep (json.dumps' default)."""
+    names = _FIELD_NAMES.get(type(value))
+    if names is None:
+        if not is_dataclass(value) or isinstance(value, type):
+            raise TypeError(f"{type(value).__name__} is not a protocol message part")
+        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in fields(value))
+    return {name: getattr(value, name) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def decode_worker_message(text: str | bytes) -> WorkerMessage:
