@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import resource
@@ -118,6 +119,10 @@ def run_hub(config: HubConfig) -> None:
 
     async def main() -> None:
         running = await start_hub(config)
+        # What start-up made (modules, the app, ~50,000 objects) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it (13 ms idle, ~90 ms
+        # on a loaded machine, every job in flight waiting meanwhile: the p99 at half load).
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
