@@ -1,8 +1,8 @@
 """The hub as a separate process for benchmarks: `python -m bench.hub_process`, configured by the
 hub's own environment variables (REDIS_URL, REDIS_API_PORT, ...). With BENCH_PROFILE=FILE it
-runs under pyinstrument and writes an HTML profile when it stops (SIGTERM); a FILE ending in
-.prof runs it under cProfile instead. With BENCH_GC_LOG=FILE it appends every garbage
-collection over 1 ms to FILE (when, generation, ms)."""
+runs under pyinstrument (wall time) and writes an HTML profile when it stops (SIGTERM); a FILE
+ending in .prof runs it under cProfile instead (CPU time). With BENCH_GC_LOG=FILE it appends every
+garbage collection over 1 ms to FILE (when, generation, ms)."""
 
 from __future__ import annotations
 
@@ -41,10 +41,13 @@ def main() -> None:
         run_hub(config)
         return
     if profile_path.endswith(".prof"):
-        # cProfile: exact call counts (calls per job), at a higher cost per call.
+        # cProfile: exact call counts (calls per job), at a higher cost per call, timed in CPU
+        # time: on a loaded machine wall time charges a send() with the time the hub spends
+        # preempted by the process it woke (the receiver), which puts socket writes on top.
         import cProfile
+        import time
 
-        cprofile = cProfile.Profile()
+        cprofile = cProfile.Profile(time.process_time)
         try:
             cprofile.runcall(run_hub, config)
         finally:
