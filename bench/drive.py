@@ -5,6 +5,7 @@ latency), then drain a pre-filled queue (dispatch rate with the submitter out of
 from __future__ import annotations
 
 import asyncio
+import glob
 import math
 import os
 import time
@@ -42,6 +43,12 @@ class DispatchResult:
     saturation_latency: dict[str, float] = field(default_factory=dict)
     # Percent of one core used by each part during the saturation phase: what bounds jobs/s.
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    # The same during the drain (the submitter idle): what bounds the dispatch rate alone.
+    drain_cpu_percent: dict[str, float] = field(default_factory=dict)
+    # Percent of the saturation phase each part was runnable but waiting for a core (the
+    # kernel's run-queue wait, /proc/PID/task/*/schedstat): high when the machine is the bound,
+    # while a part that waits on another part sleeps instead.
+    runqueue_wait_percent: dict[str, float] = field(default_factory=dict)
     # Redis' own accounting (INFO commandstats) over the saturation phase, per job.
     redis_usec_per_job: float = math.nan
     redis_calls_per_job: float = math.nan
@@ -96,6 +103,25 @@ def _cpu_by_group(groups: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
+def _runqueue_wait_by_group(groups: dict[str, list[int]]) -> dict[str, float]:
+    """Seconds so far each group of processes spent runnable, waiting for a core."""
+    out = {"submitter": _runqueue_wait_s(os.getpid())}
+    for name, pids in groups.items():
+        out[name] = sum(_runqueue_wait_s(pid) for pid in pids)
+    return out
+
+
+def _runqueue_wait_s(pid: int) -> float:
+    total = 0
+    for stat in glob.glob(f"/proc/{pid}/task/*/schedstat"):  # run ns, wait ns, timeslices
+        try:
+            with open(stat) as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that ended meanwhile, or a kernel without schedstats
+    return total / 1e9
+
+
 def _cpu_or_zero(pid: int) -> float:
     try:
         return cpu_seconds(pid)
@@ -135,11 +161,16 @@ async def measure(
         groups["redis"] = [int(client.info("server")["process_id"])]
         client.config_resetstat()
         cpu_before, t_before = _cpu_by_group(groups), time.monotonic()
+        wait_before = _runqueue_wait_by_group(groups)
         await submit_saturated(system.submit, count, concurrency)
         await wait_records(client, count, max(60.0, count / 50))
         cpu_after, elapsed = _cpu_by_group(groups), time.monotonic() - t_before
+        wait_after = _runqueue_wait_by_group(groups)
         result.cpu_percent = {
             name: 100.0 * (cpu_after[name] - cpu_before[name]) / elapsed for name in cpu_after
+        }
+        result.runqueue_wait_percent = {
+            name: 100.0 * (wait_after[name] - wait_before[name]) / elapsed for name in wait_after
         }
         result.redis_cpu_us_per_job = (cpu_after["redis"] - cpu_before["redis"]) / count * 1e6
         _redis_cost(client, count, result)
@@ -160,7 +191,13 @@ async def measure(
         client.delete(STARTS_KEY)
         await submit_saturated(system.submit, count, concurrency)
         await system.start_workers()
+        groups = {**system.pids(), "redis": groups["redis"]}
+        cpu_before, t_before = _cpu_by_group(groups), time.monotonic()
         await wait_records(client, count, max(60.0, count / 50))
+        cpu_after, elapsed = _cpu_by_group(groups), time.monotonic() - t_before
+        result.drain_cpu_percent = {
+            name: 100.0 * (cpu_after[name] - cpu_before[name]) / elapsed for name in cpu_after
+        }
         starts = sorted(r[2] for r in read_records(client))
         result.drain_jobs_per_s = (count - 1) / (starts[-1] - starts[0])
     except Exception as exc:  # a benchmark reports a broken system, it does not stop the run
