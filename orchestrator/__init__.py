@@ -9,7 +9,6 @@ for what it runs.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,11 +20,9 @@ if TYPE_CHECKING:
     from orchestrator.hub_client.client import AsyncHubClient, HubClient
     from orchestrator.stack.spec import ContainerSpec, slot_containers
 
+    __version__: str  # the installed distribution's version, read on first use
+
 DISTRIBUTION = "comfyui-gpu-pool"  # on PyPI; `wgpu` there is the WebGPU binding
-try:
-    __version__ = metadata.version(DISTRIBUTION)
-except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
 
 _HOME = {
     "WorkerSettings": "orchestrator.backends.base",
@@ -61,7 +58,21 @@ __all__ = [
 ]
 
 
+def _installed_version() -> str:
+    # importlib.metadata costs ~40 ms of imports (email, zipfile): only `wgpu --version` pays.
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        version = _installed_version()
+        globals()["__version__"] = version
+        return version
     if name not in _HOME:
         raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
     return getattr(importlib.import_module(_HOME[name]), name)

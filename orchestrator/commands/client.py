@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,15 +13,11 @@ from orchestrator.backends.base import DEFAULT_HUB_URL
 from orchestrator.commands.common import hub_errors
 from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
 from orchestrator.console import ExitCode, err, fail, one_line, out
-from orchestrator.hub_client.client import HubClient
-from orchestrator.hub_client.job_watch import (
-    JobBoard,
-    download_outputs,
-    follow_all,
-    load_workflow,
-    wait_until,
-)
 from wgpu_protocol.rest import JobJson
+
+if TYPE_CHECKING:  # the hub client (urllib, ssl) loads when a command talks to the hub
+    from orchestrator.hub_client.client import HubClient
+    from orchestrator.hub_client.job_watch import JobBoard
 
 # Ids as docker shows container ids: 12 characters, and any unique prefix works (the hub
 # resolves it) wherever a job id is taken.
@@ -78,6 +74,9 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit workflows; with --wait, a progress bar per job and the outputs downloaded."""
+    from orchestrator.hub_client.client import HubClient
+    from orchestrator.hub_client.job_watch import JobBoard, load_workflow
+
     loaded = [(path, load_workflow(path)) for path in workflows]
     named = [parse_input_option(option) for option in input_files or []]
     masks = [parse_mask_option(option) for option in mask_files or []]
@@ -132,6 +131,8 @@ def follow_with_progress(hub: HubClient, board: JobBoard, timeout_s: float, quie
     """A bar per job on stderr, fed by each job's event stream."""
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+    from orchestrator.hub_client.job_watch import follow_all, wait_until
+
     columns = (
         TextColumn("{task.fields[label]}", style="bold"),
         BarColumn(),
@@ -162,6 +163,8 @@ def follow_with_progress(hub: HubClient, board: JobBoard, timeout_s: float, quie
 
 def finish(hub: HubClient, board: JobBoard, out_dir: Path | None, as_json: bool) -> ExitCode:
     """Download outputs, report one line per job; OK only when every job succeeded."""
+    from orchestrator.hub_client.job_watch import download_outputs
+
     results = []
     failed = False
     with hub_errors(hub.base_url):
@@ -216,6 +219,8 @@ def jobs(
     as_json: JsonOption = False,
 ) -> None:
     """The hub's jobs with their state, worker and times."""
+    from orchestrator.hub_client.client import HubClient
+
     hub = HubClient(hub_url, api_key=api_key)
     with hub_errors(hub_url):
         found = hub.list_jobs(status=status, limit=limit)
@@ -274,6 +279,8 @@ def cancel(
     as_json: JsonOption = False,
 ) -> None:
     """Cancel a job (a running one is interrupted on its worker)."""
+    from orchestrator.hub_client.client import HubClient
+
     hub = HubClient(hub_url, api_key=api_key)
     with hub_errors(hub_url):
         job = hub.cancel(job_id)

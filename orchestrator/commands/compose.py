@@ -10,18 +10,13 @@ import typer
 from orchestrator.commands.common import select
 from orchestrator.commands.options import CountOption, GpusOption, SimulateOption
 from orchestrator.console import ExitCode, err, fail, out
-from orchestrator.stack.compose_render import (
+from orchestrator.stack.defaults import (
     DEFAULT_COMFYUI_IMAGE,
     DEFAULT_HUB_IMAGE,
     DEFAULT_HUB_PORT,
     DEFAULT_REDIS_IMAGE,
     DEFAULT_REDIS_PORT,
     DEFAULT_WORKER_IMAGE,
-    HEADER,
-    StackOptions,
-    render_stack,
-    to_yaml,
-    validate,
 )
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
@@ -47,6 +42,14 @@ def render(
     health_interval: float = typer.Option(5.0, "--health-interval", min=0.5),
 ) -> None:
     """Render Redis + hub + per GPU ComfyUI and worker (images overridable by env vars)."""
+    from orchestrator.stack.compose_render import (
+        HEADER,
+        StackOptions,
+        render_stack,
+        to_yaml,
+        validate,
+    )
+
     if gpus_option is None and count is None and simulate is None:
         fail("pass one of --gpus 0,2, --count N and --simulate N", ExitCode.USAGE)
     selection = select(gpus_option, simulate, count)

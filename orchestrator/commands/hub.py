@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import typer
@@ -26,6 +25,8 @@ def hub(
     log_level: str = typer.Option("INFO", "--log-level", envvar="LOG_LEVEL"),
 ) -> None:
     """Run the hub: durable job queue in Redis, push dispatch to workers, REST for clients."""
+    import logging
+
     from redis_api.config import HubConfig
     from redis_api.errors import ConfigError
     from redis_api.server import run_hub

@@ -5,7 +5,6 @@ Rendered and validated offline only: apply with `kubectl apply -n NAMESPACE -f -
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 import typer
@@ -78,6 +77,7 @@ def render(
     ] = 2,
 ) -> None:
     """Print namespace-scoped manifests for the hub, Redis and N GPU pods."""
+    import secrets
     from dataclasses import replace
 
     from orchestrator.k8s.render import K8sOptions, render_manifests, to_yaml_stream

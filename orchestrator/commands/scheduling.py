@@ -12,7 +12,6 @@ from orchestrator.backends.base import DEFAULT_HUB_URL
 from orchestrator.commands.common import hub_errors
 from orchestrator.commands.options import ApiKeyOption, HubUrlOption, JsonOption
 from orchestrator.console import one_line, out
-from orchestrator.hub_client.client import HubClient
 from wgpu_protocol.rest import WorkerJson
 
 ModelRows = list[tuple[str, list[str], list[str]]]
@@ -40,6 +39,8 @@ def models(
     as_json: JsonOption = False,
 ) -> None:
     """Each model file -> the GPUs (workers) that have it on disk, and those that have it loaded."""
+    from orchestrator.hub_client.client import HubClient
+
     hub = HubClient(hub_url, api_key=api_key)
     with hub_errors(hub_url):
         workers = hub.get_workers()

@@ -24,15 +24,7 @@ from orchestrator.commands.options import (
 )
 from orchestrator.console import ExitCode, err, fail, out, warn
 from orchestrator.gpus.slots import Selection, Slot, simulated_slots
-from orchestrator.stack.compose_render import (
-    DEFAULT_HUB_PORT,
-    DEFAULT_REDIS_IMAGE,
-    DEFAULT_REDIS_PORT,
-    IMAGE_ENV,
-    ROLE_HUB,
-    ROLE_REDIS,
-    StackOptions,
-)
+from orchestrator.stack.defaults import DEFAULT_HUB_PORT, DEFAULT_REDIS_IMAGE, DEFAULT_REDIS_PORT
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 if TYPE_CHECKING:  # docker-py, Rich's progress and the stack load when a command runs
@@ -110,6 +102,7 @@ def stack_images(client: Any, base_image: str | None, on_step: StepProgress) -> 
     """env var -> image for the parts not named by env: built locally when missing."""
     from orchestrator.errors import ImageBuildError
     from orchestrator.images.worker import ensure_worker_image, has_image
+    from orchestrator.stack.compose_render import IMAGE_ENV, ROLE_HUB, ROLE_REDIS
     from orchestrator.stack.images import HUB_RECIPE, REDIS_RECIPE, ensure_image
 
     images: dict[str, str] = {}
@@ -167,6 +160,7 @@ def up(
     """Start Redis + hub + per GPU ComfyUI and worker (containers, or processes without Docker:
     there, real GPUs need --comfyui-cmd)."""
 
+    from orchestrator.stack.compose_render import StackOptions
     from orchestrator.stack.lifecycle import docker_up
 
     selection = slot_selection(gpus_option, simulate, count)

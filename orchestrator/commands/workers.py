@@ -12,7 +12,6 @@ import importlib.util
 import json
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +280,8 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """One table: GPU stats, worker and ComfyUI state, and what the hub says of each worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from orchestrator.gpus import nvml
     from orchestrator.hub_client.client import HubClient
     from orchestrator.status_view import collect_snapshot, render_table, watch

@@ -14,9 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from comfy_worker.version import DESCRIBE_ENV, tree_version
-
 from orchestrator.errors import ConfigError
+from wgpu_protocol import worker_env
 
 MOUNT_POINT = "/opt/wgpu-src"
 VERSION_ENV = "WGPU_WORKER_SRC_VERSION"  # what the tree was when the service was planned
@@ -41,7 +40,7 @@ class WorkerSource:
         """The environment that makes Python import the worker from `root` (DIR or its mount)."""
         env = {"PYTHONPATH": f"{root}:{root}/worker_image", VERSION_ENV: self.version}
         if self.describe:
-            env[DESCRIBE_ENV] = self.describe
+            env[worker_env.SRC_DESCRIBE] = self.describe
         return env
 
 
@@ -70,5 +69,9 @@ def resolve_worker_src(directory: Path | str) -> WorkerSource:
                 f"--worker-src {directory} has no {needed}: pass a checkout of the worker "
                 "repository (worker_image/comfy_worker and wgpu_protocol)"
             )
+    # The worker's package (and its config) loads only when a tree is named: every command
+    # imports this module, few use --worker-src.
+    from comfy_worker.version import tree_version
+
     describe = git_describe(path) if (path / ".git").exists() else None
     return WorkerSource(path, tree_version(path, describe), describe)

@@ -28,6 +28,12 @@ from orchestrator.backends.base import (
 )
 from orchestrator.errors import ComposeError
 from orchestrator.gpus.slots import Slot, simulated_slots
+from orchestrator.stack.defaults import DEFAULT_COMFYUI_IMAGE as DEFAULT_COMFYUI_IMAGE
+from orchestrator.stack.defaults import DEFAULT_HUB_IMAGE as DEFAULT_HUB_IMAGE
+from orchestrator.stack.defaults import DEFAULT_HUB_PORT as DEFAULT_HUB_PORT
+from orchestrator.stack.defaults import DEFAULT_REDIS_IMAGE as DEFAULT_REDIS_IMAGE
+from orchestrator.stack.defaults import DEFAULT_REDIS_PORT as DEFAULT_REDIS_PORT
+from orchestrator.stack.defaults import DEFAULT_WORKER_IMAGE as DEFAULT_WORKER_IMAGE
 from orchestrator.stack.spec import (
     LABEL_CONFIG_HASH,
     LABEL_GPU_INDEX,
@@ -42,7 +48,6 @@ from orchestrator.stack.spec import (
     container_name,
     slot_containers,
 )
-from wgpu_protocol import ports
 from wgpu_protocol.ports import COMFYUI_PORT_BASE
 
 ROLE_HUB = "hub"
@@ -50,14 +55,6 @@ ROLE_REDIS = "redis"
 PROJECT_NAME = "wgpu"
 REDIS_CONTAINER = "wgpu-redis"
 HUB_CONTAINER = "wgpu-hub"
-DEFAULT_REDIS_IMAGE = "redis:7"
-DEFAULT_HUB_IMAGE = "wgpu-local/hub:latest"
-DEFAULT_WORKER_IMAGE = "wgpu-local/comfy-worker:latest"
-# A maintained public ComfyUI image (CUDA 12.4, ComfyUI with its Python). It appends CLI_ARGS
-# to ComfyUI's command line, which is how each GPU's copy gets its own port.
-DEFAULT_COMFYUI_IMAGE = "yanwk/comfyui-boot:cu124-slim"
-DEFAULT_REDIS_PORT = ports.REDIS_PORT
-DEFAULT_HUB_PORT = ports.HUB_PORT
 DEFAULT_VOLUME = "wgpu-redis-data"
 DEFAULT_OUTPUTS_VOLUME = "wgpu-hub-outputs"
 HUB_OUTPUTS_DIR = "/var/lib/wgpu/outputs"
