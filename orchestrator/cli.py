@@ -1,26 +1,21 @@
-"""The `wgpu` command line. Each command family lives in its own module under `commands/`."""
+"""The `wgpu` command line. Each command family lives in its own module under `commands/`.
+
+A command's module is imported (and turned into a click command) only when that command runs or
+`wgpu --help` lists it: `wgpu status --json` pays for `commands/workers.py`, not for the other
+ten modules and their two dozen commands. COMMAND_MODULE says which module registers which name.
+"""
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
-from orchestrator.commands import (
-    client,
-    compose,
-    count,
-    fleet,
-    hub,
-    k8s,
-    rollout,
-    scheduling,
-    sim,
-    stack,
-    workers,
-)
 from orchestrator.console import error_line
 from orchestrator.errors import ExitCode, WgpuError
 
@@ -42,6 +37,10 @@ class WgpuGroup(TyperGroup):
             error_line(f"Docker engine error: {exc}")
             raise typer.Exit(int(ExitCode.UNREACHABLE)) from None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands(self.commands)
+
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         """The command list in panels (Workers, Stack, Jobs, ...), in plain text: Rich's help
         renderer would cost `wgpu --help` ~60 ms of imports."""
@@ -50,8 +49,7 @@ class WgpuGroup(TyperGroup):
             command = self.get_command(ctx, name)
             if command is None or command.hidden:
                 continue
-            panel = getattr(command, "rich_help_panel", None) or "Other"
-            panels.setdefault(panel, []).append((name, command))
+            panels.setdefault(_PANEL_OF.get(name, "Other"), []).append((name, command))
         if not panels:
             return
         widest = max(len(name) for rows in panels.values() for name, _ in rows)
@@ -67,6 +65,54 @@ def _panel_order(panel: str) -> int:
     return order.index(panel) if panel in order else len(order)
 
 
+# Settings every command is built with (root and per-module apps alike).
+_APP_SETTINGS: dict[str, Any] = {
+    "add_completion": False,
+    "pretty_exceptions_enable": False,
+    # Plain help: Rich's help renderer imports ~60 ms of modules (markdown-it, tracebacks),
+    # which alone would spend most of the 150 ms `wgpu --help` may take.
+    "rich_markup_mode": None,
+}
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root group's commands by name (click's `Group.commands`): the names are known up
+    front (listing, "did you mean"), a command is built when it is looked up."""
+
+    def __init__(self, eager: Mapping[str, Any]) -> None:
+        self._eager = dict(eager)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._eager:
+            return self._eager[name]
+        return _module_commands(COMMAND_MODULE[name]).commands[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._eager[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._eager[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._eager
+        yield from (name for name in COMMAND_MODULE if name not in self._eager)
+
+    def __len__(self) -> int:
+        return len(self._eager.keys() | COMMAND_MODULE.keys())
+
+
+@functools.cache
+def _module_commands(module: str) -> TyperGroup:
+    """The click commands orchestrator.commands.<module> registers, built on first use."""
+    commands = typer.Typer(**_APP_SETTINGS)
+    # __import__, not importlib.import_module: the import statement's path, which
+    # `python -X importtime` (how start time is profiled) reports.
+    __import__(f"orchestrator.commands.{module}", fromlist=["register"]).register(commands)
+    group = typer.main.get_group(commands)
+    assert isinstance(group, TyperGroup)
+    return group
+
+
 def _is_docker_error(exc: BaseException) -> bool:
     """Whether docker-py raised `exc`; docker-py is not imported just to ask (it cannot have)."""
     errors = sys.modules.get("docker.errors")
@@ -78,11 +124,7 @@ app = typer.Typer(
     cls=WgpuGroup,
     help="Run one ComfyUI worker per NVIDIA GPU, fed from one durable Redis job queue.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Plain help: Rich's help renderer imports ~60 ms of modules (markdown-it, tracebacks),
-    # which alone would spend most of the 150 ms `wgpu --help` may take.
-    rich_markup_mode=None,
+    **_APP_SETTINGS,
 )
 
 
@@ -107,9 +149,6 @@ def _root(
     """Run one ComfyUI worker per NVIDIA GPU, fed from one durable Redis job queue."""
 
 
-for module in (count, hub, sim, workers, rollout, stack, client, compose, fleet, k8s, scheduling):
-    module.register(app)
-
 # `wgpu --help` groups the commands; a command missing here is listed under "Other".
 HELP_PANELS = {
     "Workers": ("count", "setup", "start", "stop", "restart", "status", "logs", "models"),
@@ -120,12 +159,21 @@ HELP_PANELS = {
 }
 _PANEL_OF = {name: panel for panel, names in HELP_PANELS.items() for name in names}
 
-
-for _command in app.registered_commands:
-    _name = _command.name or (_command.callback.__name__ if _command.callback else "")
-    _command.rich_help_panel = _PANEL_OF.get(_name.replace("_", "-"), "Other")
-for _group in app.registered_groups:
-    _group.rich_help_panel = _PANEL_OF.get(_group.name or "", "Other")
+# Which orchestrator.commands module registers each command (its `register(app)`), in the
+# order `wgpu --help` lists them within a panel.
+COMMAND_MODULE = {
+    "count": "count",
+    "hub": "hub",
+    "sim": "sim",
+    **dict.fromkeys(("setup", "start", "stop", "restart", "status", "logs"), "workers"),
+    **dict.fromkeys(("drain", "resume", "update"), "rollout"),
+    **dict.fromkeys(("up", "down", "demo"), "stack"),
+    **dict.fromkeys(("submit", "jobs", "cancel"), "client"),
+    "compose": "compose",
+    "fleet": "fleet",
+    "k8s": "k8s",
+    "models": "scheduling",
+}
 
 
 def main() -> None:
