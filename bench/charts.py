@@ -12,16 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import RESULTS_DIR
-from bench.stats import percentile
+from bench.stats import median as _median
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 DISPATCH_PNG = "bench-dispatch.png"
 REDIS_PNG = "bench-redis.png"
-
-
-def _median(values: list[float]) -> float:
-    good = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
-    return percentile(good, 50) if good else math.nan
 
 
 def _runs(dispatch: dict[str, Any]) -> dict[int, dict[str, list[dict[str, Any]]]]:
@@ -87,6 +82,12 @@ def draw(results_dir: Path = RESULTS_DIR, out_dir: Path = DOCS_DIR) -> list[Path
             if all("net_redis_cpu_us" in r for r in rs):  # without the stack's idle cost
                 net = _median([r["net_redis_cpu_us"] for r in rs])
                 bars.append((f"{name}, net of idle", net))
+    cost_path = results_dir / "redis_cost.json"
+    if cost_path.exists():  # bench.redis_cost: Redis driven directly, no hub or workers
+        raw = json.loads(cost_path.read_text())["raw"]
+        systems = (raw.get("redis_cost") or raw).get("systems", {})
+        for name, samples in systems.items():
+            bars.append((f"{_short(name)}, Redis alone", _median(samples["cpu_us_per_job"])))
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(bars) + 1.5))
     labels = [b[0] for b in bars]
     values = [b[1] for b in bars]

@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import os
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from bench import procs
 from bench.hub_system import wait_workers
 from bench.relay import relay_stack
 from bench.report import Table, emit
+from bench.stats import median
 from wgpu_protocol import worker_env
 
 MB = 1_000_000
@@ -117,9 +117,9 @@ async def _jobs(
         relay_s.append(job["finished_at"] - success_ms / 1000)
     return {
         "gaps_ms": gaps,
-        "gap_ms_median": statistics.median(gaps) if gaps else float("nan"),
+        "gap_ms_median": median(gaps) if gaps else float("nan"),
         "gap_ms_max": max(gaps) if gaps else float("nan"),
-        "relay_s_median": statistics.median(relay_s),
+        "relay_s_median": median(relay_s),
         "ok": all(j["status"] == "succeeded" for j in done),
     }
 
@@ -182,10 +182,10 @@ def run(quick: bool) -> tuple[list[Table], dict[str, Any]]:
         cells: list[Any] = [f"{size / MB:g} MB"]
         for mode in MODES:
             results = runs[(size, mode)]
-            cells.append(statistics.median(r["gap_ms_median"] for r in results))
+            cells.append(median(r["gap_ms_median"] for r in results))
             cells.append(max(r["gap_ms_max"] for r in results))
             raw[f"gap_{size}_{mode}"] = results
-        cells.append(statistics.median(r["relay_s_median"] for r in runs[(size, "after")]))
+        cells.append(median(r["relay_s_median"] for r in runs[(size, "after")]))
         gap.add(*cells)
     relay_mb_s = relay_size / MB / relay["relay_s_median"]
     raw["relay"] = {**relay, "relay_mb_s": relay_mb_s, "copy_mb_s": copy}

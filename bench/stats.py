@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -13,6 +13,30 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+def finite(values: Iterable[object]) -> list[float]:
+    """The numbers among `values` that are not NaN (a failed run records NaN or nothing)."""
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isnan(value):
+            out.append(float(value))
+    return out
+
+
+def median(values: Iterable[object]) -> float:
+    """The nearest-rank median of the numbers among `values`, NaN when there are none."""
+    return percentile(finite(values), 50)
+
+
+def spread(values: Iterable[object]) -> tuple[float, float, float]:
+    """(median, min, max) of the numbers among `values`; NaNs when there are none."""
+    good = finite(values)
+    if not good:
+        return math.nan, math.nan, math.nan
+    return percentile(good, 50), min(good), max(good)
 
 
 def latency_summary_ms(latencies_s: Sequence[float]) -> dict[str, float]:
