@@ -3,10 +3,14 @@ and a markdown table for the README's Performance section."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
 import platform
+import re
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,20 +75,77 @@ def render_markdown(table: Table) -> str:
     return "\n".join(out)
 
 
-def machine_description() -> dict[str, Any]:
+@functools.cache
+def machine_static() -> dict[str, Any]:
+    """What does not change during a run: CPU, cores, memory, OS, Python, Redis, the commit."""
     cpu = ""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
+    memory_gib = math.nan
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = int(line.split()[1]) / 1024 / 1024
+                break
+    os_name = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip().strip('"')
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib, 1),
+        "os": os_name,
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "redis": _redis_version(),
+        "commit": _commit(),
+    }
+
+
+def _output(*argv: str) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _redis_version() -> str:
+    """`redis-server --version` says "Redis server v=7.0.15 sha=..."; the version, or ""."""
+    found = re.search(r"v=(\S+)", _output("redis-server", "--version"))
+    return found.group(1) if found else ""
+
+
+def _commit() -> str:
+    """The short commit measured, "+" when tracked files other than the results differ."""
+    repo = str(RESULTS_DIR.parent.parent)
+    head = _output("git", "-C", repo, "rev-parse", "--short", "HEAD")
+    if not head:
+        return ""
+    changed = _output(
+        "git",
+        "-C",
+        repo,
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!bench/results",
+        ":!docs/bench-*.png",
+        ":!README.md",
+    )
+    return head + ("+" if changed else "")
+
+
+def machine_description() -> dict[str, Any]:
+    return {
+        **machine_static(),
         # Other work on the machine skews every figure: keep the load next to them.
         "load_average_1_5_15": os.getloadavg(),
         "when_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
