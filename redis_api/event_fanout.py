@@ -31,12 +31,16 @@ from .tasks import cancel_requested, stop_tasks
 log = logging.getLogger(__name__)
 
 # One XREAD waits at most this long. A new subscription interrupts it (CLIENT UNBLOCK) so that
-# the next read includes its stream; should the interrupt miss (it raced the read), the
-# subscription's entries come with the next read: late by at most this, never lost.
+# the next read includes its stream; an interrupt that finds no read blocked (it raced the
+# read) is sent again, so a new stream is never left waiting out the block.
 BLOCK_MS = 1_000
-# Subscriptions arriving within this of each other share one interrupt (a burst of a thousand
-# streams costs a few dozen reads, not a thousand).
-INTERRUPT_DELAY_S = 0.02
+# Interrupts are spaced by this much per followed stream, up to INTERRUPT_GAP_MAX_S: each one
+# costs a read of every followed stream, so Redis' work for them stays bounded (about 50,000
+# stream positions a second) whatever the number of streams. The first new subscription after
+# a quiet spell interrupts at once, so a lone client waits for nothing; those arriving within
+# the gap share the next interrupt (a burst of a thousand streams costs a few dozen reads).
+INTERRUPT_GAP_PER_STREAM_S = 20e-6
+INTERRUPT_GAP_MAX_S = 0.02
 QUEUE_LIMIT = 256  # batches a subscriber may fall behind before it is dropped
 RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -138,6 +142,9 @@ class EventFanout:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reading = False
+        # A subscription was added since the read in flight took its positions.
+        self._stale = False
+        self._interrupted_at = -INTERRUPT_GAP_MAX_S  # loop time of the last interrupt
         self._interrupter: asyncio.Task[None] | None = None
 
     @property
@@ -200,16 +207,27 @@ class EventFanout:
                     log.debug("event tick: %s", exc)
 
     def _interrupt_soon(self) -> None:
-        """A new subscriber: end the XREAD in flight shortly, so the next one reads from its
-        position (one interrupt at a time; subscribers arriving meanwhile ride on it)."""
+        """A new subscriber: end the XREAD in flight, so the next one reads from its position
+        (one interrupter at a time; subscribers arriving meanwhile ride on it)."""
+        self._stale = True
         if self._reading and (self._interrupter is None or self._interrupter.done()):
             self._interrupter = asyncio.create_task(self._interrupt(), name="hub-event-unblock")
 
     async def _interrupt(self) -> None:
-        await asyncio.sleep(INTERRUPT_DELAY_S)
-        if self._reading:
-            with contextlib.suppress(StoreUnavailable):
-                await self.reader.interrupt()
+        loop = asyncio.get_running_loop()
+        while self._stale and self._reading:
+            gap = min(INTERRUPT_GAP_MAX_S, INTERRUPT_GAP_PER_STREAM_S * len(self._positions))
+            wait = self._interrupted_at + gap - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # subscriptions meanwhile share this interrupt
+                continue
+            self._interrupted_at = loop.time()
+            try:
+                if await self.reader.interrupt():
+                    return  # the read ends now; the next one takes every position
+            except StoreUnavailable:
+                return  # the read fails too, and is retried with every position
+            # No read was blocked yet (the XREAD was still on its way): look again shortly.
 
     async def _run(self) -> None:
         failures = 0
@@ -219,6 +237,7 @@ class EventFanout:
                 await self._changed.wait()
                 continue
             self._reading = True
+            self._stale = False  # this read takes every subscription's position
             try:
                 entries = await self.reader.read(dict(self._positions), BLOCK_MS)
                 failures = 0

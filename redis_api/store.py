@@ -247,12 +247,12 @@ class StreamReader:
             for key, entries in reply or ()
         }
 
-    async def interrupt(self) -> None:
-        """End a read in flight at once (as if it timed out)."""
+    async def interrupt(self) -> bool:
+        """End a read in flight at once (as if it timed out). False: no read was blocked."""
         if self._client_id is None:
-            return
+            return False
         try:
-            await self._shared.client_unblock(self._client_id)
+            return bool(await self._shared.client_unblock(self._client_id))
         except (RedisError, OSError) as exc:
             raise unavailable(exc) from exc
 
