@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,8 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from comfy_worker import worker as worker_module
 from comfy_worker.health import HealthState, check_health, write_health
+
+from tests.fixtures.hub import HubFactory
+from tests.fixtures.sim import SimFactory
+from tests.polling import eventually
+from tests.worker.harness import HubClient, fault_workflow, running_worker, worker_config
 
 
 def _state(hub: bool = True, comfy: bool = True, age_s: float = 0.0) -> HealthState:
@@ -60,3 +68,36 @@ def test_healthcheck_command_exit_codes(tmp_path: Path) -> None:
     write_health(path, _state(hub=False))
     done = _healthcheck(path)
     assert done.returncode == 1 and "hub" in done.stdout
+
+
+@pytest.mark.redis
+async def test_the_running_workers_health_file_follows_its_job(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Written off the event loop, the file still says which job the worker holds, and that it
+    is idle again after it (and, once stopped, that it is cut off from the hub)."""
+    monkeypatch.setattr(worker_module, "HEALTH_INTERVAL_S", 600.0)  # only changes write it
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    config = worker_config(hub.url, sim.url, tmp_path)
+
+    async def health() -> dict[str, Any]:
+        try:
+            return json.loads(config.health_file.read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    async with running_worker(config):
+        await eventually(health, lambda h: h.get("hub_connected") and h.get("comfyui_ok"))
+        job_id = await client.submit(fault_workflow("hang"))
+        await eventually(health, lambda h: h.get("job_id") == job_id, what="the job named")
+        await client.cancel(job_id)
+        await client.wait_for(job_id)
+        await eventually(health, lambda h: h.get("job_id") is None, what="idle again")
+    final = await health()
+    assert final["hub_connected"] is False and final["job_id"] is None

@@ -118,6 +118,8 @@ class Worker:
         self._stopping = False
         self._comfy_ok = False
         self._comfy_changed = asyncio.Event()
+        self._health_due = asyncio.Event()  # the health file is to be rewritten
+        self._health_write: asyncio.Future[None] | None = None
         # The job taken last, until it relays (ComfyUI runs it, or it waits for the relay slot).
         self._running: HeldJob | None = None
         # The job whose outcome (outputs, then the final report) is being delivered.
@@ -185,7 +187,7 @@ class Worker:
                     await asyncio.wait(self._tasks, timeout=5.0)
                 if self._supervisor is not None:
                     await self._supervisor.stop()
-                self._write_health()
+                await self._write_last_health()
         log.info("worker %s stopped", cfg.worker_id)
 
     # -- hub link callbacks ----------------------------------------------------------------
@@ -637,12 +639,26 @@ class Worker:
 
     async def _health_loop(self) -> None:
         while True:
-            self._write_health()
-            await asyncio.sleep(HEALTH_INTERVAL_S)
+            self._health_due.clear()
+            state = self._health_state()
+            # In a thread: a rename over the old file can wait for the disk (ext4 flushes the
+            # new file's data first), milliseconds the relay of a job must not wait for.
+            self._health_write = asyncio.ensure_future(
+                asyncio.to_thread(write_health, self.config.health_file, state)
+            )
+            try:
+                await asyncio.shield(self._health_write)
+            except OSError as exc:
+                log.debug("could not write the health file: %s", exc)
+            await _wait_event(self._health_due, HEALTH_INTERVAL_S)
 
     def _write_health(self) -> None:
+        """Have the health file rewritten soon (changes meanwhile share one write)."""
+        self._health_due.set()
+
+    def _health_state(self) -> HealthState:
         held = self._running or self._relaying
-        state = HealthState(
+        return HealthState(
             worker_id=self.config.worker_id,
             hub_connected=self.hub_connected,
             comfyui_ok=self._comfy_ok,
@@ -650,8 +666,14 @@ class Worker:
             updated_at=time.time(),
             pid=os.getpid(),
         )
+
+    async def _write_last_health(self) -> None:
+        """The final state, once the health loop has stopped and its last write is done."""
+        if self._health_write is not None:
+            with contextlib.suppress(OSError):
+                await self._health_write
         try:
-            write_health(self.config.health_file, state)
+            write_health(self.config.health_file, self._health_state())
         except OSError as exc:
             log.debug("could not write the health file: %s", exc)
 
