@@ -206,7 +206,11 @@ class JobRunner:
         self._tracker = tracker
         throttle = _Throttle(config.progress_interval_s)
         deadline = time.monotonic() + self.job.timeout_s if self.job.timeout_s > 0 else None
-        check_at = time.monotonic()  # look once right away: the run may be over already
+        # With the socket open, its events say when to look (the watchdog covers silence and
+        # a drop says so); without it, look right away: the run may be over already.
+        check_at = time.monotonic()
+        if self._events.connected:
+            check_at = max(self._events.last_frame_at, check_at) + config.watchdog_s
         end_seen = False
         unreachable_since: float | None = None
         lost_count = 0
@@ -231,11 +235,13 @@ class JobRunner:
             elif kind in END_EVENTS or kind == "executing":
                 end_seen = True
                 check_at = now
+                throttle.clear()  # the result comes next, after its own 100 %
             elif kind in (DISCONNECTED, _POKE):
                 check_at = now
             elif kind == IMAGE_FRAME:
                 await self._spool_image(data)
-            if (pending := throttle.take_due(now)) is not None:
+            # Events that came together (a fast node's burst) make one update: the latest.
+            if self._queue.empty() and (pending := throttle.take_due(now)) is not None:
                 await self._on_progress(*pending)
             if self._pending_stop is not None:
                 await self._interrupt(self._pending_stop)
@@ -250,7 +256,13 @@ class JobRunner:
                 continue
             # Look at ComfyUI: queue first, then history (a run leaves the queue only once its
             # history is written, so this order never misses one that finishes in between).
+            # After an end event the record is most likely written already: one request.
             try:
+                if end_seen:
+                    entry = await self._client.history(self.prompt_id)
+                    if entry is not None:
+                        await self._executing()  # the end came without any of our events
+                        return entry
                 queue = await self._client.queue()
                 entry = (
                     None if self.prompt_id in queue else await self._client.history(self.prompt_id)
@@ -576,6 +588,10 @@ class _Throttle:
 
     def offer(self, item: tuple[str | None, float, float]) -> None:
         self._pending = item
+
+    def clear(self) -> None:
+        """Drop the held message (a later one supersedes it)."""
+        self._pending = None
 
     def take_due(self, now: float) -> tuple[str | None, float, float] | None:
         if self._pending is None or now < self._last_sent + self._interval:
