@@ -50,7 +50,12 @@ from wgpu_protocol.messages import (
     decode_worker_message,
     encode,
 )
-from wgpu_protocol.output_chunks import MAX_CHUNK_FRAME_BYTES, decode_chunk, is_chunk_frame
+from wgpu_protocol.output_chunks import (
+    MAX_CHUNK_FRAME_BYTES,
+    OutputChunk,
+    decode_chunk,
+    is_chunk_frame,
+)
 
 from .auth import worker_ok
 from .errors import (
@@ -865,6 +870,9 @@ class WorkerSession:
                 del self._incoming[key]
             if await self._output_refused(chunk.job_id, chunk.token, chunk.name):
                 return
+            if chunk.last:  # the whole output in one frame (most images): one write
+                await self._store_whole(chunk)
+                return
             try:
                 writer = await self.hub.storage.open_writer(chunk.job_id, chunk.name)
             except StorageError as exc:
@@ -881,13 +889,7 @@ class WorkerSession:
         if incoming.written + len(chunk.data) > self.config.max_output_bytes:
             del self._incoming[key]
             await incoming.writer.abort()
-            await self._fail_output(
-                chunk.job_id,
-                chunk.token,
-                "output_too_large",
-                f"output {chunk.name!r} is larger than MAX_OUTPUT_BYTES "
-                f"({self.config.max_output_bytes})",
-            )
+            await self._output_too_large(chunk)
             return
         try:
             await incoming.writer.write(chunk.data)
@@ -905,13 +907,7 @@ class WorkerSession:
         digest = incoming.hash.hexdigest()
         if chunk.size != incoming.written or chunk.sha256 != digest:
             await incoming.writer.abort()
-            await self._fail_storage(
-                chunk.job_id,
-                chunk.token,
-                f"output {chunk.name!r} arrived as {incoming.written} bytes with sha256 "
-                f"{digest}; the worker sent {chunk.size} bytes with sha256 {chunk.sha256}",
-                "",
-            )
+            await self._output_mismatch(chunk, incoming.written, digest)
             return
         try:
             await incoming.writer.commit()
@@ -922,6 +918,45 @@ class WorkerSession:
             return
         self._received.setdefault((chunk.job_id, chunk.token), {})[chunk.name] = Received(
             incoming.written, digest
+        )
+
+    async def _store_whole(self, chunk: OutputChunk) -> None:
+        """An output that came as one (first and last) chunk: checked, then stored at once."""
+        size = len(chunk.data)
+        if size > self.config.max_output_bytes:
+            await self._output_too_large(chunk)
+            return
+        digest = hashlib.sha256(chunk.data).hexdigest()
+        if chunk.size != size or chunk.sha256 != digest:
+            await self._output_mismatch(chunk, size, digest)
+            return
+        try:
+            await self.hub.storage.put(chunk.job_id, chunk.name, chunk.data)
+        except StorageError as exc:
+            await self._fail_storage(
+                chunk.job_id, chunk.token, f"storing output {chunk.name!r} failed: {exc}", ""
+            )
+            return
+        self._received.setdefault((chunk.job_id, chunk.token), {})[chunk.name] = Received(
+            size, digest
+        )
+
+    async def _output_too_large(self, chunk: OutputChunk) -> None:
+        await self._fail_output(
+            chunk.job_id,
+            chunk.token,
+            "output_too_large",
+            f"output {chunk.name!r} is larger than MAX_OUTPUT_BYTES "
+            f"({self.config.max_output_bytes})",
+        )
+
+    async def _output_mismatch(self, chunk: OutputChunk, size: int, digest: str) -> None:
+        await self._fail_storage(
+            chunk.job_id,
+            chunk.token,
+            f"output {chunk.name!r} arrived as {size} bytes with sha256 {digest}; the worker "
+            f"sent {chunk.size} bytes with sha256 {chunk.sha256}",
+            "",
         )
 
     async def _drop_incoming(self, job_id: str, token: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
@@ -31,6 +32,7 @@ from wgpu_protocol.messages import (
     Started,
     encode_output_frame,
 )
+from wgpu_protocol.output_chunks import OutputChunk, encode_chunk
 
 pytestmark = pytest.mark.redis
 
@@ -290,6 +292,39 @@ async def test_an_output_whose_bytes_differ_from_its_announced_sha256_never_succ
     view = await job_status(hub.url, job["id"], "queued")
     assert view["outputs"] == [] and view["history"][-1]["error"]["type"] == "storage_error"
     assert announced in view["history"][-1]["error"]["message"]
+    await worker.close()
+
+
+@pytest.mark.parametrize("chunks", [1, 2])
+async def test_a_chunked_output_whose_bytes_differ_from_its_own_sha256_is_not_stored(
+    hub_factory: HubFactory, chunks: int
+) -> None:
+    """An output in one chunk (stored with one write) or in several (written through as they
+    come) is kept only when its bytes match the size and sha256 of its last chunk."""
+    hub = await hub_factory()
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    job = await submit(hub.url, max_attempts=2)
+    assigned = await worker.take_job()
+    pieces = [b"what arrived, part %d" % i for i in range(chunks)]
+    announced = hashlib.sha256(b"what the worker read").hexdigest()
+    offset = 0
+    for i, piece in enumerate(pieces):
+        last = i == chunks - 1
+        total = offset + len(piece)
+        chunk = OutputChunk(job["id"], assigned.token, "a.png", "image/png", offset, piece)
+        if last:
+            chunk = replace(chunk, last=True, size=total, sha256=announced)
+        await worker.send_raw(encode_chunk(chunk))
+        offset = total
+    ref = OutputRef("a.png", "image/png", offset, announced)
+    await worker.send(Completed(job["id"], assigned.token, (ref,)))
+    # The attempt ended at the last chunk already: the result comes too late.
+    assert not (await worker.expect(Ack, job_id=job["id"], of="completed")).ok
+    view = await job_status(hub.url, job["id"], "queued")
+    error = view["history"][-1]["error"]
+    assert view["outputs"] == [] and error["type"] == "storage_error"
+    assert announced in error["message"]
     await worker.close()
 
 
