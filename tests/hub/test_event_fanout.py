@@ -20,23 +20,27 @@ BLOCK_MS = 60_000  # far longer than any wait below: only an interrupt ends a re
 
 
 @contextlib.asynccontextmanager
-async def fanout_on(redis_url: str) -> AsyncIterator[tuple[Store, EventFanout]]:
+async def fanout_on(redis_url: str) -> AsyncIterator[tuple[Store, EventFanout, set[str]]]:
+    """A store, a fan-out on it, and the Redis connections that were there before it (other
+    tests' hubs may still be reading on the same server)."""
     store = Store.from_url(redis_url, "fan:")
+    others = {str(c["id"]) for c in await store.redis.client_list()}
     fanout = EventFanout(store.stream_reader(BLOCK_MS / 1000), max_streams=1000)
     try:
-        yield store, fanout
+        yield store, fanout, others
     finally:
         await fanout.close()
         await store.close()
 
 
-async def blocked_reads(store: Store) -> int:
-    """Connections blocked in XREAD now (the reader's read in flight)."""
-    return sum(1 for c in await store.redis.client_list() if c.get("cmd") == "xread")
+async def wait_blocked(store: Store, others: set[str]) -> None:
+    """Until the fan-out's reader is blocked in XREAD (its read in flight)."""
 
+    async def blocked() -> int:
+        clients = await store.redis.client_list()
+        return sum(1 for c in clients if c.get("cmd") == "xread" and str(c["id"]) not in others)
 
-async def wait_blocked(store: Store) -> None:
-    await eventually(lambda: blocked_reads(store), lambda n: n == 1, what="a blocked XREAD")
+    await eventually(blocked, lambda n: n == 1, what="a blocked XREAD")
 
 
 async def entries(sub: Subscription, count: int) -> list[StreamEntry]:
@@ -52,11 +56,11 @@ async def test_a_stream_subscribed_while_the_reader_blocks_is_read_at_once(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(event_fanout, "BLOCK_MS", BLOCK_MS)
-    async with fanout_on(redis_url) as (store, fanout), fanout.subscribe("fan:a", "0-0"):
-        await wait_blocked(store)
+    async with fanout_on(redis_url) as (store, fanout, others), fanout.subscribe("fan:a", "0-0"):
+        await wait_blocked(store, others)
         for key in ("fan:b", "fan:c"):  # each one in turn, while the reader blocks
             async with fanout.subscribe(key, "0-0") as sub:
-                await wait_blocked(store)
+                await wait_blocked(store, others)
                 await store.redis.xadd(key, {"k": "status", "d": '"x"'})
                 assert [(e.kind, e.data) for e in await entries(sub, 1)] == [("status", '"x"')]
 
@@ -65,7 +69,7 @@ async def test_a_burst_of_subscriptions_shares_a_few_reads(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(event_fanout, "BLOCK_MS", BLOCK_MS)
-    async with fanout_on(redis_url) as (store, fanout):
+    async with fanout_on(redis_url) as (store, fanout, others):
         reads = 0
         real_read = fanout.reader.read
 
@@ -76,7 +80,7 @@ async def test_a_burst_of_subscriptions_shares_a_few_reads(
 
         monkeypatch.setattr(fanout.reader, "read", counted)
         async with fanout.subscribe("fan:first", "0-0"), contextlib.AsyncExitStack() as stack:
-            await wait_blocked(store)
+            await wait_blocked(store, others)
             keys = [f"fan:s{i}" for i in range(200)]
             before = reads
             subs = [await stack.enter_async_context(fanout.subscribe(k, "0-0")) for k in keys]
