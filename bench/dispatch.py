@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import redis
 
 from bench import procs
-from bench.anchors import AnchorSystem, cpu_table, dispatch_table, run_anchor
+from bench.anchors import AnchorSystem, cpu_table, dispatch_table, median_of, run_anchor
 from bench.drive import DispatchResult, measure
 from bench.hub_system import HubProcess, HubSystem
 from bench.report import RESULTS_DIR, Table, emit
@@ -132,6 +134,63 @@ async def run_contender(
 
 Runs = dict[str, list[DispatchResult]]
 
+PARTS = ("hub", "workers", "redis", "submitter")
+
+
+def _us_per_job(cpu_percent: dict[str, float], rate: float, part: str = "") -> float:
+    """CPU µs per job of one part (all parts when `part` is empty) at `rate` jobs/s."""
+    if not rate or math.isnan(rate):
+        return math.nan
+    percent = cpu_percent.get(part, math.nan) if part else sum(cpu_percent.values())
+    return percent * 1e4 / rate
+
+
+def cpu_per_job_table(runs: Runs, consumers: int) -> Table:
+    """What bounds jobs/s where every part shares the machine's cores: CPU per job, per part,
+    and the rate those cores would allow if nothing else ran; the run-queue wait says whether
+    a part waited for a core (the machine) rather than on another part."""
+    cores = os.cpu_count() or 1
+    table = Table(
+        f"CPU per job at {consumers} consumers (µs, all processes; the machine has {cores} cores)",
+        [
+            "system",
+            *(f"{p} sat" for p in PARTS),
+            "total sat",
+            "total drain",
+            f"{cores}-core ceiling jobs/s (sat / drain)",
+            "run-queue wait % (hub / workers)",
+        ],
+    )
+    for name, results in runs.items():
+        sat = median_of(results, lambda r: _us_per_job(r.cpu_percent, r.jobs_per_s))
+        drain = median_of(results, lambda r: _us_per_job(r.drain_cpu_percent, r.drain_jobs_per_s))
+        hub_wait = median_of(results, lambda r: r.runqueue_wait_percent.get("hub", math.nan))
+        workers_wait = median_of(
+            results, lambda r: r.runqueue_wait_percent.get("workers", math.nan)
+        )
+        table.add(
+            name,
+            *(
+                median_of(results, lambda r, p=p: _us_per_job(r.cpu_percent, r.jobs_per_s, p))
+                for p in PARTS
+            ),
+            sat,
+            drain,
+            f"{cores * 1e6 / sat:,.0f} / {cores * 1e6 / drain:,.0f}"
+            if sat > 0 and drain > 0
+            else "-",
+            f"{hub_wait:.0f} / {workers_wait:.0f}" if not math.isnan(workers_wait) else "-",
+        )
+    table.notes += [
+        "µs/job: each part's CPU (/proc) over a phase divided by the jobs done in it, median of"
+        " the runs; sat = saturated (submitter running), drain = pre-filled queue",
+        "ceiling: cores x 1e6 / total µs per job, the most those cores allow with every part"
+        " on them; a system below its ceiling on a quiet machine waits on something",
+        "run-queue wait: % of the saturated phase a part was runnable but not running"
+        " (/proc/PID/task/*/schedstat, summed over threads and processes)",
+    ]
+    return table
+
 
 def run(
     quick: bool,
@@ -179,6 +238,7 @@ def run(
     tables = []
     for level, runs in by_level.items():
         tables += [dispatch_table(runs, level), cpu_table(runs, level)]
+        tables.append(cpu_per_job_table(runs, level))
     return tables, by_level
 
 
