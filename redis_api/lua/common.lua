@@ -182,10 +182,13 @@ local function refresh_warm(worker)
   end
 end
 
--- After an attempt of pool `pid` ended on the worker: is the pool still warm there?
+-- After an attempt of pool `pid` ended on the worker: is the pool still warm there? (A pool
+-- without requirements is warm everywhere: nothing more to read.)
 local function refresh_pool_warm(pid, worker)
-  set_warm(pid, worker, redis.call('HGET', poolkey(pid), 'req') or '',
-    may_be_warm(redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS))), loading_pool(worker))
+  local req = redis.call('HGET', poolkey(pid), 'req') or ''
+  if req == '' then return end
+  set_warm(pid, worker, req, may_be_warm(redis.call('HMGET', wkey(worker), unpack(WORKER_CAPS))),
+    loading_pool(worker))
 end
 
 -- A pool appears with its first job: find its eligible workers once. O(workers).
@@ -314,8 +317,8 @@ local function place(id, score, now, j)
 end
 
 -- `into`: a list of hash fields the caller writes itself (one HSET fewer), else written here.
-local function add_history(id, attempt, worker, outcome, err, into)
-  local raw = redis.call('HGET', jkey(id), 'history')
+-- `raw`: the job's `history` field as the caller read it.
+local function add_history(id, attempt, worker, outcome, err, into, raw)
   local history = {}
   if raw and raw ~= '' then history = cjson.decode(raw) end
   local entry = {attempt = tonumber(attempt) or 0, worker_id = worker, outcome = outcome}
@@ -373,19 +376,22 @@ end
 -- add_history.
 local function end_attempt(id, now, outcome, err, label, into)
   local j = redis.call('HMGET', jkey(id), 'attempts', 'worker_id', 'owner', 'pool',
-    'enqueued_ms', 'started_ms', 'running_ms')
+    'enqueued_ms', 'started_ms', 'running_ms', 'history', 'requires', 'status', 'idempotency_key',
+    'webhook_url', 'wh_events')
   redis.call('ZREM', P .. 'running', id)
   redis.call('ZREM', P .. 'assigned', id)
   redis.call('ZREM', P .. 'deadlines', id)
-  add_history(id, j[1], j[2] or '', outcome, err, into)
+  add_history(id, j[1], j[2] or '', outcome, err, into, j[8] or '')
   clear_worker_job(j[2], id)
-  if j[2] and j[2] ~= '' and j[4] then refresh_pool_warm(j[4], j[2]) end
+  -- A job without model requirements is in a pool warm everywhere: nothing to refresh.
+  if j[2] and j[2] ~= '' and j[4] and (j[9] or '') ~= '' then refresh_pool_warm(j[4], j[2]) end
   if j[3] and j[3] ~= '' and tonumber(redis.call('HINCRBY', P .. 'orun', j[3], -1)) <= 0 then
     redis.call('HDEL', P .. 'orun', j[3])
   end
   local timings = {tonumber(j[5]) or 0, tonumber(j[6]), now, tonumber(j[7])}
   if label ~= false then observe_attempt(label or outcome, timings) end
-  return j[2] or '', timings
+  -- Third: what finish reads of the job (its `was`), as it was before this attempt ended.
+  return j[2] or '', timings, {j[10], j[4], j[3], j[11], j[12], j[13]}
 end
 
 -- Webhook outbox (redis_api/webhooks.py delivers it): a delivery record `wh:<job>.<event>` and
@@ -406,11 +412,12 @@ local function webhook_outbox(id, event, now, f)
 end
 
 -- Moves a job to a terminal state and starts its result TTL. `ended`: end_attempt already took
--- it off the running/assigned/deadline sets; `extra`: more hash fields to write with the status.
-local function finish(id, status, now, ttl_ms, err, ended, extra)
+-- it off the running/assigned/deadline sets; `extra`: more hash fields to write with the status;
+-- `was`: its status, pool, owner, idempotency_key, webhook_url, wh_events if the caller read them.
+local function finish(id, status, now, ttl_ms, err, ended, extra, was)
   local key = jkey(id)
-  local was = redis.call('HMGET', key, 'status', 'pool', 'owner', 'idempotency_key', 'webhook_url',
-    'wh_events')
+  was = was or redis.call('HMGET', key, 'status', 'pool', 'owner', 'idempotency_key',
+    'webhook_url', 'wh_events')
   if was[1] == 'queued' then lane_remove(id, was[2] or '', was[3] or '') end
   if not ended then
     redis.call('ZREM', P .. 'running', id)
@@ -471,22 +478,27 @@ local function retry_or_end(id, now, ttl_ms, outcome, err, retryable)
 end
 
 -- Checks a worker's report: the job must be held (assigned or running) under this token on
--- this worker.
+-- this worker. Returns nil and the job's status when it is.
 local function check_owner(id, token, worker)
   local j = redis.call('HMGET', jkey(id), 'status', 'token', 'worker_id')
   if not j[1] then return 'unknown_job' end
   if TERMINAL[j[1]] then return 'already_finished' end
   if not HELD[j[1]] or j[2] ~= token or j[3] ~= worker then return 'stale_token' end
-  return nil
+  return nil, j[1]
 end
 
 -- A worker said `started`: its ComfyUI prompt id, and a status event (the job's status as it
 -- is) for SSE. The hub may hold it back and pass it with the job's next fenced script (saves a
--- script per job).
-local function record_started(id, worker, prompt_id)
+-- script per job). `status`: the job's, when the caller knows it; `into`: as in add_history.
+local function record_started(id, worker, prompt_id, status, into)
   local key = jkey(id)
-  redis.call('HSET', key, 'prompt_id', prompt_id)
-  event(id, 'status', {status = redis.call('HGET', key, 'status'), worker_id = worker,
+  if into then
+    into[#into + 1] = 'prompt_id'
+    into[#into + 1] = prompt_id
+  else
+    redis.call('HSET', key, 'prompt_id', prompt_id)
+  end
+  event(id, 'status', {status = status or redis.call('HGET', key, 'status'), worker_id = worker,
     prompt_id = prompt_id})
 end
 
@@ -521,12 +533,13 @@ end
 
 -- What the hub held back of a job's reports, recorded by its next fenced script: `started`'s
 -- prompt id, or 'run:<ms ago>:<prompt id>' for ComfyUI's execution start (assigned -> running,
--- dated when the worker said it; see redis_api/worker_ws.py RUNNING_HOLD_S).
-local function record_held(id, worker, held, now)
+-- dated when the worker said it; see redis_api/worker_ws.py RUNNING_HOLD_S). `status`, `into`:
+-- as record_started takes them, for a plain `started`.
+local function record_held(id, worker, held, now, status, into)
   if not held or held == '' then return end
   local ago, prompt_id = string.match(held, '^run:(%d+):(.*)$')
   if not ago then
-    record_started(id, worker, held)
+    record_started(id, worker, held, status, into)
   elseif not record_running(id, worker, prompt_id, now - tonumber(ago)) and prompt_id ~= '' then
     record_started(id, worker, prompt_id)
   end
@@ -582,15 +595,21 @@ local function why_waiting(pid, now, stale_ms)
   return 'every connected worker that can run it is quarantined'
 end
 
--- The head job of a lane, dropping entries that are not queued (defensive).
+-- What a claim reads of a lane's head job (LANE_HEAD[i] is field i): placement reads the first
+-- three, the claim of the picked one the rest (one read of the job, not two).
+local LANE_HEAD = {'status', 'avoid_worker', 'enqueued_ms', 'timeout_s', 'extras', 'attempts',
+  'owner', 'wf_bytes', 'requires'}
+
+-- The head job of a lane, dropping entries that are not queued (defensive): its id, score and
+-- fields (LANE_HEAD).
 local function lane_head(pid, owner)
   local lane = lanekey(pid, owner)
   for _ = 1, 8 do
     local head = redis.call('ZRANGE', lane, 0, 0, 'WITHSCORES')
     if not head[1] then return nil end
-    local j = redis.call('HMGET', jkey(head[1]), 'status', 'avoid_worker', 'enqueued_ms')
+    local j = redis.call('HMGET', jkey(head[1]), unpack(LANE_HEAD))
     if j[1] == 'queued' then
-      return head[1], tonumber(head[2]), j[2] or '', tonumber(j[3]) or 0
+      return head[1], tonumber(head[2]), j
     end
     redis.call('ZREM', lane, head[1])
     queue_remove(head[1])
@@ -687,7 +706,8 @@ local function claim_for(worker, lease_ms, now, opts)
   for _, pid in ipairs(redis.call('SMEMBERS', P .. 'wpools:' .. worker)) do
     for _, owner in ipairs(redis.call('SMEMBERS', P .. 'powners:' .. pid)) do
       if cap <= 0 or owner == '' or (tonumber(redis.call('HGET', P .. 'orun', owner)) or 0) < cap then
-        local id, score, avoid, enqueued = lane_head(pid, owner)
+        local id, score, j = lane_head(pid, owner)
+        local avoid = j and j[2] or ''
         if id and not (avoid == worker and other_idle(pid, worker, now)) then
           local band = math.floor(score / ROUND)
           if best_band == nil or band < best_band then
@@ -696,11 +716,19 @@ local function claim_for(worker, lease_ms, now, opts)
           end
           if band == best_band then
             cands[#cands + 1] = {pid = pid, owner = owner, id = id, score = score,
-              enqueued = enqueued}
+              enqueued = tonumber(j[3]) or 0, f = j}
           end
         end
       end
     end
+  end
+
+  -- The candidate's pool requirements ('' for a job that has none: nothing to read).
+  local function pool_req(c)
+    if c.req == nil then
+      c.req = (c.f[9] or '') == '' and '' or (redis.call('HGET', poolkey(c.pid), 'req') or '')
+    end
+    return c.req
   end
 
   local function min_of(list)
@@ -723,8 +751,7 @@ local function claim_for(worker, lease_ms, now, opts)
     -- or its backlog is long for the GPUs serving it); else wait a little for a warm one.
     local first, helps = {}, {}
     for _, c in ipairs(cands) do
-      local req = redis.call('HGET', poolkey(c.pid), 'req') or ''
-      c.req = req
+      local req = pool_req(c)
       if req == '' or redis.call('SISMEMBER', P .. 'pwarm:' .. c.pid, worker) == 1 then
         c.warm = true
         first[#first + 1] = c
@@ -772,14 +799,15 @@ local function claim_for(worker, lease_ms, now, opts)
   local key = jkey(id)
   -- The fencing token: random, chosen by the hub (opts[4]), so it cannot be guessed.
   local token = opts[4] or redis.call('INCR', P .. 'seq')
-  local f = redis.call('HMGET', key, 'timeout_s', 'workflow', 'enqueued_ms', 'extras', 'attempts',
-    'owner', 'wf_bytes')
+  local h = pick.f
+  local f = {h[4], nil, h[3], h[5], h[6], h[7], h[8]}
   local attempt = (tonumber(f[5]) or 0) + 1
-  f[2] = redis.call('GET', wfkey(id)) or f[2]  -- in the hash: a job stored by an older hub
+  -- In the hash: a job stored by an older hub.
+  f[2] = redis.call('GET', wfkey(id)) or redis.call('HGET', key, 'workflow')
   -- `assigned` until the worker says ComfyUI began executing it (record_running).
   redis.call('HSET', key, 'status', 'assigned', 'token', token, 'worker_id', worker,
     'started_ms', now, 'running_ms', '', 'progress', '', 'prompt_id', '', 'attempts', attempt)
-  if pick.req == nil then pick.req = redis.call('HGET', poolkey(pick.pid), 'req') or '' end
+  pool_req(pick)
   -- When the lane was last served (affinity reads it; gc_pools forgets idle lanes by it).
   if pick.req ~= '' then
     redis.call('HSET', P .. 'lserved', pick.pid .. ':' .. pick.owner, now)

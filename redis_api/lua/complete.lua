@@ -8,13 +8,14 @@
 local id, token, worker, ttl_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
 -- What is loaded is true whatever became of the job (and the next claim below reads it).
 if ARGV[14] == '1' then report_warm(worker, ARGV[15]) end
-local refused = check_owner(id, token, worker)
+local refused, status = check_owner(id, token, worker)
 if refused then return {refused} end
 local now = now_ms()
-record_held(id, worker, ARGV[7], now)
--- The job's fields are written once, with its status (finish): history, outputs, results.
+-- The job's fields are written once, with its status (finish): history, outputs, results (and
+-- a held-back `started`'s prompt id).
 local fields = {'outputs', ARGV[5], 'error', ''}
-end_attempt(id, now, 'succeeded', nil, nil, fields)
+record_held(id, worker, ARGV[7], now, status, fields)
+local _, _, was = end_attempt(id, now, 'succeeded', nil, nil, fields)
 if ARGV[12] and ARGV[12] ~= '' then
   fields[#fields + 1] = 'results'
   fields[#fields + 1] = ARGV[12]
@@ -26,8 +27,9 @@ if done > 0 and redis.call('HGET', wkey(worker), 'fail_streak') then
   redis.call('HDEL', wkey(worker), 'fail_streak')
   redis.call('DEL', P .. 'wfailed:' .. worker)
 end
-expire_worker(wkey(worker), done)
-finish(id, 'succeeded', now, ttl_ms, nil, true, fields)
+-- Its heartbeats keep the registration alive; its first success makes that a day, not an hour.
+if done == 1 then expire_worker(wkey(worker), done) end
+finish(id, 'succeeded', now, ttl_ms, nil, true, fields, was)
 if ARGV[8] == '' then return {''} end
 local claimed = claim_for(worker, tonumber(ARGV[8]), now,
   {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[13]})
