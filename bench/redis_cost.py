@@ -4,7 +4,9 @@ folded in, as `completed.ready_next` does) against Dramatiq's Redis broker path 
 ack: its dispatch.lua) on the same server, alternated. No hub process, no workers, no sockets
 but the Redis one: only what Redis itself does per job.
 
-`python -m bench.redis_cost [--jobs N] [--workers W] [--repeats R] [--quick]`
+`python -m bench.redis_cost [--jobs N] [--workers W] [--repeats R] [--quick] [--against DIR]`
+(--against: also the hub scripts of another checkout, e.g. a worktree of main, alternated with
+this one's: a before/after ratio from one run).
 
 Per system and phase it reports the Redis process' CPU (INFO cpu, user + sys, net of the idle
 rate measured first), commands (INFO commandstats: a script's inner commands, EVALSHA itself
@@ -15,11 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -96,11 +103,15 @@ def idle_rate(client: redis.Redis[bytes], seconds: float = 1.0) -> float:
 # ------------------------------------------------------------------------------ wgpu hub
 
 
-async def hub_round(url: str, meter: Meter, jobs: int, workers: int) -> dict[str, Sample]:
+async def hub_round(
+    url: str, meter: Meter, jobs: int, workers: int, sources: dict[str, str] | None = None
+) -> dict[str, Sample]:
     """`jobs` jobs enqueued, then `workers` workers in turn complete their job and claim the
     next in one script until all ran."""
     prefix = f"rc{uuid.uuid4().hex[:6]}:"
     store = Store.from_url(url, prefix=prefix)
+    if sources:  # another checkout's scripts, called the same way (--against)
+        store._scripts = {n: store.redis.register_script(src) for n, src in sources.items()}
     spec = JobSpec(workflow_json=WORKFLOW, priority=0, timeout_s=600, max_attempts=3)
     options = ClaimOptions()
     try:
@@ -231,7 +242,21 @@ def attribution(name: str, phase: str, samples: list[Sample]) -> Table:
     return table
 
 
-def run(jobs: int, workers: int, repeats: int) -> tuple[list[Table], dict[str, Any]]:
+def scripts_of(checkout: Path) -> dict[str, str]:
+    """The hub's script sources as another checkout assembles them (its redis_api/store.py)."""
+    code = "import json, redis_api.store as s; print(json.dumps(s._SOURCES))"
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=checkout, capture_output=True, check=True
+    )
+    sources: dict[str, str] = json.loads(out.stdout)
+    return sources
+
+
+def run(
+    jobs: int, workers: int, repeats: int, against: Path | None = None
+) -> tuple[list[Table], dict[str, Any]]:
+    other = scripts_of(against) if against else None
     with procs.scratch_dir() as tmp:
         server = LocalRedis(data_dir=tmp / "redis").start()
         try:
@@ -239,13 +264,16 @@ def run(jobs: int, workers: int, repeats: int) -> tuple[list[Table], dict[str, A
             idle = idle_rate(client)
             meter = Meter(client, idle)
             totals: dict[str, Totals] = {"wgpu hub": Totals(), "Dramatiq 2.2": Totals()}
+            if other:
+                totals[f"wgpu hub at {against}"] = Totals()
             # A warm-up round each (script cache, connection pools, allocator).
             asyncio.run(hub_round(server.url, meter, 200, workers))
             dramatiq_round(server.url, meter, 200, workers)
             for _ in range(repeats):
                 for name in totals:
-                    if name == "wgpu hub":
-                        phases = asyncio.run(hub_round(server.url, meter, jobs, workers))
+                    if name.startswith("wgpu hub"):
+                        sources = None if name == "wgpu hub" else other
+                        phases = asyncio.run(hub_round(server.url, meter, jobs, workers, sources))
                     else:
                         phases = dramatiq_round(server.url, meter, jobs, workers)
                     t = totals[name]
@@ -300,9 +328,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="workers (Dramatiq consumers)")
     parser.add_argument("--repeats", type=int, default=3, help="alternated rounds")
     parser.add_argument("--quick", action="store_true", help="500 jobs, 2 rounds")
+    parser.add_argument(
+        "--against", type=Path, help="also the hub scripts of this checkout (before/after)"
+    )
     args = parser.parse_args()
     jobs, repeats = (500, 2) if args.quick else (args.jobs, args.repeats)
-    tables, raw = run(jobs, args.workers, repeats)
+    tables, raw = run(jobs, args.workers, repeats, args.against)
     emit("redis_cost", tables, raw)
 
 

@@ -1,7 +1,8 @@
 """The job store: Lua scripts and the Python that calls them. Knows Redis, not HTTP.
 
-Every state change is one script (see lua/*.lua; lua/common.lua is prepended to each), timed by
-Redis' TIME. Reads (job views, worker lists, counts) are plain commands.
+Every state change is one script (see lua/*.lua; what each uses of lua/common.lua is prepended
+to it, redis_api/lua_source.py), timed by Redis' TIME. Reads (job views, worker lists, counts)
+are plain commands.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from wgpu_protocol.rest import HELD_STATES, JOB_STATES, TERMINAL_STATES
 
 from .batching import ScriptBatcher
 from .errors import QueueFull, RedisOutOfMemory, StoreUnavailable, WorkerConnected
+from .lua_source import used_prelude
 from .metrics import lua_buckets_ms
 from .redis_conn import HiredisPackConnection
 
@@ -300,10 +302,11 @@ def _load_scripts() -> dict[str, str]:
     def shebang(name: str) -> str:
         return "#!lua" if name in ("enqueue", "upload") else "#!lua flags=allow-oom"
 
-    return {
-        name: shebang(name) + "\n" + common + "\n" + (folder / f"{name}.lua").read_text()
-        for name in names
-    }
+    sources = {}
+    for name in names:
+        body = (folder / f"{name}.lua").read_text()
+        sources[name] = shebang(name) + "\n" + used_prelude(common, body) + "\n" + body
+    return sources
 
 
 _SOURCES = _load_scripts()
