@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only dispatch,profile,realjob,...] [--profile html|prof]`:
+"""`python -m bench [--quick] [--only dispatch,profile,redis_cost,...] [--profile html|prof]`:
 every benchmark in turn, then issue #16's goals judged from this run's figures.
 
 Each part prints its tables and keeps them in bench/results/ (NAME.json with the raw samples,
@@ -11,6 +11,7 @@ Performance section from these files."""
 from __future__ import annotations
 
 import argparse
+import pstats
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,6 +26,7 @@ from bench import (
     orchestrator_bench,
     outputs_bench,
     real_job,
+    redis_cost,
     relay,
     scale,
     sched,
@@ -49,6 +51,11 @@ def _profile(args: argparse.Namespace) -> tuple[list[Table], Any]:
     for stale in RESULTS_DIR.glob("hub-profile.*"):
         stale.unlink()
     tables, by_level = dispatch.run(args.quick, [4], False, args.profile, repeats=1)
+    cprofile = RESULTS_DIR / "hub-profile.prof"
+    if cprofile.exists():  # cProfile's binary stats: the top of them as text, for the record
+        with open(RESULTS_DIR / "hub-profile.txt", "w") as out:
+            stats = pstats.Stats(str(cprofile), stream=out)
+            stats.sort_stats("cumulative").print_stats(60)
     written = sorted(p.name for p in RESULTS_DIR.glob("hub-profile.*"))
     for table in tables:
         table.title += " (the hub under its profiler: not comparable, not in the goals)"
@@ -60,6 +67,7 @@ BENCHMARKS: dict[str, Part] = {
         a.quick, [int(n) for n in a.consumers.split(",")], True, "", repeats=a.repeats
     ),
     "profile": _profile,
+    "redis_cost": lambda a: redis_cost.run(500 if a.quick else 2000, 4, 2 if a.quick else 3),
     "realjob": lambda a: real_job.run(a.quick),
     "relay": lambda a: relay.run(a.quick),
     "orchestrator": lambda a: orchestrator_bench.run(a.quick),
