@@ -140,7 +140,17 @@ def _cpu_split(runs: list[dict[str, Any]]) -> str:
         value = median((r.get("cpu_percent") or {}).get(part, math.nan) for r in _ok(runs))
         if not math.isnan(value):
             parts.append(f"{part} {value:.0f} %")
-    return "CPU at saturation (% of one core): " + ", ".join(parts) if parts else ""
+    waits = []
+    for part in ("hub", "workers", "redis", "submitter"):
+        value = median(
+            (r.get("runqueue_wait_percent") or {}).get(part, math.nan) for r in _ok(runs)
+        )
+        if not math.isnan(value):
+            waits.append(f"{part} {value:.0f} %")
+    return _join(
+        "CPU at saturation (% of one core): " + ", ".join(parts) if parts else "",
+        "waiting for a core (run queue, % of the phase): " + ", ".join(waits) if waits else "",
+    )
 
 
 def _profile(results_dir: Path | None) -> str:

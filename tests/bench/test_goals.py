@@ -19,6 +19,7 @@ def _run(
         "drain_jobs_per_s": drain,
         "latency": {"p50_ms": p99 / 3, "p99_ms": p99},
         "cpu_percent": {"hub": 20.0, "workers": 30.0, "redis": 10.0, "submitter": 5.0},
+        "runqueue_wait_percent": {"hub": 7.0, "workers": 12.0},
         "redis_cpu_us_per_job": us,
         "redis_calls_per_job": calls,
         "redis_top_commands": {"evalsha": 80.0, "hset": 5.0},
@@ -65,6 +66,8 @@ def test_one_peer_ahead_on_drain_alone_is_not_reached() -> None:
     assert row.verdict == goals.NOT_REACHED
     assert math.isclose(row.values["x_drain_jobs_per_s"], 0.8)
     assert "Dramatiq" in row.measured
+    assert "CPU at saturation (% of one core): hub 20 %, workers 30 %" in row.evidence
+    assert "waiting for a core (run queue, % of the phase): hub 7 %, workers 12 %" in row.evidence
 
 
 def test_failed_runs_and_what_if_variants_are_not_peers() -> None:
