@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from comfy_worker import worker as worker_module
+from comfy_worker.hub_link import HubSession
 
 from tests.fixtures.hub import HubFactory, HubProcess
 from tests.fixtures.sim import SimFactory, free_port
@@ -20,6 +22,7 @@ from tests.hub.helpers import lease_left_s
 from tests.polling import eventually
 from tests.worker.harness import HubClient, running_worker, sim_json, worker_config
 from tests.worker.test_process import worker_process
+from wgpu_protocol.messages import Completed, Message, Ready
 
 __all__ = ["worker_process"]  # a fixture
 
@@ -278,3 +281,33 @@ async def _recorded(worker: Any) -> int:
 
 async def _session(worker: Any) -> object:
     return worker.hub_link.session
+
+
+async def test_a_quick_relay_goes_out_with_its_result_which_asks_for_the_next_job(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A relay that ends within PIPELINE_AFTER_S costs no `ready {relaying}` (and no claim for
+    it): its `completed` carries `ready_next`. (A slow one says `ready` first: see above.)"""
+    monkeypatch.setattr(worker_module, "PIPELINE_AFTER_S", 30.0)  # every relay here is quick
+    sent: list[Message] = []
+    real_send = HubSession.send
+
+    async def recorded(session: HubSession, message: Message) -> bool:
+        sent.append(message)
+        return await real_send(session, message)
+
+    monkeypatch.setattr(HubSession, "send", recorded)
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        for prefix in ("wgpu/one", "wgpu/two"):
+            job = await client.wait_for(await client.submit(saving_workflow(prefix)))
+            assert job["status"] == "succeeded" and len(job["outputs"]) == 1, job
+    assert not [m for m in sent if isinstance(m, Ready) and m.relaying is not None]
+    completed = [m for m in sent if isinstance(m, Completed)]
+    assert len(completed) == 2 and all(m.ready_next for m in completed), completed

@@ -3,10 +3,11 @@
 Promises kept here:
 - one job at a time in ComfyUI, taken only while ComfyUI answers and the worker is not stopping;
 - pipelining (`config.pipeline`, to a hub whose welcome offers it): once ComfyUI is done with a
-  job that has outputs, the worker says `ready` naming it as `relaying` and relays its outputs
-  while ComfyUI runs the next job. At most two jobs are held: one relaying and one running (or
-  waiting to relay: one relay at a time, so memory stays bounded); a `cancel` of a relaying job
-  stops its relay;
+  job that has outputs and their relay takes more than PIPELINE_AFTER_S, the worker says `ready`
+  naming it as `relaying` and relays its outputs while ComfyUI runs the next job (a quicker
+  relay goes out with its result, which asks for the next job: `ready_next`). At most two jobs
+  are held: one relaying and one running (or waiting to relay: one relay at a time, so memory
+  stays bounded); a `cancel` of a relaying job stops its relay;
 - a job's result is held until the hub acks it; after a reconnect the hello names the held jobs,
   and a result is sent again only if the hub kept that job's lease (`welcome.resumed`,
   `welcome.relaying_resumed`); otherwise the job was given away: it is stopped in ComfyUI and
@@ -72,6 +73,9 @@ RELEASE_ACK_WAIT_S = 3.0
 # backoff, doubling up to the cap, instead of waiting the whole ack timeout.
 RESEND_FIRST_S = 0.2
 RESEND_MAX_S = 2.0
+# Pipelining asks for the next job once a relay has taken this long (at most this much GPU time
+# lost per job to a relay that ends later; a lone job's quick relay saves a claim).
+PIPELINE_AFTER_S = 0.01
 
 
 @dataclass(eq=False)
@@ -331,8 +335,6 @@ class Worker:
                 if self._running is held:
                     self._running = None
                 self._write_health()
-                # Pipelining: ask for the next job before relaying, so ComfyUI starts it now.
-                await self._announce()
                 await self._deliver(held)
         finally:
             spool = held.outcome.spool_dir if held.outcome is not None else None
@@ -417,7 +419,12 @@ class Worker:
             relay = asyncio.ensure_future(self._stream_outputs(session, held))
             held.relay_task = relay
             try:
-                await asyncio.wait({relay})
+                # Pipelining: a relay that takes a while has the next job asked for now, so
+                # that ComfyUI starts it meanwhile; a quick one goes out with its result, which
+                # asks for it itself (ready_next): one claim per job, not two.
+                if not (await asyncio.wait({relay}, timeout=PIPELINE_AFTER_S))[0]:
+                    await self._announce()
+                    await asyncio.wait({relay})
             except asyncio.CancelledError:
                 relay.cancel()  # this job's task was cancelled (shutdown, given away)
                 raise
