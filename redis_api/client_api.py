@@ -256,10 +256,11 @@ async def _wait_for_end(hub: Hub, job_id: str, wait_s: float) -> web.Response:
             if deadline - loop.time() <= 0:
                 return _json(job_view(fields), 202)
             try:
-                # Live progress (id-less, not stored) is no change of state: wait on.
+                # Only its `done` event ends a job (lua/common.lua finish): the job is read
+                # again then, not at each step on the way; and every 5 s as a safety net.
                 while (remaining := deadline - loop.time()) > 0:
                     batch = await sub.next(min(remaining, 5.0))
-                    if not batch or any(entry.id for entry in batch):
+                    if not batch or any(entry.kind == "done" for entry in batch):
                         break
             except SubscriberDropped:
                 continue  # fell behind: the next look at the job decides
