@@ -248,6 +248,9 @@ class WorkerSession:
         # fenced script or, if none comes within RUNNING_HOLD_S, on its own (issue #16: one
         # script and one Redis round trip per job fewer).
         self._held_running: dict[tuple[str, int], tuple[str, float, str]] = {}
+        # The RUNNING_HOLD_S timer of each held execution start, cancelled when the job's next
+        # script takes it or the socket closes (no write for a gone socket).
+        self._running_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
         # Which progress steps of this socket's jobs are recorded in Redis (progress.py).
         self._progress = ProgressThrottle(hub.config.progress_persist_s, self._record_held)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -331,6 +334,7 @@ class WorkerSession:
         """A final report was handled: later `started` for that job go through Redis again."""
         self._held_prompts.pop((job_id, token), None)
         self._held_running.pop((job_id, token), None)
+        self._cancel_running_timer((job_id, token))
         if self.relaying == (job_id, token):
             self.relaying = None
 
@@ -344,8 +348,18 @@ class WorkerSession:
         running = self._held_running.pop(key, None)
         if running is None:
             return prompt_id
+        self._cancel_running_timer(key)
         ago_ms = max(0, int((time.monotonic() - running[1]) * 1000))
         return f"run:{ago_ms}:{prompt_id or running[0]}"
+
+    def _cancel_running_timer(self, key: tuple[str, int]) -> None:
+        timer = self._running_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _cancel_running_timers(self) -> None:
+        for key in list(self._running_timers):
+            self._cancel_running_timer(key)
 
     async def send_cancel(self, notice: CancelNotice) -> None:
         await self.send(Cancel(notice.job_id, notice.token, notice.reason))
@@ -476,6 +490,9 @@ class WorkerSession:
     async def _closed(self) -> None:
         self.hub.dispatcher.unregister(self)
         self._progress.close()
+        # A held execution start dies with its socket: a worker that reconnects says it again
+        # (comfy_worker resends it after a resume), one that does not loses the job anyway.
+        self._cancel_running_timers()
         for incoming in self._incoming.values():
             await incoming.writer.abort()  # the worker resends from the start after a reconnect
         self._incoming.clear()
@@ -601,7 +618,7 @@ class WorkerSession:
             if key not in self._held_running:
                 self._held_running[key] = (message.prompt_id, time.monotonic(), of)
                 loop = asyncio.get_running_loop()
-                loop.call_later(RUNNING_HOLD_S, self._running_due, key)
+                self._running_timers[key] = loop.call_later(RUNNING_HOLD_S, self._running_due, key)
             return
         refused = await self.store.execution_started(
             message.job_id,
@@ -615,6 +632,7 @@ class WorkerSession:
 
     def _running_due(self, key: tuple[str, int]) -> None:
         """No script of the job came within RUNNING_HOLD_S: record its execution start now."""
+        self._running_timers.pop(key, None)
         held = self._held_running.get(key)
         if held is None:
             return

@@ -69,3 +69,15 @@ async def lease_left_s(redis_url: str, job_id: str, prefix: str = "wgpu:") -> fl
     finally:
         await client.aclose()
     return None if score is None else score / 1000 - (seconds + micros / 1e6)
+
+
+async def worker_field(
+    redis_url: str, worker_id: str, field: str, prefix: str = "wgpu:"
+) -> str | None:
+    """One field of the worker's record in Redis (redis_api/README.md), e.g. `connected`."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        value = await client.hget(f"{prefix}worker:{worker_id}", field)
+    finally:
+        await client.aclose()
+    return None if value is None else str(value)

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from redis_api import worker_ws
 from redis_api.worker_ws import RUNNING_HOLD_S
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import get_job, submit
+from tests.hub.helpers import get_job, job_status, submit, worker_field
 from tests.hub.test_live_progress import _recorded_progress, redis_commands
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
@@ -77,3 +78,36 @@ async def test_execution_start_goes_with_the_first_recorded_step(
     assert not [c for c in commands if c.startswith("EVALSHA") and " held " in c]
     await worker.complete(taken)
     await worker.close()
+
+
+async def test_a_held_execution_start_dies_with_its_socket(
+    hub_factory: HubFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket that closes with an execution start still held leaves nothing behind that
+    records it later (the worker says it again if it comes back)."""
+    # Long enough that the socket is surely cut before its hold ends, even under load.
+    monkeypatch.setattr(worker_ws, "RUNNING_HOLD_S", 2.0)
+    hub = await hub_factory(lease_s=30.0, disconnect_grace_s=30.0, progress_persist_s=60.0)
+    lost = ProtocolWorker(hub.url, "m1-gpu0", execution_started=True)
+    control = ProtocolWorker(hub.url, "m1-gpu1", execution_started=True)
+    await lost.connect()
+    held = await submit(hub.url)
+    taken = await lost.take_job()
+    async with redis_commands(redis_url) as commands:
+        await lost.send(ExecutionStarted(held["id"], taken.token, "prompt-1"))
+        assert lost.ws is not None
+        await (await lost.ws.ping())  # the hub handled the frame before the ping
+        await lost.cut()
+        await eventually(lambda: worker_field(redis_url, "m1-gpu0", "connected"), "0".__eq__)
+        # A control job held after it on an open socket: once that one's hold has recorded
+        # it, any timer left behind by the lost socket (due earlier) has fired too.
+        await control.connect()
+        other = await submit(hub.url)
+        other_taken = await control.take_job()
+        await control.send(ExecutionStarted(other["id"], other_taken.token, "prompt-2"))
+        await job_status(hub.url, other["id"], "running", within=10)
+    job = await get_job(hub.url, held["id"])
+    assert job["status"] == "assigned" and job["running_at"] is None, job
+    assert not [c for c in commands if f" held {held['id']} " in c]
+    await control.complete(other_taken)
+    await control.close()
