@@ -748,26 +748,12 @@ class Store:
         )
 
     async def execution_started(
-        self,
-        job_id: str,
-        token: int,
-        worker_id: str,
-        prompt_id: str,
-        lease_ms: int,
-        held_prompt_id: str = "",
+        self, job_id: str, token: int, worker_id: str, prompt_id: str, lease_ms: int
     ) -> str:
-        """ComfyUI began executing the job: assigned -> running (fenced like every report).
-        `held_prompt_id`: a `started` the hub held back, recorded with it."""
+        """ComfyUI began executing the job: assigned -> running (fenced like every report)."""
         return str(
             await self._run(
-                "report",
-                "execution_started",
-                job_id,
-                token,
-                worker_id,
-                lease_ms,
-                prompt_id,
-                held_prompt_id,
+                "report", "execution_started", job_id, token, worker_id, lease_ms, prompt_id
             )
             or ""
         )

@@ -620,13 +620,9 @@ class WorkerSession:
                 loop = asyncio.get_running_loop()
                 self._running_timers[key] = loop.call_later(RUNNING_HOLD_S, self._running_due, key)
             return
+        # Not a job handed on this socket (resumed after a reconnect): nothing held back.
         refused = await self.store.execution_started(
-            message.job_id,
-            message.token,
-            self.worker_id,
-            message.prompt_id,
-            self.config.lease_ms,
-            self._take_prompt_id(message.job_id, message.token),
+            message.job_id, message.token, self.worker_id, message.prompt_id, self.config.lease_ms
         )
         await self._refuse_report(message.job_id, message.token, of, refused)
 

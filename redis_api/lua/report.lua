@@ -1,9 +1,10 @@
 -- started/execution_started/progress from a worker, or `held` (what the hub held back of them,
 -- recorded alone: payload as record_held takes it): ARGV prefix, kind, job_id, token, worker_id,
 -- lease_ms, payload (the prompt id for started and execution_started, the progress JSON), and
--- for progress and execution_started a prompt_id held back from `started` ('' if none), and for
--- progress '1' when a job.progress webhook is due (the hub rate-limits them; webhook_outbox
--- skips jobs that did not opt in).
+-- for progress what the hub held back of the job's reports ('' if none, as record_held takes
+-- it) and '1' when a job.progress webhook is due (the hub rate-limits them; webhook_outbox
+-- skips jobs that did not opt in). An execution_started comes here only for a job not handed on
+-- the worker's socket (resumed after a reconnect), of which the hub held nothing back.
 -- Progress is the job's latest (the hub records it at a throttle, redis_api/progress.py): it is
 -- live state, not history, so it goes in the hash and not in the events stream.
 -- Returns '' when recorded, else why it was refused (stale_token, already_finished, unknown_job).
@@ -16,11 +17,7 @@ if kind == 'started' then
 elseif kind == 'held' then
   record_held(id, worker, ARGV[7], now)
 elseif kind == 'execution_started' then
-  -- A held-back `started` is folded in: its prompt id goes with the running event.
-  local prompt_id = ARGV[8] and ARGV[8] ~= '' and ARGV[8] or ARGV[7]
-  if not record_running(id, worker, prompt_id, now) and ARGV[8] and ARGV[8] ~= '' then
-    record_started(id, worker, ARGV[8])
-  end
+  record_running(id, worker, ARGV[7], now)
 else
   record_held(id, worker, ARGV[8], now)
   redis.call('HSET', jkey(id), 'progress', ARGV[7])

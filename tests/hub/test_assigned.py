@@ -13,7 +13,15 @@ from tests.fixtures.hub import HubFactory
 from tests.hub.helpers import WORKFLOW, call, get_job, submit
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
-from wgpu_protocol.messages import Ack, Cancel, ExecutionStarted, JobAssigned, Progress, Started
+from wgpu_protocol.messages import (
+    Ack,
+    Cancel,
+    ExecutionStarted,
+    JobAssigned,
+    Progress,
+    RunningJob,
+    Started,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -198,3 +206,32 @@ async def test_the_per_owner_cap_counts_assigned_jobs(hub_factory: HubFactory) -
     assert (await second.expect(JobAssigned, within=5.0)).job_id == ids[1]
     await first.close()
     await second.close()
+
+
+async def test_a_resumed_jobs_execution_start_is_recorded_once_with_its_prompt_id(
+    hub_factory: HubFactory,
+) -> None:
+    """On a socket the job was not handed on (resumed after a reconnect) nothing is held back:
+    execution_started has its own fenced script, which makes the job running with the prompt
+    id it names, once; the same report again (comfy_worker resends it after each resume)
+    changes nothing."""
+    hub = await hub_factory(lease_s=30, disconnect_grace_s=30)
+    worker = ProtocolWorker(hub.url, execution_started=True)
+    await worker.connect()
+    job = await submit(hub.url)
+    taken = await worker.take_job()
+    await worker.cut()
+    assert (await worker.connect(running=RunningJob(job["id"], taken.token))).resumed
+    for _ in range(2):
+        await worker.send(ExecutionStarted(job["id"], taken.token, "prompt-9"))
+    running = await eventually(
+        lambda: get_job(hub.url, job["id"]), lambda j: j["status"] == "running"
+    )
+    assert (await worker.complete(taken)).ok
+    events = await read_sse(f"{hub.url}/jobs/{job['id']}/events")
+    statuses: list[dict[str, str]] = [d for k, d, _ in events if k == "status"]  # type: ignore[misc]
+    assert [s["status"] for s in statuses] == ["queued", "assigned", "running", "succeeded"]
+    assert statuses[2]["prompt_id"] == "prompt-9"
+    done = await get_job(hub.url, job["id"])
+    assert done["running_at"] == running["running_at"] and done["attempts"] == 1
+    await worker.close()
