@@ -20,7 +20,13 @@ from tests.fixtures.hub import HubFactory, HubProcess
 from tests.fixtures.sim import SimFactory, free_port
 from tests.hub.helpers import lease_left_s
 from tests.polling import eventually
-from tests.worker.harness import HubClient, running_worker, sim_json, worker_config
+from tests.worker.harness import (
+    DEADLINE_S,
+    HubClient,
+    running_worker,
+    sim_json,
+    worker_config,
+)
 from tests.worker.test_process import worker_process
 from wgpu_protocol.messages import Completed, Message, Ready
 
@@ -251,15 +257,19 @@ async def test_a_hub_lost_while_relaying_one_job_and_running_another_resumes_bot
                     "wgpu/second" in json.dumps(entry[2])
                     for entry in q["queue_running"] + q["queue_pending"]
                 ),
+                within=DEADLINE_S,
             )
             before = worker.hub_link.session
             hub.kill()
             await hub.start()
             await eventually(
-                lambda: _session(worker), lambda now: now is not None and now is not before
+                lambda: _session(worker),
+                lambda now: now is not None and now is not before,
+                within=DEADLINE_S,
             )
             # The hello named both jobs and the hub kept both leases (a job it did not name
-            # would have lost its lease at once)...
+            # would have lost its lease at once; the HubProcess lease outlasts a slow restart,
+            # so neither expired while no hub ran)...
             for job_id in (first, second):
                 assert (await lease_left_s(redis_url, job_id) or 0.0) > 1.0
             # ...so the first job's output is relayed again from its start on the new socket
