@@ -1,8 +1,13 @@
-"""Small helpers shared by the hub tests: a JSON REST caller and job-state waits."""
+"""Small helpers shared by the hub tests: a JSON REST caller, job-state waits, and what Redis
+holds or runs."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -81,3 +86,57 @@ async def worker_field(
     finally:
         await client.aclose()
     return None if value is None else str(value)
+
+
+@contextlib.asynccontextmanager
+async def redis_commands(redis_url: str) -> AsyncIterator[list[str]]:
+    """Every command Redis runs meanwhile (MONITOR), as its text, complete once the block ends
+    (MONITOR lags behind: the block ends when it has seen a marker sent at the end). An EVALSHA
+    that Redis answered NOSCRIPT (a script's first call since Redis started: redis-py loads it
+    and sends the EVALSHA again) is left out then: that call ran once."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    seen: list[str] = []
+    senders: list[str] = []
+    started, caught_up = asyncio.Event(), asyncio.Event()
+    marker = f"redis-commands-end-{uuid.uuid4().hex}"
+
+    async def watch() -> None:
+        async with client.monitor() as monitor:
+            started.set()
+            async for command in monitor.listen():
+                text = str(command["command"])
+                if marker in text:
+                    caught_up.set()
+                    continue
+                seen.append(text)
+                senders.append(f"{command.get('client_address')}:{command.get('client_port')}")
+
+    task = asyncio.create_task(watch())
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+        yield seen
+        await client.echo(marker)
+        await asyncio.wait_for(caught_up.wait(), 5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await client.aclose()
+        seen[:] = _without_noscript_calls(seen, senders)
+
+
+def _without_noscript_calls(commands: list[str], senders: list[str]) -> list[str]:
+    kept = []
+    for i, command in enumerate(commands):
+        if command.startswith("EVALSHA"):
+            later = zip(commands[i + 1 :], senders[i + 1 :], strict=True)
+            next_call = next((c for c, sender in later if sender == senders[i]), "")
+            if next_call.startswith("SCRIPT LOAD"):
+                continue
+        kept.append(command)
+    return kept
+
+
+def recorded_progress(commands: list[str], job_id: str) -> int:
+    """Progress reports recorded for `job_id` (report.lua runs as EVALSHA ... progress JOB)."""
+    return sum(1 for c in commands if c.startswith("EVALSHA") and f" progress {job_id} " in c)

@@ -11,8 +11,14 @@ import pytest
 from redis_api import worker_ws
 from redis_api.worker_ws import RUNNING_HOLD_S
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import get_job, job_status, submit, worker_field
-from tests.hub.test_live_progress import _recorded_progress, redis_commands
+from tests.hub.helpers import (
+    get_job,
+    job_status,
+    recorded_progress,
+    redis_commands,
+    submit,
+    worker_field,
+)
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
 from wgpu_protocol.messages import ExecutionStarted, Progress
@@ -74,7 +80,7 @@ async def test_execution_start_goes_with_the_first_recorded_step(
             lambda: get_job(hub.url, job["id"]), lambda j: j["progress"] is not None
         )
     assert running["status"] == "running"
-    assert _recorded_progress(commands, job["id"]) == 1
+    assert recorded_progress(commands, job["id"]) == 1
     assert not [c for c in commands if c.startswith("EVALSHA") and " held " in c]
     await worker.complete(taken)
     await worker.close()

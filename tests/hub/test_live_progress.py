@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.hub_client.client import HubEvent, parse_sse
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import get_job, submit
+from tests.hub.helpers import get_job, recorded_progress, redis_commands, submit
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
 from wgpu_protocol.messages import Progress
@@ -63,35 +63,6 @@ async def live(url: str, last_event_id: str = "") -> AsyncIterator[LiveStream]:
         yield LiveStream(response)
 
 
-@contextlib.asynccontextmanager
-async def redis_commands(redis_url: str) -> AsyncIterator[list[str]]:
-    """Every command Redis runs meanwhile (MONITOR), as its text."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    seen: list[str] = []
-    started = asyncio.Event()
-
-    async def watch() -> None:
-        async with client.monitor() as monitor:
-            started.set()
-            async for command in monitor.listen():
-                seen.append(str(command["command"]))
-
-    task = asyncio.create_task(watch())
-    try:
-        await asyncio.wait_for(started.wait(), 5)
-        yield seen
-    finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        await client.aclose()
-
-
-def _recorded_progress(commands: list[str], job_id: str) -> int:
-    """Progress reports recorded for `job_id` (report.lua runs as EVALSHA ... progress JOB)."""
-    return sum(1 for c in commands if c.startswith("EVALSHA") and f" progress {job_id} " in c)
-
-
 def _step(event: HubEvent) -> float:
     assert event.kind == "progress", event
     return float(event.data["value"])  # type: ignore[index]
@@ -133,7 +104,7 @@ async def test_every_step_arrives_live_in_order_with_few_redis_writes(
         assert recorded["progress"]["percent"] == 100.0
         # Of the 19 steps that followed, only 100 % was recorded (the rest, within the
         # throttle's 60 s, are live only).
-        assert _recorded_progress(commands, job["id"]) == 1
+        assert recorded_progress(commands, job["id"]) == 1
         await worker.complete(assigned)
         rest = await stream.until("done")
         assert [e.kind for e in rest if e.kind == "progress"] == []
