@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.gpu",
     "tests.fixtures.s3",
     "tests.fixtures.http",
+    "tests.fixtures.worker_process",
 ]

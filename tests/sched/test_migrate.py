@@ -14,12 +14,13 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from bench.sched import txt2img
 from redis_api.config import HubConfig
 from redis_api.migrate import migrate_old_jobs
 from redis_api.store import Store
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.sched.test_system import ENDED, fleet, txt2img
+from tests.sched.fleet import ENDED, fleet
 from tests.worker.harness import HubClient
 
 pytestmark = pytest.mark.redis

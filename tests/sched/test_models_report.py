@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.hub.worker_client import ProtocolWorker
-from tests.sched.test_system import eventually, fleet
+from tests.polling import eventually
+from tests.sched.fleet import fleet
 from tests.worker.harness import HubClient
 from wgpu_protocol import models
 from wgpu_protocol.messages import ErrorReply, Heartbeat, Models

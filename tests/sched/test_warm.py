@@ -9,10 +9,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.sched import txt2img
 from comfyui_sim.server import RunningSim
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
-from tests.sched.test_system import ENDED, eventually, fleet, txt2img
+from tests.polling import eventually
+from tests.sched.fleet import ENDED, fleet
 from tests.worker.harness import HubClient
 
 pytestmark = pytest.mark.redis

@@ -17,7 +17,7 @@ from comfyui_sim.png import decode_png, encode_png
 from comfyui_sim.server import RunningSim
 from tests.fixtures.sim import SimFactory
 from tests.fixtures.sim_traffic import RECORDED, recorded, sequences, summarise
-from tests.sim.test_replay import (
+from tests.sim.replay import (
     assert_same_shapes,
     connect,
     get_json,

@@ -27,10 +27,7 @@ from tests.worker.harness import (
     sim_json,
     worker_config,
 )
-from tests.worker.test_process import worker_process
 from wgpu_protocol.messages import Completed, Message, Ready
-
-__all__ = ["worker_process"]  # a fixture
 
 pytestmark = pytest.mark.redis
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,6 @@ import pytest
 
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory, SimProcessFactory, free_port
-from tests.paths import REPO
 from tests.worker.harness import (
     HubClient,
     acks_reach,
@@ -26,80 +23,6 @@ from tests.worker.harness import (
     until,
     worker_config,
 )
-
-
-class WorkerProcess:
-    """`python -m comfy_worker` configured through its environment, as in production."""
-
-    def __init__(self, tmp_path: Path, hub_url: str, comfy_port: int, **env: str) -> None:
-        self.log = tmp_path / "worker.log"
-        self.health = tmp_path / "worker-health.json"
-        self.env = dict(
-            os.environ,
-            HUB_URL=hub_url,
-            COMFYUI_HOST="127.0.0.1",
-            EXECUTION_SERVICE_PORT=str(comfy_port),
-            MACHINE_ID="proc",
-            GPU_ID="0",
-            HEALTH_FILE=str(self.health),
-            WORKER_WATCHDOG_S="0.5",
-            WORKER_COMFYUI_CHECK_S="0.1",
-            WORKER_COMFYUI_LOST_S="0.5",
-            WORKER_RECONNECT_MAX_S="0.3",
-            LOG_LEVEL="INFO",
-            **env,
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "comfy_worker"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    async def exit_code(self, timeout_s: float = 15.0) -> int:
-        assert self.process is not None
-        process = self.process
-        await until(_async(lambda: process.poll() is not None), "the worker to exit", timeout_s)
-        return int(process.returncode)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _async(check: Any) -> Any:
-    async def probe() -> Any:
-        return check()
-
-    return probe
-
-
-@pytest.fixture
-def worker_process(tmp_path: Path) -> Any:
-    started: list[WorkerProcess] = []
-
-    def make(hub_url: str, comfy_port: int, **env: str) -> WorkerProcess:
-        process = WorkerProcess(tmp_path, hub_url, comfy_port, **env)
-        process.start()
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.kill()
 
 
 async def test_sigterm_mid_job_finishes_it_takes_nothing_new_and_exits_0(

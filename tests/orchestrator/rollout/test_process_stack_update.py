@@ -13,8 +13,7 @@ from comfy_worker.version import tree_version
 from orchestrator.hub_client.client import HubClient
 from orchestrator.stack.lifecycle import free_port_block
 from tests.orchestrator.rollout.load import worker_tree
-from tests.orchestrator.stack.test_demo import need_valkey, processes_under
-from tests.orchestrator.stack.test_process_stack import wgpu
+from tests.orchestrator.stack.helpers import need_valkey, processes_under, wgpu
 
 
 def test_up_with_a_comfyui_command_then_update_and_drain(tmp_path: Path) -> None:

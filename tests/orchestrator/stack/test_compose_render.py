@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from orchestrator.stack.compose_render import (
     validate,
 )
 from tests.fixtures.services import service_missing
+from tests.orchestrator.stack.helpers import compose_cli
 from tests.paths import REPO
 
 
@@ -233,17 +233,6 @@ def test_checked_in_compose_file_keeps_the_contract_and_is_current(tmp_path: Pat
     result = CliRunner().invoke(app, ["compose", "render", "--count", "2", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert (REPO / "compose" / "docker-compose.yml").read_text() == out.read_text()
-
-
-def compose_cli() -> list[str] | None:
-    """`docker compose` (plugin) or `docker-compose` (standalone), when installed."""
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
 
 
 def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:

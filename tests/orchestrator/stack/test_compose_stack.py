@@ -32,7 +32,7 @@ from orchestrator.stack.compose_runner import ComposeRunner
 from orchestrator.stack.images import HUB_RECIPE, REDIS_RECIPE, ensure_image
 from orchestrator.stack.lifecycle import free_port_block
 from tests.fixtures.services import service_missing
-from tests.orchestrator.stack.test_compose_render import compose_cli
+from tests.orchestrator.stack.helpers import compose_cli
 from tests.paths import REPO
 
 QUICK = REPO / "examples" / "quick.json"

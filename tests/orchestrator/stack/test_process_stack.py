@@ -4,31 +4,15 @@ that outlive the CLI, found again and stopped by `wgpu down`."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from orchestrator.backends.common import port_answers
 from orchestrator.hub_client.client import HubClient
 from orchestrator.hub_client.job_watch import load_workflow
 from orchestrator.stack.lifecycle import free_port_block
-from tests.orchestrator.stack.test_demo import need_valkey, processes_under
+from tests.orchestrator.stack.helpers import need_valkey, processes_under, wgpu
 from tests.paths import REPO
 from tests.polling import eventually_blocking
-
-
-def wgpu(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WGPU_LOCAL_REDIS": "valkey", "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_up_runs_detached_processes_and_down_stops_them(tmp_path: Path) -> None:
