@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio
 
 from tests.fixtures.hub import HubFactory
-from tests.hub.helpers import call, get_job, submit
+from tests.hub.helpers import call, get_job, submit, worker_field
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
 from wgpu_protocol.messages import Ack, Cancel, Completed, JobAssigned
@@ -81,7 +81,7 @@ async def test_draining_lets_the_job_finish_then_takes_nothing(hub_factory: HubF
     await other.close()
 
 
-async def test_a_drain_survives_reconnects(hub_factory: HubFactory) -> None:
+async def test_a_drain_survives_reconnects(hub_factory: HubFactory, redis_url: str) -> None:
     hub, second_hub = await hub_factory(), await hub_factory()
     worker = ProtocolWorker(hub.url)
     await drain(hub.url, worker.worker_id)  # before the worker ever connected
@@ -93,6 +93,9 @@ async def test_a_drain_survives_reconnects(hub_factory: HubFactory) -> None:
         await worker.nothing_of(JobAssigned, 0.3)
         assert (await worker_entry(url, worker.worker_id))["drain"]["state"] == "drained"
         await worker.cut()
+        # Until that hub has seen the cut, another hub rightly refuses a second socket for the
+        # worker id (a real worker retries; this one waits for the cut to be recorded).
+        await eventually(lambda: worker_field(redis_url, "m1-gpu0", "connected"), "0".__eq__)
     worker = ProtocolWorker(second_hub.url)
     await worker.connect()
     await worker.ready()
