@@ -8,4 +8,6 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.http",
     "tests.fixtures.worker_process",
+    "tests.fixtures.file_server",
+    "tests.fixtures.webhooks",
 ]

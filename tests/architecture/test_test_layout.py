@@ -1,9 +1,12 @@
 """Tests mirror the packages: each package's tests live in one folder (tests/hub for redis_api,
 tests/worker for comfy_worker, ...), and each subpackage's tests in a folder of the same name
-below it, not in files at the top that only a name prefix ties to their subpackage."""
+below it, not in files at the top that only a name prefix ties to their subpackage. What tests
+share lives in helper modules (tests/polling.py, tests/fixtures/, tests/worker/harness.py, ...):
+a test module imports from no other test module."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from tests.paths import REPO
@@ -62,4 +65,41 @@ def test_the_mirror_check_sees_a_misplaced_test(tmp_path: Path) -> None:
         "tests/ghost/ mirrors no subpackage of pkg",
         "tests/test_gpus_count.py belongs in a subpackage's folder",
         "tests/test_slots.py belongs in a subpackage's folder",
+    ]
+
+
+def imports_of_test_modules(tests: Path) -> list[str]:
+    """`file: module` for each import, anywhere under `tests`, of a test module (test_*.py)."""
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("tests.") and name.rpartition(".")[2].startswith("test_"):
+                    found.append(f"{path.relative_to(tests.parent)}: {name}")
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    assert imports_of_test_modules(REPO / "tests") == []
+
+
+def test_the_import_check_sees_a_test_module_imported(tmp_path: Path) -> None:
+    tests = tmp_path / "tests"
+    (tests / "hub").mkdir(parents=True)
+    (tests / "hub" / "helpers.py").write_text("X = 1\n")
+    (tests / "hub" / "test_a.py").write_text("from tests.hub.helpers import X\n")
+    (tests / "hub" / "test_b.py").write_text("from tests.hub.test_a import X\n")
+    (tests / "hub" / "test_c.py").write_text(
+        "from tests.hub import test_a\nimport tests.hub.test_b\n"
+    )
+    assert imports_of_test_modules(tests) == [
+        "tests/hub/test_b.py: tests.hub.test_a",
+        "tests/hub/test_c.py: tests.hub.test_a",
+        "tests/hub/test_c.py: tests.hub.test_b",
     ]

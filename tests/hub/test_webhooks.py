@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -18,62 +16,15 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from redis_api.server import RunningHub
-from tests.fixtures.http import serving
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
+from tests.fixtures.webhooks import LOCAL, SECRET, Receivers, verified
 from tests.hub.helpers import call, get_job, job_status, submit
 from tests.hub.worker_client import ProtocolWorker
 from tests.polling import eventually
 from wgpu_protocol.messages import Progress
 
 pytestmark = pytest.mark.redis
-
-SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-LOCAL = {"webhook_allowed_hosts": ("127.0.0.1",), "webhook_secret": SECRET}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receivers:
-    """HTTP receivers on 127.0.0.1; each `add` is one port (one destination)."""
-
-    calls: list[Received] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    servers: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
-
-    async def add(self, handler: Handler | None = None, port: int = 0) -> int:
-        async def record(request: web.Request) -> web.StreamResponse:
-            self.calls.append(Received(request.path, dict(request.headers), await request.read()))
-            self.arrived.set()
-            if handler is not None:
-                return await handler(request)
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", record)
-        url = await self.servers.enter_async_context(serving(app, port, shutdown_timeout_s=0.5))
-        return int(url.rsplit(":", 1)[1])
-
-    def to(self, path: str) -> list[Received]:
-        return [c for c in self.calls if c.path == path]
-
-    async def close(self) -> None:
-        await self.servers.aclose()
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[Receivers]:
-    found = Receivers()
-    yield found
-    await found.close()
 
 
 @pytest.fixture
@@ -98,13 +49,6 @@ async def webhook_of(hub: RunningHub, job_id: str, ok: Callable[[dict[str, Any]]
         lambda: get_job(hub.url, job_id), lambda j: ok(j["webhook"]), within=15.0
     )
     return job["webhook"]
-
-
-def verified(received: Received) -> dict[str, Any]:
-    """The body, after `standardwebhooks` checked its signature (raises if it is wrong)."""
-    payload = Webhook(SECRET).verify(received.body, received.headers)
-    assert isinstance(payload, dict)
-    return payload
 
 
 async def test_receiver_down_for_three_attempts_gets_it_once_after_a_hub_restart(

@@ -4,80 +4,30 @@ uploaded PNG returns the inverted image, pixel by pixel, whichever way the input
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 from yarl import URL
 
-from comfyui_sim.media_nodes import INVERT_TABLE
-from comfyui_sim.png import decode_png
-from tests.fixtures.http import serving
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.hub.worker_client import ProtocolWorker
 from tests.worker.harness import (
     PNG,
-    REAL_INVERTED,
     HubClient,
     invert_workflow,
     running_worker,
     worker_config,
 )
+from tests.worker.scenarios import (
+    load_image_invert_returns_the_inverted_upload,
+    submit_invert,
+    upload,
+)
 from wgpu_protocol.credentials import worker_credential
-
-
-@pytest.fixture
-async def file_server() -> AsyncIterator[str]:
-    """A loopback HTTP server: /in.png, /redirect (to /in.png), /big (never ends quickly)."""
-
-    async def image(request: web.Request) -> web.Response:
-        return web.Response(body=PNG, content_type="image/png")
-
-    async def redirect(request: web.Request) -> web.Response:
-        raise web.HTTPFound(request.query.get("to", "/in.png"))
-
-    app = web.Application()
-    app.router.add_get("/in.png", image)
-    app.router.add_get("/redirect", redirect)
-    async with serving(app) as url:
-        yield url
-
-
-async def upload(client: HubClient, multipart: bool) -> dict[str, Any]:
-    if multipart:
-        form = aiohttp.FormData()
-        form.add_field("file", PNG, filename="in.png", content_type="image/png")
-        async with client.http.post(f"{client.url}/uploads", data=form) as r:
-            assert r.status == 201, await r.text()
-            return await r.json()  # type: ignore[no-any-return]
-    async with client.http.post(f"{client.url}/uploads?name=in.png", data=PNG) as r:
-        assert r.status == 201, await r.text()
-        return await r.json()  # type: ignore[no-any-return]
-
-
-async def submit(client: HubClient, form: str, server: str) -> str:
-    workflow = invert_workflow()
-    if form == "multipart":
-        data = aiohttp.FormData()
-        data.add_field("job", json.dumps({"workflow": workflow}), content_type="application/json")
-        data.add_field("in.png", PNG, filename="photo.png", content_type="image/png")
-        async with client.http.post(f"{client.url}/jobs", data=data) as r:
-            body = await r.json()
-            assert r.status == 201, body
-            return str(body["id"])
-    if form == "base64":
-        spec: dict[str, Any] = {"data": base64.b64encode(PNG).decode()}
-    elif form == "ref":
-        spec = {"ref": (await upload(client, multipart=True))["ref"]}
-    else:
-        spec = {"url": f"{server}/redirect"}  # followed, and checked at every hop
-    return await client.submit(workflow, inputs={"in.png": spec})
 
 
 @pytest.mark.parametrize("form", ["multipart", "base64", "ref", "url"])
@@ -89,25 +39,9 @@ async def test_load_image_invert_returns_the_inverted_upload(
     file_server: str,
     form: str,
 ) -> None:
-    hub = await hub_factory(fetch_allowed_hosts=("127.0.0.1",))
-    sim = await sim_factory()
-    client = HubClient(http, hub.url)
-    config = worker_config(hub.url, sim.url, tmp_path, comfyui_input_dir=sim.input_dir)
-    async with running_worker(config):
-        job_id = await submit(client, form, file_server)
-        job = await client.wait_for(job_id)
-    assert job["status"] == "succeeded", job
-    (output,) = job["outputs"]
-    data, _ = await client.output(job_id, output["name"])
-    width, height, pixels, _ = decode_png(data)
-    in_width, in_height, in_pixels, _ = decode_png(PNG)
-    assert (width, height) == (in_width, in_height) == (32, 24)
-    assert pixels == in_pixels.translate(INVERT_TABLE)  # every pixel
-    assert (width, height, pixels) == REAL_INVERTED[:3]  # as real ComfyUI made it
-    # ComfyUI loaded it from the job's own folder; that folder is gone after the job.
-    (entry,) = (await (await http.get(f"{sim.url}/history")).json()).values()
-    assert entry["prompt"][2]["1"]["inputs"]["image"].startswith(f"wgpu/{job_id}/")
-    assert not (sim.input_dir / "wgpu" / job_id).exists()
+    await load_image_invert_returns_the_inverted_upload(
+        hub_factory, sim_factory, http, tmp_path, file_server, form
+    )
 
 
 async def test_uploads_are_content_addressed(
@@ -241,7 +175,7 @@ async def test_a_worker_with_only_its_own_credential_runs_a_job_with_inputs(
     )
     assert config.worker_token is None
     async with running_worker(config):
-        job = await client.wait_for(await submit(client, "ref", ""))
+        job = await client.wait_for(await submit_invert(client, "ref", ""))
     assert job["status"] == "succeeded", job
 
 

@@ -15,88 +15,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from comfyui_sim.png import decode_png
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import SimFactory
 from tests.worker.harness import HubClient, blob_workflow, running_worker, worker_config
+from tests.worker.scenarios import every_output_kind_arrives_described
 
-OUTPUT_FIELDS = {"name", "url", "size", "content_type", "sha256", "node_id", "kind", "subfolder"}
 GIB = 1 << 30
-
-
-def every_kind_workflow() -> dict[str, Any]:
-    noise = {
-        "class_type": "ImageAddNoise",
-        "inputs": {"image": ["1", 0], "seed": 7, "strength": 0.5},
-    }
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 128, "height": 96, "batch_size": 2, "color": 0x336699},
-        },
-        "2": noise,
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "k/a"}},
-        "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
-        "5": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}},
-        "6": {"class_type": "PrimitiveFloat", "inputs": {"value": 0.125}},
-        "7": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
-        "8": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
-        "9": {"class_type": "PreviewAny", "inputs": {"source": ["8", 0]}},
-        "10": {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 8.0}},
-        "11": {
-            "class_type": "SaveVideo",
-            "inputs": {
-                "video": ["10", 0],
-                "filename_prefix": "k/v",
-                "format": "mp4",
-                "codec": "h264",
-            },
-        },
-    }
-
-
-async def stored_bytes(client: HubClient, output: dict[str, Any]) -> bytes:
-    async with client.http.get(client.url + output["url"]) as response:
-        assert response.status == 200
-        assert response.content_type == output["content_type"]
-        return await response.read()
 
 
 async def test_every_output_kind_arrives_described(
     hub_factory: HubFactory, sim_factory: SimFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    hub = await hub_factory()
-    sim = await sim_factory()
-    client = HubClient(http, hub.url)
-    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
-        job = await client.wait_for(await client.submit(every_kind_workflow()))
-    assert job["status"] == "succeeded", job
-    outputs = job["outputs"]
-    assert all(set(o) == OUTPUT_FIELDS for o in outputs), outputs
-    assert len({o["name"] for o in outputs}) == len(outputs)  # unique in the job
-    by_node: dict[str, list[dict[str, Any]]] = {}
-    for output in outputs:
-        by_node.setdefault(output["node_id"], []).append(output)
-        data = await stored_bytes(client, output)
-        assert len(data) == output["size"]
-        assert hashlib.sha256(data).hexdigest() == output["sha256"]
-    saved = by_node["3"]
-    assert [(o["kind"], o["subfolder"]) for o in saved] == [("output", "k"), ("output", "k")]
-    assert [o["kind"] for o in by_node["4"]] == ["temp", "temp"]
-    assert [o["content_type"] for o in by_node["11"]] == ["video/mp4"]
-    # SaveImageWebsocket: only ever binary frames; each batch image arrives as a PNG.
-    ws_images = by_node["5"]
-    assert len(ws_images) == 2
-    for output in ws_images:
-        assert output["content_type"] == "image/png"
-        width, height, pixels, _ = decode_png(await stored_bytes(client, output))
-        assert (width, height) == (128, 96) and len(set(pixels)) > 16  # the noise image
-    # Non-file UI values, as ComfyUI's history has them.
-    assert job["results"] == {"7": {"text": ["0.125"]}, "9": {"text": ["128"]}}
-    # Same bytes as ComfyUI wrote.
-    for output in saved:
-        path = sim.output_dir / output["subfolder"] / output["name"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == output["sha256"]
+    await every_output_kind_arrives_described(hub_factory, sim_factory, http, tmp_path)
 
 
 def partial_workflow() -> dict[str, Any]:

@@ -16,12 +16,12 @@ from redis_api.server import RunningHub
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.s3 import S3Bucket, S3Server
 from tests.fixtures.sim import SimFactory
-from tests.hub.test_webhooks import LOCAL, Receivers, receivers, verified
-from tests.worker import test_inputs, test_outputs
-from tests.worker.harness import HubClient, blob_workflow, running_worker, worker_config
-from tests.worker.test_inputs import file_server
-
-__all__ = ["file_server", "receivers"]
+from tests.fixtures.webhooks import LOCAL, Receivers, verified
+from tests.worker.harness import PNG, HubClient, blob_workflow, running_worker, worker_config
+from tests.worker.scenarios import (
+    every_output_kind_arrives_described,
+    load_image_invert_returns_the_inverted_upload,
+)
 
 
 @pytest.fixture
@@ -52,9 +52,7 @@ async def test_every_output_kind_arrives_in_the_bucket(
     s3_server: S3Server,
     storage_url: str,
 ) -> None:
-    await test_outputs.test_every_output_kind_arrives_described(
-        s3_hub_factory, sim_factory, http, tmp_path
-    )
+    await every_output_kind_arrives_described(s3_hub_factory, sim_factory, http, tmp_path)
     keys = await bucket_keys(s3_server, storage_url)
     assert "outputs/.wgpu-outputs" in keys  # the prefix is marked as this hub store's
     assert sum(key.endswith(".png") for key in keys) >= 6  # saved, previews, websocket images
@@ -72,10 +70,10 @@ async def test_inputs_come_from_the_bucket(
     s3_server: S3Server,
     storage_url: str,
 ) -> None:
-    await test_inputs.test_load_image_invert_returns_the_inverted_upload(
+    await load_image_invert_returns_the_inverted_upload(
         s3_hub_factory, sim_factory, http, tmp_path, file_server, form
     )
-    sha = hashlib.sha256(test_inputs.PNG).hexdigest()
+    sha = hashlib.sha256(PNG).hexdigest()
     assert f"outputs/inputs/{sha}" in await bucket_keys(s3_server, storage_url)
 
 
