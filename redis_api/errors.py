@@ -20,7 +20,9 @@
     │                         400 at submit, the delivery given up at connect time
     ├── SubscriberDropped     (event_fanout.py) an event-stream subscriber fell too far behind
     │                         or the fan-out stopped: its stream ends, others go on
-    └── ConfigError           settings that cannot be run safely (API_KEYS without WORKER_TOKEN)
+    ├── ConfigError           settings that cannot be run safely (API_KEYS without WORKER_TOKEN)
+    └── PreludeError          (lua_source.py) lua/common.lua has a top-level statement the
+                              script assembler cannot attribute to a name (a source defect)
 
 wgpu_protocol.ProtocolError (a bad worker frame) belongs to the protocol package, not here.
 """

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 
+from redis_api.errors import HubError
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEFINITION = re.compile(r"local (?:function )?([A-Za-z_][A-Za-z0-9_]*)\b")
 
 
-class PreludeError(ValueError):
+class PreludeError(HubError, ValueError):
     """common.lua has a top-level statement this module cannot attribute to a name."""
 
 
