@@ -52,7 +52,9 @@ class HubConfig:
     # A job records its latest progress at most this often (every step still reaches its SSE
     # clients live; redis_api/progress.py).
     progress_persist_s: float = 1.0
-    webhook_poll_s: float = 0.1
+    # The longest the webhook sender sleeps: new deliveries are announced and retries are due at
+    # known times, so this only bounds how late a dead hub's claim is taken over after its lease.
+    webhook_poll_s: float = 5.0
     # The dashboard's live feed (`GET /events`): changes are pushed; worker stats (heartbeats)
     # are re-read this often; how many may watch (each also counts in max_event_streams).
     live_interval_s: float = 1.0

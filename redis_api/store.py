@@ -940,12 +940,19 @@ class Store:
 
     async def claim_webhooks(self, limit: int, lease_ms: int, claim: str) -> list[Due]:
         """Due deliveries, each claimed by this hub for lease_ms."""
-        r = await self._run("webhook_claim", limit, lease_ms, claim)
+        return (await self.claim_webhooks_next(limit, lease_ms, claim))[0]
+
+    async def claim_webhooks_next(
+        self, limit: int, lease_ms: int, claim: str
+    ) -> tuple[list[Due], int]:
+        """Due deliveries, each claimed by this hub for lease_ms, and the ms until the next one
+        is due (0: more are due now; -1: none is waiting)."""
+        *r, next_ms = await self._run("webhook_claim", limit, lease_ms, claim)
         return [
             Due(str(r[i]), str(r[i + 1]), str(r[i + 2]), int(r[i + 3] or 0), str(r[i + 4]),
                 str(r[i + 5]))
             for i in range(0, len(r), 6)
-        ]  # fmt: skip
+        ], int(next_ms)  # fmt: skip
 
     async def webhook_result(
         self, delivery: str, claim: str, outcome: str, status: str, delay_ms: int, error: str
@@ -1079,6 +1086,11 @@ class Store:
     @property
     def progress_channel(self) -> str:
         return self.key("progress")
+
+    @property
+    def webhook_channel(self) -> str:
+        """Published when a webhook delivery is written or handed back (webhook_outbox)."""
+        return self.key("wh:wake")
 
     async def publish_progress(self, hub_id: str, job_id: str, payload: str) -> None:
         """A live progress step for other hubs' SSE subscribers (not stored anywhere)."""

@@ -3,7 +3,9 @@
 The script that ends a job writes a delivery into the Redis outbox (`webhook_outbox` in
 lua/common.lua), so an end is never lost, whichever hub or worker recorded it. Every hub runs a
 `WebhookSender`: it claims due deliveries (lua/webhook_claim.lua: a claim is a lease, so a hub that
-dies mid-send leaves the delivery to another), POSTs them signed per Standard Webhooks
+dies mid-send leaves the delivery to another) when the outbox announces one (`wh:wake`, pub/sub)
+or when the next retry falls due, never on a short poll; WEBHOOK_POLL_S only bounds how late a
+dead hub's claim is taken over after its lease. It POSTs them signed per Standard Webhooks
 (`webhook-id`, `webhook-timestamp`, `webhook-signature`, signed with the `standardwebhooks`
 library), and records the outcome (lua/webhook_result.lua): delivered, retried after the next gap
 of WEBHOOK_RETRY_SCHEDULE (with jitter), or given up.
@@ -31,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
 from .config import HubConfig
@@ -39,13 +42,14 @@ from .jobs import job_view
 from .metrics import HubMetrics
 from .storage import PRESIGN_MAX_S, Storage
 from .store import Due, Store
-from .tasks import one_round
+from .tasks import cancel_requested, one_round
 from .webhook_targets import TargetPolicy, TargetRefused, resolver_kwargs
 
 log = logging.getLogger(__name__)
 
 JITTER = 0.25  # each retry gap is scaled by a random factor in [1 - JITTER, 1 + JITTER]
 DEFER_S = 1.0  # how long a delivery waits for a busy destination
+RESUBSCRIBE_S = (0.1, 0.5, 1.0, 2.0)  # after the wake-up channel's connection fails, n times
 PROGRESS_EVENT = "job.progress"
 
 
@@ -116,19 +120,61 @@ class WebhookSender:
         self._progress_sent: dict[str, float] = {}
         self._stopping = False
         self._warned_unsigned = False
+        self._wake = asyncio.Event()  # look at the outbox now
+        self._full = False  # no room for more in flight: a finished attempt wakes the loop
 
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        listener = asyncio.create_task(self._listen(), name="hub-webhook-wakeups")
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                wait_s = self.config.webhook_poll_s
+                with one_round("webhook claims", self.on_redis_error):
+                    room = self.config.webhook_max_in_flight - len(self._tasks)
+                    self._full = room <= 0
+                    if room > 0:
+                        taken, next_ms = await self.store.claim_webhooks_next(
+                            room, self._lease_ms, self._claim_token
+                        )
+                        for due in taken:
+                            self._start(due)
+                        if next_ms >= 0:
+                            wait_s = min(wait_s, next_ms / 1000)
+                if wait_s > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait_s):
+                            await self._wake.wait()
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        """Wake the loop whenever a delivery is written or handed back (`wh:wake`)."""
+        failures = 0
         while not self._stopping:
-            with one_round("webhook claims", self.on_redis_error):
-                room = self.config.webhook_max_in_flight - len(self._tasks)
-                if room > 0:
-                    for due in await self.store.claim_webhooks(
-                        room, self._lease_ms, self._claim_token
-                    ):
-                        self._start(due)
-            await asyncio.sleep(self.config.webhook_poll_s)
+            pubsub = self.store.pubsub()
+            try:
+                await pubsub.subscribe(self.store.webhook_channel)
+                failures = 0
+                self._wake.set()  # anything written while nobody here listened
+                while True:
+                    if await pubsub.get_message(timeout=30.0) is not None:
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
+                self.on_redis_error(exc)
+                await asyncio.sleep(RESUBSCRIBE_S[min(failures, len(RESUBSCRIBE_S) - 1)])
+                failures += 1
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[attr-defined]
 
     @property
     def _lease_ms(self) -> int:
@@ -138,7 +184,12 @@ class WebhookSender:
     def _start(self, due: Due) -> None:
         task = asyncio.create_task(self._attempt(due), name=f"webhook-{due.delivery}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._attempt_done)
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._full:
+            self._wake.set()  # room again for the deliveries waiting
 
     async def _attempt(self, due: Due) -> None:
         dest_key = destination_of(due.url)
@@ -291,6 +342,9 @@ class WebhookSender:
         except StoreUnavailable as exc:
             # The claim's lease runs out and some hub tries again: at least once, never lost.
             self.on_redis_error(exc)
+            return
+        if outcome in ("retry", "defer"):
+            self._wake.set()  # the loop learns when it is due (it may sleep longer now)
 
     # -- progress (opt-in) -----------------------------------------------------------------
 

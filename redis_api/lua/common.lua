@@ -408,6 +408,7 @@ local function webhook_outbox(id, event, now, f)
   redis.call('HSET', P .. 'wh:' .. delivery, 'job', id, 'event', event, 'attempts', 0,
     'created_ms', now, 'claim', '')
   redis.call('ZADD', P .. 'wh:due', now, delivery)
+  redis.call('PUBLISH', P .. 'wh:wake', '1')  -- the hubs' senders wait for this, not poll
   if event ~= 'job.progress' then redis.call('HSET', jkey(id), 'wh_next_ms', now) end
 end
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from redis_api.server import RunningHub
+from redis_api.tasks import stop_tasks
 from tests.fixtures.hub import HubFactory
 from tests.fixtures.sim import free_port
 from tests.fixtures.webhooks import LOCAL, SECRET, Receivers, verified
@@ -284,7 +285,9 @@ async def test_a_stopping_hub_hands_back_what_it_claimed(
     """A claim whose reply the stopping hub never read (cancelled mid-call) must not wait out
     its lease: the hub hands back every delivery under its claim token when it stops."""
     port = await receivers.add()
-    first = await hub_factory(**LOCAL, webhook_poll_s=3600.0)  # it claims only when told
+    first = await hub_factory(**LOCAL)
+    # Its sender stopped (not the hub): it claims only when told.
+    await stop_tasks([t for t in first.hub._tasks if t.get_name() == "hub-webhooks"])
     worker = ProtocolWorker(first.url)
     await worker.connect()
     job = await run_one(first, worker, webhook_url=f"http://127.0.0.1:{port}/hook")
@@ -402,4 +405,27 @@ async def test_a_receiver_that_never_answers_times_out_and_is_given_up(
     assert 'wgpu_webhook_deliveries_total{outcome="retry"} 1' in text
     assert 'wgpu_webhook_deliveries_total{outcome="gave_up"} 1' in text
     assert 'wgpu_webhook_deliveries_total{outcome="delivered"} 0' in text
+    await worker.close()
+
+
+async def test_deliveries_and_retries_go_out_when_due_not_on_a_poll(
+    hub_factory: HubFactory, receivers: Receivers
+) -> None:
+    """The sender's longest sleep is an hour: the outbox's announcement (`wh:wake`) sends the
+    first attempt at once, and the retry goes out when its gap ends (0.3 s), not an hour later."""
+    answers = iter((500, 200))
+
+    async def flaky(request: web.Request) -> web.Response:
+        return web.Response(status=next(answers))
+
+    port = await receivers.add(flaky)
+    hub = await hub_factory(**LOCAL, webhook_poll_s=3600.0, webhook_retry_schedule=(0.3,))
+    worker = ProtocolWorker(hub.url)
+    await worker.connect()
+    ended_at = time.monotonic()
+    job = await run_one(hub, worker, webhook_url=f"http://127.0.0.1:{port}/hook")
+    state = await webhook_of(hub, job["id"], lambda w: w["delivered_at"] is not None)
+    assert time.monotonic() - ended_at < 10.0
+    assert state["attempts"] == 2 and state["last_status"] == 200
+    assert [verified(c)["id"] for c in receivers.to("/hook")] == [job["id"]] * 2
     await worker.close()
