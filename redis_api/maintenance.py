@@ -66,6 +66,7 @@ class Maintenance:
         self._refresh_at = now
         self._safety_claim_at = now
         self._pool_sweep_at = now
+        self._done_at = now  # when finished jobs next need a look
         self._nearer = asyncio.Event()
         self._migrated = False
 
@@ -128,15 +129,24 @@ class Maintenance:
         pool_sweep = now >= self._pool_sweep_at
         if pool_sweep:
             self._pool_sweep_at = now + self.pool_sweep_every_s
+        look_at_done = now >= self._done_at
         reaped = await self.store.reap(
             self.config.ttl_ms,
             self.config.stale_ms,
             int(self.config.pool_idle_s * 1000) if pool_sweep else -1,
+            look_at_done,
         )
+        if look_at_done:
+            # A job that ends from now on (on any hub) expires a whole TTL from now at the
+            # earliest: until then only those already finished can fall due.
+            ttl_s = self.config.result_ttl_s
+            until = ttl_s if reaped.done_next_ms < 0 else min(ttl_s, reaped.done_next_ms / 1000)
+            self._done_at = now + max(MIN_GAP_S, until)
         if reaped.next_ms >= 0:
             next_s = max(MIN_GAP_S, reaped.next_ms / 1000)
             # A nearer deadline written during the round (deadline_in) keeps its earlier time.
             self._reap_at = min(self._reap_at, now + min(longest, next_s))
+        self._reap_at = min(self._reap_at, self._done_at)
         if reaped.requeued or reaped.dead or reaped.timed_out or reaped.ended_in_queue:
             log.info(
                 "reaper: %d requeued, %d dead, %d timed out, %d expired/unschedulable in queue",

@@ -120,7 +120,10 @@ class Reaped:
     timed_out: tuple[tuple[str, str, int], ...]  # (job_id, worker_id, token)
     expired: tuple[str, ...]
     ended_in_queue: int = 0  # queued jobs that became expired or unschedulable
-    next_ms: int = -1  # until the earliest deadline the reaper guards (0: now; -1: none)
+    # Until the earliest deadline of the running and queued jobs, and of the finished ones
+    # (0: now; -1: none; -2: not looked at).
+    next_ms: int = -1
+    done_next_ms: int = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -924,17 +927,32 @@ class Store:
 
     # -- maintenance -----------------------------------------------------------------------
 
-    async def reap(self, ttl_ms: int, stale_ms: int = 60_000, pool_idle_ms: int = 60_000) -> Reaped:
-        """One reaper round (lua/reap.lua); pool_idle_ms < 0 skips the pool sweep."""
-        requeued, dead, timed, expired, ended, next_ms = await self._run(
-            "reap", ttl_ms, REAP_BATCH, stale_ms, pool_idle_ms
+    async def reap(
+        self,
+        ttl_ms: int,
+        stale_ms: int = 60_000,
+        pool_idle_ms: int = 60_000,
+        look_at_done: bool = True,
+    ) -> Reaped:
+        """One reaper round (lua/reap.lua); pool_idle_ms < 0 skips the pool sweep,
+        look_at_done=False the finished jobs."""
+        requeued, dead, timed, expired, ended, next_ms, done_next_ms = await self._run(
+            "reap", ttl_ms, REAP_BATCH, stale_ms, pool_idle_ms, "1" if look_at_done else ""
         )
         triples = tuple(
             (str(timed[i]), str(timed[i + 1]), int(timed[i + 2] or 0))
             for i in range(0, len(timed), 3)
         )
         expired_ids = tuple(str(x) for x in expired)
-        return Reaped(int(requeued), int(dead), triples, expired_ids, int(ended), int(next_ms))
+        return Reaped(
+            int(requeued),
+            int(dead),
+            triples,
+            expired_ids,
+            int(ended),
+            int(next_ms),
+            int(done_next_ms),
+        )
 
     # -- webhook outbox (see redis_api/webhooks.py) ------------------------------------------
 
