@@ -10,6 +10,7 @@ import pytest
 from comfy_worker.config import ConfigError, WorkerConfig
 
 from tests.paths import REPO
+from wgpu_protocol import models
 
 
 def test_defaults_follow_the_original_variables() -> None:
@@ -90,6 +91,27 @@ def test_hub_url_overrides_host_and_port(url: str, expected: str) -> None:
     assert config.hub_url == expected
 
 
+@pytest.mark.parametrize(
+    ("url", "http_url"),
+    [
+        ("ws://hub:8001", "http://hub:8001"),
+        ("wss://hub.example.com/p", "https://hub.example.com/p"),
+    ],
+)
+def test_the_hubs_http_base_goes_with_its_socket_url(url: str, http_url: str) -> None:
+    assert WorkerConfig("m", hub_url=url).hub_http_url == http_url
+
+
+def test_the_loader_table_is_parsed_once_into_the_config() -> None:
+    config = WorkerConfig.from_env({"MACHINE_ID": "m", "MODEL_LOADERS": "MyLoader.ckpt=loras"})
+    assert config.loaders["MyLoader"] == (("ckpt", "loras"),)
+    assert config.loaders["CheckpointLoaderSimple"] == models.LOADERS["CheckpointLoaderSimple"]
+    assert "MyLoader" not in config.replace(model_loaders="").loaders
+    assert config.replace(gpu_id=1).loaders == config.loaders
+    with pytest.raises(ConfigError, match=r"^MODEL_LOADERS="):
+        WorkerConfig("m", model_loaders="not a table")  # however it is made, not only from env
+
+
 @pytest.mark.parametrize(("raw", "on"), [(None, True), ("1", True), ("0", False), ("off", False)])
 def test_pipelining_is_on_unless_turned_off(raw: str | None, on: bool) -> None:
     env = {"MACHINE_ID": "m"} | ({"WORKER_PIPELINE": raw} if raw is not None else {})
@@ -111,6 +133,7 @@ def test_pipelining_is_on_unless_turned_off(raw: str | None, on: bool) -> None:
         ({"MACHINE_ID": "a b/c"}, "MACHINE_ID"),
         ({"WORKER_PIPELINE": "maybe"}, "WORKER_PIPELINE"),
         ({"WARM_MODELS": "0"}, "WARM_MODELS"),
+        ({"MODEL_LOADERS": "MyLoader=checkpoints"}, "MODEL_LOADERS"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(env: dict[str, str], names: str) -> None:

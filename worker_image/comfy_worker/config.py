@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -75,6 +75,15 @@ class WorkerConfig:
     # bench/outputs_bench.py, and a worker for a hub without pipelining).
     pipeline: bool = True
     warm_models: int = names.DEFAULT_WARM_MODELS  # WARM_MODELS: kept loaded per loader kind
+    # The loader table: the built-in loaders and those of model_loaders, parsed once here.
+    loaders: models.LoaderTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            extra = models.parse_loader_table(self.model_loaders)
+        except models.ModelSpecError as exc:
+            raise ConfigError(f"{names.MODEL_LOADERS}={self.model_loaders!r}: {exc}") from None
+        object.__setattr__(self, "loaders", models.loader_table(extra))
 
     @property
     def worker_id(self) -> str:
@@ -93,6 +102,12 @@ class WorkerConfig:
     @property
     def hub_ws_url(self) -> str:
         return f"{self.hub_url}/ws/worker/{self.worker_id}"
+
+    @property
+    def hub_http_url(self) -> str:
+        """The hub's HTTP base (its REST routes for workers, e.g. /worker/inputs)."""
+        base = self.hub_url
+        return "http" + base[2:] if base.startswith("ws") else base
 
     def replace(self, **changes: Any) -> WorkerConfig:
         return dataclasses.replace(self, **changes)
@@ -141,7 +156,7 @@ class WorkerConfig:
                 names.PROGRESS_INTERVAL_S, names.DEFAULT_PROGRESS_INTERVAL_S
             ),
             "model_scan_s": reader.seconds(names.MODEL_SCAN_S, names.DEFAULT_MODEL_SCAN_S),
-            "model_loaders": _loaders(reader.text(names.MODEL_LOADERS, "")),
+            "model_loaders": reader.text(names.MODEL_LOADERS, ""),  # parsed in __post_init__
             "warm_models": reader.integer(
                 names.WARM_MODELS, names.DEFAULT_WARM_MODELS, minimum=1, maximum=64
             ),
@@ -163,14 +178,6 @@ class WorkerConfig:
     @property
     def logging_level(self) -> int:
         return int(getattr(logging, self.log_level))
-
-
-def _loaders(raw: str) -> str:
-    try:
-        models.parse_loader_table(raw)
-    except models.ModelSpecError as exc:
-        raise ConfigError(f"{names.MODEL_LOADERS}: {exc}") from None
-    return raw
 
 
 def _is_valid_id(value: str) -> bool:

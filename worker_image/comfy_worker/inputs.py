@@ -34,11 +34,6 @@ def subfolder_of(job_id: str) -> str:
     return f"wgpu/{job_id}"
 
 
-def hub_http_url(config: WorkerConfig) -> str:
-    base = config.hub_url
-    return "http" + base[2:] if base.startswith("ws") else base
-
-
 def rewrite(workflow: dict[str, Any], placed: dict[str, str]) -> dict[str, Any]:
     """A copy of the workflow with each input name replaced by its path in ComfyUI's input
     directory, wherever a node input names it."""
@@ -75,7 +70,7 @@ async def place_inputs(
             if match is None:
                 raise InputUnavailable(f"input {name!r} has no valid ref")
             path = os.path.join(spool, match.group(1))
-            url = f"{hub_http_url(config)}/worker/inputs/{match.group(1)}"
+            url = f"{config.hub_http_url}/worker/inputs/{match.group(1)}"
             try:
                 async with client.http.get(
                     url, params=holder, headers=headers, timeout=FETCH_TIMEOUT

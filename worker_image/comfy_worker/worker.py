@@ -31,7 +31,6 @@ from typing import Any
 
 import aiohttp
 
-from wgpu_protocol import models
 from wgpu_protocol.messages import (
     Ack,
     Bye,
@@ -169,8 +168,7 @@ class Worker:
         ) as http:
             self._client = ComfyClient(http, cfg.comfyui_url)
             self._events = ComfyEvents(http, cfg.comfyui_url, self.client_id)
-            loaders = models.loader_table(models.parse_loader_table(cfg.model_loaders))
-            self._inventory = ModelInventory(self._client, loaders, cfg.warm_models)
+            self._inventory = ModelInventory(self._client, cfg.loaders, cfg.warm_models)
             if cfg.comfyui_cmd:
                 env = dict(os.environ, EXECUTION_SERVICE_PORT=str(cfg.comfyui_port))
                 self._supervisor = ComfySupervisor(cfg.comfyui_cmd, env, self._on_comfy_exit)
