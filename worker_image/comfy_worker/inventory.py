@@ -11,6 +11,7 @@ this set with each job's result when it changed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,17 @@ class ModelInventory:
         self.files: dict[str, list[str]] | None = None  # None: not read (yet)
         self.warm: dict[str, list[str]] = {}  # per folder, most recently used first
         self.digest = ""
+        self._first_read: asyncio.Future[bool] | None = None
+
+    async def read_once(self) -> None:
+        """Read the model files unless they were read or tried before: whoever needs them
+        before any scan did (the first `ready`) waits for that one attempt, shared. A failed
+        attempt is retried by the periodic scans (scan()), not by every caller."""
+        if self.files is not None:
+            return
+        if self._first_read is None:
+            self._first_read = asyncio.ensure_future(self.scan())
+        await asyncio.shield(self._first_read)
 
     async def scan(self) -> bool:
         """Read the model files again; True when they changed."""

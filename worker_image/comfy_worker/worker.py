@@ -574,8 +574,7 @@ class Worker:
         inventory = self._inventory
         if inventory is None:
             return
-        if inventory.files is None:
-            await inventory.scan()
+        await inventory.read_once()
         warm = inventory.warm_report()
         if inventory.files is None or (
             session.models_sent == inventory.digest and session.warm_sent == warm
