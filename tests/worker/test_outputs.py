@@ -94,7 +94,10 @@ async def test_a_1_gib_output_streams_with_bounded_memory(
 ) -> None:
     """Hub, worker and simulator share this process: its RSS bounds all three together."""
     size = GIB + 12345
-    hub = await hub_factory(outputs_dir=str(tmp_path / "hub-outputs"))
+    # A lease long enough for minutes of relay on a loaded machine: with the tests' 2 s lease
+    # the one event loop, busy with 1 GiB, missed heartbeats and the job was requeued
+    # (stale_token), which is not what this test is about.
+    hub = await hub_factory(outputs_dir=str(tmp_path / "hub-outputs"), lease_s=120.0)
     sim = await sim_factory()
     client = HubClient(http, hub.url)
     workflow = blob_workflow(size, "big/blob")
