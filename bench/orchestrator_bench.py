@@ -170,7 +170,9 @@ def _run(quick: bool, slots: int) -> tuple[list[Table], dict[str, Any]]:
 
     print("orchestrator: making sure the worker image exists (not timed) ...", flush=True)
     image = ensure_worker_image(client, ensure_base_image(client))
-    port_base = random.randrange(30000, 40000)
+    # Below the ephemeral range (32768-60999 here): a readiness probe of a port inside it can
+    # connect to itself and keep that slot's simulator from binding (EADDRINUSE).
+    port_base = random.randrange(20000, 32000 - slots)
     common = ["--docker-host", DOCKER_HOST, "--machine-id", MACHINE_ID]
     repeats = 2 if quick else 3
     with procs.scratch_dir() as tmp, procs.local_redis(tmp / "redis") as server:

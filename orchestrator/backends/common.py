@@ -48,10 +48,17 @@ def fan_out(func: Callable[[T], R], items: Sequence[T], max_workers: int = 16) -
 
 def port_answers(port: int, host: str = "127.0.0.1", timeout_s: float = 0.2) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            return not connected_to_itself(sock)
     except OSError:
         return False
+
+
+def connected_to_itself(sock: socket.socket) -> bool:
+    """A probe of a port in the ephemeral range can get that port as its own source and
+    connect to itself (TCP simultaneous open): connected, yet nothing listens there, and what
+    should listen cannot bind while the probe holds the port."""
+    return bool(sock.getsockname() == sock.getpeername())
 
 
 def humanize_duration(seconds: float) -> str:

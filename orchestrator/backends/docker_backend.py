@@ -53,11 +53,15 @@ from orchestrator.stack.spec import (
     spec_hash,
 )
 
+CONFLICT = 409  # the Engine API's answer to a create under a name already taken
 LABEL_SLOT_PLAN = "wgpu.slot_plan"  # on workers: the plan the slot was started with
 ASIDE_SUFFIX = "-prev"  # `wgpu update` keeps a slot's old containers under this name
 ROLES = (ROLE_WORKER, ROLE_COMFYUI)
 READY_PORT_POLL_S = 0.02  # how often a starting ComfyUI's port is tried
-READY_INSPECT_S = 0.5  # ... and its container inspected for a crash meanwhile
+# ... and its container inspected for a crash meanwhile: every inspect is engine and client CPU
+# taken from the ComfyUIs still booting (eight slots, two cores), so only as often as a crash
+# must be seen. The port answering needs no inspect at all.
+READY_INSPECT_S = 1.0
 READY_POLL_S = 0.1  # remote engines: the container's state is all there is to ask
 
 
@@ -175,8 +179,15 @@ class DockerBackend:
         worker while ComfyUI boots, and starts the worker the moment its own ComfyUI answers."""
         images = {s.image for p in plans for s in (p.comfyui, p.worker) if s and s.image}
         image_ids = dict(zip(images, fan_out(self._image_id, sorted(images)), strict=True))
-        per_slot = fan_out(lambda plan: self._start_slot(plan, image_ids), list(plans))
+        # One list call says which names are taken by containers wgpu made; the others are
+        # created straight away (no lookup each), a name taken by someone else answers 409.
+        present = self._managed_names()
+        per_slot = fan_out(lambda plan: self._start_slot(plan, image_ids, present), list(plans))
         return [result for results in per_slot for result in results]
+
+    def _managed_names(self) -> frozenset[str]:
+        found = self.client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+        return frozenset(name.lstrip("/") for c in found for name in c.get("Names") or ())
 
     def _image_id(self, image: str) -> str | None:
         """The image's id (a rebuilt image under the same tag is a change); None: not here."""
@@ -185,16 +196,20 @@ class DockerBackend:
         except docker.errors.ImageNotFound:
             return None
 
-    def _start_slot(self, plan: SlotPlan, image_ids: dict[str, str | None]) -> list[ActionResult]:
+    def _start_slot(
+        self, plan: SlotPlan, image_ids: dict[str, str | None], present: frozenset[str]
+    ) -> list[ActionResult]:
         index = plan.slot.index
         if plan.comfyui is not None and not plan.comfyui.image:
             detail = "--comfyui-cmd needs --comfyui-image with --backend docker"
             return [ActionResult(index, ROLE_COMFYUI, Outcome.FAILED, detail)]
         specs = self._specs(plan)
         if plan.comfyui is None:
-            return [self._ensure(index, specs[ROLE_WORKER], image_ids)]
-        comfyui = self._ensure(index, specs[ROLE_COMFYUI], image_ids)
-        worker = self._prepare(index, specs[ROLE_WORKER], image_ids) if comfyui.ok else None
+            return [self._ensure(index, specs[ROLE_WORKER], image_ids, present)]
+        comfyui = self._ensure(index, specs[ROLE_COMFYUI], image_ids, present)
+        worker = None
+        if comfyui.ok:  # created while ComfyUI boots: only the start waits for it
+            worker = self._prepare(index, specs[ROLE_WORKER], image_ids, present)
         if comfyui.ok:
             comfyui = self._wait_ready(plan, plan.comfyui, comfyui)
         if not comfyui.ok:
@@ -236,9 +251,13 @@ class DockerBackend:
         return create_args(self.client.api, labelled, self._log_config())
 
     def _ensure(
-        self, index: int, spec: ContainerSpec, image_ids: dict[str, str | None]
+        self,
+        index: int,
+        spec: ContainerSpec,
+        image_ids: dict[str, str | None],
+        present: frozenset[str],
     ) -> ActionResult:
-        return self._start_prepared(index, spec, self._prepare(index, spec, image_ids))
+        return self._start_prepared(index, spec, self._prepare(index, spec, image_ids, present))
 
     def _start_prepared(
         self, index: int, spec: ContainerSpec, prepared: _Prepared | ActionResult
@@ -248,10 +267,15 @@ class DockerBackend:
         return self._start_container(prepared.container, index, spec.role, prepared.outcome)
 
     def _prepare(
-        self, index: int, spec: ContainerSpec, image_ids: dict[str, str | None]
+        self,
+        index: int,
+        spec: ContainerSpec,
+        image_ids: dict[str, str | None],
+        present: frozenset[str],
     ) -> _Prepared | ActionResult:
         """The container to start for `spec` (created when missing or changed), or the
-        result when there is nothing to start (running with the same config, or a failure)."""
+        result when there is nothing to start (running with the same config, or a failure).
+        `present`: the names of the containers wgpu manages on this engine."""
         image_id = image_ids.get(spec.image)
         if image_id is None:
             detail = f"image {spec.image} not found: run `wgpu setup` or pass --image"
@@ -259,7 +283,15 @@ class DockerBackend:
         # The image id, not just its name: an image rebuilt under the same tag is a change.
         config_hash = spec_hash(spec, (image_id, self.log_max_size, str(self.log_max_file)))
         outcome = Outcome.STARTED
+        labelled = dataclasses.replace(spec, labels={**spec.labels, LABEL_CONFIG_HASH: config_hash})
         try:
+            if spec.name not in present:
+                try:
+                    return _Prepared(self._create(labelled), outcome, created=True)
+                except docker.errors.APIError as exc:
+                    if exc.status_code != CONFLICT:
+                        raise
+                    # The name is taken after all (made meanwhile, or not by wgpu): look at it.
             try:
                 existing = self.client.containers.get(spec.name)
             except docker.errors.NotFound:
@@ -277,16 +309,16 @@ class DockerBackend:
                     return _Prepared(existing, Outcome.STARTED, created=False)
                 existing.remove(force=True)
                 outcome = Outcome.RECREATED
-            labelled = dataclasses.replace(
-                spec, labels={**spec.labels, LABEL_CONFIG_HASH: config_hash}
-            )
-            container = create_container(self.client, labelled, self._log_config())
+            container = self._create(labelled)
         except docker.errors.ImageNotFound:
             detail = f"image {spec.image} not found: run `wgpu setup` or pass --image"
             return ActionResult(index, spec.role, Outcome.FAILED, detail)
         except docker.errors.APIError as exc:
             return ActionResult(index, spec.role, Outcome.FAILED, error_text(exc))
         return _Prepared(container, outcome, created=True)
+
+    def _create(self, spec: ContainerSpec) -> Container:
+        return create_container(self.client, spec, self._log_config())
 
     def _start_container(
         self, container: Container, index: int, role: str, outcome: Outcome
@@ -309,8 +341,11 @@ class DockerBackend:
         # work while every other slot is starting too) only as often as a crash must be seen.
         inspect_every_s = READY_INSPECT_S if local else READY_POLL_S
         deadline = time.monotonic() + self.comfyui_wait_s
-        next_inspect, running = 0.0, False
+        next_inspect = time.monotonic() + inspect_every_s if local else 0.0
+        running = False
         while time.monotonic() < deadline:
+            if local and port_answers(service.port):
+                return started
             if time.monotonic() >= next_inspect:
                 try:
                     container = self.client.containers.get(name)
@@ -324,7 +359,7 @@ class DockerBackend:
                     return ActionResult(plan.slot.index, service.role, Outcome.FAILED, detail)
                 running = container.status == "running"
                 next_inspect = time.monotonic() + inspect_every_s
-            if running and (not local or port_answers(service.port)):
+            if running and not local:
                 return started
             time.sleep(READY_POLL_S if not local else READY_PORT_POLL_S)
         detail = (

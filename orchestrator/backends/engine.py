@@ -81,9 +81,10 @@ def create_args(
 def create_container(
     client: docker.DockerClient, spec: ContainerSpec, log_config: LogConfig | None = None
 ) -> Container:
-    """Create (not start) the container `spec` describes."""
+    """Create (not start) the container `spec` describes. The model holds its id and name only
+    (no inspect round trip: starting or removing it needs no more; `reload()` fetches the rest)."""
     created = client.api.create_container(**create_args(client.api, spec, log_config))
-    return client.containers.get(created["Id"])
+    return client.containers.prepare_model({"Id": created["Id"], "Name": f"/{spec.name}"})
 
 
 # What dockerd says when a container asks for a GPU and no NVIDIA runtime is installed.
