@@ -13,6 +13,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -134,6 +135,35 @@ def _run_loop(plan: list[tuple[list[str], int | None]], wait_for_comfyui: bool) 
     return time.perf_counter() - t0
 
 
+def _engine_floor(client: Any, created: list[Any]) -> float:
+    """The engine alone: the same containers created and started all at once (a docker-py
+    thread each, no CLI, no waiting for ComfyUI): what no client can go below."""
+
+    def create_and_start(container: Any) -> None:
+        config, host = container.attrs["Config"], container.attrs["HostConfig"]
+        labels = {k: v for k, v in (config.get("Labels") or {}).items() if k != "wgpu.managed"}
+        made = client.api.create_container(
+            image=config["Image"],
+            name=f"{container.name}-floor",
+            command=config.get("Cmd"),
+            entrypoint=config.get("Entrypoint"),
+            environment=config.get("Env"),
+            labels={**labels, "wgpu.test": "1", "wgpu.bench": "1"},
+            host_config=client.api.create_host_config(
+                network_mode=host.get("NetworkMode") or "host"
+            ),
+        )
+        client.api.start(made["Id"])
+
+    threads = [threading.Thread(target=create_and_start, args=(c,)) for c in created]
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - t0
+
+
 @contextlib.contextmanager
 def _engine_lock() -> Iterator[None]:
     """On a shared machine (WGPU_DOCKER_LOCK=/tmp/wgpu-docker.lock), hold the Docker Engine's
@@ -181,18 +211,19 @@ def _run(quick: bool, slots: int) -> tuple[list[Table], dict[str, Any]]:
             _remove(_ours(client) + _bench_containers(client))
             start_args = ["start", "all", "--simulate", str(slots), "--image", image]
             start_args += ["--hub-url", hub.url, "--port-base", str(port_base), *common]
-            samples: dict[str, list[float]] = {"wgpu": [], "loop": [], "loop_wait": []}
+            samples: dict[str, list[float]] = {"wgpu": [], "loop": [], "loop_wait": [], "floor": []}
             raw["samples_s"] = samples  # filled as it goes: a failure keeps what was measured
             loop_cmds: list[tuple[list[str], int | None]] = []
+            created: list[Any] = []
             for rep in range(repeats):  # alternated, so load from elsewhere falls on all three
                 start_s, result = _wgpu(*start_args)
                 if result.returncode != 0:
                     said = (result.stdout + result.stderr)[-800:]
                     raise RuntimeError(f"wgpu start failed ({result.returncode}): {said}")
                 samples["wgpu"].append(start_s)
-                created = _ours(client)
-                raw["containers"] = len(created)
                 if rep == 0:
+                    created = _ours(client)
+                    raw["containers"] = len(created)
                     raw.update(_status_samples(hub.url, common, quick))
                     loop_cmds = _loop_plan(created, port_base)
                 _wgpu("stop", "all", "--timeout", "1", *common)
@@ -200,6 +231,8 @@ def _run(quick: bool, slots: int) -> tuple[list[Table], dict[str, Any]]:
                 samples["loop"].append(_run_loop(loop_cmds, wait_for_comfyui=False))
                 _remove(_bench_containers(client))
                 samples["loop_wait"].append(_run_loop(loop_cmds, wait_for_comfyui=True))
+                _remove(_bench_containers(client))
+                samples["floor"].append(_engine_floor(client, created))
                 _remove(_bench_containers(client))
         except Exception as exc:
             table.notes.append(f"failed: {type(exc).__name__}: {exc}")
@@ -226,7 +259,13 @@ def _run(quick: bool, slots: int) -> tuple[list[Table], dict[str, Any]]:
             med["loop_wait"] * 1000,
             med["loop_wait"] / med["loop"],
         )
+        table.add(
+            f"engine floor: the {n} created and started at once, no CLI{spread['floor']}",
+            med["floor"] * 1000,
+            med["floor"] / med["loop"],
+        )
         raw["wgpu_start_s"], raw["docker_loop_s"] = med["wgpu"], med["loop"]
+        raw["engine_floor_s"] = med["floor"]
     if raw.get("status_cli_s"):
         table.add(
             "wgpu status --json (whole CLI process, median)",

@@ -150,15 +150,24 @@ class DockerBackend:
     # --- listing ---------------------------------------------------------------------------
 
     def _containers(self) -> list[Container]:
+        """The slots' containers, inspected (state, restarts, health) side by side: one list
+        call, then an inspect each in parallel (docker-py's own list inspects one by one)."""
         filters: dict[str, Any] = {"label": [f"{LABEL_MANAGED}=true"]}
         if self.machine_id:
             filters["label"].append(f"{LABEL_MACHINE}={self.machine_id}")
-        found = self.client.containers.list(all=True, filters=filters)
-        return [
-            c
-            for c in found
-            if c.labels.get(LABEL_ROLE) in ROLES and not (c.name or "").endswith(ASIDE_SUFFIX)
+        ours = [
+            summary["Id"]
+            for summary in self.client.api.containers(all=True, filters=filters)
+            if (summary.get("Labels") or {}).get(LABEL_ROLE) in ROLES
+            and not any(name.endswith(ASIDE_SUFFIX) for name in summary.get("Names") or ())
         ]
+        return [c for c in fan_out(self._inspect, ours) if c is not None]
+
+    def _inspect(self, container_id: str) -> Container | None:
+        try:
+            return self.client.containers.get(container_id)
+        except docker.errors.NotFound:  # removed since the list
+            return None
 
     def services(self) -> list[ServiceRecord]:
         records = [_record(c) for c in self._containers()]
