@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from orchestrator.backends.base import ROLE_COMFYUI, ROLE_WORKER, ServiceRecord
 from orchestrator.console import one_line
 from orchestrator.gpus.nvml import GpuDevice
-from wgpu_protocol.messages import GpuStats
 from wgpu_protocol.ports import worker_id
 from wgpu_protocol.rest import WorkerJson
 
-if TYPE_CHECKING:  # Rich loads only to draw: `wgpu status --json` never imports it
+# Rich loads only to draw (`wgpu status --json` never imports it), the messages only where
+# NVML sees a GPU to describe.
+if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.text import Text
+
+    from wgpu_protocol.messages import GpuStats
 
 
 @dataclass(frozen=True)

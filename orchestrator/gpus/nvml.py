@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pynvml
 
-from wgpu_protocol.gpu_stats import MIB, gpu_stats_from_nvml
-from wgpu_protocol.messages import GpuStats
+if TYPE_CHECKING:  # the message definitions load when there is a GPU to describe
+    from wgpu_protocol.messages import GpuStats
 
 T = TypeVar("T")
 
@@ -83,6 +83,8 @@ def discover() -> GpuInventory:
     except pynvml.NVMLError as exc:
         return GpuInventory(error=describe_nvml_error(exc))
     try:
+        from wgpu_protocol.gpu_stats import MIB
+
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -140,6 +142,8 @@ class GpuMonitor:
 
     @staticmethod
     def _read(handle: Any) -> GpuStats:
+        from wgpu_protocol.gpu_stats import gpu_stats_from_nvml
+
         memory = _optional(lambda: pynvml.nvmlDeviceGetMemoryInfo(handle))
         utilization = _optional(lambda: pynvml.nvmlDeviceGetUtilizationRates(handle))
         temperature = _optional(
