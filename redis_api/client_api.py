@@ -188,6 +188,8 @@ async def submit(request: web.Request) -> web.Response:
         scoped = f"{owner}:{idempotency_key}" if idempotency_key else ""
         spec = replace(spec, owner=owner, idempotency_key=scoped)
     result = await hub.store.enqueue(uuid.uuid4().hex, spec, hub.queue_limits)
+    if result.created:
+        hub.dispatcher.work_enqueued()
     if wait_s and result.created:
         if spec.webhook_events:
             await hub.store.set_webhook_events(result.job_id, spec.webhook_events)
