@@ -412,7 +412,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             }
         )
         sent = start
-        reason = await _queued_reason(hub, job_id)
+        # A job read as not queued needs no look at why it waits: were it queued again since,
+        # its own status event says so and the tick follows from there.
+        reason = await _queued_reason(hub, job_id) if fields.get("status") == "queued" else None
         # The fan-out's tick (one task for every stream) notices a client gone and, while the
         # job is queued, a change of why it waits (_reason_tick): a stream that waits costs no
         # timer and no Redis call of its own.
