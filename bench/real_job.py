@@ -105,7 +105,7 @@ def _cpu(stack: RelayStack) -> dict[str, float]:
     return out
 
 
-IDLE_S = 5.0  # how long the idle baseline of each round is measured
+IDLE_S = 10.0  # how long the idle baseline of each round is measured (a few reaper rounds)
 
 
 def _counters(stack: RelayStack, client: redis.Redis[bytes]) -> dict[str, float]:
@@ -116,17 +116,23 @@ def _counters(stack: RelayStack, client: redis.Redis[bytes]) -> dict[str, float]
 
 
 async def idle_rates(stack: RelayStack, seconds: float = IDLE_S) -> dict[str, float]:
-    """What the stack costs per second with no job (the hub's reaper, webhook poll and idle
-    worker refresh, the worker's heartbeat): a per-hub cost, not a per-job one."""
+    """What the stack costs per second with no job (the hub's reaper rounds, its idle-worker
+    refresh, the worker's heartbeat, Redis' own timers): a per-hub cost, not a per-job one.
+    Also, as `cmd:NAME`, each command's calls per second (what still runs when nothing
+    happens)."""
     client = redis.Redis.from_url(stack.redis_url)
     try:
-        before = _counters(stack, client)
+        before, before_cmds = _counters(stack, client), _commands(client)
         await asyncio.sleep(seconds)  # measuring an interval: the wait is the measurement
-        after = _counters(stack, client)
+        after, after_cmds = _counters(stack, client), _commands(client)
     finally:
         client.close()
     elapsed = after["t"] - before["t"]
-    return {k: (after[k] - before[k]) / elapsed for k in after if k != "t"}
+    rates = {k: (after[k] - before[k]) / elapsed for k in after if k != "t"}
+    for name, calls in after_cmds.items():
+        if calls > before_cmds.get(name, 0.0) and name != "info":  # ours, not the stack's
+            rates[f"cmd:{name}"] = (calls - before_cmds.get(name, 0.0)) / elapsed
+    return rates
 
 
 async def batch(
@@ -159,7 +165,7 @@ async def batch(
         if v - before_cmds.get(k, 0.0) > 0
     }
     # The idle cost that fell into the batch, per job: what a job of this kind adds is the rest.
-    idle_share = {k: v * elapsed / jobs for k, v in idle.items()}
+    idle_share = {k: v * elapsed / jobs for k, v in idle.items() if not k.startswith("cmd:")}
     return {
         "idle_share": idle_share,
         "net_redis_usec": per_job["usec"] - idle_share["usec"],
@@ -258,20 +264,28 @@ def run(
                 f"realistic / minimal Redis {what} per job: {ratio:.2f}x (goal <= 2x)"
             )
         raw = [_median(results[k], "redis_cpu_us")[0] for k in kinds]
+        usec = [_median(results[k], "redis_usec")[0] for k in kinds]
         calls = [_median(results[k], "redis_calls")[0] for k in kinds]
         table.notes.append(
-            "before taking off the idle cost: Redis CPU µs "
-            f"{raw[0]:,.0f} / {raw[1]:,.0f} ({raw[1] / raw[0]:.2f}x), commands "
+            "raw, before taking off the idle cost (realistic / minimal): Redis CPU µs "
+            f"{raw[0]:,.0f} / {raw[1]:,.0f} ({raw[1] / raw[0]:.2f}x), commandstats µs "
+            f"{usec[0]:,.0f} / {usec[1]:,.0f} ({usec[1] / usec[0]:.2f}x), commands "
             f"{calls[0]:.1f} / {calls[1]:.1f} ({calls[1] / calls[0]:.2f}x)"
         )
     if idles:
-        rate = {k: percentile([i[k] for i in idles], 50) for k in idles[0]}
+        keys = [k for k in idles[0] if not k.startswith("cmd:")]
+        rate = {k: percentile([i[k] for i in idles], 50) for k in keys}
+        names = {k for i in idles for k in i if k.startswith("cmd:")}
+        by_cmd = {k[4:]: percentile([i.get(k, 0.0) for i in idles], 50) for k in names}
+        top = ", ".join(
+            f"{name} {calls:.1f}" for name, calls in sorted(by_cmd.items(), key=lambda kv: -kv[1])
+        )
         table.notes.append(
             f"cells are net of the stack's idle cost (measured {IDLE_S:g} s before each round:"
-            f" {rate['calls']:.0f} Redis commands/s, {rate['redis_cpu'] * 1e6:,.0f} µs/s Redis"
-            f" CPU, {rate['hub_cpu'] * 1e6:,.0f} µs/s hub CPU: the reaper, the webhook poll,"
-            " heartbeats): a cost per hub, not per job, that a long job would otherwise carry"
-            " more of than a short one; raw deltas are in realjob.json"
+            f" {rate['calls']:.1f} Redis commands/s, {rate['redis_cpu'] * 1e6:,.0f} µs/s Redis"
+            f" CPU, {rate['hub_cpu'] * 1e6:,.0f} µs/s hub CPU): a cost per hub, not per job,"
+            " that a long job would otherwise carry more of than a short one; raw deltas are in"
+            f" realjob.json. Idle commands/s: {top[:400]}"
         )
     table.notes += [
         f"median (min-max) of {rounds} alternated batches of {jobs} jobs, one at a time",
