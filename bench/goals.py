@@ -444,6 +444,7 @@ def start_all(results: Results, results_dir: Path | None = None) -> list[GoalRes
     ours, loop = float(raw["wgpu_start_s"]), float(raw["docker_loop_s"])
     samples = raw.get("samples_s", {})
     waiting = median(samples.get("loop_wait", []))
+    floor = median(samples.get("floor", []))
     x = ours / loop
     return [
         GoalResult(
@@ -457,6 +458,10 @@ def start_all(results: Results, results_dir: Path | None = None) -> list[GoalRes
                 f"the loop waiting for each ComfyUI like `wgpu start`: {_num(waiting * 1000)} ms"
                 f" ({_x(ours / waiting)})"
                 if not math.isnan(waiting)
+                else "",
+                "the engine alone (every container created and started at once, no CLI):"
+                f" {_num(floor * 1000)} ms, {_x(floor / loop)} the loop"
+                if not math.isnan(floor)
                 else "",
             ),
             {"wgpu_start_ms": ours * 1000, "docker_loop_ms": loop * 1000, "x_loop": x},
