@@ -93,7 +93,7 @@ def _verdict(ok: bool) -> str:
 
 
 def _missing(goal: str, why: str) -> GoalResult:
-    return GoalResult(goal, "-", "-", NOT_MEASURED, why)
+    return GoalResult(goal, "-", "-", NOT_MEASURED, " ".join(why.split()))  # one line
 
 
 # ------------------------------------------------------------------ dispatch (no-op jobs)
@@ -440,7 +440,10 @@ def start_all(results: Results, results_dir: Path | None = None) -> list[GoalRes
         return [_missing(goal, "no orchestrator.json from this run")]
     if not isinstance(raw, dict) or raw.get("skipped") or not raw.get("docker_loop_s"):
         why = (raw or {}).get("skipped") or (raw or {}).get("error") or "no samples"
-        return [_missing(goal, f"orchestrator.json: {str(why)[:160]}")]
+        said = " ".join(str(why).split())
+        if len(said) > 240:  # its start and the end, where the failure is said
+            said = f"{said[:80]} ... {said[-160:]}"
+        return [_missing(goal, f"orchestrator.json: {said}")]
     ours, loop = float(raw["wgpu_start_s"]), float(raw["docker_loop_s"])
     samples = raw.get("samples_s", {})
     waiting = median(samples.get("loop_wait", []))

@@ -78,7 +78,7 @@ def markdown_table(table: Table, notes: bool = True, bold_prefix: str = goals.HU
     out = ["| " + " | ".join(table.columns) + " |"]
     out.append("|" + "|".join(" --- " for _ in table.columns) + "|")
     for row in table.rows:
-        cells = [fmt(v).replace("|", "\\|") for v in row]
+        cells = [" ".join(fmt(v).split()).replace("|", "\\|") for v in row]  # one line each
         if cells and str(row[0]).startswith(bold_prefix):
             cells = [f"**{c}**" if c not in ("", "-") else c for c in cells]
         out.append("| " + " | ".join(cells) + " |")

@@ -228,6 +228,9 @@ def test_start_all_and_the_thousand_workers() -> None:
 def test_a_skipped_or_missing_part_is_not_measured_never_reached() -> None:
     skipped = {"orchestrator": {"machine": MACHINE, "raw": {"skipped": "no Docker Engine"}}}
     assert goals.start_all(skipped)[0].verdict == goals.NOT_MEASURED
+    failed = {"orchestrator": {"machine": MACHINE, "raw": {"error": "start failed:\ngpu3: busy"}}}
+    (row,) = goals.start_all(failed)
+    assert row.evidence == "orchestrator.json: start failed: gpu3: busy"  # one line, for a table
     rows = goals.judge({})
     assert rows and {r.verdict for r in rows} == {goals.NOT_MEASURED}
 
