@@ -135,6 +135,7 @@ def main() -> None:
     all_tables: list[Table] = []
     parts: list[dict[str, Any]] = []
     started_utc, t0 = utc_now(), time.monotonic()
+    machine = machine_static()  # now: the commit measured is the one checked out at the start
     with LoadSampler(interval_s=30.0) as load:
         for name in names:
             began, at_start = time.monotonic(), load.sample(f"{name} start")
@@ -155,7 +156,7 @@ def main() -> None:
             )
             print(f"== {name} took {seconds:.0f} s\n", flush=True)
     run: dict[str, Any] = {
-        "machine": machine_static(),
+        "machine": machine,
         "argv": {k: v for k, v in vars(args).items()},
         "started_utc": started_utc,
         "ended_utc": utc_now(),
