@@ -332,9 +332,10 @@ local function add_history(id, attempt, worker, outcome, err, into, raw)
   end
 end
 
+-- Returns what it read of the worker: current_job, relay_job, state, fail_streak (nil: none).
 local function clear_worker_job(worker, id)
-  if not worker or worker == '' then return end
-  local w = redis.call('HMGET', wkey(worker), 'current_job', 'relay_job', 'state')
+  if not worker or worker == '' then return nil end
+  local w = redis.call('HMGET', wkey(worker), 'current_job', 'relay_job', 'state', 'fail_streak')
   if w[1] == id then
     if w[3] == 'busy' then
       redis.call('HSET', wkey(worker), 'current_job', '', 'state', 'idle')
@@ -344,6 +345,7 @@ local function clear_worker_job(worker, id)
   elseif w[2] == id then
     redis.call('HSET', wkey(worker), 'relay_job', '')  -- pipelining: its relay ended
   end
+  return w
 end
 
 -- The attempt histograms of /metrics (all hubs, whichever ends the attempt): per outcome, how
@@ -382,7 +384,7 @@ local function end_attempt(id, now, outcome, err, label, into)
   redis.call('ZREM', P .. 'assigned', id)
   redis.call('ZREM', P .. 'deadlines', id)
   add_history(id, j[1], j[2] or '', outcome, err, into, j[8] or '')
-  clear_worker_job(j[2], id)
+  local w = clear_worker_job(j[2], id)
   -- A job without model requirements is in a pool warm everywhere: nothing to refresh.
   if j[2] and j[2] ~= '' and j[4] and (j[9] or '') ~= '' then refresh_pool_warm(j[4], j[2]) end
   if j[3] and j[3] ~= '' and tonumber(redis.call('HINCRBY', P .. 'orun', j[3], -1)) <= 0 then
@@ -390,8 +392,9 @@ local function end_attempt(id, now, outcome, err, label, into)
   end
   local timings = {tonumber(j[5]) or 0, tonumber(j[6]), now, tonumber(j[7])}
   if label ~= false then observe_attempt(label or outcome, timings) end
-  -- Third: what finish reads of the job (its `was`), as it was before this attempt ended.
-  return j[2] or '', timings, {j[10], j[4], j[3], j[11], j[12], j[13]}
+  -- Third: what finish reads of the job (its `was`), as it was before this attempt ended;
+  -- fourth: what clear_worker_job read of the worker.
+  return j[2] or '', timings, {j[10], j[4], j[3], j[11], j[12], j[13]}, w
 end
 
 -- Webhook outbox (redis_api/webhooks.py delivers it): a delivery record `wh:<job>.<event>` and
@@ -664,7 +667,9 @@ end
 -- A worker asks for a job (after `ready`, or with `completed.ready_next`). `opts`:
 -- {affinity_ms (< 0: no affinity, plain priority/fair order), backlog, cap (max running per
 -- owner, 0 = none), fencing token, relaying job id, its token (pipelining: `ready.relaying`,
--- the finished job whose outputs the worker still relays; it stays the worker's, as relay_job)}.
+-- the finished job whose outputs the worker still relays; it stays the worker's, as relay_job),
+-- true when the worker was `busy` until this script (then it has no `idle` entry: only a claim
+-- miss adds one, and it makes the worker idle)}.
 -- Returns {1, job_id, token, attempt, timeout_s, workflow, enqueued_ms, now_ms, extras} on a claim,
 -- {0} when the queue is empty, {2} when nothing queued fits this worker or it is drained,
 -- {3, retry_ms} when
@@ -825,7 +830,7 @@ local function claim_for(worker, lease_ms, now, opts)
   redis.call('ZADD', P .. 'running', now + lease_ms, id)
   redis.call('ZADD', P .. 'assigned', now, id)
   redis.call('ZADD', P .. 'deadlines', now + math.floor(tonumber(f[1]) * 1000), id)
-  redis.call('ZREM', P .. 'idle', worker)
+  if not opts[7] then redis.call('ZREM', P .. 'idle', worker) end
   redis.call('HSET', wk, 'current_job', id, 'state', 'busy')
   event(id, 'status', {status = 'assigned', worker_id = worker, attempt = attempt})
   return {1, id, token, attempt, f[1], f[2], tonumber(f[3]), now, f[4] or ''}

@@ -15,7 +15,7 @@ local now = now_ms()
 -- a held-back `started`'s prompt id).
 local fields = {'outputs', ARGV[5], 'error', ''}
 record_held(id, worker, ARGV[7], now, status, fields)
-local _, _, was = end_attempt(id, now, 'succeeded', nil, nil, fields)
+local _, _, was, w = end_attempt(id, now, 'succeeded', nil, nil, fields)
 if ARGV[12] and ARGV[12] ~= '' then
   fields[#fields + 1] = 'results'
   fields[#fields + 1] = ARGV[12]
@@ -23,7 +23,7 @@ end
 for _, output in ipairs(cjson.decode(ARGV[5])) do event(id, 'output', output) end
 -- A success ends a run of failures (quarantine counts consecutive ones).
 local done = tonumber(redis.call('HINCRBY', wkey(worker), 'jobs_done', 1))
-if done > 0 and redis.call('HGET', wkey(worker), 'fail_streak') then
+if done > 0 and w and w[4] then
   redis.call('HDEL', wkey(worker), 'fail_streak')
   redis.call('DEL', P .. 'wfailed:' .. worker)
 end
@@ -32,6 +32,7 @@ if done == 1 then expire_worker(wkey(worker), done) end
 finish(id, 'succeeded', now, ttl_ms, nil, true, fields, was)
 if ARGV[8] == '' then return {''} end
 local claimed = claim_for(worker, tonumber(ARGV[8]), now,
-  {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[13]})
+  {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[13], nil, nil,
+    w and w[3] == 'busy'})
 table.insert(claimed, 1, '')
 return claimed

@@ -287,6 +287,38 @@ async def test_quarantine_after_k_failures_and_one_more_attempt_elsewhere(store:
     assert await claim(store, "bad") == "after"
 
 
+async def test_a_success_between_failures_restarts_the_quarantine_count(store: Store) -> None:
+    """Quarantine counts failures in a row: a success on the worker (with the next claim folded
+    into its completion, as `completed.ready_next` does) forgets the ones before it."""
+    await register(store, "w", [])
+    err = {"type": "execution_error", "message": "boom", "node_id": "1"}
+
+    async def fail_one(job_id: str) -> bool:
+        await store.enqueue(job_id, spec())
+        result = await store.claim("w", 10_000)
+        assert isinstance(result, Claim) and result.job_id == job_id
+        refused, _, quarantined = await store.fail(
+            job_id, result.token, "w", err, False, 60_000, "", True, 2
+        )
+        assert refused == ""
+        return quarantined
+
+    assert not await fail_one("f1")
+    await store.enqueue("ok", spec())
+    await store.enqueue("f2", spec())
+    first = await store.claim("w", 10_000)
+    assert isinstance(first, Claim) and first.job_id == "ok"
+    refused, claimed = await store.complete_and_claim(
+        "ok", first.token, "w", [], 60_000, "", (10_000, DEFAULT)
+    )
+    assert refused == "" and isinstance(claimed, Claim) and claimed.job_id == "f2"
+    refused, _, quarantined = await store.fail(
+        "f2", claimed.token, "w", err, False, 60_000, "", True, 2
+    )
+    assert (refused, quarantined) == ("", False)  # 1 in a row, not 2
+    assert await fail_one("f3")  # 2 in a row
+
+
 async def test_a_worker_restart_ends_its_quarantine(store: Store) -> None:
     await register(store, "w", [])
     err = {"type": "comfyui_crashed", "message": "gone", "node_id": None}
