@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from redis_api.store import _SOURCES  # the scripts as the hub loads them
 from tests.polling import eventually
 
 WORKFLOW: dict[str, Any] = {
@@ -91,12 +92,13 @@ async def worker_field(
 @contextlib.asynccontextmanager
 async def redis_commands(redis_url: str) -> AsyncIterator[list[str]]:
     """Every command Redis runs meanwhile (MONITOR), as its text, complete once the block ends
-    (MONITOR lags behind: the block ends when it has seen a marker sent at the end). An EVALSHA
-    that Redis answered NOSCRIPT (a script's first call since Redis started: redis-py loads it
-    and sends the EVALSHA again) is left out then: that call ran once."""
+    (MONITOR lags behind: the block ends when it has seen a marker sent at the end). The hub's
+    scripts are loaded first, as after their first calls: otherwise a script's first call in
+    the block shows twice (EVALSHA answered NOSCRIPT, SCRIPT LOAD, EVALSHA again)."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    for source in _SOURCES.values():
+        await client.script_load(source)
     seen: list[str] = []
-    senders: list[str] = []
     started, caught_up = asyncio.Event(), asyncio.Event()
     marker = f"redis-commands-end-{uuid.uuid4().hex}"
 
@@ -107,9 +109,8 @@ async def redis_commands(redis_url: str) -> AsyncIterator[list[str]]:
                 text = str(command["command"])
                 if marker in text:
                     caught_up.set()
-                    continue
-                seen.append(text)
-                senders.append(f"{command.get('client_address')}:{command.get('client_port')}")
+                else:
+                    seen.append(text)
 
     task = asyncio.create_task(watch())
     try:
@@ -122,19 +123,6 @@ async def redis_commands(redis_url: str) -> AsyncIterator[list[str]]:
         with contextlib.suppress(BaseException):
             await task
         await client.aclose()
-        seen[:] = _without_noscript_calls(seen, senders)
-
-
-def _without_noscript_calls(commands: list[str], senders: list[str]) -> list[str]:
-    kept = []
-    for i, command in enumerate(commands):
-        if command.startswith("EVALSHA"):
-            later = zip(commands[i + 1 :], senders[i + 1 :], strict=True)
-            next_call = next((c for c, sender in later if sender == senders[i]), "")
-            if next_call.startswith("SCRIPT LOAD"):
-                continue
-        kept.append(command)
-    return kept
 
 
 def recorded_progress(commands: list[str], job_id: str) -> int:
