@@ -11,23 +11,19 @@ with the ack of the report that claimed it in the same write).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
-
 from .config import HubConfig
 from .errors import StoreUnavailable
 from .metrics import HubMetrics
 from .store import CancelNotice, Claim, ClaimMiss, Store
+from .subscriptions import listen
 from .tasks import cancel_requested, stop_tasks
 
 log = logging.getLogger(__name__)
-
-PUBSUB_RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Session(Protocol):
@@ -261,37 +257,23 @@ class Dispatcher:
     # -- pub/sub ---------------------------------------------------------------------------
 
     async def run_pubsub(self) -> None:
-        """Listen on the work, cancel and progress channels forever, resubscribing after Redis
-        outages."""
-        failures = 0
-        while True:
-            pubsub = self.store.pubsub()
-            try:
-                channels = [
+        """Listen on the work, cancel and progress channels and this hub's own, forever."""
+        await listen(
+            self.store,
+            lambda: [
+                c
+                for c in (
                     self.store.work_channel,
                     self.store.cancel_channel,
                     self.store.progress_channel,
                     self.own_channel,
-                ]
-                await pubsub.subscribe(*filter(None, channels))
-                failures = 0
-                self.wake()  # anything published while we were not listening
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message is None:
-                        continue
-                    self._on_message(str(message["channel"]), str(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError, StoreUnavailable) as exc:  # pub/sub reads Redis itself
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                self.on_redis_error(exc)
-                await asyncio.sleep(PUBSUB_RETRY_S[min(failures, len(PUBSUB_RETRY_S) - 1)])
-                failures += 1
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[attr-defined]
+                )
+                if c
+            ],
+            self._on_message,
+            self.wake,  # anything published while we were not listening
+            self.on_redis_error,
+        )
 
     def _on_message(self, channel: str, data: str) -> None:
         if channel == self.store.work_channel:

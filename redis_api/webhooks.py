@@ -33,7 +33,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
 from .config import HubConfig
@@ -42,14 +41,14 @@ from .jobs import job_view
 from .metrics import HubMetrics
 from .storage import PRESIGN_MAX_S, Storage
 from .store import Due, Store
-from .tasks import cancel_requested, one_round
+from .subscriptions import listen
+from .tasks import one_round
 from .webhook_targets import TargetPolicy, TargetRefused, resolver_kwargs
 
 log = logging.getLogger(__name__)
 
 JITTER = 0.25  # each retry gap is scaled by a random factor in [1 - JITTER, 1 + JITTER]
 DEFER_S = 1.0  # how long a delivery waits for a busy destination
-RESUBSCRIBE_S = (0.1, 0.5, 1.0, 2.0)  # after the wake-up channel's connection fails, n times
 PROGRESS_EVENT = "job.progress"
 
 
@@ -154,27 +153,14 @@ class WebhookSender:
 
     async def _listen(self) -> None:
         """Wake the loop whenever a delivery is written or handed back (`wh:wake`)."""
-        failures = 0
-        while not self._stopping:
-            pubsub = self.store.pubsub()
-            try:
-                await pubsub.subscribe(self.store.webhook_channel)
-                failures = 0
-                self._wake.set()  # anything written while nobody here listened
-                while True:
-                    if await pubsub.get_message(timeout=30.0) is not None:
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError, StoreUnavailable) as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                self.on_redis_error(exc)
-                await asyncio.sleep(RESUBSCRIBE_S[min(failures, len(RESUBSCRIBE_S) - 1)])
-                failures += 1
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[attr-defined]
+        await listen(
+            self.store,
+            lambda: [self.store.webhook_channel],
+            lambda channel, data: self._wake.set(),
+            self._wake.set,  # anything written while nobody here listened
+            self.on_redis_error,
+            running=lambda: not self._stopping,
+        )
 
     @property
     def _lease_ms(self) -> int:
