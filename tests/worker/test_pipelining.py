@@ -6,6 +6,7 @@ simulator; the simulator's `view_hook` holds a job's relay until the test lets i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -318,3 +319,47 @@ async def test_a_quick_relay_goes_out_with_its_result_which_asks_for_the_next_jo
     assert not [m for m in sent if isinstance(m, Ready) and m.relaying is not None]
     completed = [m for m in sent if isinstance(m, Completed)]
     assert len(completed) == 2 and all(m.ready_next for m in completed), completed
+
+
+async def test_a_large_output_asks_for_the_next_job_as_its_relay_begins(
+    hub_factory: HubFactory,
+    sim_factory: SimFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An output of PIPELINE_AFTER_BYTES or more (its size known from /view before its bytes)
+    has the next job asked for before its first chunk, without waiting PIPELINE_AFTER_S: the
+    GPU does not idle for the timer ahead of a relay that takes longer anyway."""
+    monkeypatch.setattr(worker_module, "PIPELINE_AFTER_S", 30.0)  # the timer never fires here
+    monkeypatch.setattr(worker_module, "PIPELINE_AFTER_BYTES", 1)  # every output is large here
+    order: list[str] = []
+    asked = asyncio.Event()
+    real_send, real_send_bytes = HubSession.send, HubSession.send_bytes
+
+    async def recorded(session: HubSession, message: Message) -> bool:
+        if isinstance(message, Ready) and message.relaying is not None:
+            order.append(f"ready relaying {message.relaying.job_id}")
+            asked.set()
+        elif isinstance(message, Completed):
+            order.append(f"completed ready_next={message.ready_next}")
+        return await real_send(session, message)
+
+    async def chunk(session: HubSession, frame: bytes) -> bool:
+        # A relay this small would end before the worker could ask: hold each chunk until
+        # it has asked (or long enough to show it never does).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asked.wait(), 5.0)
+        order.append("chunk")
+        return await real_send_bytes(session, frame)
+
+    monkeypatch.setattr(HubSession, "send", recorded)
+    monkeypatch.setattr(HubSession, "send_bytes", chunk)
+    hub = await hub_factory()
+    sim = await sim_factory()
+    client = HubClient(http, hub.url)
+    async with running_worker(worker_config(hub.url, sim.url, tmp_path)):
+        job_id = await client.submit(saving_workflow("wgpu/large"))
+        job = await client.wait_for(job_id)
+        assert job["status"] == "succeeded" and len(job["outputs"]) == 1, job
+    assert order == [f"ready relaying {job_id}", "chunk", "completed ready_next=False"], order

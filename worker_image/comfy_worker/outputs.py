@@ -128,12 +128,15 @@ async def stream_output(
     token: int,
     max_bytes: int,
     send: SendFrame,
+    on_length: Callable[[int | None], None] = lambda length: None,
 ) -> OutputRef | None:
     """Relay one output in chunks, hashing on the way. Memory: one chunk plus the socket's
-    write buffer (send waits for it to drain). None when the socket closed meanwhile."""
+    write buffer (send waits for it to drain). None when the socket closed meanwhile.
+    `on_length` hears the output's size (None: not said) before its first byte is relayed."""
     digest = hashlib.sha256()
     offset = 0
     async with _open(source, client) as (content_type, length, chunks):
+        on_length(length)
         if length is not None and length > max_bytes:
             raise OutputTooLarge(
                 f"output {source.name} is {length} bytes; the limit is {max_bytes}"

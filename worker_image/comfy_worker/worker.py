@@ -3,7 +3,8 @@
 Promises kept here:
 - one job at a time in ComfyUI, taken only while ComfyUI answers and the worker is not stopping;
 - pipelining (`config.pipeline`, to a hub whose welcome offers it): once ComfyUI is done with a
-  job that has outputs and their relay takes more than PIPELINE_AFTER_S, the worker says `ready`
+  job that has outputs and their relay takes more than PIPELINE_AFTER_S (or an output is at
+  least PIPELINE_AFTER_BYTES, known from its size before it is relayed), the worker says `ready`
   naming it as `relaying` and relays its outputs while ComfyUI runs the next job (a quicker
   relay goes out with its result, which asks for the next job: `ready_next`). At most two jobs
   are held: one relaying and one running (or waiting to relay: one relay at a time, so memory
@@ -75,6 +76,9 @@ RESEND_MAX_S = 2.0
 # Pipelining asks for the next job once a relay has taken this long (at most this much GPU time
 # lost per job to a relay that ends later; a lone job's quick relay saves a claim).
 PIPELINE_AFTER_S = 0.01
+# ... or at once for an output of this size: its relay takes longer than that anyway (~5 ms per
+# MB here), and waiting for the timer would idle the GPU for it.
+PIPELINE_AFTER_BYTES = 1 << 20
 
 
 @dataclass(eq=False)
@@ -414,19 +418,27 @@ class Worker:
         (or is a failure saying which output could not be relayed, or that the hub ended the
         job meanwhile). False: the socket closed meanwhile."""
         if held.stop_relay is None:
-            relay = asyncio.ensure_future(self._stream_outputs(session, held))
+            large = asyncio.Event()  # an output of PIPELINE_AFTER_BYTES or more is relayed
+            relay = asyncio.ensure_future(self._stream_outputs(session, held, large))
+            large_seen = asyncio.ensure_future(large.wait())
             held.relay_task = relay
             try:
                 # Pipelining: a relay that takes a while has the next job asked for now, so
                 # that ComfyUI starts it meanwhile; a quick one goes out with its result, which
                 # asks for it itself (ready_next): one claim per job, not two.
-                if not (await asyncio.wait({relay}, timeout=PIPELINE_AFTER_S))[0]:
+                await asyncio.wait(
+                    {relay, large_seen},
+                    timeout=PIPELINE_AFTER_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not relay.done():
                     await self._announce()
                     await asyncio.wait({relay})
             except asyncio.CancelledError:
                 relay.cancel()  # this job's task was cancelled (shutdown, given away)
                 raise
             finally:
+                large_seen.cancel()
                 held.relay_task = None
             if not relay.cancelled():
                 return relay.result()
@@ -439,7 +451,9 @@ class Worker:
             held.outcome = Outcome(Failed(job.job_id, job.token, error), (), outcome.spool_dir)
         return True
 
-    async def _stream_outputs(self, session: HubSession, held: HeldJob) -> bool:
+    async def _stream_outputs(
+        self, session: HubSession, held: HeldJob, large: asyncio.Event
+    ) -> bool:
         outcome = held.outcome
         assert outcome is not None and self._client is not None
         final = outcome.final
@@ -448,6 +462,11 @@ class Worker:
         job = held.assignment
         refs = []
         failure: JobError | None = None
+
+        def note_length(length: int | None) -> None:
+            if length is not None and length >= PIPELINE_AFTER_BYTES:
+                large.set()
+
         for source in outcome.sources:
             try:
                 ref = await stream_output(
@@ -457,6 +476,7 @@ class Worker:
                     job.token,
                     self.config.max_output_bytes,
                     session.send_bytes,
+                    note_length,
                 )
             except OutputTooLarge as exc:
                 failure = JobError("output_too_large", str(exc), source.node_id, False)
