@@ -192,24 +192,12 @@ def redis_noop(results: Results, results_dir: Path | None = None) -> list[GoalRe
         ours_n = _med(runs[hub], lambda r: r.get("redis_calls_per_job", math.nan))
         theirs_us = _med(peers[dramatiq], lambda r: r.get("redis_cpu_us_per_job", math.nan))
         theirs_n = _med(peers[dramatiq], lambda r: r.get("redis_calls_per_job", math.nan))
-        x_us, x_n = ours_us / theirs_us, ours_n / theirs_n
-        top = _med_top(runs[hub])
         rows.append(
-            GoalResult(
+            _against_dramatiq(
                 f"{goal}, end to end at {level} consumers",
-                f"hub {_num(ours_us)} µs, {_num(ours_n, 1)} commands; Dramatiq"
-                f" {_num(theirs_us)} µs, {_num(theirs_n, 1)} commands",
-                f"{_x(x_us)} µs, {_x(x_n)} commands",
-                _verdict(x_us <= 1.0 and x_n <= 1.0),
-                _join(_when(results, "dispatch"), top, _profile(results_dir)),
-                {
-                    "hub_us": ours_us,
-                    "hub_commands": ours_n,
-                    "dramatiq_us": theirs_us,
-                    "dramatiq_commands": theirs_n,
-                    "x_us": x_us,
-                    "x_commands": x_n,
-                },
+                (ours_us, ours_n, theirs_us, theirs_n),
+                0,
+                _join(_when(results, "dispatch"), _med_top(runs[hub]), _profile(results_dir)),
             )
         )
     else:
@@ -225,26 +213,39 @@ def redis_noop(results: Results, results_dir: Path | None = None) -> list[GoalRe
         )
         ours_n = median(ours_sys["commands_per_job"])
         theirs_n = median(theirs_sys["commands_per_job"])
-        x_us, x_n = ours_us / theirs_us, ours_n / theirs_n
         rows.append(
-            GoalResult(
+            _against_dramatiq(
                 f"{goal}, Redis alone (bench.redis_cost)",
-                f"hub {_num(ours_us, 1)} µs, {_num(ours_n, 1)} commands; Dramatiq"
-                f" {_num(theirs_us, 1)} µs, {_num(theirs_n, 1)} commands",
-                f"{_x(x_us)} µs, {_x(x_n)} commands",
-                _verdict(x_us <= 1.0 and x_n <= 1.0),
+                (ours_us, ours_n, theirs_us, theirs_n),
+                1,
                 _join(_when(results, "redis_cost"), "per-command split: redis_cost.md"),
-                {
-                    "hub_us": ours_us,
-                    "hub_commands": ours_n,
-                    "dramatiq_us": theirs_us,
-                    "dramatiq_commands": theirs_n,
-                    "x_us": x_us,
-                    "x_commands": x_n,
-                },
             )
         )
     return rows
+
+
+def _against_dramatiq(
+    goal: str, figures: tuple[float, float, float, float], digits: int, evidence: str
+) -> GoalResult:
+    """One Redis-per-job row: (our µs, our commands, Dramatiq's µs, Dramatiq's commands)."""
+    ours_us, ours_n, theirs_us, theirs_n = figures
+    x_us, x_n = ours_us / theirs_us, ours_n / theirs_n
+    return GoalResult(
+        goal,
+        f"hub {_num(ours_us, digits)} µs, {_num(ours_n, 1)} commands; Dramatiq"
+        f" {_num(theirs_us, digits)} µs, {_num(theirs_n, 1)} commands",
+        f"{_x(x_us)} µs, {_x(x_n)} commands",
+        _verdict(x_us <= 1.0 and x_n <= 1.0),
+        evidence,
+        {
+            "hub_us": ours_us,
+            "hub_commands": ours_n,
+            "dramatiq_us": theirs_us,
+            "dramatiq_commands": theirs_n,
+            "x_us": x_us,
+            "x_commands": x_n,
+        },
+    )
 
 
 def _med_top(runs: list[dict[str, Any]]) -> str:
